@@ -1,0 +1,260 @@
+use std::ffi::OsString;
+use std::io::Write;
+
+use super::*;
+
+fn env(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+    list.iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .collect()
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn defaults_depend_on_the_profile() {
+    let prod = load_from(&Source::None, Profile::Production, env(&[])).unwrap();
+    assert_eq!(prod.gateway.state_dir, PathBuf::from("/var/lib/edgegw"));
+    assert_eq!(prod.gateway.runtime_dir, PathBuf::from("/run/edgegw"));
+    assert_eq!(prod.gateway.drain_timeout.get().as_secs(), 10);
+    let dev = load_from(&Source::None, Profile::dev_in_current_dir(), env(&[])).unwrap();
+    assert_eq!(dev.gateway.state_dir, PathBuf::from(".edgegw-dev/state"));
+    assert!(dev.profile.is_dev());
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let f = file("[gateway]\nlog_level = \"debug\"\ndrain_timeout = \"5s\"\n");
+    let config = load_from(
+        &Source::Explicit(f.path().into()),
+        Profile::Production,
+        env(&[("EDGEGW_GATEWAY_DRAIN_TIMEOUT", "2m")]),
+    )
+    .unwrap();
+    assert_eq!(config.gateway.log_level, "debug");
+    assert_eq!(config.gateway.drain_timeout.to_string(), "2m");
+}
+
+#[test]
+fn unknown_key_in_the_file_is_named() {
+    let f = file("[uplink]\nurl = \"mqtts://broker:8883\"\nbogus_key = 1\n");
+    let err = load_from(
+        &Source::Explicit(f.path().into()),
+        Profile::Production,
+        env(&[]),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("uplink.bogus_key"), "{text}");
+    assert!(text.contains(&f.path().display().to_string()), "{text}");
+}
+
+#[test]
+fn unknown_section_is_named() {
+    let f = file("[nonsense]\nx = 1\n");
+    let err = load_from(
+        &Source::Explicit(f.path().into()),
+        Profile::Production,
+        env(&[]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("nonsense"), "{err}");
+}
+
+#[test]
+fn unknown_key_from_the_environment_names_the_variable() {
+    let err = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[("EDGEGW_UPLINK_NOPE", "x")]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("EDGEGW_UPLINK_NOPE"), "{err}");
+    assert!(err.to_string().contains("uplink.nope"), "{err}");
+}
+
+#[test]
+fn bad_value_from_the_environment_names_the_variable() {
+    let err = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[("EDGEGW_GATEWAY_DRAIN_TIMEOUT", "soon")]),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("EDGEGW_GATEWAY_DRAIN_TIMEOUT"),
+        "{err}"
+    );
+}
+
+#[test]
+fn booleans_from_the_environment_are_parsed() {
+    let config = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[
+            ("EDGEGW_UPLINK_URL", "mqtt://127.0.0.1:1883"),
+            ("EDGEGW_UPLINK_INSECURE", "true"),
+        ]),
+    )
+    .unwrap();
+    assert!(config.uplink.insecure);
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    let err = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[("EDGEGW_UPLINK_INSECURE", "maybe")]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("maybe"), "{err}");
+}
+
+#[test]
+fn plain_mqtt_without_insecure_is_refused() {
+    let err = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[("EDGEGW_UPLINK_URL", "mqtt://broker:1883")]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("uplink.insecure"), "{err}");
+}
+
+#[test]
+fn unreadable_certificate_path_is_refused_with_the_file_named() {
+    let err = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[
+            ("EDGEGW_UPLINK_URL", "mqtts://broker:8883"),
+            ("EDGEGW_UPLINK_CA_CERTS", "/nonexistent/ca.pem"),
+        ]),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("/nonexistent/ca.pem") && text.contains("uplink.ca_certs"),
+        "{text}"
+    );
+}
+
+#[test]
+fn certificate_without_its_key_is_refused_and_all_problems_are_listed() {
+    let garbage = file("garbage\n");
+    let path = garbage.path().display().to_string();
+    let err = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[
+            ("EDGEGW_UPLINK_CLIENT_CERT", &path),
+            ("EDGEGW_STANDALONE_EMAIL", "admin@example.com"),
+        ]),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ConfigError::Several { count: 3, .. }),
+        "{text}"
+    );
+    assert!(text.contains("uplink.client_key"), "{text}");
+    assert!(text.contains("no PEM certificate"), "{text}");
+    assert!(text.contains("standalone.token"), "{text}");
+}
+
+#[test]
+fn missing_explicit_file_is_an_error_but_missing_default_is_not() {
+    let err = load_from(
+        &Source::Explicit("/nonexistent/edgegw.toml".into()),
+        Profile::Production,
+        env(&[]),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::ReadFile { .. }), "{err}");
+    let config = load_from(
+        &Source::Default("/nonexistent/edgegw.toml".into()),
+        Profile::Production,
+        env(&[]),
+    )
+    .unwrap();
+    assert!(config.source.is_none());
+}
+
+#[test]
+fn syntax_errors_name_the_file() {
+    let f = file("[gateway\n");
+    let err = load_from(
+        &Source::Explicit(f.path().into()),
+        Profile::Production,
+        env(&[]),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    assert!(err.to_string().contains(&f.path().display().to_string()));
+}
+
+#[test]
+fn redacted_output_hides_secrets() {
+    let config = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[
+            ("EDGEGW_STANDALONE_EMAIL", "admin@example.com"),
+            ("EDGEGW_STANDALONE_TOKEN", "a-very-long-admin-token-123"),
+            ("EDGEGW_UPLINK_PASSWORD", "mqtt-password-xyz"),
+        ]),
+    )
+    .unwrap();
+    let text = config.to_redacted_toml();
+    assert!(!text.contains("a-very-long-admin-token-123"), "{text}");
+    assert!(!text.contains("mqtt-password-xyz"), "{text}");
+    assert!(text.contains("admin@example.com"), "{text}");
+    // The output is itself a valid config (secrets aside).
+    assert!(text.parse::<toml::Table>().is_ok());
+}
+
+#[test]
+fn the_shipped_sample_config_is_valid_and_documents_every_key() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/edgegw.toml");
+    let text = std::fs::read_to_string(sample).unwrap();
+    // Uncomment every `# key = value` line: the documented keys must all be accepted.
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut table: toml::Table = uncommented.parse().unwrap();
+    // Certificate files do not exist on the build machine: the keys must exist, the files not.
+    if let Some(toml::Value::Table(uplink)) = table.get_mut("uplink") {
+        for key in ["client_cert", "client_key", "ca_certs"] {
+            assert!(
+                uplink.remove(key).is_some(),
+                "sample does not document uplink.{key}"
+            );
+        }
+    }
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).unwrap();
+    let _ = raw;
+    // And every key of the defaults appears in the sample.
+    let defaults = load_from(&Source::None, Profile::Production, env(&[])).unwrap();
+    let rendered: toml::Table = defaults.to_redacted_toml().parse().unwrap();
+    for (section, keys) in rendered {
+        let toml::Value::Table(keys) = keys else {
+            continue;
+        };
+        for key in keys.keys() {
+            let needle = format!("{key} = ");
+            assert!(
+                text.contains(&format!("[{section}]")),
+                "sample lacks [{section}]"
+            );
+            assert!(text.contains(&needle), "sample lacks {section}.{key}");
+        }
+    }
+}

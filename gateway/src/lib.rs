@@ -1,0 +1,9 @@
+//! edgegw, the gateway daemon: configuration, CLI, supervisor, and (as they land) adapters,
+//! the local auth store, the outbox and the uplink. The binary `edgegw` (main.rs) is the
+//! composition root; this library exists so tests can drive the modules directly.
+
+pub mod cli;
+pub mod config;
+pub mod exit;
+pub mod logging;
+pub mod supervisor;

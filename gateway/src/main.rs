@@ -1,0 +1,183 @@
+//! `edgegw`: the composition root. Parses the command line, loads the configuration, opens the
+//! stores, builds the tasks and hands them to the supervisor.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use gateway::cli::{Cli, Command};
+use gateway::config::{self, Config, Profile, Source};
+use gateway::exit::{self, ConfigFileError, NotYet};
+use gateway::supervisor::{Shutdown, Signal, Supervisor};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => exit::report(&err),
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run => run(&load_config(&cli)?),
+        Command::CheckConfig => check_config(&cli),
+        Command::Client(_) => Err(NotYet {
+            command: "client",
+            issue: 3,
+        }
+        .into()),
+        Command::Channel(_) => Err(NotYet {
+            command: "channel",
+            issue: 3,
+        }
+        .into()),
+        Command::Connect(_) => Err(NotYet {
+            command: "connect",
+            issue: 3,
+        }
+        .into()),
+        Command::Disconnect(_) => Err(NotYet {
+            command: "disconnect",
+            issue: 3,
+        }
+        .into()),
+        Command::Certs(_) => Err(NotYet {
+            command: "certs",
+            issue: 5,
+        }
+        .into()),
+        Command::Status => Err(NotYet {
+            command: "status",
+            issue: 4,
+        }
+        .into()),
+    }
+}
+
+fn profile(cli: &Cli) -> Profile {
+    if cli.dev {
+        Profile::dev_in_current_dir()
+    } else {
+        Profile::Production
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let source = match (&cli.config, cli.dev) {
+        (Some(path), _) => Source::Explicit(path.clone()),
+        (None, true) => Source::None,
+        (None, false) => Source::Default(PathBuf::from(config::DEFAULT_PATH)),
+    };
+    Ok(config::load(&source, profile(cli))?)
+}
+
+fn check_config(cli: &Cli) -> anyhow::Result<u8> {
+    let config = load_config(cli)?;
+    match &config.source {
+        Some(path) => println!(
+            "# effective configuration: {} + EDGEGW_* environment (secrets redacted)",
+            path.display()
+        ),
+        None => println!(
+            "# effective configuration: defaults + EDGEGW_* environment (secrets redacted)"
+        ),
+    }
+    for warning in &config.warnings {
+        println!("# warning: {warning}");
+    }
+    print!("{}", config.to_redacted_toml());
+    Ok(exit::OK)
+}
+
+/// Creates the state and runtime directories (0700) if missing.
+fn prepare_dirs(config: &Config) -> anyhow::Result<()> {
+    for (what, dir) in [
+        ("state directory", &config.gateway.state_dir),
+        ("runtime directory", &config.gateway.runtime_dir),
+    ] {
+        let made = certs::files::ensure_private_dir(dir).map_err(|e| ConfigFileError {
+            what,
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if made.others_can_read {
+            warn!(
+                "{what} {} is readable by other users; it should be mode 0700",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run(config: &Config) -> anyhow::Result<u8> {
+    gateway::logging::init(&config.gateway.log_level);
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        dev = config.profile.is_dev(),
+        "edgegw starting"
+    );
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
+    // One crypto provider for the whole process: aws-lc-rs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    prepare_dirs(config)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("edgegw")
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(async {
+        let supervisor = Supervisor::new();
+        let signals = forward_signals().context("cannot install signal handlers")?;
+        info!(
+            state_dir = %config.gateway.state_dir.display(),
+            runtime_dir = %config.gateway.runtime_dir.display(),
+            "ready"
+        );
+        if config.uplink.url.is_none() {
+            info!("no uplink configured: accepted messages will wait in the outbox");
+        }
+        anyhow::Ok(
+            supervisor
+                .run(signals, config.gateway.drain_timeout.get())
+                .await,
+        )
+    })?;
+    match outcome {
+        Shutdown::Clean | Shutdown::DrainTimeout => {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            Ok(exit::OK)
+        }
+        // Exit now, without waiting for blocking threads: everything acknowledged is durable.
+        Shutdown::Forced => std::process::exit(i32::from(exit::FAILURE)),
+    }
+}
+
+/// SIGTERM/SIGINT → Terminate, SIGHUP → Reload.
+fn forward_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let sig = tokio::select! {
+                _ = term.recv() => Signal::Terminate,
+                _ = int.recv() => Signal::Terminate,
+                _ = hup.recv() => Signal::Reload,
+            };
+            if tx.send(sig).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -1,0 +1,164 @@
+//! Harness for end-to-end tests of the built `edgegw` binary: locate it, run it in a scratch
+//! directory with a clean environment, watch its log, signal it, and never leave it running.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Environment variable that points the tests at another binary (e.g. a release build).
+/// Deliberately not `EDGEGW_*`: the daemon refuses unknown variables with that prefix.
+pub const BIN_OVERRIDE: &str = "SYSTEM_TESTS_EDGEGW_BIN";
+
+/// The `edgegw` binary: `$SYSTEM_TESTS_EDGEGW_BIN`, or the one cargo built next to this test.
+pub fn edgegw_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os(BIN_OVERRIDE) {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/<test> → target/<profile>/edgegw
+    let exe = std::env::current_exe().expect("invariant: test has a path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("invariant: test binary lives in target/*/deps");
+    let bin = dir.join("edgegw");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p gateway`), or set {BIN_OVERRIDE}",
+        bin.display()
+    );
+    bin
+}
+
+/// An `edgegw` command with a clean environment (no inherited `EDGEGW_*`), run in `cwd`.
+pub fn edgegw(cwd: &Path) -> Command {
+    let mut cmd = Command::new(edgegw_bin());
+    cmd.current_dir(cwd);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("EDGEGW_")
+            || key == "JOURNAL_STREAM"
+            || key == "NOTIFY_SOCKET"
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A running daemon. Dropping it kills the process, so a failed test leaves nothing behind.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `cmd` with stderr captured.
+    pub fn start(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start edgegw");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a log line contains `needle`; panics with the log so far after `timeout`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line containing {needle:?} within {timeout:?}; log:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        &self.log
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `KILL`, …).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("cannot wait for edgegw") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Polling a child's exit status has no blocking-with-timeout form in std.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
