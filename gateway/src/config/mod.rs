@@ -6,6 +6,7 @@
 //! they parse) but has no other side effect: it creates nothing and logs nothing; warnings are
 //! returned in [`Config::warnings`] for the caller to log.
 
+mod certs;
 mod env;
 mod gateway;
 mod standalone;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use certs::CertsConfig;
 pub use gateway::GatewayConfig;
 pub use standalone::StandaloneConfig;
 pub use uplink::UplinkConfig;
@@ -25,7 +27,7 @@ pub use uplink::UplinkConfig;
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
 
 /// Sections, as they appear in the file and in `EDGEGW_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["gateway", "standalone", "uplink"];
+const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "certs"];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub standalone: StandaloneConfig,
     pub uplink: UplinkConfig,
+    pub certs: CertsConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -117,6 +120,7 @@ struct RawConfig {
     gateway: gateway::RawGateway,
     standalone: standalone::RawStandalone,
     uplink: uplink::RawUplink,
+    certs: certs::RawCerts,
 }
 
 /// Where to read the configuration from.
@@ -202,6 +206,7 @@ pub fn load_from(
         gateway: raw.gateway.validate(&profile, &mut check),
         standalone: raw.standalone.validate(&mut check),
         uplink: raw.uplink.validate(&profile, &mut check),
+        certs: raw.certs.validate(&mut check),
         warnings: Vec::new(),
         source: path,
         profile,
@@ -257,14 +262,14 @@ impl Check<'_> {
 
     /// The file at `path` must hold at least one PEM certificate.
     pub fn certificates(&mut self, key: &str, path: &Path) {
-        if let Err(e) = certs::load_certificates(path) {
+        if let Err(e) = ::certs::load_certificates(path) {
             self.invalid(key, e.to_string());
         }
     }
 
     /// The file at `path` must hold a PEM private key.
     pub fn private_key(&mut self, key: &str, path: &Path) {
-        if let Err(e) = certs::load_private_key(path) {
+        if let Err(e) = ::certs::load_private_key(path) {
             self.invalid(key, e.to_string());
         }
     }
