@@ -122,9 +122,10 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     }
     // One crypto provider for the whole process: aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Before anything is created: a refused start leaves no state behind.
+    gateway::pki::check_expiry(config, gateway::pki::now_unix(), true)?;
     prepare_dirs(config)?;
     let config = &gateway::pki::with_dev_pki(config)?;
-    gateway::pki::check_expiry(config, gateway::pki::now_unix(), true)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
