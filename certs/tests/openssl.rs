@@ -28,10 +28,10 @@ fn now() -> i64 {
     i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
+            .expect("clock after 1970")
             .as_secs(),
     )
-    .unwrap()
+    .expect("clock after 1970")
 }
 
 #[test]

@@ -33,17 +33,21 @@ fn verify(ca: &Path, cert: &Path) -> Output {
 }
 
 fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    std::fs::metadata(path)
+        .expect("test setup")
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 fn now() -> i64 {
     i64::try_from(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .unwrap()
+            .expect("test setup")
             .as_secs(),
     )
-    .unwrap()
+    .expect("test setup")
 }
 
 /// A dev PKI in `dir/pki` made by the CLI, and a config file whose device CA is its CA.
@@ -51,7 +55,7 @@ fn pki_with_config(dir: &Path) -> (PathBuf, PathBuf) {
     let out = edgegw(dir)
         .args(["certs", "init-dev", "pki"])
         .output()
-        .unwrap();
+        .expect("test setup");
     assert!(out.status.success(), "{}", text(&out));
     let pki = dir.join("pki");
     let config = dir.join("edgegw.toml");
@@ -64,7 +68,7 @@ fn pki_with_config(dir: &Path) -> (PathBuf, PathBuf) {
             p = pki.display()
         ),
     )
-    .unwrap();
+    .expect("test setup");
     (pki, config)
 }
 
@@ -75,7 +79,7 @@ fn issue(dir: &Path, config: &Path, args: &[&str]) -> Output {
         .arg("--config")
         .arg(config)
         .output()
-        .unwrap()
+        .expect("run edgegw")
 }
 
 #[test]
@@ -348,14 +352,14 @@ fn uplink_config(dir: &Path, not_before: i64, days: u64, refuse_expired: bool) -
         Duration::from_secs(1000 * DAY),
         not_before - 86_400,
     )
-    .unwrap();
+    .expect("test setup");
     let issued = ca
         .issue_client("uplink", Duration::from_secs(days * DAY), not_before)
-        .unwrap();
+        .expect("test setup");
     let cert = dir.join("uplink.crt");
     let key = dir.join("uplink.key");
-    std::fs::write(&cert, &issued.cert_pem).unwrap();
-    std::fs::write(&key, issued.key_pem.unwrap()).unwrap();
+    std::fs::write(&cert, &issued.cert_pem).expect("test setup");
+    std::fs::write(&key, issued.key_pem.expect("test setup")).expect("test setup");
     let config = dir.join("edgegw.toml");
     std::fs::write(
         &config,
@@ -367,7 +371,7 @@ fn uplink_config(dir: &Path, not_before: i64, days: u64, refuse_expired: bool) -
             k = key.display()
         ),
     )
-    .unwrap();
+    .expect("test setup");
     config
 }
 
@@ -494,12 +498,12 @@ fn list(dir: &Path, config: &Path) -> Vec<serde_json::Value> {
         .args(["certs", "list", "--json", "--config"])
         .arg(config)
         .output()
-        .unwrap();
+        .expect("certs list --json output");
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .unwrap()
+        .expect("certs list --json output")
         .as_array()
-        .unwrap()
+        .expect("certs list --json output")
         .clone()
 }
 
