@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams,
-    CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber, SubjectPublicKeyInfo,
 };
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
 use x509_parser::prelude::{FromDer, X509Certificate, X509CertificationRequest};
@@ -223,13 +223,19 @@ impl Authority {
                 });
             }
         }
-        // Verifies the CSR's self-signature.
-        let mut csr =
-            CertificateSigningRequestParams::from_der(&der).map_err(|e| PkiError::BadCsr {
+        // Proof of possession: the CSR is signed by the key it carries.
+        parsed.verify_signature().map_err(|e| PkiError::BadCsr {
+            reason: format!("its signature does not verify: {e}"),
+        })?;
+        let public_key =
+            SubjectPublicKeyInfo::from_der(spki.raw).map_err(|e| PkiError::BadCsr {
                 reason: e.to_string(),
             })?;
-        csr.params = self.leaf_params(identity, &[], Purpose::Client, ttl, now)?;
-        let cert = csr.signed_by(&self.issuer).map_err(generate_error)?;
+        // Requested extensions are ignored on purpose: the CA decides what a device gets.
+        let params = self.leaf_params(identity, &[], Purpose::Client, ttl, now)?;
+        let cert = params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(generate_error)?;
         Ok(Issued {
             info: inspect_der(cert.der())?,
             cert_pem: cert.pem(),
@@ -584,7 +590,27 @@ mod tests {
                 .value
                 .client_auth
         );
-        // A CSR without CN gets the identity.
+        // Requested extensions are not copied; a CSR without CN gets the identity.
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["evil.example".to_owned()]).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 99999, 1],
+                vec![5, 0],
+            ));
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        let issued = ca
+            .sign_device_csr("sensor-11", &pem, Duration::from_secs(DAY), NOW)
+            .unwrap();
+        let der = der_of(&issued.cert_pem);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        assert!(!cert.is_ca());
+        assert!(cert.subject_alternative_name().unwrap().is_none());
+        assert_eq!(cert.extensions().len(), 5, "{:?}", cert.extensions());
+        assert_eq!(issued.info.common_name, "sensor-11");
         let (pem, _) = csr(None, &rcgen::PKCS_ECDSA_P256_SHA256);
         let issued = ca
             .sign_device_csr("sensor-10", &pem, Duration::from_secs(DAY), NOW)
