@@ -228,7 +228,7 @@ fn issue(
 ) -> anyhow::Result<u8> {
     let ttl = parse_ttl(ttl_text)?;
     let ca = device_ca(config)?;
-    let registry = match Registry::open(config) {
+    let mut registry = match Registry::open(config) {
         Ok(r) => Some(r),
         Err(e) => {
             eprintln!(
@@ -278,7 +278,7 @@ fn issue(
         }
     }
     // Record first: a certificate that exists must be revocable.
-    if let Some(registry) = &registry {
+    if let Some(registry) = &mut registry {
         registry.record(&CertificateRecord {
             serial_hex: issued.info.serial_hex.clone(),
             client_id: client_id.clone(),
@@ -389,7 +389,7 @@ fn print_records(records: &[CertificateRecord], json: bool) -> anyhow::Result<()
 }
 
 fn revoke(config: &Config, target: &str, json: bool) -> anyhow::Result<u8> {
-    let registry = Registry::open(config)?;
+    let mut registry = Registry::open(config)?;
     let revoked = registry.revoke(target)?;
     if revoked.is_empty() {
         return Err(PkiCommandError::NothingToRevoke {

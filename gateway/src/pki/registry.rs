@@ -44,11 +44,14 @@ impl Registry {
         Err(self.not_yet())
     }
 
-    pub fn record(&self, _rec: &CertificateRecord) -> Result<(), RegistryError> {
+    pub fn record(&mut self, _rec: &CertificateRecord) -> Result<(), RegistryError> {
         Err(self.not_yet())
     }
 
-    pub fn revoke(&self, _client_or_serial: &str) -> Result<Vec<CertificateRecord>, RegistryError> {
+    pub fn revoke(
+        &mut self,
+        _client_or_serial: &str,
+    ) -> Result<Vec<CertificateRecord>, RegistryError> {
         Err(self.not_yet())
     }
 
