@@ -124,6 +124,15 @@ fn device_ca(config: &Config) -> anyhow::Result<Authority> {
     else {
         return Err(PkiCommandError::NoDeviceCa.into());
     };
+    if let Ok(meta) = std::fs::metadata(key) {
+        use std::os::unix::fs::PermissionsExt as _;
+        if meta.permissions().mode() & 0o077 != 0 {
+            eprintln!(
+                "edgegw: warning: the device CA key {} is readable by other users; chmod 600 it",
+                key.display()
+            );
+        }
+    }
     Authority::load(cert, key).map_err(|source| {
         PkiCommandError::DeviceCa {
             cert: cert.display().to_string(),
