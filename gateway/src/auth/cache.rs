@@ -58,6 +58,8 @@ pub struct Snapshot {
     /// Channels with at least one subscribe connection, sorted by name.
     pub subscribed: Vec<ChannelRef>,
     pub connections: usize,
+    /// The store's change generation this snapshot reflects.
+    pub generation: i64,
 }
 
 impl Snapshot {
@@ -79,6 +81,7 @@ impl Snapshot {
         }
         let mut s = Snapshot {
             connections,
+            generation: t.generation,
             ..Snapshot::default()
         };
         for c in t.clients {
@@ -117,6 +120,10 @@ impl Snapshot {
 
     pub fn clients(&self) -> usize {
         self.by_id.len()
+    }
+
+    pub fn disabled_clients(&self) -> usize {
+        self.by_id.values().filter(|c| !c.enabled).count()
     }
 
     pub fn channels(&self) -> usize {

@@ -278,13 +278,7 @@ impl AuthStore {
 
     /// The current snapshot (for counts and tests).
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        Arc::clone(
-            &self
-                .inner
-                .snapshot
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        self.inner.current()
     }
 
     /// By identity and secret (serial `AUTH`, CoAP `username=&password=`).
@@ -438,7 +432,7 @@ impl AuthStore {
     pub fn record_certificate(&self, rec: &CertificateRecord) -> Result<(), AuthError> {
         let mut db = lock(&self.inner.writer);
         db.record_certificate(rec)?;
-        self.inner.reload(&mut db)
+        self.inner.reload(&mut db).map(drop)
     }
 
     /// Revokes a certificate by serial, or all of a client's (id or identity). Subscribers of
@@ -449,7 +443,7 @@ impl AuthStore {
     ) -> Result<Vec<CertificateRecord>, AuthError> {
         let mut db = lock(&self.inner.writer);
         let revoked = db.revoke_certificate(client_or_serial)?;
-        self.inner.reload(&mut db)?;
+        self.inner.reload(&mut db).map(drop)?;
         Ok(revoked)
     }
 
@@ -468,7 +462,7 @@ impl AuthStore {
         let mut db = lock(&self.inner.writer);
         let created = db.ensure_demo(DEMO_IDENTITY, DEMO_CHANNEL, domain_id)?;
         if created.is_some() {
-            self.inner.reload(&mut db)?;
+            self.inner.reload(&mut db).map(drop)?;
         }
         Ok(created)
     }
@@ -495,7 +489,11 @@ impl Throttled {
 
 impl Inner {
     /// Loads the tables through `db` and installs them as the new snapshot.
-    fn reload(&self, db: &mut Db) -> Result<(), AuthError> {
+    fn current(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshot.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn reload(&self, db: &mut Db) -> Result<Arc<Snapshot>, AuthError> {
         let _guard = lock(&self.install);
         let current = Arc::new(Snapshot::build(db.load()?));
         let previous = std::mem::replace(
@@ -514,13 +512,12 @@ impl Inner {
                 true
             }
         });
-        Ok(())
+        Ok(current)
     }
 }
 
 fn watch_loop(inner: &Weak<Inner>, mut db: Db, stop: &std::sync::mpsc::Receiver<()>) {
-    let mut version = db.data_version().ok();
-    let mut generation = db.generation().ok();
+    let mut version = None;
     let mut failing = false;
     loop {
         match stop.recv_timeout(POLL_INTERVAL) {
@@ -531,15 +528,15 @@ fn watch_loop(inner: &Weak<Inner>, mut db: Db, stop: &std::sync::mpsc::Receiver<
         let result = (|| {
             let v = db.data_version()?;
             if Some(v) == version {
-                return Ok(false);
+                return Ok(None);
             }
             version = Some(v);
-            let g = db.generation()?;
-            if Some(g) == generation {
-                return Ok(false);
+            // Audit rows and this process's own writes (already installed) change
+            // data_version but not what the cache holds.
+            if db.generation()? == inner.current().generation {
+                return Ok(None);
             }
-            generation = Some(g);
-            inner.reload(&mut db).map(|()| true)
+            inner.reload(&mut db).map(Some)
         })();
         match result {
             Ok(reloaded) => {
@@ -547,15 +544,13 @@ fn watch_loop(inner: &Weak<Inner>, mut db: Db, stop: &std::sync::mpsc::Receiver<
                     info!(path = %inner.path.display(), "auth store readable again");
                     failing = false;
                 }
-                if reloaded {
-                    let s = inner
-                        .snapshot
-                        .read()
-                        .map_or_else(|p| Arc::clone(&p.into_inner()), |s| Arc::clone(&s));
+                if let Some(s) = reloaded {
                     info!(
                         clients = s.clients(),
+                        disabled = s.disabled_clients(),
                         channels = s.channels(),
                         connections = s.connections,
+                        generation = s.generation,
                         "auth store reloaded"
                     );
                 }
@@ -565,9 +560,7 @@ fn watch_loop(inner: &Weak<Inner>, mut db: Db, stop: &std::sync::mpsc::Receiver<
                     warn!(error = %e, "cannot check the auth store for changes; decisions use the last loaded state");
                     failing = true;
                 }
-                // Force a reload once it works again.
                 version = None;
-                generation = None;
             }
         }
     }

@@ -145,6 +145,8 @@ pub struct Tables {
     pub channels: Vec<Channel>,
     pub connections: Vec<Grant>,
     pub certificates: Vec<CertificateRecord>,
+    /// The change generation these rows are from.
+    pub generation: i64,
 }
 
 /// One audit row (written by the audit thread).
@@ -324,6 +326,9 @@ impl Db {
         let tx = self.conn.transaction().map_err(e)?;
         let mut t = Tables::default();
         {
+            t.generation = tx
+                .query_row("SELECT value FROM generation WHERE id = 1", [], |r| r.get(0))
+                .map_err(e)?;
             let mut st = tx.prepare(CLIENT_SELECT).map_err(e)?;
             t.clients = st
                 .query_map([], client_row)
