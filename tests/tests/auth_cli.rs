@@ -229,7 +229,10 @@ fn run_refuses(dir: &Path, contents: &[u8], needle: &str) {
     let path = db_path(dir);
     std::fs::write(&path, contents).expect("write auth.db");
     let started = Instant::now();
-    let out = edgegw(dir).args(["run", "--dev"]).output().expect("run edgegw");
+    let out = edgegw(dir)
+        .args(["run", "--dev"])
+        .output()
+        .expect("run edgegw");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
