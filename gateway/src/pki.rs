@@ -237,20 +237,9 @@ fn issue(
 ) -> anyhow::Result<u8> {
     let ttl = parse_ttl(ttl_text)?;
     let ca = device_ca(config)?;
-    let mut registry = match Registry::open(config) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            eprintln!(
-                "edgegw: warning: the certificate is not recorded (so it cannot be revoked or \
-                 listed): {e}"
-            );
-            None
-        }
-    };
-    let (client_id, identity) = match &registry {
-        Some(r) => r.client(client)?,
-        None => (client.to_owned(), client.to_owned()),
-    };
+    // Only known clients get certificates; the CN is the client's identity.
+    let mut registry = Registry::open(config)?;
+    let (client_id, identity) = registry.client(client)?;
     let now = now_unix();
     let issued = match csr {
         Some(path) => {
@@ -287,16 +276,14 @@ fn issue(
         }
     }
     // Record first: a certificate that exists must be revocable.
-    if let Some(registry) = &mut registry {
-        registry.record(&CertificateRecord {
-            serial_hex: issued.info.serial_hex.clone(),
-            client_id: client_id.clone(),
-            fingerprint_sha256_hex: issued.info.fingerprint_sha256_hex.clone(),
-            not_before: issued.info.not_before,
-            not_after: issued.info.not_after,
-            revoked_at: None,
-        })?;
-    }
+    registry.record(&CertificateRecord {
+        serial_hex: issued.info.serial_hex.clone(),
+        client_id: client_id.clone(),
+        fingerprint_sha256_hex: issued.info.fingerprint_sha256_hex.clone(),
+        not_before: issued.info.not_before,
+        not_after: issued.info.not_after,
+        revoked_at: None,
+    })?;
     if !out.exists() {
         certs::files::ensure_private_dir(out).map_err(|source| PkiError::Io {
             path: out.display().to_string(),
@@ -325,7 +312,7 @@ fn issue(
         not_after: issued.info.not_after,
         cert: cert_path,
         key: key_path,
-        recorded: registry.is_some(),
+        recorded: true,
     };
     if json {
         println!("{}", serde_json::to_string(&output)?);

@@ -1,7 +1,7 @@
 //! `edgegw certs …` on the real binary, checked with openssl: init-dev, issue (generated key
 //! and CSR), TTL limits, the dev profile's CA, and the daemon's expiry checks (warn at 10 days
 //! left, not at 60; an expired uplink certificate with refuse_expired = true exits 78).
-//! Revoke, list and the CRL need the auth store: those tests are ignored until it is wired.
+//! Issuing records in the auth store; revoke, list and the CRL read it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -72,8 +72,7 @@ fn pki_with_config(dir: &Path) -> (PathBuf, PathBuf) {
     (pki, config)
 }
 
-/// Adds clients to the auth store (`certs issue` only issues for known clients). Exit 69: the
-/// auth store is not in this build, and `certs issue` then issues without recording.
+/// Adds clients to the auth store (`certs issue` only issues for known clients).
 fn add_clients(dir: &Path, config_args: &[&std::ffi::OsStr], clients: &[&str]) {
     for client in clients {
         let out = edgegw(dir)
@@ -81,11 +80,7 @@ fn add_clients(dir: &Path, config_args: &[&std::ffi::OsStr], clients: &[&str]) {
             .args(config_args)
             .output()
             .expect("run edgegw");
-        assert!(
-            out.status.success() || out.status.code() == Some(69),
-            "{}",
-            text(&out)
-        );
+        assert!(out.status.success(), "{}", text(&out));
     }
 }
 
@@ -541,7 +536,6 @@ fn list(dir: &Path, config: &Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
-#[ignore = "needs the auth store (issue 3): un-ignore once pki::registry is wired"]
 fn issue_is_recorded_then_revoke_shows_in_list_and_the_crl() {
     let dir = tempfile::tempdir().unwrap();
     let (pki, config) = pki_with_config(dir.path());

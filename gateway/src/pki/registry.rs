@@ -1,68 +1,44 @@
-//! The store-facing side of `edgegw certs`: record issued certificates, revoke, list. Everything
-//! that needs the auth store (issue 3) goes through this one module.
-//!
-//! STUB: the auth store has not landed in this branch. `Registry::open` reports [`NotYet`]; the
-//! commands that cannot work without it (revoke, list, crl) fail with exit 69, and `issue`
-//! issues without recording (and says so). `registry_auth.rs` next to this file is the real
-//! implementation, written against `gateway::auth::AuthStore`; wiring it = replacing this
-//! file's body with that file's (see its header).
+//! The store-facing side of `edgegw certs`: record issued certificates, revoke, list, look up
+//! clients. Everything that touches the auth store goes through this one module. The CLI opens
+//! `auth.db` with `auth::store::Db`, like `auth::cli` does; a running daemon's `AuthStore`
+//! notices revocations made here (its watcher polls the file) and fires
+//! `AuthStore::revocations()`, which the CoAPS listener uses to close live sessions.
 
+use crate::auth::store::Db;
 use crate::config::Config;
-use crate::exit::NotYet;
 
-/// One issued device certificate as the auth store keeps it (mirrors
-/// `gateway::auth::CertificateRecord`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CertificateRecord {
-    pub serial_hex: String,
-    pub client_id: String,
-    pub fingerprint_sha256_hex: String,
-    pub not_before: i64,
-    pub not_after: i64,
-    pub revoked_at: Option<i64>,
-}
-
-/// Why the registry failed.
-pub type RegistryError = NotYet;
+pub use crate::auth::CertificateRecord;
+pub type RegistryError = crate::auth::AuthError;
 
 /// The auth store, as `edgegw certs` uses it.
 #[derive(Debug)]
 pub struct Registry {
-    _private: (),
+    db: Db,
 }
 
 impl Registry {
-    pub fn open(_config: &Config) -> Result<Self, RegistryError> {
-        Err(NotYet {
-            command: "certs (auth store)",
-            issue: 3,
-        })
+    pub fn open(config: &Config) -> Result<Self, RegistryError> {
+        Db::open(&crate::auth::path_in(&config.gateway.state_dir)).map(|db| Self { db })
     }
 
     /// The client's id and identity (the certificate's CN), looked up by id or identity.
-    pub fn client(&self, _client: &str) -> Result<(String, String), RegistryError> {
-        Err(self.not_yet())
+    pub fn client(&self, client: &str) -> Result<(String, String), RegistryError> {
+        let found = self.db.client(client)?;
+        Ok((found.id, found.identity))
     }
 
-    pub fn record(&mut self, _rec: &CertificateRecord) -> Result<(), RegistryError> {
-        Err(self.not_yet())
+    pub fn record(&mut self, rec: &CertificateRecord) -> Result<(), RegistryError> {
+        self.db.record_certificate(rec)
     }
 
     pub fn revoke(
         &mut self,
-        _client_or_serial: &str,
+        client_or_serial: &str,
     ) -> Result<Vec<CertificateRecord>, RegistryError> {
-        Err(self.not_yet())
+        self.db.revoke_certificate(client_or_serial)
     }
 
     pub fn list(&self) -> Result<Vec<CertificateRecord>, RegistryError> {
-        Err(self.not_yet())
-    }
-
-    fn not_yet(&self) -> NotYet {
-        NotYet {
-            command: "certs (auth store)",
-            issue: 3,
-        }
+        self.db.list_certificates()
     }
 }
