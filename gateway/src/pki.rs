@@ -56,7 +56,7 @@ pub enum PkiCommandError {
         path: String,
         source: std::io::Error,
     },
-    #[error("no issued certificate matches `{target}` (give a client id, identity or serial)")]
+    #[error("no unrevoked certificate matches `{target}` (give a client id, identity or serial)")]
     NothingToRevoke { target: String },
 }
 
@@ -334,7 +334,9 @@ fn issue(
 #[derive(Debug, Serialize)]
 struct ListedCert<'a> {
     serial: &'a str,
-    client: &'a str,
+    client_id: &'a str,
+    /// The client's identity (the CN); empty if the client was removed since.
+    identity: String,
     fingerprint_sha256: &'a str,
     not_before: i64,
     not_after: i64,
@@ -350,13 +352,21 @@ fn status_of(rec: &CertificateRecord, now: i64) -> &'static str {
     }
 }
 
-fn print_records(records: &[CertificateRecord], json: bool) -> anyhow::Result<()> {
+fn print_records(
+    registry: &Registry,
+    records: &[CertificateRecord],
+    json: bool,
+) -> anyhow::Result<()> {
     let now = now_unix();
     let listed: Vec<ListedCert<'_>> = records
         .iter()
         .map(|r| ListedCert {
             serial: &r.serial_hex,
-            client: &r.client_id,
+            client_id: &r.client_id,
+            identity: registry
+                .client(&r.client_id)
+                .map(|(_, identity)| identity)
+                .unwrap_or_default(),
             fingerprint_sha256: &r.fingerprint_sha256_hex,
             not_before: r.not_before,
             not_after: r.not_after,
@@ -373,10 +383,15 @@ fn print_records(records: &[CertificateRecord], json: bool) -> anyhow::Result<()
         "SERIAL", "CLIENT", "NOT AFTER"
     );
     for c in &listed {
+        let client = if c.identity.is_empty() {
+            c.client_id
+        } else {
+            &c.identity
+        };
         println!(
             "{:<32}  {:<24}  {:<20}  {}",
             c.serial,
-            c.client,
+            client,
             rfc3339(c.not_after),
             c.status
         );
@@ -393,13 +408,13 @@ fn revoke(config: &Config, target: &str, json: bool) -> anyhow::Result<u8> {
         }
         .into());
     }
-    print_records(&revoked, json)?;
+    print_records(&registry, &revoked, json)?;
     Ok(exit::OK)
 }
 
 fn list(config: &Config, json: bool) -> anyhow::Result<u8> {
     let registry = Registry::open(config)?;
-    print_records(&registry.list()?, json)?;
+    print_records(&registry, &registry.list()?, json)?;
     Ok(exit::OK)
 }
 

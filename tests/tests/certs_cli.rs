@@ -567,6 +567,12 @@ fn issue_is_recorded_then_revoke_shows_in_list_and_the_crl() {
     let listed = list(dir.path(), &config);
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(listed.iter().all(|c| c["status"] == "valid"), "{listed:?}");
+    let mut identities: Vec<&str> = listed
+        .iter()
+        .map(|c| c["identity"].as_str().unwrap())
+        .collect();
+    identities.sort_unstable();
+    assert_eq!(identities, ["sensor-1", "sensor-2"]);
 
     // Revoke by client, then by serial.
     let out = edgegw(dir.path())
