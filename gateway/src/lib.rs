@@ -7,4 +7,5 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod logging;
+pub mod pki;
 pub mod supervisor;

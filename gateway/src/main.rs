@@ -10,7 +10,7 @@ use gateway::auth::{self, AuthStore};
 use gateway::cli::{Cli, Command};
 use gateway::config::{self, Config, Profile, Source};
 use gateway::exit::{self, ConfigFileError, NotYet};
-use gateway::supervisor::{Shutdown, Signal, Supervisor};
+use gateway::supervisor::{Shutdown, Signal, Stage, Supervisor};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -32,11 +32,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Disconnect(ref args) => {
             auth::cli::connect(&load_config(&cli)?, cli.json, args, false)
         }
-        Command::Certs(_) => Err(NotYet {
-            command: "certs",
-            issue: 5,
-        }
-        .into()),
+        Command::Certs(ref cmd) => gateway::pki::command(&load_config(&cli)?, cmd, cli.json),
         Command::Status => Err(NotYet {
             command: "status",
             issue: 4,
@@ -113,8 +109,11 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     }
     // One crypto provider for the whole process: aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Before anything is created: a refused start leaves no state behind.
+    gateway::pki::check_expiry(config, gateway::pki::now_unix(), true)?;
     prepare_dirs(config)?;
     let auth_store = open_auth_store(config)?;
+    let config = &gateway::pki::with_dev_pki(config)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -124,6 +123,14 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     let outcome = runtime.block_on(async {
         let supervisor = Supervisor::new();
         let signals = forward_signals().context("cannot install signal handlers")?;
+        supervisor.spawn(
+            Stage::Intake,
+            gateway::pki::expiry_task(
+                config.clone(),
+                supervisor.token(Stage::Intake),
+                supervisor.reloads(),
+            ),
+        );
         info!(
             state_dir = %config.gateway.state_dir.display(),
             runtime_dir = %config.gateway.runtime_dir.display(),

@@ -7,6 +7,7 @@
 //! returned in [`Config::warnings`] for the caller to log.
 
 mod auth;
+mod certs;
 mod env;
 mod gateway;
 mod standalone;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use auth::AuthConfig;
+pub use certs::CertsConfig;
 pub use gateway::GatewayConfig;
 pub use standalone::StandaloneConfig;
 pub use uplink::UplinkConfig;
@@ -27,7 +29,7 @@ pub use uplink::UplinkConfig;
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
 
 /// Sections, as they appear in the file and in `EDGEGW_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "auth"];
+const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "auth", "certs"];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,7 @@ pub struct Config {
     pub standalone: StandaloneConfig,
     pub uplink: UplinkConfig,
     pub auth: AuthConfig,
+    pub certs: CertsConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -121,6 +124,7 @@ struct RawConfig {
     standalone: standalone::RawStandalone,
     uplink: uplink::RawUplink,
     auth: auth::RawAuth,
+    certs: certs::RawCerts,
 }
 
 /// Where to read the configuration from.
@@ -207,6 +211,7 @@ pub fn load_from(
         standalone: raw.standalone.validate(&mut check),
         uplink: raw.uplink.validate(&profile, &mut check),
         auth: raw.auth.validate(&mut check),
+        certs: raw.certs.validate(&mut check),
         warnings: Vec::new(),
         source: path,
         profile,
@@ -262,14 +267,14 @@ impl Check<'_> {
 
     /// The file at `path` must hold at least one PEM certificate.
     pub fn certificates(&mut self, key: &str, path: &Path) {
-        if let Err(e) = certs::load_certificates(path) {
+        if let Err(e) = ::certs::load_certificates(path) {
             self.invalid(key, e.to_string());
         }
     }
 
     /// The file at `path` must hold a PEM private key.
     pub fn private_key(&mut self, key: &str, path: &Path) {
-        if let Err(e) = certs::load_private_key(path) {
+        if let Err(e) = ::certs::load_private_key(path) {
             self.invalid(key, e.to_string());
         }
     }

@@ -18,6 +18,8 @@ pub struct RawUplink {
     insecure: bool,
     username: Option<String>,
     password: Option<Secret>,
+    #[serde(deserialize_with = "boolean")]
+    refuse_expired: bool,
 }
 
 /// Where the uplink connects. Absent: no uplink, messages wait in the outbox.
@@ -35,6 +37,9 @@ pub struct UplinkConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     pub password: Secret,
+    /// Refuse to start when the uplink client certificate has expired (default: start, log
+    /// an error, keep buffering).
+    pub refuse_expired: bool,
 }
 
 impl RawUplink {
@@ -82,6 +87,7 @@ impl RawUplink {
             insecure: self.insecure,
             username: self.username,
             password: self.password.unwrap_or_default(),
+            refuse_expired: self.refuse_expired,
         }
     }
 }
