@@ -6,4 +6,5 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod logging;
+pub mod serial;
 pub mod supervisor;

@@ -203,6 +203,9 @@ pub trait SerialPort: Send {
     fn write_all(&mut self, data: &[u8]) -> Result<(), SerialError>;
     /// The device actually opened (the by-id symlink resolved).
     fn device(&self) -> &Path;
+    /// A second handle on the same open port, so one thread can write while another blocks
+    /// in `read`.
+    fn try_clone(&self) -> Result<Box<dyn SerialPort>, SerialError>;
 }
 
 /// Opens ports: the Linux implementation, or a fake.
@@ -326,6 +329,18 @@ impl SerialPort for LinuxPort {
     fn device(&self) -> &Path {
         &self.device
     }
+
+    fn try_clone(&self) -> Result<Box<dyn SerialPort>, SerialError> {
+        let port = self.port.try_clone_native().map_err(|e| SerialError::Io {
+            name: self.name.clone(),
+            source: e.into(),
+        })?;
+        Ok(Box::new(LinuxPort {
+            port,
+            device: self.device.clone(),
+            name: self.name.clone(),
+        }))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,6 +353,8 @@ struct FakeState {
     /// Bytes the port wrote.
     from_port: Vec<u8>,
     plugged: bool,
+    /// Bumped by every unplug: handles opened before it stay dead, like a real fd.
+    generation: u64,
     /// How many times the port was opened.
     opens: usize,
 }
@@ -419,6 +436,7 @@ impl FakeDevice {
     pub fn unplug(&self) {
         let mut state = self.shared.lock();
         state.plugged = false;
+        state.generation += 1;
         state.to_port.clear();
         drop(state);
         self.shared.changed.notify_all();
@@ -487,12 +505,14 @@ impl SerialOpener for FakeOpener {
             });
         }
         state.opens += 1;
+        let generation = state.generation;
         drop(state);
         device.shared.changed.notify_all();
         Ok(Box::new(FakePort {
             shared: Arc::clone(&device.shared),
             path: path.to_owned(),
             timeout: settings.timeout,
+            generation,
         }))
     }
 }
@@ -501,6 +521,13 @@ struct FakePort {
     shared: Arc<FakeShared>,
     path: PathBuf,
     timeout: Duration,
+    generation: u64,
+}
+
+impl FakePort {
+    fn alive(&self, state: &FakeState) -> bool {
+        state.plugged && state.generation == self.generation
+    }
 }
 
 impl SerialPort for FakePort {
@@ -508,7 +535,7 @@ impl SerialPort for FakePort {
         let deadline = std::time::Instant::now() + self.timeout;
         let mut state = self.shared.lock();
         loop {
-            if !state.plugged {
+            if !self.alive(&state) {
                 return Err(SerialError::Disconnected {
                     name: self.path.display().to_string(),
                 });
@@ -535,7 +562,7 @@ impl SerialPort for FakePort {
 
     fn write_all(&mut self, data: &[u8]) -> Result<(), SerialError> {
         let mut state = self.shared.lock();
-        if !state.plugged {
+        if !self.alive(&state) {
             return Err(SerialError::Disconnected {
                 name: self.path.display().to_string(),
             });
@@ -548,6 +575,15 @@ impl SerialPort for FakePort {
 
     fn device(&self) -> &Path {
         &self.path
+    }
+
+    fn try_clone(&self) -> Result<Box<dyn SerialPort>, SerialError> {
+        Ok(Box::new(FakePort {
+            shared: Arc::clone(&self.shared),
+            path: self.path.clone(),
+            timeout: self.timeout,
+            generation: self.generation,
+        }))
     }
 }
 
@@ -615,7 +651,7 @@ mod tests {
         assert_eq!(port.read(&mut buf).unwrap(), 4);
         assert_eq!(&buf, b"hell");
         assert_eq!(port.read(&mut buf).unwrap(), 1);
-        port.write_all(b"OK 1\n").unwrap();
+        port.try_clone().unwrap().write_all(b"OK 1\n").unwrap();
         assert_eq!(
             dev.wait_line(Duration::from_secs(1)).as_deref(),
             Some("OK 1")
@@ -627,6 +663,10 @@ mod tests {
         ));
         assert!(opener.open(Path::new("/dev/ttyFAKE0"), &settings).is_err());
         dev.plug();
+        assert!(
+            port.write_all(b"x").is_err(),
+            "a handle from before the unplug stays dead"
+        );
         assert!(opener.open(Path::new("/dev/ttyFAKE0"), &settings).is_ok());
         assert_eq!(dev.opens(), 2);
         assert!(opener.open(Path::new("/dev/ttyOTHER"), &settings).is_err());
