@@ -6,6 +6,7 @@
 //! they parse) but has no other side effect: it creates nothing and logs nothing; warnings are
 //! returned in [`Config::warnings`] for the caller to log.
 
+mod auth;
 mod env;
 mod gateway;
 mod serial;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::AuthConfig;
 pub use gateway::GatewayConfig;
 pub use serial::{SerialConfig, SerialPortConfig};
 pub use standalone::StandaloneConfig;
@@ -27,7 +29,7 @@ pub use uplink::UplinkConfig;
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
 
 /// Sections, as they appear in the file and in `EDGEGW_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "serial"];
+const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "auth", "serial"];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub standalone: StandaloneConfig,
     pub uplink: UplinkConfig,
+    pub auth: AuthConfig,
     pub serial: SerialConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
@@ -120,6 +123,7 @@ struct RawConfig {
     gateway: gateway::RawGateway,
     standalone: standalone::RawStandalone,
     uplink: uplink::RawUplink,
+    auth: auth::RawAuth,
     serial: serial::RawSerial,
 }
 
@@ -206,6 +210,7 @@ pub fn load_from(
         gateway: raw.gateway.validate(&profile, &mut check),
         standalone: raw.standalone.validate(&mut check),
         uplink: raw.uplink.validate(&profile, &mut check),
+        auth: raw.auth.validate(&mut check),
         serial: raw.serial.validate(&mut check),
         warnings: Vec::new(),
         source: path,
