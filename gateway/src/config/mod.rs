@@ -8,6 +8,7 @@
 
 mod env;
 mod gateway;
+mod outbox;
 mod standalone;
 mod uplink;
 pub mod value;
@@ -18,14 +19,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use gateway::GatewayConfig;
+pub use outbox::{Durability, FullPolicy, OutboxConfig};
 pub use standalone::StandaloneConfig;
-pub use uplink::UplinkConfig;
+pub use uplink::{MqttVersion, UplinkConfig};
 
 /// The production config path.
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
 
 /// Sections, as they appear in the file and in `EDGEGW_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["gateway", "standalone", "uplink"];
+const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "outbox"];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub standalone: StandaloneConfig,
     pub uplink: UplinkConfig,
+    pub outbox: OutboxConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -117,6 +120,7 @@ struct RawConfig {
     gateway: gateway::RawGateway,
     standalone: standalone::RawStandalone,
     uplink: uplink::RawUplink,
+    outbox: outbox::RawOutbox,
 }
 
 /// Where to read the configuration from.
@@ -202,6 +206,7 @@ pub fn load_from(
         gateway: raw.gateway.validate(&profile, &mut check),
         standalone: raw.standalone.validate(&mut check),
         uplink: raw.uplink.validate(&profile, &mut check),
+        outbox: raw.outbox.validate(&mut check),
         warnings: Vec::new(),
         source: path,
         profile,
