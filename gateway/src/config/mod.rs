@@ -9,6 +9,7 @@
 mod auth;
 mod env;
 mod gateway;
+mod outbox;
 mod serial;
 mod standalone;
 mod uplink;
@@ -21,15 +22,16 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::AuthConfig;
 pub use gateway::GatewayConfig;
+pub use outbox::{Durability, FullPolicy, OutboxConfig};
 pub use serial::{SerialConfig, SerialPortConfig};
 pub use standalone::StandaloneConfig;
-pub use uplink::UplinkConfig;
+pub use uplink::{MqttVersion, UplinkConfig};
 
 /// The production config path.
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
 
 /// Sections, as they appear in the file and in `EDGEGW_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "auth", "serial"];
+const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "outbox", "auth", "serial"];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub standalone: StandaloneConfig,
     pub uplink: UplinkConfig,
+    pub outbox: OutboxConfig,
     pub auth: AuthConfig,
     pub serial: SerialConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
@@ -123,6 +126,7 @@ struct RawConfig {
     gateway: gateway::RawGateway,
     standalone: standalone::RawStandalone,
     uplink: uplink::RawUplink,
+    outbox: outbox::RawOutbox,
     auth: auth::RawAuth,
     serial: serial::RawSerial,
 }
@@ -210,6 +214,7 @@ pub fn load_from(
         gateway: raw.gateway.validate(&profile, &mut check),
         standalone: raw.standalone.validate(&mut check),
         uplink: raw.uplink.validate(&profile, &mut check),
+        outbox: raw.outbox.validate(&mut check),
         auth: raw.auth.validate(&mut check),
         serial: raw.serial.validate(&mut check),
         warnings: Vec::new(),
