@@ -133,6 +133,16 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         let supervisor = Supervisor::new();
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
         let _pipeline = gateway::pipeline::start(config, &supervisor)?;
+        // Serial sensors (issue 7): intake stage, one task per configured port.
+        gateway::serial::start(
+            &config.serial,
+            gateway::serial::GatewayBackend::new(
+                auth_store.clone(),
+                _pipeline.outbox.clone(),
+                _pipeline.downlink.clone(),
+            ),
+            &supervisor,
+        );
         let signals = forward_signals().context("cannot install signal handlers")?;
         info!(
             state_dir = %config.gateway.state_dir.display(),

@@ -31,7 +31,14 @@ pub use uplink::{MqttVersion, UplinkConfig};
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
 
 /// Sections, as they appear in the file and in `EDGEGW_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "outbox", "auth", "serial"];
+const SECTIONS: &[&str] = &[
+    "gateway",
+    "standalone",
+    "uplink",
+    "outbox",
+    "auth",
+    "serial",
+];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]
