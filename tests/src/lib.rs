@@ -120,6 +120,25 @@ impl Daemon {
         }
     }
 
+    /// Waits until `n` log lines (counting from the start) contain `needle`; returns the nth.
+    /// For events that happen more than once (a port reopened).
+    pub fn wait_for_nth_log(&mut self, needle: &str, n: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "fewer than {n} log lines containing {needle:?} within {timeout:?}; log:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
     /// Everything logged so far.
     pub fn log(&mut self) -> &[String] {
         while let Ok(line) = self.lines.try_recv() {
