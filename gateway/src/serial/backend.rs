@@ -165,3 +165,125 @@ impl Backend for GatewayBackend {
         Some(rx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthConfig, OutboxConfig};
+    use crate::downlink::{Command, DownlinkLimits};
+    use crate::serial::task::{AdapterConfig, PortSpec, spawn_port};
+    use hal::serial::{FakeDevice, SerialSettings};
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    async fn line(dev: &FakeDevice) -> String {
+        let dev = dev.clone();
+        tokio::task::spawn_blocking(move || dev.wait_line(WAIT))
+            .await
+            .unwrap()
+            .expect("no answer from the adapter")
+    }
+
+    /// The real auth store, outbox and downlink hub behind a fake port: AUTH, PUB into the
+    /// outbox, downlink commands as CMD lines, and a port bound to a client.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn real_store_outbox_and_downlink_behind_a_fake_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = AuthStore::open(&dir.path().join("auth.db"), &AuthConfig::default()).unwrap();
+        let secret = auth.ensure_demo("dom-1").unwrap().expect("demo created");
+        let (outbox, worker) =
+            Outbox::open(&dir.path().join("outbox.db"), &OutboxConfig::default()).unwrap();
+        let hub = DownlinkHub::new(DownlinkLimits::default());
+        let backend = GatewayBackend::new(auth.clone(), outbox.clone(), hub.clone());
+
+        let dev = FakeDevice::new("/dev/ttyFAKE");
+        let bound = FakeDevice::new("/dev/ttyBOUND");
+        let opener = Arc::new(dev.opener().with(&bound));
+        let mut settings = SerialSettings::new(9600).unwrap();
+        settings.timeout = Duration::from_millis(20);
+        let config = AdapterConfig {
+            max_line: 256,
+            max_pending: 8,
+            reopen_min: Duration::from_millis(10),
+            reopen_max: Duration::from_millis(50),
+        };
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        for (path, client) in [
+            ("/dev/ttyFAKE", None),
+            ("/dev/ttyBOUND", Some("demo-sensor")),
+        ] {
+            tasks.push(spawn_port(
+                PortSpec {
+                    path: path.into(),
+                    settings,
+                    client: client.map(str::to_owned),
+                },
+                config.clone(),
+                opener.clone(),
+                backend.clone(),
+                cancel.clone(),
+            ));
+        }
+
+        dev.send(format!("AUTH demo-sensor {secret}\n").as_bytes());
+        assert_eq!(line(&dev).await, "OK");
+        dev.send(b"PUB demo/room.1 21.5\n");
+        let seq: u64 = line(&dev)
+            .await
+            .strip_prefix("OK ")
+            .and_then(|s| s.parse().ok())
+            .expect("OK <seq>");
+        dev.send(b"PUB demo/bad+level 1\n");
+        assert_eq!(line(&dev).await, "ERR bad-request");
+        bound.send(b"PUB demo from-bound-port\n");
+        let bound_seq: u64 = line(&bound)
+            .await
+            .strip_prefix("OK ")
+            .and_then(|s| s.parse().ok())
+            .expect("OK <seq>");
+        assert!(bound_seq > seq);
+
+        let reader = outbox.clone();
+        let entries = tokio::task::spawn_blocking(move || reader.fetch_after(0, 10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].seq, seq);
+        assert_eq!(entries[0].message.subtopic, "room/1");
+        assert_eq!(entries[0].message.domain_id, "dom-1");
+        assert_eq!(&entries[0].message.payload[..], b"21.5");
+        assert_eq!(&entries[1].message.payload[..], b"from-bound-port");
+
+        // Downlink: the demo channel has a subscribe connection. The hub keeps one live
+        // subscription per (client, channel): the most recent session (the AUTH on ttyFAKE,
+        // after the bound port opened) gets the command.
+        let channel = auth
+            .subscribed_channels()
+            .borrow()
+            .first()
+            .cloned()
+            .unwrap();
+        let delivered = hub.deliver(&Command {
+            domain_id: "dom-1".into(),
+            channel_id: channel.id.clone(),
+            subtopic: "cmd".into(),
+            payload: bytes::Bytes::from_static(b"reboot"),
+            received_at: SystemTime::now(),
+        });
+        assert_eq!(delivered, 1);
+        assert_eq!(line(&dev).await, "CMD demo/cmd reboot");
+
+        cancel.cancel();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        outbox.close();
+        tokio::task::spawn_blocking(move || worker.join())
+            .await
+            .unwrap();
+    }
+}
