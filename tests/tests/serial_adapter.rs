@@ -97,7 +97,7 @@ struct Gateway {
 /// `run --dev` with one port behind `<dir>/ttySENSOR` (the pty is created first) and one that
 /// does not exist.
 fn start() -> (Gateway, Sensor) {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_owned();
     let link = dir.join("ttySENSOR");
     let sensor = Sensor::plug_in(&link);
@@ -112,7 +112,7 @@ fn start() -> (Gateway, Sensor) {
             dir.join("ttyMISSING").display()
         ),
     )
-    .unwrap();
+    .expect("write config");
     let mut cmd = edgegw(&dir);
     cmd.arg("--config").arg(&config).args(["run", "--dev"]);
     let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,11 +148,11 @@ impl Gateway {
         .expect("open outbox.db");
         let mut stmt = db
             .prepare("SELECT subtopic, payload FROM outbox ORDER BY seq")
-            .unwrap();
+            .expect("query outbox");
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+            .expect("read outbox")
+            .collect::<Result<_, _>>()
+            .expect("outbox row")
     }
 
     fn stop(mut self) {
