@@ -260,6 +260,14 @@ impl Db {
 
     fn migrate(&mut self) -> Result<(), AuthError> {
         let path = self.path.clone();
+        // Up to date (the usual case): no write lock, so read-only CLI commands stay readers.
+        let current: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| sqlite_at(&path, e))?;
+        if current == SCHEMA_VERSION {
+            return Ok(());
+        }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
