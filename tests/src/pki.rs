@@ -58,7 +58,7 @@ impl Ca {
                 "-subj",
                 &format!("/CN={name}"),
                 "-days",
-                "30",
+                "400",
                 "-addext",
                 "basicConstraints=critical,CA:TRUE",
                 "-addext",
@@ -152,9 +152,9 @@ pub struct Pki {
 impl Pki {
     pub fn new(dir: &Path) -> Self {
         let ca = Ca::new(dir, "test-ca");
-        let broker = ca.issue("broker", "broker", Some("IP:127.0.0.1,DNS:localhost"), 30);
-        let client = ca.issue("uplink", "uplink-1", None, 30);
-        let subscriber = ca.issue("subscriber", "subscriber", None, 30);
+        let broker = ca.issue("broker", "broker", Some("IP:127.0.0.1,DNS:localhost"), 365);
+        let client = ca.issue("uplink", "uplink-1", None, 365);
+        let subscriber = ca.issue("subscriber", "subscriber", None, 365);
         Self {
             ca,
             broker,
