@@ -59,6 +59,8 @@ pub struct StatusReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_expires_in_days: Option<i64>,
     pub warnings: Vec<String>,
+    /// The board: device-tree model and serial, machine id, wired MAC (issue 7).
+    pub board: crate::board::BoardStatus,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +77,7 @@ pub struct StatusHandle {
     uplink: tokio::sync::watch::Receiver<UplinkStatus>,
     samples: Arc<Mutex<VecDeque<Sample>>>,
     started: Instant,
+    board: Arc<crate::board::BoardStatus>,
 }
 
 impl StatusHandle {
@@ -84,6 +87,10 @@ impl StatusHandle {
             uplink,
             samples: Arc::default(),
             started: Instant::now(),
+            // Read once: board identity does not change while the daemon runs.
+            board: Arc::new(crate::board::BoardStatus::read(
+                &hal::identity::SysRoot::system(),
+            )),
         };
         handle.sample();
         handle
@@ -152,6 +159,7 @@ impl StatusHandle {
             delivered_per_s: (delivered_per_s * 10.0).round() / 10.0,
             cert_expires_in_days,
             warnings,
+            board: (*self.board).clone(),
         }
     }
 }
@@ -316,6 +324,13 @@ pub fn render(v: &serde_json::Value) -> String {
             "-" => "-".to_owned(),
             d => format!("{d} days"),
         },
+    );
+    line("board", get(&["board", "model"]));
+    line("board serial", get(&["board", "serial_number"]));
+    line("machine id", get(&["board", "machine_id"]));
+    line(
+        "wired MAC",
+        format!("{} ({})", get(&["board", "mac"]), get(&["board", "nic"])),
     );
     if let Some(warnings) = v.get("warnings").and_then(|w| w.as_array()) {
         for w in warnings {

@@ -3,6 +3,7 @@
 //! composition root; this library exists so tests can drive the modules directly.
 
 pub mod auth;
+pub mod board;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -123,6 +123,8 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     prepare_dirs(config)?;
     let auth_store = open_auth_store(config)?;
+    // Optional hardware watchdog and status LED ([board], both off by default).
+    let board = gateway::board::start(&config.board, &hal::identity::SysRoot::system())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -133,6 +135,12 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         let supervisor = Supervisor::new();
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
         let _pipeline = gateway::pipeline::start(config, &supervisor)?;
+        if let Some(heartbeat) = board.heartbeat(
+            config.board.watchdog_interval.get(),
+            supervisor.token(gateway::supervisor::Stage::Pipeline),
+        ) {
+            supervisor.spawn(gateway::supervisor::Stage::Pipeline, heartbeat);
+        }
         // Serial sensors (issue 7): intake stage, one task per configured port.
         gateway::serial::start(
             &config.serial,
@@ -160,6 +168,8 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     })?;
     // Flushes queued audit events (adapters, which hold clones, have stopped).
     drop(auth_store);
+    // Watchdog magic close, LED off.
+    board.stop();
     match outcome {
         Shutdown::Clean | Shutdown::DrainTimeout => {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -7,6 +7,7 @@
 //! returned in [`Config::warnings`] for the caller to log.
 
 mod auth;
+mod board;
 mod env;
 mod gateway;
 mod outbox;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use auth::AuthConfig;
+pub use board::BoardConfig;
 pub use gateway::GatewayConfig;
 pub use outbox::{Durability, FullPolicy, OutboxConfig};
 pub use serial::{SerialConfig, SerialPortConfig};
@@ -38,6 +40,7 @@ const SECTIONS: &[&str] = &[
     "outbox",
     "auth",
     "serial",
+    "board",
 ];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
@@ -117,6 +120,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub auth: AuthConfig,
     pub serial: SerialConfig,
+    pub board: BoardConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -136,6 +140,7 @@ struct RawConfig {
     outbox: outbox::RawOutbox,
     auth: auth::RawAuth,
     serial: serial::RawSerial,
+    board: board::RawBoard,
 }
 
 /// Where to read the configuration from.
@@ -224,6 +229,7 @@ pub fn load_from(
         outbox: raw.outbox.validate(&mut check),
         auth: raw.auth.validate(&mut check),
         serial: raw.serial.validate(&mut check),
+        board: raw.board.validate(&mut check),
         warnings: Vec::new(),
         source: path,
         profile,

@@ -178,12 +178,13 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    async fn line(dev: &FakeDevice) -> String {
+    async fn line(dev: &FakeDevice, step: &str) -> String {
         let dev = dev.clone();
-        tokio::task::spawn_blocking(move || dev.wait_line(WAIT))
+        let waited = dev.clone();
+        tokio::task::spawn_blocking(move || waited.wait_line(WAIT))
             .await
             .unwrap()
-            .expect("no answer from the adapter")
+            .unwrap_or_else(|| panic!("{step}: no answer from the adapter on {dev:?}"))
     }
 
     /// The real auth store, outbox and downlink hub behind a fake port: AUTH, PUB into the
@@ -228,23 +229,25 @@ mod tests {
             ));
         }
 
+        // The bound port first: once it answered, its session (and its downlink subscription)
+        // exists, so the AUTH below is the client's most recent session.
+        bound.send(b"PUB demo from-bound-port\n");
+        let bound_seq: u64 = line(&bound, "bound PUB")
+            .await
+            .strip_prefix("OK ")
+            .and_then(|s| s.parse().ok())
+            .expect("OK <seq>");
         dev.send(format!("AUTH demo-sensor {secret}\n").as_bytes());
-        assert_eq!(line(&dev).await, "OK");
+        assert_eq!(line(&dev, "AUTH").await, "OK");
         dev.send(b"PUB demo/room.1 21.5\n");
-        let seq: u64 = line(&dev)
+        let seq: u64 = line(&dev, "PUB")
             .await
             .strip_prefix("OK ")
             .and_then(|s| s.parse().ok())
             .expect("OK <seq>");
         dev.send(b"PUB demo/bad+level 1\n");
-        assert_eq!(line(&dev).await, "ERR bad-request");
-        bound.send(b"PUB demo from-bound-port\n");
-        let bound_seq: u64 = line(&bound)
-            .await
-            .strip_prefix("OK ")
-            .and_then(|s| s.parse().ok())
-            .expect("OK <seq>");
-        assert!(bound_seq > seq);
+        assert_eq!(line(&dev, "bad PUB").await, "ERR bad-request");
+        assert!(seq > bound_seq);
 
         let reader = outbox.clone();
         let entries = tokio::task::spawn_blocking(move || reader.fetch_after(0, 10))
@@ -252,15 +255,15 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].seq, seq);
-        assert_eq!(entries[0].message.subtopic, "room/1");
-        assert_eq!(entries[0].message.domain_id, "dom-1");
-        assert_eq!(&entries[0].message.payload[..], b"21.5");
-        assert_eq!(&entries[1].message.payload[..], b"from-bound-port");
+        assert_eq!(&entries[0].message.payload[..], b"from-bound-port");
+        assert_eq!(entries[1].seq, seq);
+        assert_eq!(entries[1].message.subtopic, "room/1");
+        assert_eq!(entries[1].message.domain_id, "dom-1");
+        assert_eq!(&entries[1].message.payload[..], b"21.5");
 
         // Downlink: the demo channel has a subscribe connection. The hub keeps one live
-        // subscription per (client, channel): the most recent session (the AUTH on ttyFAKE,
-        // after the bound port opened) gets the command.
+        // subscription per (client, channel): the most recent session (the AUTH on ttyFAKE)
+        // gets the command.
         let channel = auth
             .subscribed_channels()
             .borrow()
@@ -275,7 +278,7 @@ mod tests {
             received_at: SystemTime::now(),
         });
         assert_eq!(delivered, 1);
-        assert_eq!(line(&dev).await, "CMD demo/cmd reboot");
+        assert_eq!(line(&dev, "CMD").await, "CMD demo/cmd reboot");
 
         cancel.cancel();
         for t in tasks {
