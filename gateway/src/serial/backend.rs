@@ -189,6 +189,44 @@ mod tests {
 
     /// The real auth store, outbox and downlink hub behind a fake port: AUTH, PUB into the
     /// outbox, downlink commands as CMD lines, and a port bound to a client.
+    #[test]
+    fn repeated_wrong_secrets_are_throttled_and_look_like_any_other_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuthConfig {
+            failure_burst: 2,
+            ..AuthConfig::default()
+        };
+        let auth = AuthStore::open(&dir.path().join("auth.db"), &config).unwrap();
+        let secret = auth.ensure_demo("").unwrap().expect("demo created");
+        let (outbox, worker) =
+            Outbox::open(&dir.path().join("outbox.db"), &OutboxConfig::default()).unwrap();
+        let backend = GatewayBackend::new(auth, outbox.clone(), DownlinkHub::default());
+        assert_eq!(
+            backend.authenticate("nobody", b"x").err(),
+            Some(Reason::Auth)
+        );
+        assert_eq!(
+            backend.authenticate("demo-sensor", b"wrong").err(),
+            Some(Reason::Auth)
+        );
+        assert_eq!(
+            backend.authenticate("demo-sensor", b"wrong").err(),
+            Some(Reason::Auth)
+        );
+        // Budget used up: even the right secret waits.
+        assert_eq!(
+            backend.authenticate("demo-sensor", secret.as_bytes()).err(),
+            Some(Reason::Throttled)
+        );
+        // Other identities are not affected.
+        assert_eq!(
+            backend.authenticate("someone-else", b"x").err(),
+            Some(Reason::Auth)
+        );
+        outbox.close();
+        worker.join();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn real_store_outbox_and_downlink_behind_a_fake_port() {
         let dir = tempfile::tempdir().unwrap();

@@ -210,13 +210,18 @@ fn writer_loop(mut rx: mpsc::Receiver<WriterMsg>) {
         match msg {
             WriterMsg::Port(p) => port = Some(p),
             WriterMsg::Bytes(bytes) => {
-                if let Some(p) = port.as_mut()
-                    && let Err(e) = p.write_all(&bytes)
-                {
-                    // The reader sees the same failure and reopens; answers for the old
+                let Some(p) = port.as_mut() else { continue };
+                match p.write_all(&bytes) {
+                    Ok(()) => {}
+                    // Gone: the reader sees the same and reopens; answers for the old
                     // connection are moot.
-                    debug!("serial write failed: {e}");
-                    port = None;
+                    Err(e @ SerialError::Disconnected { .. }) => {
+                        debug!("serial write failed: {e}");
+                        port = None;
+                    }
+                    // Timed out (flow control holding the line): this answer is lost, the
+                    // port stays usable.
+                    Err(e) => warn!("serial write failed, answer dropped: {e}"),
                 }
             }
         }
