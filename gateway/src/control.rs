@@ -61,6 +61,9 @@ pub struct StatusReport {
     pub warnings: Vec<String>,
     /// The board: device-tree model and serial, machine id, wired MAC (issue 7).
     pub board: crate::board::BoardStatus,
+    /// Serial ports (issue 7).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub serial: Vec<crate::serial::status::PortStatus>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +81,7 @@ pub struct StatusHandle {
     samples: Arc<Mutex<VecDeque<Sample>>>,
     started: Instant,
     board: Arc<crate::board::BoardStatus>,
+    serial: crate::serial::SerialStatus,
 }
 
 impl StatusHandle {
@@ -91,6 +95,7 @@ impl StatusHandle {
             board: Arc::new(crate::board::BoardStatus::read(
                 &hal::identity::SysRoot::system(),
             )),
+            serial: crate::serial::SerialStatus::default(),
         };
         handle.sample();
         handle
@@ -160,7 +165,13 @@ impl StatusHandle {
             cert_expires_in_days,
             warnings,
             board: (*self.board).clone(),
+            serial: self.serial.snapshot(),
         }
+    }
+
+    /// Where the serial adapter reports its ports.
+    pub fn serial(&self) -> &crate::serial::SerialStatus {
+        &self.serial
     }
 }
 
@@ -332,6 +343,28 @@ pub fn render(v: &serde_json::Value) -> String {
         "wired MAC",
         format!("{} ({})", get(&["board", "mac"]), get(&["board", "nic"])),
     );
+    if let Some(ports) = v.get("serial").and_then(|p| p.as_array()) {
+        for p in ports {
+            let f = |k: &str| match p.get(k) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None => "-".to_owned(),
+                Some(other) => other.to_string(),
+            };
+            line(
+                "serial port",
+                format!(
+                    "{} {} (device {}, client {}, {} published, {} errors, opened {}x)",
+                    f("path"),
+                    f("state"),
+                    f("device"),
+                    f("client"),
+                    f("published"),
+                    f("errors"),
+                    f("opens")
+                ),
+            );
+        }
+    }
     if let Some(warnings) = v.get("warnings").and_then(|w| w.as_array()) {
         for w in warnings {
             line("WARNING", w.as_str().unwrap_or_default().to_owned());

@@ -149,6 +149,7 @@ fn run(config: &Config) -> anyhow::Result<u8> {
                 _pipeline.outbox.clone(),
                 _pipeline.downlink.clone(),
             ),
+            _pipeline.status.serial(),
             &supervisor,
         );
         let signals = forward_signals().context("cannot install signal handlers")?;

@@ -89,6 +89,7 @@ fn checksum(body: &str) -> String {
 struct Gateway {
     _dir: tempfile::TempDir,
     dir: PathBuf,
+    config: PathBuf,
     link: PathBuf,
     daemon: Daemon,
     secret: String,
@@ -130,6 +131,7 @@ fn start() -> (Gateway, Sensor) {
         Gateway {
             _dir: tmp,
             dir,
+            config,
             link,
             daemon,
             secret,
@@ -153,6 +155,22 @@ impl Gateway {
             .expect("read outbox")
             .collect::<Result<_, _>>()
             .expect("outbox row")
+    }
+
+    /// `edgegw status --json` of the running daemon.
+    fn status(&self) -> serde_json::Value {
+        let out = edgegw(&self.dir)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--json", "status", "--dev"])
+            .output()
+            .expect("run edgegw status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
     fn stop(mut self) {
@@ -200,6 +218,14 @@ fn auth_and_pub_reach_the_outbox_with_and_without_checksums() {
             (String::new(), b"23".to_vec()),
         ]
     );
+    // The status report lists both ports.
+    let status = gw.status();
+    let ports = status["serial"].as_array().expect("serial ports in status");
+    assert_eq!(ports.len(), 2, "{status}");
+    assert_eq!(ports[0]["state"], "open", "{status}");
+    assert_eq!(ports[0]["client"], "demo-sensor", "{status}");
+    assert_eq!(ports[0]["published"], 3, "{status}");
+    assert_eq!(ports[1]["state"], "waiting", "{status}");
     gw.stop();
 }
 

@@ -263,6 +263,7 @@ mod tests {
                 config.clone(),
                 opener.clone(),
                 backend.clone(),
+                crate::serial::SerialStatus::default().register(path),
                 cancel.clone(),
             ));
         }

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod codec;
 pub mod proto;
+pub mod status;
 pub mod task;
 
 use std::sync::Arc;
@@ -14,14 +15,20 @@ use std::sync::Arc;
 use hal::serial::{LinuxSerial, SerialOpener};
 
 pub use backend::GatewayBackend;
+pub use status::SerialStatus;
 use task::{AdapterConfig, Backend, PortSpec};
 
 use crate::config::SerialConfig;
 use crate::supervisor::{Stage, Supervisor};
 
 /// Starts one adapter task per configured port in the intake stage (nothing without ports).
-pub fn start(config: &SerialConfig, backend: Arc<dyn Backend>, supervisor: &Supervisor) {
-    start_with(config, backend, Arc::new(LinuxSerial), supervisor);
+pub fn start(
+    config: &SerialConfig,
+    backend: Arc<dyn Backend>,
+    status: &SerialStatus,
+    supervisor: &Supervisor,
+) {
+    start_with(config, backend, Arc::new(LinuxSerial), status, supervisor);
 }
 
 /// As [`start`], with another way of opening ports (tests use hal's fakes).
@@ -29,6 +36,7 @@ pub fn start_with(
     config: &SerialConfig,
     backend: Arc<dyn Backend>,
     opener: Arc<dyn SerialOpener>,
+    status: &SerialStatus,
     supervisor: &Supervisor,
 ) {
     let adapter = AdapterConfig {
@@ -54,6 +62,7 @@ pub fn start_with(
             adapter.clone(),
             Arc::clone(&opener),
             Arc::clone(&backend),
+            status.register(&port.path.display().to_string()),
             supervisor.token(Stage::Intake),
         );
         supervisor.spawn(Stage::Intake, async move {

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::codec::{Reason, Target};
 use super::proto::{Client, Event, Session, SessionConfig, Token};
+use super::status::PortHandle;
 
 /// The durable-acknowledgement future of one accepted message: its outbox sequence number.
 pub type Durable = Pin<Box<dyn Future<Output = Result<u64, Reason>> + Send>>;
@@ -89,6 +90,7 @@ pub fn spawn_port(
     config: AdapterConfig,
     opener: Arc<dyn SerialOpener>,
     backend: Arc<dyn Backend>,
+    status: PortHandle,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let (events_tx, events_rx) = mpsc::channel(QUEUE);
@@ -110,7 +112,7 @@ pub fn spawn_port(
         warn!(port = %name, "cannot start serial port threads: {e}");
     }
     tokio::spawn(async move {
-        port_task(spec, config, backend, events_rx, write_tx, cancel).await;
+        port_task(spec, config, backend, status, events_rx, write_tx, cancel).await;
         // Dropping the stop sender wakes the reader out of a backoff wait.
         drop(stop_tx);
     })
@@ -232,6 +234,7 @@ async fn port_task(
     spec: PortSpec,
     config: AdapterConfig,
     backend: Arc<dyn Backend>,
+    status: PortHandle,
     mut events: mpsc::Receiver<PortEvent>,
     writer: mpsc::Sender<WriterMsg>,
     cancel: CancellationToken,
@@ -245,6 +248,7 @@ async fn port_task(
         backend,
         writer,
         name: name.clone(),
+        status,
     };
     let session_config = SessionConfig {
         max_line: config.max_line,
@@ -260,6 +264,11 @@ async fn port_task(
                 None => break,
                 Some(PortEvent::Opened { device }) => {
                     info!(port = %name, device = %device.display(), "serial port open");
+                    shell.status.update(|p| {
+                        p.state = "open";
+                        p.device = Some(device.display().to_string());
+                        p.opens += 1;
+                    });
                     shell.new_session(&spec, session_config.clone());
                     shell.drain().await;
                 }
@@ -270,6 +279,11 @@ async fn port_task(
                 Some(PortEvent::Closed { reason }) => {
                     warn!(port = %name, "serial port closed ({reason}); reopening with backoff");
                     shell.end_session();
+                    shell.status.update(|p| {
+                        p.state = "waiting";
+                        p.client = None;
+                        p.last_close = Some(reason);
+                    });
                     backlog.clear();
                 }
             },
@@ -312,6 +326,7 @@ struct Shell {
     backend: Arc<dyn Backend>,
     writer: mpsc::Sender<WriterMsg>,
     name: String,
+    status: PortHandle,
 }
 
 impl Shell {
@@ -329,6 +344,8 @@ impl Shell {
         if let Some(client) = &bound {
             self.downlink = self.backend.downlink(client);
         }
+        let identity = bound.as_ref().map(|c| c.identity.clone());
+        self.status.update(|p| p.client = identity);
         self.session = Some(Session::new(config, bound));
     }
 
@@ -415,12 +432,19 @@ impl Shell {
                         Err(reason) => session.handle_publish_result(token, Err(reason)),
                     },
                     Event::Authenticated { client } => {
+                        self.status
+                            .update(|p| p.client = Some(client.identity.clone()));
                         self.downlink = self.backend.downlink(&client);
                     }
                 }
                 continue;
             }
             if let Some(bytes) = session.poll_transmit() {
+                if bytes.starts_with(b"OK ") {
+                    self.status.update(|p| p.published += 1);
+                } else if bytes.starts_with(b"ERR ") {
+                    self.status.update(|p| p.errors += 1);
+                }
                 if self.writer.send(WriterMsg::Bytes(bytes)).await.is_err() {
                     return;
                 }
@@ -434,6 +458,7 @@ impl Shell {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serial::status::SerialStatus;
     use hal::serial::FakeDevice;
     use std::sync::Mutex;
 
@@ -524,11 +549,13 @@ mod tests {
         let dev = FakeDevice::new("/dev/ttyFAKE0");
         let backend = Arc::new(FakeBackend::default());
         let cancel = CancellationToken::new();
+        let status = SerialStatus::default();
         let task = spawn_port(
             spec("/dev/ttyFAKE0", None),
             config(),
             Arc::new(dev.opener()),
             backend.clone(),
+            status.register("/dev/ttyFAKE0"),
             cancel.clone(),
         );
         opened(&dev, 1).await;
@@ -562,6 +589,15 @@ mod tests {
         assert_eq!(published[0].1.subtopic, "x");
         assert_eq!(published[0].2, b"21.5");
         assert_eq!(published[1].2, b"4");
+        let port = &status.snapshot()[0];
+        assert_eq!(
+            (port.state, port.opens, port.published),
+            ("open", 2, 2),
+            "{port:?}"
+        );
+        assert_eq!(port.client.as_deref(), Some("sensor-1"));
+        assert_eq!(port.errors, 6, "{port:?}");
+        assert!(port.last_close.is_some());
         cancel.cancel();
         task.await.unwrap();
     }
@@ -574,11 +610,13 @@ mod tests {
         let opener: Arc<dyn SerialOpener> = Arc::new(good.opener().with(&late));
         let backend = Arc::new(FakeBackend::default());
         let cancel = CancellationToken::new();
+        let status = SerialStatus::default();
         let a = spawn_port(
             spec("/dev/ttyLATE", Some("bound-1")),
             config(),
             opener.clone(),
             backend.clone(),
+            status.register("/dev/ttyLATE"),
             cancel.clone(),
         );
         let b = spawn_port(
@@ -586,12 +624,16 @@ mod tests {
             config(),
             opener,
             backend.clone(),
+            status.register("/dev/ttyGOOD"),
             cancel.clone(),
         );
         opened(&good, 1).await;
         // Bound port: no AUTH needed.
         good.send(b"PUB temp hello\n");
         assert_eq!(line(&good).await, "OK 1");
+        let ports = status.snapshot();
+        assert_eq!(ports[0].state, "waiting", "{ports:?}");
+        assert_eq!(ports[1].client.as_deref(), Some("bound-2"));
         late.plug();
         opened(&late, 1).await;
         late.send(b"PUB temp late\n");
