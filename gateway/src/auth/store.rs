@@ -827,6 +827,22 @@ impl Db {
         channel: &str,
         domain_id: &str,
     ) -> Result<Option<String>, AuthError> {
+        // One transaction: a failure half-way leaves no demo client without its channel.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
+        let result = self.create_demo(identity, channel, domain_id);
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.conn.execute_batch(end).map_err(|e| self.err(e))?;
+        result
+    }
+
+    fn create_demo(
+        &mut self,
+        identity: &str,
+        channel: &str,
+        domain_id: &str,
+    ) -> Result<Option<String>, AuthError> {
         match self.client(identity) {
             Ok(_) => return Ok(None),
             Err(AuthError::NotFound { .. }) => {}
