@@ -175,3 +175,29 @@ fn downlink_commands_reach_the_subscribed_sensor() {
     assert!(sensor.try_recv().is_none());
     rt.block_on(gw.stop());
 }
+
+#[test]
+fn mqtt_5_delivers_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"));
+    let broker = Mosquitto::start(&dir.path().join("broker"), &pki);
+    let mut sub = Subscriber::start(&broker, &pki, "m/#");
+    let rt = runtime();
+    let mut vars = env(dir.path(), &broker, &pki);
+    vars.push(("EDGEGW_UPLINK_MQTT_VERSION".into(), "5".into()));
+    let cfg = config(dir.path(), &vars);
+    let gw = rt.block_on(async {
+        let gw = Gateway::start(&cfg);
+        for i in 0..500 {
+            gw.ingest(message(i, 3)).await;
+        }
+        gw
+    });
+    assert!(sub.wait_until(Duration::from_secs(30), |l| {
+        check_delivery(l, 0..500).missing.is_empty()
+    }));
+    let d = check_delivery(&sub.lines, 0..500);
+    assert!(d.out_of_order.is_empty());
+    assert!(broker.log().contains("as gw-test (p5"), "not MQTT 5:\n{}", broker.log());
+    rt.block_on(gw.stop());
+}
