@@ -4,13 +4,13 @@
 
 pub mod cli;
 pub mod config;
-pub mod exit;
-pub mod logging;
-pub mod supervisor;
 pub mod control;
 pub mod downlink;
+pub mod exit;
+pub mod logging;
 pub mod outbox;
 pub mod pipeline;
+pub mod supervisor;
 pub mod tls;
 pub mod topic;
 pub mod uplink;
