@@ -48,14 +48,20 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|c| c
-                .lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned())
+            )
             .unwrap_or_default(),
         dir.path().display()
     );
-    println!("method: {PRODUCERS} concurrent producers, each awaiting its Receipt; 16 channels; 2-4 byte payloads");
+    println!(
+        "method: {PRODUCERS} concurrent producers, each awaiting its Receipt; 16 channels; 2-4 byte payloads"
+    );
 
     for durability in [Durability::Fsync, Durability::Os] {
         // Outbox only: the uplink is down (broker stopped), so nothing is deleted meanwhile.
@@ -100,7 +106,11 @@ fn main() {
         while gw.pipeline.outbox.stats().acked_total < total {
             let _ = tokio::time::timeout(Duration::from_millis(5), committed.changed()).await;
         }
-        (ingest, started.elapsed(), gw.pipeline.outbox.stats().commits_total)
+        (
+            ingest,
+            started.elapsed(),
+            gw.pipeline.outbox.stats().commits_total,
+        )
     });
     println!(
         "end to end (fsync, mqtts to mosquitto on loopback, QoS 1, inflight 64): {total} messages accepted in {:.2}s ({:.0} msgs/s), all PUBACKed after {:.2}s = {:.0} msgs/s sustained; {commits} outbox commits ({:.0}/s, inserts and deletes)",
