@@ -82,6 +82,8 @@ enum PortEvent {
 const READ_CHUNK: usize = 512;
 /// Reader → task and task → writer queue depths (chunks / lines).
 const QUEUE: usize = 16;
+/// At shutdown, how long to wait for pending PUBs to become durable and be answered.
+const FINAL_ANSWERS: Duration = Duration::from_secs(2);
 
 /// Starts one port: its threads and its async task. The task ends when `cancel` fires; the
 /// threads notice within one read timeout and end too.
@@ -300,6 +302,20 @@ async fn port_task(
                 shell.drain().await;
             }
         }
+    }
+    // Intake stopped: read nothing more, but answer the PUBs already handed to the outbox
+    // (it is still open; the pipeline stops after intake), so sensors do not resend them.
+    let flushed = tokio::time::timeout(FINAL_ANSWERS, async {
+        while let Some(done) = shell.pending.join_next().await {
+            if let Ok((generation, token, result)) = done {
+                shell.publish_result(generation, token, result);
+            }
+            shell.drain().await;
+        }
+    })
+    .await;
+    if flushed.is_err() {
+        warn!(port = %name, "stopping with PUBs still waiting for durability; their sensors get no answer");
     }
     debug!(port = %name, "serial adapter stopped");
 }
@@ -599,6 +615,61 @@ mod tests {
         assert_eq!(port.errors, 6, "{port:?}");
         assert!(port.last_close.is_some());
         cancel.cancel();
+        task.await.unwrap();
+    }
+
+    /// Publishes become durable only when the test says so.
+    struct GatedBackend {
+        published: tokio::sync::Notify,
+        release: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl Backend for GatedBackend {
+        fn authenticate(&self, _: &str, _: &[u8]) -> Result<Client, Reason> {
+            Err(Reason::Auth)
+        }
+        fn bound_client(&self, identity: &str) -> Result<Client, Reason> {
+            Ok(Client {
+                id: identity.into(),
+                identity: identity.into(),
+            })
+        }
+        fn publish(&self, _: &Client, _: &Target, _: Vec<u8>) -> Result<Durable, Reason> {
+            self.published.notify_one();
+            let release = Arc::clone(&self.release);
+            Ok(Box::pin(async move {
+                let _permit = release.acquire().await.map_err(|_| Reason::Unavailable)?;
+                Ok(7)
+            }))
+        }
+        fn downlink(&self, _: &Client) -> Option<mpsc::Receiver<Downlink>> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_pending_pubs_are_still_answered() {
+        let dev = FakeDevice::new("/dev/ttyGATED");
+        let backend = Arc::new(GatedBackend {
+            published: tokio::sync::Notify::new(),
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
+        });
+        let cancel = CancellationToken::new();
+        let task = spawn_port(
+            spec("/dev/ttyGATED", Some("bound")),
+            config(),
+            Arc::new(dev.opener()),
+            backend.clone(),
+            SerialStatus::default().register("/dev/ttyGATED"),
+            cancel.clone(),
+        );
+        dev.send(b"PUB temp 1\n");
+        backend.published.notified().await;
+        // Intake stops while the message is not yet durable ...
+        cancel.cancel();
+        // ... then it becomes durable: the sensor still hears about it.
+        backend.release.add_permits(1);
+        assert_eq!(line(&dev).await, "OK 7");
         task.await.unwrap();
     }
 
