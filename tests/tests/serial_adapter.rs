@@ -277,9 +277,12 @@ fn the_adapter_recovers_when_the_pty_is_closed_and_reopened() {
     // Plug back in (a new pty behind the same name, like a by-id link after a replug).
     let mut sensor = Sensor::plug_in(&gw.link);
     gw.daemon.wait_for_nth_log("serial port open", 2, WAIT);
-    // A new connection must authenticate again.
+    // A new connection must authenticate again (this time with a checksum).
     assert_eq!(sensor.ask("PUB demo x"), "ERR not-authenticated");
-    assert_eq!(sensor.ask(&format!("AUTH demo-sensor {}", gw.secret)), "OK");
+    assert_eq!(
+        sensor.ask(&checksum(&format!("AUTH demo-sensor {}", gw.secret))),
+        checksum("OK")
+    );
     seq_of(&sensor.ask("PUB demo after"));
     let payloads: Vec<Vec<u8>> = gw.outbox().into_iter().map(|(_, p)| p).collect();
     assert_eq!(payloads, vec![b"before".to_vec(), b"after".to_vec()]);
