@@ -139,8 +139,8 @@ fn reader_loop(
     loop {
         match opener.open(&spec.path, &spec.settings) {
             Ok(mut port) => {
-                backoff = config.reopen_min;
                 failures = 0;
+                let opened_at = std::time::Instant::now();
                 let device = port.device().to_owned();
                 match port.try_clone() {
                     Ok(w) => {
@@ -153,15 +153,25 @@ fn reader_loop(
                 if events.blocking_send(PortEvent::Opened { device }).is_err() {
                     return;
                 }
-                let reason = read_until_closed(&mut *port, events, stop);
-                match reason {
-                    None => return,
-                    Some(reason) => {
-                        if events.blocking_send(PortEvent::Closed { reason }).is_err() {
-                            return;
-                        }
-                    }
+                let Some(reason) = read_until_closed(&mut *port, events, stop) else {
+                    return;
+                };
+                drop(port);
+                if events.blocking_send(PortEvent::Closed { reason }).is_err() {
+                    return;
                 }
+                // A port that fails right after opening must not spin: keep backing off
+                // unless it stayed up for a while.
+                if opened_at.elapsed() >= config.reopen_max {
+                    backoff = config.reopen_min;
+                }
+                if !matches!(
+                    stop.recv_timeout(backoff),
+                    Err(std_mpsc::RecvTimeoutError::Timeout)
+                ) {
+                    return;
+                }
+                backoff = (backoff * 2).min(config.reopen_max);
             }
             Err(e) => {
                 failures += 1;
@@ -202,7 +212,7 @@ fn read_until_closed(
                     return None;
                 }
             }
-            Err(e @ SerialError::Disconnected { .. }) => return Some(e.to_string()),
+            // Disconnected (EIO, hang-up, unplug) or any other read failure: reopen.
             Err(e) => return Some(e.to_string()),
         }
     }
