@@ -439,7 +439,7 @@ impl Shell {
                                 info!(port = %self.name, client = %identity, "serial sensor authenticated")
                             }
                             Err(reason) => {
-                                info!(port = %self.name, client = %identity, "serial AUTH refused: {reason}")
+                                debug!(port = %self.name, client = %identity, "serial AUTH refused: {reason}")
                             }
                         }
                         session.handle_auth_result(token, result);
