@@ -352,6 +352,7 @@ impl Uplink {
                 &self.config.status_topic,
                 Bytes::from_static(b"online"),
                 true,
+                None,
             )
             .is_ok()
         {
@@ -380,7 +381,15 @@ impl Uplink {
                     subtopic: &m.subtopic,
                     client: &m.client_id,
                 });
-                if client.publish(&topic, m.payload.clone(), false).is_err() {
+                if client
+                    .publish(
+                        &topic,
+                        m.payload.clone(),
+                        false,
+                        m.content_format.as_deref(),
+                    )
+                    .is_err()
+                {
                     window.handle_publish_refused(entry.seq);
                     break;
                 }
@@ -442,7 +451,10 @@ impl Uplink {
                     match serde_json::to_vec(&report) {
                         Ok(json) => {
                             let topic = format!("{}/stats", self.config.status_topic);
-                            if client.publish(&topic, Bytes::from(json), true).is_ok() {
+                            if client
+                                .publish(&topic, Bytes::from(json), true, Some("application/json"))
+                                .is_ok()
+                            {
                                 window.handle_own_publish();
                             }
                         }
@@ -481,6 +493,7 @@ impl Uplink {
             &self.config.status_topic,
             Bytes::from_static(b"offline"),
             true,
+            None,
         );
         let _ = client.disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
