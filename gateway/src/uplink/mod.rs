@@ -210,7 +210,10 @@ impl Uplink {
                 )
             })
         });
-        if let Some(w) = &warning {
+        // Logged when it first appears and when the day count changes (once a day at most).
+        if let Some(w) = &warning
+            && self.status.borrow().cert_warning.as_ref() != Some(w)
+        {
             warn!("{w}: renew it and send SIGHUP");
         }
         self.status.send_modify(|s| {
@@ -447,6 +450,8 @@ impl Uplink {
                     }
                 }
                 _ = stats_tick.tick() => {
+                    // A long-running daemon crosses the 30-day line without a restart.
+                    self.note_certificate();
                     let report = self.report.report();
                     match serde_json::to_vec(&report) {
                         Ok(json) => {
