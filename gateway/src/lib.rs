@@ -3,9 +3,18 @@
 //! composition root; this library exists so tests can drive the modules directly.
 
 pub mod auth;
+pub mod board;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod downlink;
 pub mod exit;
 pub mod logging;
+pub mod outbox;
+pub mod pipeline;
 pub mod pki;
+pub mod serial;
 pub mod supervisor;
+pub mod tls;
+pub mod topic;
+pub mod uplink;

@@ -9,7 +9,7 @@ use clap::Parser as _;
 use gateway::auth::{self, AuthStore};
 use gateway::cli::{Cli, Command};
 use gateway::config::{self, Config, Profile, Source};
-use gateway::exit::{self, ConfigFileError, NotYet};
+use gateway::exit::{self, ConfigFileError};
 use gateway::supervisor::{Shutdown, Signal, Stage, Supervisor};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -33,11 +33,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             auth::cli::connect(&load_config(&cli)?, cli.json, args, false)
         }
         Command::Certs(ref cmd) => gateway::pki::command(&load_config(&cli)?, cmd, cli.json),
-        Command::Status => Err(NotYet {
-            command: "status",
-            issue: 4,
-        }
-        .into()),
+        Command::Status => status(&cli),
     }
 }
 
@@ -73,6 +69,18 @@ fn check_config(cli: &Cli) -> anyhow::Result<u8> {
         println!("# warning: {warning}");
     }
     print!("{}", config.to_redacted_toml());
+    Ok(exit::OK)
+}
+
+/// `edgegw status`: asks the running daemon over its control socket.
+fn status(cli: &Cli) -> anyhow::Result<u8> {
+    let config = load_config(cli)?;
+    let report = gateway::control::query(&config.gateway.runtime_dir)?;
+    if cli.json {
+        println!("{report}");
+    } else {
+        print!("{}", gateway::control::render(&report));
+    }
     Ok(exit::OK)
 }
 
@@ -114,6 +122,8 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     prepare_dirs(config)?;
     let auth_store = open_auth_store(config)?;
     let config = &gateway::pki::with_dev_pki(config)?;
+    // Optional hardware watchdog and status LED ([board], both off by default).
+    let board = gateway::board::start(&config.board, &hal::identity::SysRoot::system())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -122,6 +132,26 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         .context("cannot start the async runtime")?;
     let outcome = runtime.block_on(async {
         let supervisor = Supervisor::new();
+        // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
+        let pipeline = gateway::pipeline::start(config, &supervisor)?;
+        pipeline.follow_subscriptions(&supervisor, auth_store.subscribed_channels());
+        if let Some(heartbeat) = board.heartbeat(
+            config.board.watchdog_interval.get(),
+            supervisor.token(gateway::supervisor::Stage::Pipeline),
+        ) {
+            supervisor.spawn(gateway::supervisor::Stage::Pipeline, heartbeat);
+        }
+        // Serial sensors (issue 7): intake stage, one task per configured port.
+        gateway::serial::start(
+            &config.serial,
+            gateway::serial::GatewayBackend::new(
+                auth_store.clone(),
+                pipeline.outbox.clone(),
+                pipeline.downlink.clone(),
+            ),
+            pipeline.status.serial(),
+            &supervisor,
+        );
         let signals = forward_signals().context("cannot install signal handlers")?;
         supervisor.spawn(
             Stage::Intake,
@@ -147,6 +177,8 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     })?;
     // Flushes queued audit events (adapters, which hold clones, have stopped).
     drop(auth_store);
+    // Watchdog magic close, LED off.
+    board.stop();
     match outcome {
         Shutdown::Clean | Shutdown::DrainTimeout => {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

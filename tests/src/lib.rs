@@ -1,6 +1,10 @@
 //! Harness for end-to-end tests of the built `edgegw` binary: locate it, run it in a scratch
 //! directory with a clean environment, watch its log, signal it, and never leave it running.
 
+pub mod mosquitto;
+pub mod pki;
+pub mod uplink;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -114,6 +118,25 @@ impl Daemon {
                 }
                 Err(_) => panic!(
                     "no log line containing {needle:?} within {timeout:?}; log:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits until `n` log lines (counting from the start) contain `needle`; returns the nth.
+    /// For events that happen more than once (a port reopened).
+    pub fn wait_for_nth_log(&mut self, needle: &str, n: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "fewer than {n} log lines containing {needle:?} within {timeout:?}; log:\n{}",
                     self.log.join("\n")
                 ),
             }

@@ -7,9 +7,12 @@
 //! returned in [`Config::warnings`] for the caller to log.
 
 mod auth;
+mod board;
 mod certs;
 mod env;
 mod gateway;
+mod outbox;
+mod serial;
 mod standalone;
 mod uplink;
 pub mod value;
@@ -20,16 +23,28 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use auth::AuthConfig;
+pub use board::BoardConfig;
 pub use certs::CertsConfig;
 pub use gateway::GatewayConfig;
+pub use outbox::{Durability, FullPolicy, OutboxConfig};
+pub use serial::{SerialConfig, SerialPortConfig};
 pub use standalone::StandaloneConfig;
-pub use uplink::UplinkConfig;
+pub use uplink::{MqttVersion, UplinkConfig};
 
 /// The production config path.
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
 
 /// Sections, as they appear in the file and in `EDGEGW_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "auth", "certs"];
+const SECTIONS: &[&str] = &[
+    "gateway",
+    "standalone",
+    "uplink",
+    "outbox",
+    "auth",
+    "certs",
+    "serial",
+    "board",
+];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -105,8 +120,11 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub standalone: StandaloneConfig,
     pub uplink: UplinkConfig,
+    pub outbox: OutboxConfig,
     pub auth: AuthConfig,
     pub certs: CertsConfig,
+    pub serial: SerialConfig,
+    pub board: BoardConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -123,8 +141,11 @@ struct RawConfig {
     gateway: gateway::RawGateway,
     standalone: standalone::RawStandalone,
     uplink: uplink::RawUplink,
+    outbox: outbox::RawOutbox,
     auth: auth::RawAuth,
     certs: certs::RawCerts,
+    serial: serial::RawSerial,
+    board: board::RawBoard,
 }
 
 /// Where to read the configuration from.
@@ -210,8 +231,11 @@ pub fn load_from(
         gateway: raw.gateway.validate(&profile, &mut check),
         standalone: raw.standalone.validate(&mut check),
         uplink: raw.uplink.validate(&profile, &mut check),
+        outbox: raw.outbox.validate(&mut check),
         auth: raw.auth.validate(&mut check),
         certs: raw.certs.validate(&mut check),
+        serial: raw.serial.validate(&mut check),
+        board: raw.board.validate(&mut check),
         warnings: Vec::new(),
         source: path,
         profile,
