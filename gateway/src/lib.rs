@@ -6,4 +6,6 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod logging;
+pub mod notify;
 pub mod supervisor;
+pub mod watchdog;

@@ -9,6 +9,7 @@ use clap::Parser as _;
 use gateway::cli::{Cli, Command};
 use gateway::config::{self, Config, Profile, Source};
 use gateway::exit::{self, ConfigFileError, NotYet};
+use gateway::notify::Notifier;
 use gateway::supervisor::{Shutdown, Signal, Supervisor};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -134,7 +135,8 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         .build()
         .context("cannot start the async runtime")?;
     let outcome = runtime.block_on(async {
-        let supervisor = Supervisor::new();
+        let notifier = Notifier::from_env();
+        let supervisor = Supervisor::with_notifier(notifier.clone());
         let signals = forward_signals().context("cannot install signal handlers")?;
         info!(
             state_dir = %config.gateway.state_dir.display(),
@@ -144,6 +146,12 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         if config.uplink.url.is_none() {
             info!("no uplink configured: accepted messages will wait in the outbox");
         }
+        // READY=1: move this call to after the stores are open and the listeners bound.
+        notifier.ready(if config.uplink.url.is_none() {
+            "running: no uplink, messages wait in the outbox"
+        } else {
+            "running"
+        });
         anyhow::Ok(
             supervisor
                 .run(signals, config.gateway.drain_timeout.get())
