@@ -33,6 +33,8 @@ struct Inner {
     sink: Sink,
     watchdog: Option<Duration>,
     ready: watch::Sender<bool>,
+    /// The last mode reported with `ready`/`status`, re-sent after a reload or a stall.
+    mode: Mutex<String>,
     /// One warning per process when sending fails; further failures go to debug.
     warned: AtomicBool,
 }
@@ -70,6 +72,7 @@ impl Notifier {
                 sink,
                 watchdog,
                 ready: watch::Sender::new(false),
+                mode: Mutex::new(String::new()),
                 warned: AtomicBool::new(false),
             }),
         }
@@ -116,8 +119,29 @@ impl Notifier {
     /// `READY=1` with a status line: stores are open and listeners bound. Also releases the
     /// watchdog pinger, which never pings before the daemon is ready.
     pub fn ready(&self, status: &str) {
+        self.remember(status);
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
         self.inner.ready.send_replace(true);
+    }
+
+    /// `READY=1` after a reload, with the mode from before it.
+    pub fn reloaded(&self) {
+        let mode = self.mode();
+        self.send(&[NotifyState::Ready, NotifyState::Status(&mode)]);
+    }
+
+    fn remember(&self, status: &str) {
+        if let Ok(mut mode) = self.inner.mode.lock() {
+            status.clone_into(&mut mode);
+        }
+    }
+
+    fn mode(&self) -> String {
+        self.inner
+            .mode
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     /// Waits until [`Notifier::ready`] was called.
@@ -130,7 +154,19 @@ impl Notifier {
     /// `STATUS=…`: a one-line human description of the current mode (shown by
     /// `systemctl status`). Call on every mode change: uplink up/down, outbox depth, …
     pub fn status(&self, status: &str) {
+        self.remember(status);
         self.send(&[NotifyState::Status(status)]);
+    }
+
+    /// A passing condition (`stalled: …`) that does not replace the mode.
+    pub(crate) fn transient_status(&self, status: &str) {
+        self.send(&[NotifyState::Status(status)]);
+    }
+
+    /// Re-sends the mode after a transient status cleared.
+    pub(crate) fn restore_status(&self) {
+        let mode = self.mode();
+        self.send(&[NotifyState::Status(&mode)]);
     }
 
     /// `RELOADING=1` with `MONOTONIC_USEC` (required by `Type=notify-reload`, systemd 253+).
@@ -212,6 +248,10 @@ mod tests {
         n.reloading();
         n.stopping("stopping");
         n.extend_timeout(Duration::from_secs(15));
+        n.status("uplink up");
+        n.transient_status("stalled: uplink");
+        n.reloaded();
+        n.restore_status();
         let got = n.recorded();
         assert_eq!(got[0], "READY=1\nSTATUS=ready: no uplink");
         assert!(
@@ -226,6 +266,15 @@ mod tests {
         assert!(usec > 0);
         assert_eq!(got[2], "STOPPING=1\nSTATUS=stopping");
         assert_eq!(got[3], "EXTEND_TIMEOUT_USEC=15000000");
+        assert_eq!(
+            got[4..],
+            [
+                "STATUS=uplink up",
+                "STATUS=stalled: uplink",
+                "READY=1\nSTATUS=uplink up",
+                "STATUS=uplink up"
+            ]
+        );
     }
 
     #[tokio::test]

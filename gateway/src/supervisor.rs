@@ -222,7 +222,8 @@ impl Supervisor {
                     info!("reload requested (SIGHUP)");
                     self.notifier.reloading();
                     self.reload.send_modify(|generation| *generation += 1);
-                    self.notifier.ready("running (reloaded)");
+                    // Consumers pick the new generation up on their own; the mode stays.
+                    self.notifier.reloaded();
                 }
                 Some(Signal::Terminate) | None => break,
             }
@@ -383,8 +384,14 @@ mod tests {
         let first_ping =
             pos(&|d| d == "WATCHDOG=1").expect("the supervisor loop keeps the pings going");
         let reloading = pos(&|d| d.starts_with("RELOADING=1\nMONOTONIC_USEC=")).expect("RELOADING");
-        let reready = pos(&|d| d.starts_with("READY=1") && d.contains("reloaded"))
-            .expect("READY after reload");
+        // The second READY (the first is the test's own), carrying the mode from before.
+        let reready = got
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| *d == "READY=1\nSTATUS=ready")
+            .nth(1)
+            .map(|(i, _)| i)
+            .expect("READY with the mode from before, after the reload");
         let stopping = pos(&|d| d.starts_with("STOPPING=1")).expect("STOPPING");
         let extend = pos(&|d| d == "EXTEND_TIMEOUT_USEC=12000000").expect("EXTEND_TIMEOUT_USEC");
         assert!(

@@ -170,14 +170,14 @@ pub async fn run_pinger(watchdog: Watchdog, notifier: Notifier, token: Cancellat
         if stalled.is_empty() {
             if was_stalled {
                 info!("watchdog: all loops make progress again; resuming pings");
-                notifier.status("running");
+                notifier.restore_status();
                 was_stalled = false;
             }
             notifier.watchdog_ping();
         } else if !was_stalled {
             let names = stalled.join(", ");
             warn!("watchdog: no progress from {names}; withholding WATCHDOG=1");
-            notifier.status(&format!("stalled: {names}"));
+            notifier.transient_status(&format!("stalled: {names}"));
             was_stalled = true;
         }
     }

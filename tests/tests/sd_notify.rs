@@ -150,9 +150,15 @@ fn plays_the_service_manager_ready_watchdog_reload_stop() {
         .parse()
         .expect("MONOTONIC_USEC is a number");
     assert!(monotonic > 0);
-    manager.until("READY=1 after the reload", Duration::from_secs(5), |d| {
+    let reready = manager.until("READY=1 after the reload", Duration::from_secs(5), |d| {
         has_line(d, "READY=1")
     });
+    let mode = ready.lines().find(|l| l.starts_with("STATUS="));
+    assert_eq!(
+        reready.lines().find(|l| l.starts_with("STATUS=")),
+        mode,
+        "the mode survives a reload"
+    );
     manager.until("WATCHDOG=1 after the reload", Duration::from_secs(5), |d| {
         has_line(d, "WATCHDOG=1")
     });
