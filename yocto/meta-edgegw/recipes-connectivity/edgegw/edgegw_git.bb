@@ -23,9 +23,9 @@ inherit cargo cargo-update-recipe-crates systemd useradd features_check
 
 REQUIRED_DISTRO_FEATURES = "systemd"
 
-# A workspace: build only the daemon's package (not the tests), with Cargo.lock from the root.
+# A workspace: build only the daemon's package (not the tests); Cargo.lock is at the root,
+# where `bitbake -c update_crates edgegw` finds it.
 CARGO_SRC_DIR = "gateway"
-CARGO_LOCK_SRC_DIR = "${S}"
 # aws-lc-sys (the one crypto provider) builds with the cc crate, no cmake.
 export AWS_LC_SYS_CMAKE_BUILDER = "0"
 
