@@ -10,6 +10,7 @@ use gateway::auth::{self, AuthStore};
 use gateway::cli::{Cli, Command};
 use gateway::config::{self, Config, Profile, Source};
 use gateway::exit::{self, ConfigFileError};
+use gateway::notify::Notifier;
 use gateway::supervisor::{Shutdown, Signal, Stage, Supervisor};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -131,7 +132,8 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         .build()
         .context("cannot start the async runtime")?;
     let outcome = runtime.block_on(async {
-        let supervisor = Supervisor::new();
+        let notifier = Notifier::from_env();
+        let supervisor = Supervisor::with_notifier(notifier.clone());
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
         let pipeline = gateway::pipeline::start(config, &supervisor)?;
         pipeline.follow_subscriptions(&supervisor, auth_store.subscribed_channels());
@@ -169,6 +171,12 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         if config.uplink.url.is_none() {
             info!("no uplink configured: accepted messages will wait in the outbox");
         }
+        // READY=1 only now: stores open, serial ports started, control socket bound.
+        notifier.ready(if config.uplink.url.is_none() {
+            "running: no uplink, messages wait in the outbox"
+        } else {
+            "running"
+        });
         anyhow::Ok(
             supervisor
                 .run(signals, config.gateway.drain_timeout.get())
