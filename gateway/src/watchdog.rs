@@ -73,6 +73,26 @@ impl Heartbeat {
     }
 }
 
+/// Runs `fut` to completion, beating `heartbeat` every `interval` while the task that awaits it
+/// is being polled. For loops that wait on slow peers in many places (the uplink's connect,
+/// backoff and session): a task that blocks its thread, or a stalled runtime, stops the beats;
+/// a long but healthy wait (a 60 s reconnect backoff) does not.
+pub async fn beat_while<F: std::future::Future>(
+    heartbeat: Heartbeat,
+    interval: Duration,
+    fut: F,
+) -> F::Output {
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tick.tick() => heartbeat.beat(),
+        }
+    }
+}
+
 impl Watchdog {
     /// A watchdog that checks progress every `check_period` (half of `WATCHDOG_USEC`).
     pub fn new(check_period: Duration) -> Self {
@@ -189,6 +209,25 @@ mod tests {
 
     fn pings(n: &Notifier) -> usize {
         n.recorded().iter().filter(|d| *d == "WATCHDOG=1").count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beat_while_beats_as_long_as_the_awaited_future_is_polled() {
+        let wd = Watchdog::new(Duration::from_secs(10));
+        let idle = wd.register("idle");
+        let busy = wd.register("uplink");
+        let every = wd.beat_interval();
+        let waited = tokio::spawn(beat_while(
+            busy,
+            every,
+            tokio::time::sleep(Duration::from_secs(60)),
+        ));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        // 30 s into a 60 s wait the awaited loop is healthy; the one nobody beats is not.
+        assert_eq!(wd.stalled(), vec!["idle"]);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(waited.is_finished());
+        drop(idle);
     }
 
     #[tokio::test(start_paused = true)]

@@ -52,6 +52,19 @@ pub enum UplinkState {
     Stopped,
 }
 
+impl UplinkState {
+    /// The state as `edgegw status` and systemd's STATUS= show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::Connecting => "connecting",
+            Self::Connected => "connected",
+            Self::Backoff => "backoff",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
 /// The uplink's state as `edgegw status` and the status topic show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UplinkStatus {
