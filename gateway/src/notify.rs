@@ -172,17 +172,11 @@ impl Notifier {
     /// `RELOADING=1` with `MONOTONIC_USEC` (required by `Type=notify-reload`, systemd 253+).
     /// Follow with [`Notifier::ready`] once the reload is done.
     pub fn reloading(&self) {
-        match NotifyState::monotonic_usec_now() {
-            Ok(now) => self.send(&[
-                NotifyState::Reloading,
-                now,
-                NotifyState::Status("reloading"),
-            ]),
-            Err(e) => {
-                debug!("cannot read CLOCK_MONOTONIC for MONOTONIC_USEC: {e}");
-                self.send(&[NotifyState::Reloading, NotifyState::Status("reloading")]);
-            }
-        }
+        self.send(&[
+            NotifyState::Reloading,
+            NotifyState::MonotonicUsec(monotonic_usec()),
+            NotifyState::Status("reloading"),
+        ]);
     }
 
     /// `STOPPING=1`: shutdown has begun.
@@ -225,6 +219,13 @@ impl Notifier {
             }
         }
     }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd compares it. Computed here in 64 bits because
+/// sd-notify 0.5's `monotonic_usec_now` multiplies a 32-bit `time_t` and overflows on armv7.
+fn monotonic_usec() -> i128 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    i128::from(now.tv_sec) * 1_000_000 + i128::from(now.tv_nsec) / 1_000
 }
 
 #[cfg(test)]
