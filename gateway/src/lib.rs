@@ -3,6 +3,7 @@
 //! composition root; this library exists so tests can drive the modules directly.
 
 pub mod cli;
+pub mod coap;
 pub mod config;
 pub mod exit;
 pub mod logging;
