@@ -6,6 +6,8 @@
 //! they parse) but has no other side effect: it creates nothing and logs nothing; warnings are
 //! returned in [`Config::warnings`] for the caller to log.
 
+mod coap;
+mod coap_dtls;
 mod env;
 mod gateway;
 mod standalone;
@@ -17,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use coap::CoapConfig;
+pub use coap_dtls::CoapDtlsConfig;
 pub use gateway::GatewayConfig;
 pub use standalone::StandaloneConfig;
 pub use uplink::UplinkConfig;
@@ -25,7 +29,7 @@ pub use uplink::UplinkConfig;
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
 
 /// Sections, as they appear in the file and in `EDGEGW_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["gateway", "standalone", "uplink"];
+const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "coap", "coap_dtls"];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +105,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub standalone: StandaloneConfig,
     pub uplink: UplinkConfig,
+    pub coap: CoapConfig,
+    pub coap_dtls: CoapDtlsConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -117,6 +123,8 @@ struct RawConfig {
     gateway: gateway::RawGateway,
     standalone: standalone::RawStandalone,
     uplink: uplink::RawUplink,
+    coap: coap::RawCoap,
+    coap_dtls: coap_dtls::RawCoapDtls,
 }
 
 /// Where to read the configuration from.
@@ -202,6 +210,8 @@ pub fn load_from(
         gateway: raw.gateway.validate(&profile, &mut check),
         standalone: raw.standalone.validate(&mut check),
         uplink: raw.uplink.validate(&profile, &mut check),
+        coap: raw.coap.validate(&profile, &mut check),
+        coap_dtls: raw.coap_dtls.validate(&profile, &mut check),
         warnings: Vec::new(),
         source: path,
         profile,
