@@ -4,4 +4,6 @@
 //! the async shells that own the sockets. Decisions (authentication, authorization,
 //! durability) are made by a [`task::Backend`], so this module never touches SQLite itself.
 
+pub mod dtls;
 pub mod proto;
+pub mod task;
