@@ -23,6 +23,9 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         if cause.is::<crate::config::ConfigError>() || cause.is::<ConfigFileError>() {
             return CONFIG;
         }
+        if let Some(e) = cause.downcast_ref::<crate::auth::AuthError>() {
+            return e.exit_code();
+        }
         if cause.is::<NotYet>() {
             return UNAVAILABLE;
         }

@@ -2,6 +2,7 @@
 //! the local auth store, the outbox and the uplink. The binary `edgegw` (main.rs) is the
 //! composition root; this library exists so tests can drive the modules directly.
 
+pub mod auth;
 pub mod cli;
 pub mod coap;
 pub mod config;

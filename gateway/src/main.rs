@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use gateway::auth::{self, AuthStore};
 use gateway::cli::{Cli, Command};
 use gateway::config::{self, Config, Profile, Source};
 use gateway::exit::{self, ConfigFileError, NotYet};
@@ -25,26 +26,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run => run(&load_config(&cli)?),
         Command::CheckConfig => check_config(&cli),
-        Command::Client(_) => Err(NotYet {
-            command: "client",
-            issue: 3,
+        Command::Client(ref cmd) => auth::cli::client(&load_config(&cli)?, cli.json, cmd),
+        Command::Channel(ref cmd) => auth::cli::channel(&load_config(&cli)?, cli.json, cmd),
+        Command::Connect(ref args) => auth::cli::connect(&load_config(&cli)?, cli.json, args, true),
+        Command::Disconnect(ref args) => {
+            auth::cli::connect(&load_config(&cli)?, cli.json, args, false)
         }
-        .into()),
-        Command::Channel(_) => Err(NotYet {
-            command: "channel",
-            issue: 3,
-        }
-        .into()),
-        Command::Connect(_) => Err(NotYet {
-            command: "connect",
-            issue: 3,
-        }
-        .into()),
-        Command::Disconnect(_) => Err(NotYet {
-            command: "disconnect",
-            issue: 3,
-        }
-        .into()),
         Command::Certs(_) => Err(NotYet {
             command: "certs",
             issue: 5,
@@ -127,6 +114,7 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     // One crypto provider for the whole process: aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     prepare_dirs(config)?;
+    let auth_store = open_auth_store(config)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -150,6 +138,8 @@ fn run(config: &Config) -> anyhow::Result<u8> {
                 .await,
         )
     })?;
+    // Flushes queued audit events (adapters, which hold clones, have stopped).
+    drop(auth_store);
     match outcome {
         Shutdown::Clean | Shutdown::DrainTimeout => {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -158,6 +148,34 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         // Exit now, without waiting for blocking threads: everything acknowledged is durable.
         Shutdown::Forced => std::process::exit(i32::from(exit::FAILURE)),
     }
+}
+
+/// Opens `<state_dir>/auth.db` (refusing a corrupt or too-new file: exit 78) and, in the dev
+/// profile, provisions the demo sensor on first start.
+fn open_auth_store(config: &Config) -> anyhow::Result<AuthStore> {
+    let store = AuthStore::open(&auth::path_in(&config.gateway.state_dir), &config.auth)?;
+    if config.profile.is_dev()
+        && let Some(secret) = store.ensure_demo(&config.gateway.domain_id)?
+    {
+        // The documented exception to "secrets are never logged": dev profile, first start.
+        info!(
+            "dev profile: demo sensor provisioned: identity `{}`, channel `{}` (publish, \
+             subscribe), secret `{secret}`. Shown only now; `edgegw --dev client rotate-secret \
+             {}` makes a new one",
+            auth::DEMO_IDENTITY,
+            auth::DEMO_CHANNEL,
+            auth::DEMO_IDENTITY
+        );
+    }
+    let snapshot = store.snapshot();
+    info!(
+        path = %store.path().display(),
+        clients = snapshot.clients(),
+        channels = snapshot.channels(),
+        connections = snapshot.connections,
+        "auth store open"
+    );
+    Ok(store)
 }
 
 /// SIGTERM/SIGINT → Terminate, SIGHUP → Reload.

@@ -8,6 +8,7 @@
 
 mod coap;
 mod coap_dtls;
+mod auth;
 mod env;
 mod gateway;
 mod standalone;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use coap::CoapConfig;
 pub use coap_dtls::CoapDtlsConfig;
+pub use auth::AuthConfig;
 pub use gateway::GatewayConfig;
 pub use standalone::StandaloneConfig;
 pub use uplink::UplinkConfig;
@@ -29,7 +31,7 @@ pub use uplink::UplinkConfig;
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
 
 /// Sections, as they appear in the file and in `EDGEGW_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "coap", "coap_dtls"];
+const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "auth", "coap", "coap_dtls"];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,7 @@ pub struct Config {
     pub uplink: UplinkConfig,
     pub coap: CoapConfig,
     pub coap_dtls: CoapDtlsConfig,
+    pub auth: AuthConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -125,6 +128,7 @@ struct RawConfig {
     uplink: uplink::RawUplink,
     coap: coap::RawCoap,
     coap_dtls: coap_dtls::RawCoapDtls,
+    auth: auth::RawAuth,
 }
 
 /// Where to read the configuration from.
@@ -212,6 +216,7 @@ pub fn load_from(
         uplink: raw.uplink.validate(&profile, &mut check),
         coap: raw.coap.validate(&profile, &mut check),
         coap_dtls: raw.coap_dtls.validate(&profile, &mut check),
+        auth: raw.auth.validate(&mut check),
         warnings: Vec::new(),
         source: path,
         profile,

@@ -1,0 +1,260 @@
+//! The in-memory snapshot every decision is made from: built from [`Tables`] in one go,
+//! immutable, swapped whole when the database changes. Pure: no I/O, no clock (callers pass
+//! `now`), so decisions cost a few hash lookups.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::store::Tables;
+use super::{AuthError, CertificateRecord, ChannelRef, ClientRef, Op, secret};
+
+/// Compared against when the identity is unknown, so an unknown identity costs what a wrong
+/// secret does (same length as a generated secret).
+const DUMMY_SECRET: &[u8] = b"edgegw-dummy-secret-for-constant-time-cmp!!";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub publish: bool,
+    pub subscribe: bool,
+}
+
+pub struct CachedClient {
+    pub id: String,
+    pub identity: String,
+    secret: Box<[u8]>,
+    pub enabled: bool,
+    /// channel id → rights.
+    pub grants: HashMap<String, Grant>,
+}
+
+impl std::fmt::Debug for CachedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedClient")
+            .field("id", &self.id)
+            .field("identity", &self.identity)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedClient {
+    fn to_ref(&self) -> ClientRef {
+        ClientRef {
+            id: self.id.clone(),
+            identity: self.identity.clone(),
+        }
+    }
+}
+
+/// One consistent view of the store.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    by_identity: HashMap<String, Arc<CachedClient>>,
+    by_id: HashMap<String, Arc<CachedClient>>,
+    by_secret: HashMap<Box<[u8]>, Arc<CachedClient>>,
+    channels_by_id: HashMap<String, Arc<ChannelRef>>,
+    channels_by_name: HashMap<String, Arc<ChannelRef>>,
+    pub certificates: HashMap<String, CertificateRecord>,
+    /// Channels with at least one subscribe connection, sorted by name.
+    pub subscribed: Vec<ChannelRef>,
+    pub connections: usize,
+    /// The store's change generation this snapshot reflects.
+    pub generation: i64,
+}
+
+impl Snapshot {
+    pub fn build(t: Tables) -> Self {
+        let mut grants: HashMap<String, HashMap<String, Grant>> = HashMap::new();
+        let mut subscribed_ids = std::collections::HashSet::new();
+        let connections = t.connections.len();
+        for c in t.connections {
+            if c.subscribe {
+                subscribed_ids.insert(c.channel_id.clone());
+            }
+            grants.entry(c.client_id).or_default().insert(
+                c.channel_id,
+                Grant {
+                    publish: c.publish,
+                    subscribe: c.subscribe,
+                },
+            );
+        }
+        let mut s = Snapshot {
+            connections,
+            generation: t.generation,
+            ..Snapshot::default()
+        };
+        for c in t.clients {
+            let client = Arc::new(CachedClient {
+                grants: grants.remove(&c.id).unwrap_or_default(),
+                id: c.id,
+                identity: c.identity,
+                secret: c.secret.into_bytes().into_boxed_slice(),
+                enabled: c.enabled,
+            });
+            s.by_identity
+                .insert(client.identity.clone(), Arc::clone(&client));
+            s.by_secret.insert(client.secret.clone(), Arc::clone(&client));
+            s.by_id.insert(client.id.clone(), client);
+        }
+        for ch in t.channels {
+            let ch = Arc::new(ChannelRef {
+                id: ch.id,
+                name: ch.name,
+                domain_id: ch.domain_id,
+            });
+            if subscribed_ids.contains(&ch.id) {
+                s.subscribed.push((*ch).clone());
+            }
+            s.channels_by_name.insert(ch.name.clone(), Arc::clone(&ch));
+            s.channels_by_id.insert(ch.id.clone(), ch);
+        }
+        s.subscribed.sort_by(|a, b| a.name.cmp(&b.name));
+        s.certificates = t
+            .certificates
+            .into_iter()
+            .map(|c| (c.serial_hex.clone(), c))
+            .collect();
+        s
+    }
+
+    pub fn clients(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn disabled_clients(&self) -> usize {
+        self.by_id.values().filter(|c| !c.enabled).count()
+    }
+
+    pub fn channels(&self) -> usize {
+        self.channels_by_id.len()
+    }
+
+    /// By identity and secret. Wrong secret and unknown identity take the same path: one
+    /// constant-time comparison.
+    pub fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<ClientRef, AuthError> {
+        match self.by_identity.get(identity) {
+            Some(c) => {
+                if !secret::ct_eq(&c.secret, secret) {
+                    Err(AuthError::BadSecret)
+                } else if !c.enabled {
+                    Err(AuthError::ClientDisabled)
+                } else {
+                    Ok(c.to_ref())
+                }
+            }
+            None => {
+                let _ = secret::ct_eq(DUMMY_SECRET, secret);
+                Err(AuthError::UnknownIdentity)
+            }
+        }
+    }
+
+    /// By secret alone (SuperMQ `auth=<secret>`): secrets are unique in the store.
+    pub fn authenticate_secret(&self, secret: &[u8]) -> Result<ClientRef, AuthError> {
+        match self.by_secret.get(secret) {
+            Some(c) if secret::ct_eq(&c.secret, secret) => {
+                if c.enabled {
+                    Ok(c.to_ref())
+                } else {
+                    Err(AuthError::ClientDisabled)
+                }
+            }
+            _ => {
+                let _ = secret::ct_eq(DUMMY_SECRET, secret);
+                Err(AuthError::BadSecret)
+            }
+        }
+    }
+
+    /// By a certificate the DTLS handshake already verified against the device CA: the CN must
+    /// be an enabled client, the serial recorded for that client, not revoked, and `now` (unix
+    /// seconds) within its validity.
+    pub fn authenticate_certificate(
+        &self,
+        cn: &str,
+        serial_hex: &str,
+        now: i64,
+    ) -> Result<ClientRef, AuthError> {
+        let client = self.by_identity.get(cn).ok_or(AuthError::CertUnknown)?;
+        let cert = match self.certificates.get(serial_hex) {
+            Some(c) => c,
+            None => super::store::normalize_serial(serial_hex)
+                .ok()
+                .and_then(|s| self.certificates.get(&s))
+                .ok_or(AuthError::CertUnknown)?,
+        };
+        if cert.client_id != client.id {
+            return Err(AuthError::CertUnknown);
+        }
+        if cert.revoked_at.is_some() {
+            return Err(AuthError::CertRevoked {
+                serial: cert.serial_hex.clone(),
+            });
+        }
+        if now < cert.not_before || now > cert.not_after {
+            return Err(AuthError::CertExpired);
+        }
+        if !client.enabled {
+            return Err(AuthError::ClientDisabled);
+        }
+        Ok(client.to_ref())
+    }
+
+    /// An enabled client's secret, the DTLS-PSK key for its identity.
+    pub fn psk_for_identity(&self, identity: &str) -> Option<Vec<u8>> {
+        self.by_identity
+            .get(identity)
+            .filter(|c| c.enabled)
+            .map(|c| c.secret.to_vec())
+    }
+
+    /// May `client` (still present and enabled) do `op` on `channel` (id or local name)?
+    pub fn authorize(
+        &self,
+        client: &ClientRef,
+        channel: &str,
+        op: Op,
+    ) -> Result<ChannelRef, AuthError> {
+        let c = self
+            .by_id
+            .get(&client.id)
+            .ok_or(AuthError::UnknownIdentity)?;
+        if !c.enabled {
+            return Err(AuthError::ClientDisabled);
+        }
+        let ch = self
+            .channels_by_id
+            .get(channel)
+            .or_else(|| self.channels_by_name.get(channel))
+            .ok_or(AuthError::UnknownChannel)?;
+        let grant = c.grants.get(&ch.id).copied().unwrap_or_default();
+        let allowed = match op {
+            Op::Publish => grant.publish,
+            Op::Subscribe => grant.subscribe,
+        };
+        if allowed {
+            Ok((**ch).clone())
+        } else {
+            Err(AuthError::NotConnected)
+        }
+    }
+
+    /// Certificates revoked in `self` that were not revoked (or not known) in `before`.
+    pub fn newly_revoked(&self, before: &Snapshot) -> Vec<CertificateRecord> {
+        let mut out: Vec<CertificateRecord> = self
+            .certificates
+            .values()
+            .filter(|c| {
+                c.revoked_at.is_some()
+                    && before
+                        .certificates
+                        .get(&c.serial_hex)
+                        .is_none_or(|b| b.revoked_at.is_none())
+            })
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.serial_hex.cmp(&b.serial_hex));
+        out
+    }
+}

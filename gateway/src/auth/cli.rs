@@ -1,0 +1,264 @@
+//! `edgegw client|channel|connect|disconnect`: provisioning the auth store from the command
+//! line. Works whether or not the daemon runs (WAL + busy timeout; the daemon picks changes up
+//! within a second). Human output by default, JSON with `--json`. A client's secret is printed
+//! only by `client add` and `client rotate-secret`.
+
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+use super::store::{Channel, Client, Db, Grant};
+use crate::cli::{ChannelCommand, ClientCommand, ConnectArgs};
+use crate::config::Config;
+use crate::exit;
+
+fn open(config: &Config) -> anyhow::Result<Db> {
+    Ok(Db::open(&super::path_in(&config.gateway.state_dir))?)
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+fn client_json(c: &Client, secret: bool) -> serde_json::Value {
+    let mut v = serde_json::to_value(c).unwrap_or_default();
+    if secret && let Some(obj) = v.as_object_mut() {
+        obj.insert("secret".into(), json!(c.secret));
+    }
+    v
+}
+
+fn status(c: &Client) -> &'static str {
+    if c.enabled { "enabled" } else { "disabled" }
+}
+
+fn rights(g: &Grant) -> &'static str {
+    match (g.publish, g.subscribe) {
+        (true, true) => "publish, subscribe",
+        (true, false) => "publish",
+        (false, true) => "subscribe",
+        (false, false) => "none",
+    }
+}
+
+fn client_text(c: &Client) -> String {
+    format!(
+        "id:        {}\nidentity:  {}\nname:      {}\nstatus:    {}\nmetadata:  {}\n",
+        c.id,
+        c.identity,
+        c.name,
+        status(c),
+        c.metadata
+    )
+}
+
+/// `edgegw client …`
+pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Result<u8> {
+    let mut db = open(config)?;
+    match cmd {
+        ClientCommand::Add {
+            identity,
+            name,
+            secret,
+            metadata,
+        } => {
+            let c = db.add_client(
+                identity,
+                name.as_deref(),
+                secret.as_deref(),
+                metadata.as_deref(),
+            )?;
+            if json {
+                print_json(&client_json(&c, true));
+            } else {
+                print!(
+                    "client added\n{}secret:    {}\n\nThe secret is shown only now (and by `client rotate-secret`); store it.\n",
+                    client_text(&c),
+                    c.secret
+                );
+            }
+        }
+        ClientCommand::List => {
+            let list = db.list_clients()?;
+            if json {
+                print_json(&json!(
+                    list.iter()
+                        .map(|c| client_json(c, false))
+                        .collect::<Vec<_>>()
+                ));
+            } else if list.is_empty() {
+                println!("no clients");
+            } else {
+                let mut out = format!("{:<36}  {:<8}  {:<24}  NAME\n", "ID", "STATUS", "IDENTITY");
+                for c in &list {
+                    let _ = writeln!(
+                        out,
+                        "{:<36}  {:<8}  {:<24}  {}",
+                        c.id,
+                        status(c),
+                        c.identity,
+                        c.name
+                    );
+                }
+                print!("{out}");
+            }
+        }
+        ClientCommand::Show { client } => {
+            let c = db.client(client)?;
+            let conns = db.connections_of(&c.id)?;
+            if json {
+                let mut v = client_json(&c, false);
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert(
+                        "connections".into(),
+                        json!(
+                            conns
+                                .iter()
+                                .map(|(ch, g)| json!({
+                                    "channel_id": ch.id,
+                                    "channel": ch.name,
+                                    "publish": g.publish,
+                                    "subscribe": g.subscribe,
+                                }))
+                                .collect::<Vec<_>>()
+                        ),
+                    );
+                }
+                print_json(&v);
+            } else {
+                let mut out = client_text(&c);
+                if conns.is_empty() {
+                    out.push_str("connections: none\n");
+                } else {
+                    out.push_str("connections:\n");
+                    for (ch, g) in &conns {
+                        let _ = writeln!(out, "  {} ({}): {}", ch.name, ch.id, rights(g));
+                    }
+                }
+                print!("{out}");
+            }
+        }
+        ClientCommand::Enable { client } | ClientCommand::Disable { client } => {
+            let enable = matches!(cmd, ClientCommand::Enable { .. });
+            let c = db.set_client_enabled(client, enable)?;
+            if json {
+                print_json(&client_json(&c, false));
+            } else {
+                println!("client {} ({}) {}", c.identity, c.id, status(&c));
+            }
+        }
+        ClientCommand::Remove { client } => {
+            let c = db.remove_client(client)?;
+            if json {
+                print_json(&client_json(&c, false));
+            } else {
+                println!("client {} ({}) removed", c.identity, c.id);
+            }
+        }
+        ClientCommand::RotateSecret { client, secret } => {
+            let c = db.rotate_secret(client, secret.as_deref())?;
+            if json {
+                print_json(&json!({"id": c.id, "identity": c.identity, "secret": c.secret}));
+            } else {
+                println!(
+                    "new secret for {} ({}): {}\nThe old secret no longer works; the new one is shown only now.",
+                    c.identity, c.id, c.secret
+                );
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn channel_text(ch: &Channel) -> String {
+    format!(
+        "id:        {}\nname:      {}\ndomain_id: {}\nmetadata:  {}\n",
+        ch.id, ch.name, ch.domain_id, ch.metadata
+    )
+}
+
+/// `edgegw channel …`
+pub fn channel(config: &Config, json: bool, cmd: &ChannelCommand) -> anyhow::Result<u8> {
+    let mut db = open(config)?;
+    match cmd {
+        ChannelCommand::Add {
+            name,
+            domain,
+            metadata,
+        } => {
+            let domain = domain.as_deref().unwrap_or(&config.gateway.domain_id);
+            let ch = db.add_channel(name, domain, metadata.as_deref())?;
+            if json {
+                print_json(&json!(ch));
+            } else {
+                print!("channel added\n{}", channel_text(&ch));
+            }
+        }
+        ChannelCommand::List => {
+            let list = db.list_channels()?;
+            if json {
+                print_json(&json!(list));
+            } else if list.is_empty() {
+                println!("no channels");
+            } else {
+                let mut out = format!("{:<36}  {:<24}  DOMAIN\n", "ID", "NAME");
+                for ch in &list {
+                    let _ = writeln!(out, "{:<36}  {:<24}  {}", ch.id, ch.name, ch.domain_id);
+                }
+                print!("{out}");
+            }
+        }
+        ChannelCommand::Remove { channel } => {
+            let ch = db.remove_channel(channel)?;
+            if json {
+                print_json(&json!(ch));
+            } else {
+                println!("channel {} ({}) removed", ch.name, ch.id);
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `edgegw connect` (`grant`) and `edgegw disconnect`: neither flag means both.
+pub fn connect(config: &Config, json: bool, args: &ConnectArgs, grant: bool) -> anyhow::Result<u8> {
+    let mut db = open(config)?;
+    let (publish, subscribe) = match (args.publish, args.subscribe) {
+        (false, false) => (true, true),
+        flags => flags,
+    };
+    let client = db.client(&args.client)?;
+    let channel = db.channel(&args.channel)?;
+    let remaining = if grant {
+        Some(db.connect(&client.id, &channel.id, publish, subscribe)?)
+    } else {
+        db.disconnect(&client.id, &channel.id, publish, subscribe)?
+    };
+    let remaining = remaining.unwrap_or(Grant {
+        client_id: client.id.clone(),
+        channel_id: channel.id.clone(),
+        publish: false,
+        subscribe: false,
+    });
+    if json {
+        print_json(&json!({
+            "client_id": client.id,
+            "client": client.identity,
+            "channel_id": channel.id,
+            "channel": channel.name,
+            "publish": remaining.publish,
+            "subscribe": remaining.subscribe,
+        }));
+    } else {
+        println!(
+            "{} on {}: {}",
+            client.identity,
+            channel.name,
+            rights(&remaining)
+        );
+    }
+    Ok(exit::OK)
+}

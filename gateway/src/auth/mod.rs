@@ -1,0 +1,572 @@
+//! Standalone-mode local auth store: clients (sensors), channels, connections, device
+//! certificates and the audit trail, in `<state_dir>/auth.db` (SQLite, WAL).
+//!
+//! Every decision (`authenticate*`, `authorize`, `psk_for_identity`) is answered from an
+//! immutable in-memory [`cache::Snapshot`], without I/O. A watcher thread polls
+//! `PRAGMA data_version` and reloads the snapshot when another process (the CLI) changed the
+//! store, so changes take effect within [`POLL_INTERVAL`]. Audit events go to a bounded queue
+//! and are written in batches by their own thread; nothing here blocks an async worker except
+//! the certificate calls, which are rare and short (call them from `spawn_blocking` in hot
+//! paths). This module never logs a secret.
+
+mod audit;
+pub mod cache;
+pub mod cli;
+pub mod secret;
+pub mod store;
+pub mod throttle;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::AuthConfig;
+pub use cache::Snapshot;
+use store::{AuditEvent, Db};
+pub use throttle::Throttled;
+
+/// How often the watcher asks SQLite whether another connection changed the store.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The auth store's file name in the state directory.
+pub const FILE_NAME: &str = "auth.db";
+
+/// An authenticated client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientRef {
+    pub id: String,
+    pub identity: String,
+}
+
+/// A channel a client may use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ChannelRef {
+    pub id: String,
+    pub name: String,
+    pub domain_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Publish,
+    Subscribe,
+}
+
+/// An issued device certificate (issue 5 records them; revocation marks them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateRecord {
+    /// Lowercase hex, no colons.
+    pub serial_hex: String,
+    pub client_id: String,
+    pub fingerprint_sha256_hex: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Why the auth store refused or failed. The first group are decisions; to a sensor,
+/// everything for which [`AuthError::is_unauthenticated`] is true must look the same.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("unknown client identity")]
+    UnknownIdentity,
+    #[error("wrong client secret")]
+    BadSecret,
+    #[error("client is disabled")]
+    ClientDisabled,
+    #[error("client is not connected to the channel for this operation")]
+    NotConnected,
+    #[error("unknown channel")]
+    UnknownChannel,
+    #[error("certificate {serial} is revoked")]
+    CertRevoked { serial: String },
+    #[error("certificate is not recorded for this client")]
+    CertUnknown,
+    #[error("certificate is not valid now (expired or not yet valid)")]
+    CertExpired,
+    #[error(
+        "auth store {} is corrupt: {reason}. It was left unchanged; restore it from a backup, \
+         or move it away to start with an empty store", path.display()
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "auth store {} has schema version {found}, newer than this edgegw supports \
+         ({supported}); it was left unchanged. Run the newer edgegw that wrote it", path.display()
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("{what} `{value}` already exists")]
+    Duplicate { what: &'static str, value: String },
+    #[error("no {what} `{value}`")]
+    NotFound { what: &'static str, value: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("auth store {}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+}
+
+impl AuthError {
+    /// Answered to a sensor as "unauthenticated" (CoAP 4.01, `ERR auth`), indistinguishably.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownIdentity
+                | Self::BadSecret
+                | Self::ClientDisabled
+                | Self::CertRevoked { .. }
+                | Self::CertUnknown
+                | Self::CertExpired
+        )
+    }
+
+    /// Answered as "forbidden" (CoAP 4.03): authenticated, but not allowed on that channel.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::NotConnected | Self::UnknownChannel)
+    }
+
+    /// The process exit status for this error at the CLI or at start.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Corrupt { .. } | Self::SchemaTooNew { .. } => crate::exit::CONFIG,
+            Self::Invalid(_) => crate::exit::USAGE,
+            _ => crate::exit::FAILURE,
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::UnknownIdentity => "unknown_identity",
+            Self::BadSecret => "bad_secret",
+            Self::ClientDisabled => "client_disabled",
+            Self::CertUnknown => "cert_unknown",
+            Self::CertRevoked { .. } => "cert_revoked",
+            Self::CertExpired => "cert_expired",
+            _ => "other",
+        }
+    }
+}
+
+/// The auth store handle: cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct AuthStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AuthStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Writes by this process (certificates); also serializes reload-after-write.
+    writer: Mutex<Db>,
+    /// Held while loading and installing a snapshot, so installs happen in load order.
+    install: Mutex<()>,
+    subscribed: watch::Sender<Arc<Vec<ChannelRef>>>,
+    revocations: broadcast::Sender<CertificateRecord>,
+    throttle: Mutex<Throttles>,
+    audit: Option<audit::Audit>,
+    /// Dropping it stops the watcher thread.
+    _stop_watcher: std::sync::mpsc::Sender<()>,
+}
+
+struct Throttles {
+    by_remote: throttle::Buckets<IpAddr>,
+    by_identity: throttle::Buckets<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Untrusted text for logs and the audit table: bounded and escaped.
+fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(64).flat_map(char::escape_debug).collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl AuthStore {
+    /// Opens/creates `path` (0600, parent 0700), applies migrations, refuses a newer schema or
+    /// a corrupt/truncated file (naming it, never altering it), loads the cache and starts the
+    /// change watcher and the audit writer.
+    pub fn open(path: &Path, config: &AuthConfig) -> Result<AuthStore, AuthError> {
+        let mut db = Db::open(path)?;
+        let snapshot = Snapshot::build(db.load()?);
+        let watcher_db = Db::attach(path)?;
+        let audit = match config.audit_max_events {
+            0 => None,
+            keep => Some(audit::Audit::start(path, keep)?),
+        };
+        let (subscribed, _) = watch::channel(Arc::new(snapshot.subscribed.clone()));
+        let (revocations, _) = broadcast::channel(64);
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+        let max_tracked = config.throttle_max_tracked as usize;
+        let inner = Arc::new(Inner {
+            path: path.to_owned(),
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            writer: Mutex::new(db),
+            install: Mutex::new(()),
+            subscribed,
+            revocations,
+            throttle: Mutex::new(Throttles {
+                by_remote: throttle::Buckets::new(
+                    config.failure_burst,
+                    config.failure_refill.get(),
+                    max_tracked,
+                ),
+                by_identity: throttle::Buckets::new(
+                    config.failure_burst,
+                    config.failure_refill.get(),
+                    max_tracked,
+                ),
+            }),
+            audit,
+            _stop_watcher: stop_tx,
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("edgegw-authwatch".into())
+            .spawn(move || watch_loop(&weak, watcher_db, &stop_rx))
+            .map_err(|source| AuthError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(AuthStore { inner })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The current snapshot (for counts and tests).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.current()
+    }
+
+    /// By identity and secret (serial `AUTH`, CoAP `username=&password=`).
+    pub fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<ClientRef, AuthError> {
+        self.authenticate_from(None, identity, secret)
+    }
+
+    /// As [`Self::authenticate`], charging failures to `remote` as well as the identity.
+    pub fn authenticate_from(
+        &self,
+        remote: Option<IpAddr>,
+        identity: &str,
+        secret: &[u8],
+    ) -> Result<ClientRef, AuthError> {
+        let result = self.snapshot().authenticate(identity, secret);
+        self.conclude("identity", remote, Some(identity), &result);
+        result
+    }
+
+    /// By secret alone (SuperMQ `auth=<secret>`).
+    pub fn authenticate_secret(&self, secret: &[u8]) -> Result<ClientRef, AuthError> {
+        self.authenticate_secret_from(None, secret)
+    }
+
+    pub fn authenticate_secret_from(
+        &self,
+        remote: Option<IpAddr>,
+        secret: &[u8],
+    ) -> Result<ClientRef, AuthError> {
+        let result = self.snapshot().authenticate_secret(secret);
+        self.conclude("secret", remote, None, &result);
+        result
+    }
+
+    /// By a verified client certificate: known enabled client (CN = identity), certificate
+    /// recorded for it, not revoked, within validity.
+    pub fn authenticate_certificate(
+        &self,
+        cn: &str,
+        serial_hex: &str,
+    ) -> Result<ClientRef, AuthError> {
+        self.authenticate_certificate_from(None, cn, serial_hex)
+    }
+
+    pub fn authenticate_certificate_from(
+        &self,
+        remote: Option<IpAddr>,
+        cn: &str,
+        serial_hex: &str,
+    ) -> Result<ClientRef, AuthError> {
+        let result =
+            self.snapshot()
+                .authenticate_certificate(cn, serial_hex, store::now_unix());
+        self.conclude("certificate", remote, Some(cn), &result);
+        result
+    }
+
+    /// An enabled client's raw secret: the DTLS-PSK key for `identity`.
+    pub fn psk_for_identity(&self, identity: &str) -> Option<Vec<u8>> {
+        self.snapshot().psk_for_identity(identity)
+    }
+
+    /// May `client` do `op` on `channel` (id or local name)? Checks the client is still present
+    /// and enabled, so a client disabled or removed is refused from its next message on.
+    pub fn authorize(
+        &self,
+        client: &ClientRef,
+        channel: &str,
+        op: Op,
+    ) -> Result<ChannelRef, AuthError> {
+        self.snapshot().authorize(client, channel, op)
+    }
+
+    /// Channels with at least one subscribe connection (the uplink subscribes to their
+    /// downlink topics); updated whenever the store changes.
+    pub fn subscribed_channels(&self) -> watch::Receiver<Arc<Vec<ChannelRef>>> {
+        self.inner.subscribed.subscribe()
+    }
+
+    /// Ok unless `remote` or `identity` used up its failed-authentication budget.
+    pub fn throttle_check(
+        &self,
+        remote: Option<IpAddr>,
+        identity: Option<&str>,
+    ) -> Result<(), Throttled> {
+        self.throttle_check_at(remote, identity, Instant::now())
+    }
+
+    fn throttle_check_at(
+        &self,
+        remote: Option<IpAddr>,
+        identity: Option<&str>,
+        now: Instant,
+    ) -> Result<(), Throttled> {
+        let t = lock(&self.inner.throttle);
+        let a = remote.map_or(Ok(()), |ip| t.by_remote.check(&ip, now));
+        let b = identity.map_or(Ok(()), |id| t.by_identity.check(id, now));
+        match (a, b) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(x), Ok(())) | (Ok(()), Err(x)) => Err(x),
+            (Err(x), Err(y)) => Err(x.max_by_retry(y)),
+        }
+    }
+
+    /// Audit, log and (on failure) charge the throttle.
+    fn conclude(
+        &self,
+        method: &'static str,
+        remote: Option<IpAddr>,
+        identity: Option<&str>,
+        result: &Result<ClientRef, AuthError>,
+    ) {
+        let outcome = match result {
+            Ok(client) => {
+                debug!(method, identity = %client.identity, remote = ?remote, "authenticated");
+                "ok"
+            }
+            Err(e) => {
+                let shown_identity = identity.map(shown);
+                info!(method, identity = ?shown_identity, remote = ?remote, reason = %e,
+                    "authentication refused");
+                if identity.is_some() || remote.is_some() {
+                    let now = Instant::now();
+                    let mut t = lock(&self.inner.throttle);
+                    if let Some(ip) = remote {
+                        t.by_remote.charge(ip, now);
+                    }
+                    if let Some(id) = identity.filter(|id| id.len() <= 128) {
+                        t.by_identity.charge(id.to_owned(), now);
+                    }
+                }
+                e.outcome()
+            }
+        };
+        if let Some(audit) = &self.inner.audit {
+            audit.record(AuditEvent {
+                at_ms: now_ms(),
+                method,
+                identity: match result {
+                    Ok(c) => Some(c.identity.clone()),
+                    Err(_) => identity.map(shown),
+                },
+                client_id: result.as_ref().ok().map(|c| c.id.clone()),
+                remote: remote.map(|ip| ip.to_string()),
+                outcome,
+            });
+        }
+    }
+
+    /// Records an issued device certificate.
+    pub fn record_certificate(&self, rec: &CertificateRecord) -> Result<(), AuthError> {
+        let mut db = lock(&self.inner.writer);
+        db.record_certificate(rec)?;
+        self.inner.reload(&mut db).map(drop)
+    }
+
+    /// Revokes a certificate by serial, or all of a client's (id or identity). Subscribers of
+    /// [`Self::revocations`] hear of each.
+    pub fn revoke_certificate(
+        &self,
+        client_or_serial: &str,
+    ) -> Result<Vec<CertificateRecord>, AuthError> {
+        let mut db = lock(&self.inner.writer);
+        let revoked = db.revoke_certificate(client_or_serial)?;
+        self.inner.reload(&mut db).map(drop)?;
+        Ok(revoked)
+    }
+
+    pub fn list_certificates(&self) -> Result<Vec<CertificateRecord>, AuthError> {
+        lock(&self.inner.writer).list_certificates()
+    }
+
+    /// Fired when the cache learns of a revocation, including one made by another process.
+    pub fn revocations(&self) -> broadcast::Receiver<CertificateRecord> {
+        self.inner.revocations.subscribe()
+    }
+
+    /// Development profile: the demo sensor `demo-sensor` on channel `demo` (publish and
+    /// subscribe), created on first start. Returns its secret only when created now.
+    pub fn ensure_demo(&self, domain_id: &str) -> Result<Option<String>, AuthError> {
+        let mut db = lock(&self.inner.writer);
+        let created = db.ensure_demo(DEMO_IDENTITY, DEMO_CHANNEL, domain_id)?;
+        if created.is_some() {
+            self.inner.reload(&mut db).map(drop)?;
+        }
+        Ok(created)
+    }
+
+    /// Audit events dropped because the queue was full.
+    pub fn audit_dropped(&self) -> u64 {
+        self.inner.audit.as_ref().map_or(0, audit::Audit::dropped)
+    }
+}
+
+/// The development profile's demo sensor and channel.
+pub const DEMO_IDENTITY: &str = "demo-sensor";
+pub const DEMO_CHANNEL: &str = "demo";
+
+impl Throttled {
+    fn max_by_retry(self, other: Throttled) -> Throttled {
+        if other.retry_after > self.retry_after {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl Inner {
+    /// Loads the tables through `db` and installs them as the new snapshot.
+    fn current(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshot.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn reload(&self, db: &mut Db) -> Result<Arc<Snapshot>, AuthError> {
+        let _guard = lock(&self.install);
+        let current = Arc::new(Snapshot::build(db.load()?));
+        let previous = std::mem::replace(
+            &mut *self.snapshot.write().unwrap_or_else(PoisonError::into_inner),
+            Arc::clone(&current),
+        );
+        for rec in current.newly_revoked(&previous) {
+            info!(serial = %rec.serial_hex, client_id = %rec.client_id, "certificate revoked");
+            let _ = self.revocations.send(rec);
+        }
+        self.subscribed.send_if_modified(|list| {
+            if **list == current.subscribed {
+                false
+            } else {
+                *list = Arc::new(current.subscribed.clone());
+                true
+            }
+        });
+        Ok(current)
+    }
+}
+
+fn watch_loop(inner: &Weak<Inner>, mut db: Db, stop: &std::sync::mpsc::Receiver<()>) {
+    let mut version = None;
+    let mut failing = false;
+    loop {
+        match stop.recv_timeout(POLL_INTERVAL) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let result = (|| {
+            let v = db.data_version()?;
+            if Some(v) == version {
+                return Ok(None);
+            }
+            version = Some(v);
+            // Audit rows and this process's own writes (already installed) change
+            // data_version but not what the cache holds.
+            if db.generation()? == inner.current().generation {
+                return Ok(None);
+            }
+            inner.reload(&mut db).map(Some)
+        })();
+        match result {
+            Ok(reloaded) => {
+                if failing {
+                    info!(path = %inner.path.display(), "auth store readable again");
+                    failing = false;
+                }
+                if let Some(s) = reloaded {
+                    info!(
+                        clients = s.clients(),
+                        disabled = s.disabled_clients(),
+                        channels = s.channels(),
+                        connections = s.connections,
+                        generation = s.generation,
+                        "auth store reloaded"
+                    );
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(error = %e, "cannot check the auth store for changes; decisions use the last loaded state");
+                    failing = true;
+                }
+                version = None;
+            }
+        }
+    }
+}
+
+/// `<state_dir>/auth.db`.
+pub fn path_in(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE_NAME)
+}

@@ -1,0 +1,107 @@
+//! Client secrets and ids: generation from the OS RNG, validation of user-given secrets, and the
+//! constant-time comparison every secret check goes through.
+
+use base64::Engine as _;
+use subtle::ConstantTimeEq as _;
+
+use super::AuthError;
+
+/// Shortest secret accepted from a user (bytes).
+pub const MIN_SECRET_LEN: usize = 16;
+/// Longest secret accepted (bytes): DTLS-PSK keys and serial `AUTH` lines stay small.
+pub const MAX_SECRET_LEN: usize = 128;
+/// Random bytes in a generated secret: 256 bits.
+const GENERATED_BYTES: usize = 32;
+
+/// A new secret: 256 bits from the OS RNG as URL-safe base64 without padding (43 characters).
+pub fn generate() -> Result<String, AuthError> {
+    let mut bytes = [0u8; GENERATED_BYTES];
+    getrandom::fill(&mut bytes).map_err(|e| AuthError::Random(e.to_string()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Checks a user-given secret: 16..=128 bytes of printable ASCII without spaces (it travels in
+/// a serial `AUTH` line and a CoAP Uri-Query).
+pub fn validate(secret: &str) -> Result<(), AuthError> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(AuthError::Invalid(format!(
+            "the secret is too short ({} bytes; at least {MIN_SECRET_LEN})",
+            secret.len()
+        )));
+    }
+    if secret.len() > MAX_SECRET_LEN {
+        return Err(AuthError::Invalid(format!(
+            "the secret is too long ({} bytes; at most {MAX_SECRET_LEN})",
+            secret.len()
+        )));
+    }
+    if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AuthError::Invalid(
+            "the secret must be printable ASCII without spaces".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A random (version 4) UUID in its hyphenated lowercase form.
+pub fn new_uuid() -> Result<String, AuthError> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| AuthError::Random(e.to_string()))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
+}
+
+/// Constant-time equality (the length is not secret; the content is).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_are_long_url_safe_and_distinct() {
+        let a = generate().unwrap();
+        let b = generate().unwrap();
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, b);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        validate(&a).unwrap();
+    }
+
+    #[test]
+    fn short_long_and_spaced_secrets_are_refused() {
+        assert!(validate("fifteen-bytes!!").is_err());
+        assert!(validate("sixteen-bytes!!!").is_ok());
+        assert!(validate(&"x".repeat(129)).is_err());
+        assert!(validate("has a space in the middle").is_err());
+    }
+
+    #[test]
+    fn uuids_have_version_and_variant() {
+        let u = new_uuid().unwrap();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
+    }
+
+    #[test]
+    fn ct_eq_compares_content_and_length() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,588 @@
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::store::Db;
+use super::*;
+
+fn config() -> AuthConfig {
+    AuthConfig::default()
+}
+
+fn tmp() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state").join(FILE_NAME);
+    (dir, path)
+}
+
+/// Polls `cond` every 10 ms until it holds; false after `within`.
+fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const SECRET: &str = "0123456789abcdef-secret";
+
+/// A store with client `s1` (secret SECRET) connected to `ch1` for publish only, and `ch2`.
+fn provisioned(path: &Path) -> Db {
+    let mut db = Db::open(path).unwrap();
+    db.add_client("s1", None, Some(SECRET), None).unwrap();
+    db.add_channel("ch1", "dom", None).unwrap();
+    db.add_channel("ch2", "dom", None).unwrap();
+    db.connect("s1", "ch1", true, false).unwrap();
+    db
+}
+
+#[test]
+fn creates_the_file_0600_in_a_0700_directory() {
+    let (_dir, path) = tmp();
+    let _store = AuthStore::open(&path, &config()).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".new"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn authenticate_by_identity_secret_and_certificate() {
+    let (_dir, path) = tmp();
+    let mut db = provisioned(&path);
+    let s1 = db.client("s1").unwrap();
+    let now = store::now_unix();
+    db.record_certificate(&CertificateRecord {
+        serial_hex: "0A:BC".into(),
+        client_id: s1.id.clone(),
+        fingerprint_sha256_hex: "ff".repeat(32),
+        not_before: now - 10,
+        not_after: now + 3600,
+        revoked_at: None,
+    })
+    .unwrap();
+    db.record_certificate(&CertificateRecord {
+        serial_hex: "01".into(),
+        client_id: s1.id.clone(),
+        fingerprint_sha256_hex: "ee".repeat(32),
+        not_before: now - 7200,
+        not_after: now - 3600,
+        revoked_at: None,
+    })
+    .unwrap();
+    let store = AuthStore::open(&path, &config()).unwrap();
+    let me = ClientRef {
+        id: s1.id.clone(),
+        identity: "s1".into(),
+    };
+    assert_eq!(store.authenticate("s1", SECRET.as_bytes()).unwrap(), me);
+    assert!(matches!(
+        store.authenticate("s1", b"0123456789abcdef-secreT"),
+        Err(AuthError::BadSecret)
+    ));
+    let unknown = store.authenticate("nobody", SECRET.as_bytes()).unwrap_err();
+    assert!(matches!(unknown, AuthError::UnknownIdentity));
+    // To a sensor both look the same.
+    assert!(unknown.is_unauthenticated() && AuthError::BadSecret.is_unauthenticated());
+    assert_eq!(store.authenticate_secret(SECRET.as_bytes()).unwrap(), me);
+    assert!(matches!(
+        store.authenticate_secret(b"not-the-secret-at-all"),
+        Err(AuthError::BadSecret)
+    ));
+    assert_eq!(store.authenticate_certificate("s1", "0abc").unwrap(), me);
+    assert!(matches!(
+        store.authenticate_certificate("s1", "01"),
+        Err(AuthError::CertExpired)
+    ));
+    assert!(matches!(
+        store.authenticate_certificate("s1", "02"),
+        Err(AuthError::CertUnknown)
+    ));
+    assert!(matches!(
+        store.authenticate_certificate("other", "0abc"),
+        Err(AuthError::CertUnknown)
+    ));
+    assert_eq!(
+        store.psk_for_identity("s1").as_deref(),
+        Some(SECRET.as_bytes())
+    );
+    assert_eq!(store.psk_for_identity("nobody"), None);
+}
+
+#[test]
+fn authorize_by_channel_id_or_name_and_operation() {
+    let (_dir, path) = tmp();
+    let db = provisioned(&path);
+    let ch1 = db.channel("ch1").unwrap();
+    let store = AuthStore::open(&path, &config()).unwrap();
+    let me = store.authenticate("s1", SECRET.as_bytes()).unwrap();
+    let by_name = store.authorize(&me, "ch1", Op::Publish).unwrap();
+    assert_eq!(by_name.id, ch1.id);
+    assert_eq!(by_name.domain_id, "dom");
+    assert_eq!(store.authorize(&me, &ch1.id, Op::Publish).unwrap(), by_name);
+    assert!(matches!(
+        store.authorize(&me, "ch1", Op::Subscribe),
+        Err(AuthError::NotConnected)
+    ));
+    assert!(matches!(
+        store.authorize(&me, "ch2", Op::Publish),
+        Err(AuthError::NotConnected)
+    ));
+    assert!(matches!(
+        store.authorize(&me, "nope", Op::Publish),
+        Err(AuthError::UnknownChannel)
+    ));
+}
+
+#[test]
+fn cli_style_changes_from_another_connection_apply_within_a_second() {
+    let (_dir, path) = tmp();
+    let mut db = provisioned(&path);
+    let store = AuthStore::open(&path, &config()).unwrap();
+    let me = store.authenticate("s1", SECRET.as_bytes()).unwrap();
+    let mut subscribed = store.subscribed_channels();
+    assert!(subscribed.borrow_and_update().is_empty());
+
+    db.set_client_enabled("s1", false).unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || matches!(
+            store.authorize(&me, "ch1", Op::Publish),
+            Err(AuthError::ClientDisabled)
+        )),
+        "disable not seen within 1 s"
+    );
+    assert!(matches!(
+        store.authenticate("s1", SECRET.as_bytes()),
+        Err(AuthError::ClientDisabled)
+    ));
+    assert_eq!(store.psk_for_identity("s1"), None);
+
+    db.set_client_enabled("s1", true).unwrap();
+    db.connect("s1", "ch2", false, true).unwrap();
+    assert!(eventually(Duration::from_secs(1), || subscribed
+        .has_changed()
+        .unwrap()));
+    let names: Vec<String> = subscribed
+        .borrow_and_update()
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(names, ["ch2"]);
+    assert!(store.authorize(&me, "ch2", Op::Subscribe).is_ok());
+
+    db.remove_client("s1").unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || matches!(
+            store.authorize(&me, "ch2", Op::Subscribe),
+            Err(AuthError::UnknownIdentity)
+        )),
+        "removal not seen within 1 s"
+    );
+    assert!(eventually(Duration::from_secs(1), || subscribed
+        .has_changed()
+        .unwrap()));
+    assert!(subscribed.borrow_and_update().is_empty());
+}
+
+#[test]
+fn a_revocation_by_another_process_is_broadcast_and_refused() {
+    let (_dir, path) = tmp();
+    let db = provisioned(&path);
+    let s1 = db.client("s1").unwrap();
+    drop(db);
+    let daemon = AuthStore::open(&path, &config()).unwrap();
+    let cli = AuthStore::open(&path, &config()).unwrap();
+    let now = store::now_unix();
+    cli.record_certificate(&CertificateRecord {
+        serial_hex: "beef".into(),
+        client_id: s1.id.clone(),
+        fingerprint_sha256_hex: "aa".repeat(32),
+        not_before: now - 1,
+        not_after: now + 3600,
+        revoked_at: None,
+    })
+    .unwrap();
+    assert!(eventually(Duration::from_secs(1), || daemon
+        .authenticate_certificate("s1", "beef")
+        .is_ok()));
+    let mut revocations = daemon.revocations();
+    let revoked = cli.revoke_certificate("s1").unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].serial_hex, "beef");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let event = loop {
+        match revocations.try_recv() {
+            Ok(ev) => break ev,
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+                if Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("no revocation event within 1 s: {e:?}"),
+        }
+    };
+    assert_eq!(event.serial_hex, "beef");
+    assert!(event.revoked_at.is_some());
+    assert!(matches!(
+        daemon.authenticate_certificate("s1", "beef"),
+        Err(AuthError::CertRevoked { serial }) if serial == "beef"
+    ));
+    // Revoking again finds nothing new; the list still shows it.
+    assert!(cli.revoke_certificate("beef").unwrap().is_empty());
+    assert_eq!(daemon.list_certificates().unwrap().len(), 1);
+    assert!(matches!(
+        cli.revoke_certificate("nothing-like-it"),
+        Err(AuthError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn store_refuses_duplicates_bad_input_and_unknown_names() {
+    let (_dir, path) = tmp();
+    let mut db = provisioned(&path);
+    assert!(matches!(
+        db.add_client("s1", None, None, None),
+        Err(AuthError::Duplicate { what: "client", .. })
+    ));
+    assert!(matches!(
+        db.add_client("s2", None, Some(SECRET), None),
+        Err(AuthError::Invalid(_))
+    ));
+    assert!(matches!(
+        db.add_client("s2", None, Some("too-short"), None),
+        Err(AuthError::Invalid(_))
+    ));
+    assert!(matches!(
+        db.add_client("s2", None, None, Some("{not json")),
+        Err(AuthError::Invalid(_))
+    ));
+    assert!(matches!(
+        db.add_client("has space", None, None, None),
+        Err(AuthError::Invalid(_))
+    ));
+    assert!(matches!(
+        db.add_channel("ch1", "", None),
+        Err(AuthError::Duplicate {
+            what: "channel",
+            ..
+        })
+    ));
+    assert!(matches!(
+        db.add_channel("a/b", "", None),
+        Err(AuthError::Invalid(_))
+    ));
+    assert!(matches!(
+        db.connect("ghost", "ch1", true, true),
+        Err(AuthError::NotFound { what: "client", .. })
+    ));
+    assert!(matches!(
+        db.disconnect("s1", "ch2", true, true),
+        Err(AuthError::NotFound {
+            what: "connection",
+            ..
+        })
+    ));
+    // Partial disconnect keeps the other right; removing the channel removes the connection.
+    db.connect("s1", "ch1", false, true).unwrap();
+    let left = db.disconnect("s1", "ch1", true, false).unwrap().unwrap();
+    assert!(!left.publish && left.subscribe);
+    db.remove_channel("ch1").unwrap();
+    let s1 = db.client("s1").unwrap();
+    assert!(db.connections_of(&s1.id).unwrap().is_empty());
+}
+
+#[test]
+fn rotate_secret_replaces_the_old_one() {
+    let (_dir, path) = tmp();
+    let mut db = provisioned(&path);
+    let store = AuthStore::open(&path, &config()).unwrap();
+    let rotated = db.rotate_secret("s1", None).unwrap();
+    assert_ne!(rotated.secret, SECRET);
+    assert!(eventually(Duration::from_secs(1), || store
+        .authenticate("s1", rotated.secret.as_bytes())
+        .is_ok()));
+    assert!(store.authenticate("s1", SECRET.as_bytes()).is_err());
+}
+
+#[test]
+fn failed_authentications_are_throttled_per_identity_and_address() {
+    let (_dir, path) = tmp();
+    drop(provisioned(&path));
+    let cfg = AuthConfig {
+        failure_burst: 3,
+        failure_refill: crate::config::value::Duration::from_secs(60),
+        ..config()
+    };
+    let store = AuthStore::open(&path, &cfg).unwrap();
+    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    let other: IpAddr = "192.0.2.8".parse().unwrap();
+    for _ in 0..3 {
+        store.throttle_check(Some(ip), Some("s1")).unwrap();
+        let _ = store.authenticate_from(Some(ip), "s1", b"wrong-secret-wrong");
+    }
+    let t = store.throttle_check(Some(ip), None).unwrap_err();
+    assert!(t.retry_after > Duration::from_secs(50), "{t:?}");
+    assert!(store.throttle_check(Some(other), Some("s1")).is_err());
+    assert!(store.throttle_check(Some(other), Some("s2")).is_ok());
+    // Successes cost nothing.
+    for _ in 0..10 {
+        store.authenticate_from(Some(other), "s1", SECRET.as_bytes()).unwrap();
+    }
+    assert!(store.throttle_check(Some(other), None).is_ok());
+}
+
+#[test]
+fn audit_records_successes_and_failures_without_secrets_and_rotates() {
+    let (_dir, path) = tmp();
+    drop(provisioned(&path));
+    let cfg = AuthConfig {
+        audit_max_events: 5,
+        ..config()
+    };
+    let store = AuthStore::open(&path, &cfg).unwrap();
+    let ip: IpAddr = "2001:db8::1".parse().unwrap();
+    store.authenticate_from(Some(ip), "s1", SECRET.as_bytes()).unwrap();
+    let _ = store.authenticate_from(Some(ip), "s1", b"a-wrong-secret-given");
+    let _ = store.authenticate_secret(b"some-unknown-secret-x");
+    drop(store); // flushes the audit queue
+    let db = Db::open(&path).unwrap();
+    let events = db.recent_audit(10).unwrap();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[2].outcome, "ok");
+    assert_eq!(events[2].remote.as_deref(), Some("2001:db8::1"));
+    assert_eq!(events[1].outcome, "bad_secret");
+    assert_eq!(events[0].method, "secret");
+    assert_eq!(events[0].identity, None);
+    let dump = format!("{events:?}");
+    assert!(!dump.contains(SECRET) && !dump.contains("a-wrong-secret-given"));
+    drop(db);
+
+    let store = AuthStore::open(&path, &cfg).unwrap();
+    for _ in 0..20 {
+        let _ = store.authenticate("s1", SECRET.as_bytes());
+    }
+    drop(store);
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.audit_count().unwrap(), 5);
+}
+
+#[test]
+fn dev_demo_is_created_once() {
+    let (_dir, path) = tmp();
+    let store = AuthStore::open(&path, &config()).unwrap();
+    let secret = store.ensure_demo("").unwrap().expect("created on first start");
+    assert_eq!(store.ensure_demo("").unwrap(), None);
+    let me = store.authenticate(DEMO_IDENTITY, secret.as_bytes()).unwrap();
+    store.authorize(&me, DEMO_CHANNEL, Op::Publish).unwrap();
+    store.authorize(&me, DEMO_CHANNEL, Op::Subscribe).unwrap();
+    assert_eq!(store.subscribed_channels().borrow().len(), 1);
+}
+
+fn valid_store_bytes() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    let (dir, path) = tmp();
+    let mut db = provisioned(&path);
+    for i in 0..200 {
+        db.add_client(&format!("bulk-{i}"), None, None, Some(r#"{"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#))
+            .unwrap();
+    }
+    drop(db); // checkpoints the WAL into the file
+    let bytes = std::fs::read(&path).unwrap();
+    (dir, path, bytes)
+}
+
+fn assert_refused_unchanged(path: &Path, bytes: &[u8], want: &str) {
+    let err = AuthStore::open(path, &config()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains(want), "{text}");
+    assert_eq!(err.exit_code(), crate::exit::CONFIG);
+    assert_eq!(std::fs::read(path).unwrap(), bytes, "file was modified");
+}
+
+#[test]
+fn truncated_corrupt_empty_and_foreign_files_are_refused_untouched() {
+    let (_dir, path, good) = valid_store_bytes();
+    assert!(good.len() > 8 * 4096, "{}", good.len());
+    for cut in [good.len() / 2, good.len() - 4096, 4096 + 10, 50, 0] {
+        std::fs::write(&path, &good[..cut]).unwrap();
+        assert_refused_unchanged(&path, &good[..cut], "corrupt");
+    }
+    let mut garbage = good.clone();
+    for b in &mut garbage[4096..] {
+        *b = 0x5a;
+    }
+    std::fs::write(&path, &garbage).unwrap();
+    assert_refused_unchanged(&path, &garbage, "corrupt");
+    std::fs::write(&path, b"this is not a database at all, just text\n".repeat(100)).unwrap();
+    let text = std::fs::read(&path).unwrap();
+    assert_refused_unchanged(&path, &text, "corrupt");
+}
+
+#[test]
+fn a_newer_schema_is_refused_untouched() {
+    let (_dir, path, _) = valid_store_bytes();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99; PRAGMA journal_mode = DELETE;")
+            .unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let err = AuthStore::open(&path, &config()).unwrap_err();
+    assert!(
+        matches!(err, AuthError::SchemaTooNew { found: 99, supported: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&path.display().to_string()));
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+// ---- property test: the cache decides exactly what a plain model of the store says ----
+
+#[derive(Debug, Clone)]
+enum Action {
+    AddClient(u8),
+    AddChannel(u8),
+    Connect(u8, u8, bool, bool),
+    Disconnect(u8, u8, bool, bool),
+    SetEnabled(u8, bool),
+    RemoveClient(u8),
+    RemoveChannel(u8),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let k = 0u8..4;
+    prop_oneof![
+        k.clone().prop_map(Action::AddClient),
+        k.clone().prop_map(Action::AddChannel),
+        (k.clone(), k.clone(), any::<bool>(), any::<bool>())
+            .prop_map(|(a, b, p, s)| Action::Connect(a, b, p, s)),
+        (k.clone(), k.clone(), any::<bool>(), any::<bool>())
+            .prop_map(|(a, b, p, s)| Action::Disconnect(a, b, p, s)),
+        (k.clone(), any::<bool>()).prop_map(|(a, e)| Action::SetEnabled(a, e)),
+        k.clone().prop_map(Action::RemoveClient),
+        k.prop_map(Action::RemoveChannel),
+    ]
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    clients: std::collections::BTreeMap<u8, bool>,
+    channels: std::collections::BTreeSet<u8>,
+    grants: std::collections::BTreeMap<(u8, u8), (bool, bool)>,
+}
+
+fn secret_of(i: u8) -> String {
+    format!("secret-of-client-{i:02}-padding")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cache_matches_a_model_after_any_sequence(actions in proptest::collection::vec(action(), 1..40)) {
+        let (_dir, path) = tmp();
+        let mut db = Db::open(&path).unwrap();
+        let mut m = Model::default();
+        let mut ids = std::collections::BTreeMap::new();
+        for a in actions {
+            match a {
+                Action::AddClient(c) => {
+                    let r = db.add_client(&format!("c{c}"), None, Some(&secret_of(c)), None);
+                    prop_assert_eq!(r.is_ok(), !m.clients.contains_key(&c));
+                    if let Ok(row) = r { ids.insert(c, row.id); m.clients.insert(c, true); }
+                }
+                Action::AddChannel(h) => {
+                    let r = db.add_channel(&format!("h{h}"), "d", None);
+                    prop_assert_eq!(r.is_ok(), m.channels.insert(h));
+                }
+                Action::Connect(c, h, p, s) => {
+                    let r = db.connect(&format!("c{c}"), &format!("h{h}"), p, s);
+                    let ok = m.clients.contains_key(&c) && m.channels.contains(&h) && (p || s);
+                    prop_assert_eq!(r.is_ok(), ok);
+                    if ok {
+                        let g = m.grants.entry((c, h)).or_default();
+                        g.0 |= p; g.1 |= s;
+                    }
+                }
+                Action::Disconnect(c, h, p, s) => {
+                    let r = db.disconnect(&format!("c{c}"), &format!("h{h}"), p, s);
+                    prop_assert_eq!(r.is_ok(), m.grants.contains_key(&(c, h)));
+                    if let Some(g) = m.grants.get_mut(&(c, h)) {
+                        g.0 &= !p; g.1 &= !s;
+                        if !g.0 && !g.1 { m.grants.remove(&(c, h)); }
+                    }
+                }
+                Action::SetEnabled(c, e) => {
+                    let r = db.set_client_enabled(&format!("c{c}"), e);
+                    prop_assert_eq!(r.is_ok(), m.clients.contains_key(&c));
+                    if let Some(v) = m.clients.get_mut(&c) { *v = e; }
+                }
+                Action::RemoveClient(c) => {
+                    let r = db.remove_client(&format!("c{c}"));
+                    prop_assert_eq!(r.is_ok(), m.clients.remove(&c).is_some());
+                    m.grants.retain(|(gc, _), _| *gc != c);
+                }
+                Action::RemoveChannel(h) => {
+                    let r = db.remove_channel(&format!("h{h}"));
+                    prop_assert_eq!(r.is_ok(), m.channels.remove(&h));
+                    m.grants.retain(|(_, gh), _| *gh != h);
+                }
+            }
+        }
+        let snap = Snapshot::build(db.load().unwrap());
+        let mut want_subscribed = Vec::new();
+        for h in &m.channels {
+            if m.grants.iter().any(|((_, gh), g)| gh == h && g.1) {
+                want_subscribed.push(format!("h{h}"));
+            }
+        }
+        let got: Vec<String> = snap.subscribed.iter().map(|c| c.name.clone()).collect();
+        prop_assert_eq!(got, want_subscribed);
+        for c in 0u8..4 {
+            let auth = snap.authenticate(&format!("c{c}"), secret_of(c).as_bytes());
+            match m.clients.get(&c) {
+                None => prop_assert!(matches!(auth, Err(AuthError::UnknownIdentity))),
+                Some(false) => prop_assert!(matches!(auth, Err(AuthError::ClientDisabled))),
+                Some(true) => prop_assert!(auth.is_ok()),
+            }
+            let identity = format!("c{c}");
+            prop_assert!(snap.authenticate(&identity, b"wrong-secret-wrong!").is_err());
+            let Some(id) = ids.get(&c) else { continue };
+            let me = ClientRef { id: id.clone(), identity: format!("c{c}") };
+            for h in 0u8..4 {
+                for (op, idx) in [(Op::Publish, 0), (Op::Subscribe, 1)] {
+                    let got = snap.authorize(&me, &format!("h{h}"), op);
+                    let want = match m.clients.get(&c) {
+                        None => "unknown_identity",
+                        Some(false) => "disabled",
+                        Some(true) if !m.channels.contains(&h) => "unknown_channel",
+                        Some(true) => match m.grants.get(&(c, h)) {
+                            Some(g) if (if idx == 0 { g.0 } else { g.1 }) => "ok",
+                            _ => "not_connected",
+                        },
+                    };
+                    let got = match got {
+                        Ok(_) => "ok",
+                        Err(AuthError::UnknownIdentity) => "unknown_identity",
+                        Err(AuthError::ClientDisabled) => "disabled",
+                        Err(AuthError::UnknownChannel) => "unknown_channel",
+                        Err(AuthError::NotConnected) => "not_connected",
+                        Err(e) => panic!("unexpected {e}"),
+                    };
+                    prop_assert_eq!(got, want, "client c{} channel h{} {:?}", c, h, op);
+                }
+            }
+        }
+    }
+}
