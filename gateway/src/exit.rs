@@ -29,6 +29,21 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         if cause.is::<NotYet>() {
             return UNAVAILABLE;
         }
+        // A corrupt outbox or unusable uplink TLS files: restarting will not help.
+        if matches!(
+            cause.downcast_ref::<crate::outbox::OutboxError>(),
+            Some(crate::outbox::OutboxError::Corrupt { .. })
+        ) || cause.is::<crate::uplink::UplinkError>()
+        {
+            return CONFIG;
+        }
+        // `edgegw status` without a running daemon.
+        if matches!(
+            cause.downcast_ref::<crate::control::ControlError>(),
+            Some(crate::control::ControlError::NotRunning { .. })
+        ) {
+            return UNAVAILABLE;
+        }
     }
     FAILURE
 }

@@ -37,11 +37,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             issue: 5,
         }
         .into()),
-        Command::Status => Err(NotYet {
-            command: "status",
-            issue: 4,
-        }
-        .into()),
+        Command::Status => status(&cli),
     }
 }
 
@@ -77,6 +73,18 @@ fn check_config(cli: &Cli) -> anyhow::Result<u8> {
         println!("# warning: {warning}");
     }
     print!("{}", config.to_redacted_toml());
+    Ok(exit::OK)
+}
+
+/// `edgegw status`: asks the running daemon over its control socket.
+fn status(cli: &Cli) -> anyhow::Result<u8> {
+    let config = load_config(cli)?;
+    let report = gateway::control::query(&config.gateway.runtime_dir)?;
+    if cli.json {
+        println!("{report}");
+    } else {
+        print!("{}", gateway::control::render(&report));
+    }
     Ok(exit::OK)
 }
 
@@ -123,6 +131,8 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         .context("cannot start the async runtime")?;
     let outcome = runtime.block_on(async {
         let supervisor = Supervisor::new();
+        // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
+        let _pipeline = gateway::pipeline::start(config, &supervisor)?;
         let signals = forward_signals().context("cannot install signal handlers")?;
         info!(
             state_dir = %config.gateway.state_dir.display(),

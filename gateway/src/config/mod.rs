@@ -11,6 +11,7 @@ mod coap_dtls;
 mod auth;
 mod env;
 mod gateway;
+mod outbox;
 mod standalone;
 mod uplink;
 pub mod value;
@@ -24,14 +25,15 @@ pub use coap::CoapConfig;
 pub use coap_dtls::CoapDtlsConfig;
 pub use auth::AuthConfig;
 pub use gateway::GatewayConfig;
+pub use outbox::{Durability, FullPolicy, OutboxConfig};
 pub use standalone::StandaloneConfig;
-pub use uplink::UplinkConfig;
+pub use uplink::{MqttVersion, UplinkConfig};
 
 /// The production config path.
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
 
 /// Sections, as they appear in the file and in `EDGEGW_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "auth", "coap", "coap_dtls"];
+const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "auth", "outbox", "coap", "coap_dtls"];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,7 @@ pub struct Config {
     pub coap: CoapConfig,
     pub coap_dtls: CoapDtlsConfig,
     pub auth: AuthConfig,
+    pub outbox: OutboxConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -129,6 +132,7 @@ struct RawConfig {
     coap: coap::RawCoap,
     coap_dtls: coap_dtls::RawCoapDtls,
     auth: auth::RawAuth,
+    outbox: outbox::RawOutbox,
 }
 
 /// Where to read the configuration from.
@@ -217,6 +221,7 @@ pub fn load_from(
         coap: raw.coap.validate(&profile, &mut check),
         coap_dtls: raw.coap_dtls.validate(&profile, &mut check),
         auth: raw.auth.validate(&mut check),
+        outbox: raw.outbox.validate(&mut check),
         warnings: Vec::new(),
         source: path,
         profile,

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::value::{Secret, boolean};
+use super::value::{Duration, Secret, boolean, number};
 use super::{Check, Profile};
+use crate::topic::{TopicTemplate, validate_subtopic};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -18,6 +19,37 @@ pub struct RawUplink {
     insecure: bool,
     username: Option<String>,
     password: Option<Secret>,
+    topic_template: Option<String>,
+    status_topic: Option<String>,
+    #[serde(deserialize_with = "number_opt")]
+    mqtt_version: Option<u8>,
+    #[serde(deserialize_with = "number_opt")]
+    inflight: Option<u16>,
+    keep_alive: Option<Duration>,
+    client_id: Option<String>,
+    downlink_subtopic: Option<String>,
+    reconnect_min: Option<Duration>,
+    reconnect_max: Option<Duration>,
+    status_interval: Option<Duration>,
+    connect_timeout: Option<Duration>,
+}
+
+fn number_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr + TryFrom<i64>,
+    <T as std::str::FromStr>::Err: std::fmt::Display,
+{
+    number(d).map(Some)
+}
+
+/// MQTT protocol version of the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MqttVersion {
+    #[serde(rename = "3")]
+    V311,
+    #[serde(rename = "5")]
+    V5,
 }
 
 /// Where the uplink connects. Absent: no uplink, messages wait in the outbox.
@@ -35,6 +67,46 @@ pub struct UplinkConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     pub password: Secret,
+    /// Topic of each message (`{domain} {channel} {subtopic} {client}`).
+    #[serde(serialize_with = "display")]
+    pub topic_template: TopicTemplate,
+    /// Retained `online` / `offline` (last will); JSON statistics on `<status_topic>/stats`.
+    pub status_topic: String,
+    pub mqtt_version: MqttVersion,
+    /// QoS 1 messages sent but not yet acknowledged (PUBACK), at most.
+    pub inflight: u16,
+    pub keep_alive: Duration,
+    /// MQTT client id.
+    pub client_id: String,
+    /// Commands come from `<channel topic>/<downlink_subtopic>/#`.
+    pub downlink_subtopic: String,
+    /// Reconnect backoff: first delay and cap (exponential, with jitter).
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// How often the retained statistics are published.
+    pub status_interval: Duration,
+    /// TCP + TLS + CONNACK deadline.
+    pub connect_timeout: Duration,
+}
+
+fn display<S: serde::Serializer>(v: &TopicTemplate, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// The default MQTT client id: `edgegw-<hostname>`.
+fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
+    if host.is_empty() {
+        "edgegw".to_owned()
+    } else {
+        format!("edgegw-{host}")
+    }
 }
 
 impl RawUplink {
@@ -74,7 +146,89 @@ impl RawUplink {
         if let Some(path) = &self.ca_certs {
             check.certificates("uplink.ca_certs", path);
         }
+        let topic_template = match TopicTemplate::parse(self.topic_template.as_deref().unwrap_or("")) {
+            Ok(t) => t,
+            Err(e) => {
+                check.invalid("uplink.topic_template", e.to_string());
+                TopicTemplate::parse("").expect("invariant: the default template is valid")
+            }
+        };
+        let client_id = self
+            .client_id
+            .filter(|c| !c.trim().is_empty())
+            .unwrap_or_else(default_client_id);
+        if client_id.contains(['/', '+', '#']) || client_id.len() > 128 {
+            check.invalid(
+                "uplink.client_id",
+                "must be at most 128 bytes without '/', '+' or '#'",
+            );
+        }
+        let status_topic = self
+            .status_topic
+            .unwrap_or_else(|| format!("edgegw/{client_id}/status"));
+        if status_topic.is_empty() || status_topic.contains(['+', '#']) {
+            check.invalid("uplink.status_topic", "must be a topic without wildcards");
+        }
+        let mqtt_version = match self.mqtt_version.unwrap_or(3) {
+            3 | 4 => MqttVersion::V311,
+            5 => MqttVersion::V5,
+            other => {
+                check.invalid(
+                    "uplink.mqtt_version",
+                    format!("{other} must be 3 (MQTT 3.1.1) or 5"),
+                );
+                MqttVersion::V311
+            }
+        };
+        let inflight = self.inflight.unwrap_or(64);
+        if inflight == 0 || inflight > 1000 {
+            check.invalid("uplink.inflight", "must be between 1 and 1000");
+        }
+        let keep_alive = self.keep_alive.unwrap_or(Duration::from_secs(30));
+        if keep_alive.get() < std::time::Duration::from_secs(5) {
+            check.invalid("uplink.keep_alive", "must be at least 5s");
+        }
+        let downlink_subtopic = match validate_subtopic(
+            self.downlink_subtopic.as_deref().unwrap_or("cmd"),
+        ) {
+            Ok(s) if !s.is_empty() => s,
+            Ok(_) => {
+                check.invalid("uplink.downlink_subtopic", "must not be empty");
+                "cmd".to_owned()
+            }
+            Err(e) => {
+                check.invalid("uplink.downlink_subtopic", e.to_string());
+                "cmd".to_owned()
+            }
+        };
+        let reconnect_min = self.reconnect_min.unwrap_or(Duration::from_secs(1));
+        let reconnect_max = self.reconnect_max.unwrap_or(Duration::from_secs(60));
+        if reconnect_min.get().is_zero() || reconnect_min > reconnect_max {
+            check.invalid(
+                "uplink.reconnect_min",
+                "must be longer than 0s and at most uplink.reconnect_max",
+            );
+        }
+        let status_interval = self.status_interval.unwrap_or(Duration::from_secs(60));
+        if status_interval.get() < std::time::Duration::from_secs(1) {
+            check.invalid("uplink.status_interval", "must be at least 1s");
+        }
+        let connect_timeout = self.connect_timeout.unwrap_or(Duration::from_secs(10));
+        if connect_timeout.get() < std::time::Duration::from_secs(1) {
+            check.invalid("uplink.connect_timeout", "must be at least 1s");
+        }
         UplinkConfig {
+            topic_template,
+            status_topic,
+            mqtt_version,
+            inflight,
+            keep_alive,
+            client_id,
+            downlink_subtopic,
+            reconnect_min,
+            reconnect_max,
+            status_interval,
+            connect_timeout,
             url,
             client_cert: self.client_cert,
             client_key: self.client_key,

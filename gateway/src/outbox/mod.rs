@@ -1,0 +1,428 @@
+//! The outbox: every accepted message is written durably to `outbox.db` (SQLite, WAL) before
+//! its [`Receipt`] resolves, and deleted only once the uplink reports its PUBACK.
+//!
+//! One writer thread owns the write connection and does group commit: everything that arrived
+//! while the previous transaction was committing goes into the next one, so one fsync covers
+//! many messages. Admission (full → busy or drop oldest) is the pure [`policy`]. The uplink
+//! reads with its own connection ([`Outbox::fetch_after`]) and reports acknowledgements with
+//! [`Outbox::ack`]; they are deleted in the next group commit. This module never talks MQTT.
+
+pub mod policy;
+mod store;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::OutboxConfig;
+use policy::{Admission, Limits, Load};
+
+/// One message from a sensor, as the adapters hand it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub client_id: String,
+    pub channel_id: String,
+    pub domain_id: String,
+    /// Validated with [`crate::topic::validate_subtopic`]; may be empty.
+    pub subtopic: String,
+    pub content_format: Option<String>,
+    pub payload: Bytes,
+    pub received_at: SystemTime,
+}
+
+impl Message {
+    /// Bytes this message counts for against `outbox.max_bytes`.
+    pub fn weight(&self) -> u64 {
+        (self.payload.len()
+            + self.client_id.len()
+            + self.channel_id.len()
+            + self.domain_id.len()
+            + self.subtopic.len()
+            + self.content_format.as_ref().map_or(0, String::len)) as u64
+    }
+}
+
+/// A stored message and its sequence number (strictly increasing, never reused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub message: Message,
+}
+
+/// Why a message was not accepted. The adapter maps it to its protocol (5.03 + Max-Age,
+/// `ERR busy`, 4.13).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    #[error("outbox full, retry after {retry_after:?}")]
+    Busy { retry_after: Duration },
+    #[error("payload larger than {max} bytes")]
+    TooLarge { max: usize },
+    #[error("outbox closed (shutting down)")]
+    Closed,
+    #[error("outbox storage failed: {0}")]
+    Storage(String),
+}
+
+/// Why the outbox cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error(
+        "outbox {path} is corrupt ({reason}); it is kept as it is. Stop edgegw, move it aside \
+         (mv {path} {path}.corrupt; also its -wal and -shm files) and start again: a new, empty \
+         outbox is created and the old file can be inspected or recovered with `sqlite3 .recover`"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot open outbox {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("outbox query failed: {0}")]
+    Query(#[from] rusqlite::Error),
+    #[error("cannot start the outbox writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Counters and gauges of the outbox (status, metrics).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub queued: u64,
+    pub queued_bytes: u64,
+    /// Receive time of the oldest queued message, milliseconds since the epoch (0: empty).
+    pub oldest_received_ms: u64,
+    pub accepted_total: u64,
+    pub acked_total: u64,
+    pub dropped_total: u64,
+    pub expired_total: u64,
+    pub commits_total: u64,
+    /// Highest committed sequence number.
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    queued: AtomicU64,
+    queued_bytes: AtomicU64,
+    oldest_received_ms: AtomicU64,
+    accepted_total: AtomicU64,
+    acked_total: AtomicU64,
+    dropped_total: AtomicU64,
+    expired_total: AtomicU64,
+    commits_total: AtomicU64,
+    last_seq: AtomicU64,
+}
+
+type Reply = oneshot::Sender<Result<u64, IngestError>>;
+
+#[derive(Debug, Default)]
+struct Pending {
+    appends: Vec<(Message, u64, Reply)>,
+    acks: Vec<u64>,
+    bytes: u64,
+    closing: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    counters: Counters,
+    committed: watch::Sender<u64>,
+    limits: Limits,
+    max_age: Duration,
+}
+
+/// Handle to the outbox: cheap to clone, `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+    reader: Arc<Mutex<store::Reader>>,
+}
+
+/// The writer thread. [`OutboxWorker::join`] after [`Outbox::close`] waits until every
+/// pending write is committed.
+#[derive(Debug)]
+pub struct OutboxWorker {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl OutboxWorker {
+    /// Waits for the writer thread to finish (blocking).
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("outbox writer thread panicked");
+        }
+    }
+}
+
+/// Resolves once the message is durable, with its sequence number.
+#[derive(Debug)]
+pub struct Receipt {
+    rx: oneshot::Receiver<Result<u64, IngestError>>,
+}
+
+impl Future for Receipt {
+    type Output = Result<u64, IngestError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(IngestError::Closed)))
+    }
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox at `path` and starts its writer thread. A corrupt file is
+    /// refused ([`OutboxError::Corrupt`]), never replaced.
+    pub fn open(path: &Path, config: &OutboxConfig) -> Result<(Outbox, OutboxWorker), OutboxError> {
+        let (writer, initial) = store::Writer::open(path, config.durability)?;
+        let reader = store::Reader::open(path)?;
+        let counters = Counters::default();
+        counters.queued.store(initial.queued, Ordering::Relaxed);
+        counters
+            .queued_bytes
+            .store(initial.queued_bytes, Ordering::Relaxed);
+        counters
+            .oldest_received_ms
+            .store(initial.oldest_received_ms, Ordering::Relaxed);
+        counters.last_seq.store(initial.last_seq, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            counters,
+            committed: watch::Sender::new(initial.last_seq),
+            limits: Limits {
+                max_bytes: config.max_bytes.0,
+                max_message_size: usize::try_from(config.max_message_size.0)
+                    .unwrap_or(usize::MAX),
+                full_policy: config.full_policy,
+            },
+            max_age: config.max_age.get(),
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || writer_loop(writer, &thread_shared))
+            .map_err(OutboxError::Thread)?;
+        Ok((
+            Outbox {
+                shared,
+                reader: Arc::new(Mutex::new(reader)),
+            },
+            OutboxWorker { thread },
+        ))
+    }
+
+    /// Enqueues a message. The [`Receipt`] resolves once it is durable (after the group
+    /// commit that contains it).
+    pub fn accept(&self, msg: Message) -> Result<Receipt, IngestError> {
+        let weight = msg.weight();
+        let mut pending = self.lock();
+        if pending.closing {
+            return Err(IngestError::Closed);
+        }
+        let load = Load {
+            stored_bytes: self.shared.counters.queued_bytes.load(Ordering::Relaxed),
+            pending_bytes: pending.bytes,
+            pending_count: pending.appends.len(),
+        };
+        match policy::admit(&self.shared.limits, &load, msg.payload.len(), weight) {
+            Admission::Accept => {}
+            Admission::Busy { retry_after } => return Err(IngestError::Busy { retry_after }),
+            Admission::TooLarge { max } => return Err(IngestError::TooLarge { max }),
+        }
+        let (tx, rx) = oneshot::channel();
+        pending.appends.push((msg, weight, tx));
+        pending.bytes += weight;
+        drop(pending);
+        self.shared.wake.notify_one();
+        Ok(Receipt { rx })
+    }
+
+    /// Marks entries as delivered (PUBACK received): deleted in the next group commit.
+    pub fn ack(&self, seqs: &[u64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        self.lock().acks.extend_from_slice(seqs);
+        self.shared.wake.notify_one();
+    }
+
+    /// Up to `limit` entries with a sequence number above `after`, in order (blocking: call
+    /// from a blocking thread).
+    pub fn fetch_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, OutboxError> {
+        let reader = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reader.fetch_after(after, limit)
+    }
+
+    /// The highest committed sequence number; changes after every commit that added entries.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.shared.committed.subscribe()
+    }
+
+    pub fn stats(&self) -> OutboxStats {
+        let c = &self.shared.counters;
+        OutboxStats {
+            queued: c.queued.load(Ordering::Relaxed),
+            queued_bytes: c.queued_bytes.load(Ordering::Relaxed),
+            oldest_received_ms: c.oldest_received_ms.load(Ordering::Relaxed),
+            accepted_total: c.accepted_total.load(Ordering::Relaxed),
+            acked_total: c.acked_total.load(Ordering::Relaxed),
+            dropped_total: c.dropped_total.load(Ordering::Relaxed),
+            expired_total: c.expired_total.load(Ordering::Relaxed),
+            commits_total: c.commits_total.load(Ordering::Relaxed),
+            last_seq: c.last_seq.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting; the writer commits what is pending (acks included) and exits.
+    pub fn close(&self) {
+        self.lock().closing = true;
+        self.shared.wake.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The outbox file inside the state directory.
+pub fn default_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("outbox.db")
+}
+
+/// How often expired entries are looked for when nothing else happens.
+const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+
+fn writer_loop(mut writer: store::Writer, shared: &Shared) {
+    let mut last_expiry = std::time::Instant::now();
+    loop {
+        let (appends, acks, closing) = {
+            let mut pending = shared
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            while pending.appends.is_empty()
+                && pending.acks.is_empty()
+                && !pending.closing
+                && last_expiry.elapsed() < EXPIRY_EVERY
+            {
+                pending = shared
+                    .wake
+                    .wait_timeout(pending, EXPIRY_EVERY)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+            pending.bytes = 0;
+            (
+                std::mem::take(&mut pending.appends),
+                std::mem::take(&mut pending.acks),
+                pending.closing,
+            )
+        };
+        let expire_before = if last_expiry.elapsed() >= EXPIRY_EVERY {
+            last_expiry = std::time::Instant::now();
+            SystemTime::now()
+                .checked_sub(shared.max_age)
+                .map(store::millis)
+        } else {
+            None
+        };
+        let batch = store::Batch {
+            appends: appends.iter().map(|(m, w, _)| (m, *w)).collect(),
+            acks: &acks,
+            expire_before,
+            max_bytes: match shared.limits.full_policy {
+                crate::config::FullPolicy::DropOldest => Some(shared.limits.max_bytes),
+                crate::config::FullPolicy::Reject => None,
+            },
+        };
+        let c = &shared.counters;
+        if batch.appends.is_empty() && acks.is_empty() && expire_before.is_none() {
+            if closing {
+                break;
+            }
+            continue;
+        }
+        match writer.commit(&batch) {
+            Ok(done) => {
+                c.commits_total.fetch_add(1, Ordering::Relaxed);
+                c.queued.store(done.stats.queued, Ordering::Relaxed);
+                c.queued_bytes
+                    .store(done.stats.queued_bytes, Ordering::Relaxed);
+                c.oldest_received_ms
+                    .store(done.stats.oldest_received_ms, Ordering::Relaxed);
+                c.acked_total.fetch_add(done.acked, Ordering::Relaxed);
+                c.expired_total.fetch_add(done.expired, Ordering::Relaxed);
+                c.dropped_total.fetch_add(done.dropped, Ordering::Relaxed);
+                c.accepted_total
+                    .fetch_add(done.seqs.len() as u64, Ordering::Relaxed);
+                if done.expired > 0 {
+                    tracing::warn!(
+                        count = done.expired,
+                        "removed queued messages older than outbox.max_age"
+                    );
+                }
+                if done.dropped > 0 {
+                    tracing::warn!(
+                        count = done.dropped,
+                        "outbox full: dropped the oldest queued messages (outbox.full_policy = drop_oldest)"
+                    );
+                }
+                if let Some(&last) = done.seqs.last() {
+                    c.last_seq.store(last, Ordering::Relaxed);
+                    shared.committed.send_replace(last);
+                }
+                for ((_, _, reply), seq) in appends.into_iter().zip(done.seqs) {
+                    let _ = reply.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!("outbox commit failed: {e}; the messages of this commit were refused");
+                let reason = e.to_string();
+                for (_, _, reply) in appends {
+                    let _ = reply.send(Err(IngestError::Storage(reason.clone())));
+                }
+                // Acknowledgements are retried with the next commit.
+                let mut pending = shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                pending.acks.extend(acks);
+                drop(pending);
+                if closing {
+                    break;
+                }
+                // Do not spin on a persistent failure (disk full).
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if closing {
+            let pending = shared
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if pending.appends.is_empty() && pending.acks.is_empty() {
+                break;
+            }
+        }
+    }
+    tracing::debug!("outbox writer stopped");
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,317 @@
+//! SQLite side of the outbox: schema, the writer's group-commit transaction, the uplink's
+//! reader. Owned by the writer thread (writes) and the reader mutex (reads).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+
+use super::{Entry, Message, OutboxError};
+use crate::config::Durability;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_id TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    domain_id TEXT NOT NULL,
+    subtopic TEXT NOT NULL,
+    content_format TEXT,
+    payload BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_received_at ON outbox(received_at_ms);
+";
+
+pub fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+    )
+}
+
+fn open_error(path: &Path, source: rusqlite::Error) -> OutboxError {
+    if is_corruption(&source) {
+        OutboxError::Corrupt {
+            path: path.to_owned(),
+            reason: source.to_string(),
+        }
+    } else {
+        OutboxError::Open {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Gauges after a commit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    pub queued: u64,
+    pub queued_bytes: u64,
+    pub oldest_received_ms: u64,
+    pub last_seq: u64,
+}
+
+/// One group commit's work.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    pub appends: Vec<(&'a Message, u64)>,
+    pub acks: &'a [u64],
+    pub expire_before: Option<i64>,
+    /// `Some` under drop_oldest: delete the oldest entries until the appends fit.
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Committed {
+    pub seqs: Vec<u64>,
+    pub acked: u64,
+    pub expired: u64,
+    pub dropped: u64,
+    pub stats: StoreStats,
+}
+
+#[derive(Debug)]
+pub struct Writer {
+    conn: Connection,
+    stats: StoreStats,
+}
+
+fn configure(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| open_error(path, e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| open_error(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OutboxError::Open {
+            path: path.to_owned(),
+            source: rusqlite::Error::InvalidQuery,
+        });
+    }
+    Ok(())
+}
+
+impl Writer {
+    pub fn open(path: &Path, durability: Durability) -> Result<(Self, StoreStats), OutboxError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| open_error(path, e))?;
+        // The file is created 0644 by SQLite; payloads are sensor data: owner only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        configure(&conn, path)?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| open_error(path, e))?;
+        if check != "ok" {
+            return Err(OutboxError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("integrity check: {check}"),
+            });
+        }
+        let sync = match durability {
+            Durability::Fsync => "FULL",
+            Durability::Os => "NORMAL",
+        };
+        conn.execute_batch(&format!("PRAGMA synchronous={sync};"))
+            .map_err(|e| open_error(path, e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| open_error(path, e))?;
+        let mut writer = Self {
+            conn,
+            stats: StoreStats::default(),
+        };
+        writer.stats = writer.load_stats().map_err(|e| open_error(path, e))?;
+        let stats = writer.stats;
+        Ok((writer, stats))
+    }
+
+    fn load_stats(&self) -> rusqlite::Result<StoreStats> {
+        let (queued, bytes): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM outbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        // AUTOINCREMENT keeps the high-water mark even when the table is empty.
+        let last: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(StoreStats {
+            queued: u64::try_from(queued).unwrap_or(0),
+            queued_bytes: u64::try_from(bytes).unwrap_or(0),
+            oldest_received_ms: self.oldest()?,
+            last_seq: last.and_then(|l| u64::try_from(l).ok()).unwrap_or(0),
+        })
+    }
+
+    fn oldest(&self) -> rusqlite::Result<u64> {
+        let oldest: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT received_at_ms FROM outbox ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(oldest.and_then(|o| u64::try_from(o).ok()).unwrap_or(0))
+    }
+
+    /// Runs one group commit: acks, expiry, room for drop_oldest, appends; one transaction.
+    pub fn commit(&mut self, batch: &Batch<'_>) -> rusqlite::Result<Committed> {
+        let mut stats = self.stats;
+        let tx = self.conn.transaction()?;
+        let mut acked = 0;
+        let mut expired = 0;
+        let mut dropped = 0;
+        {
+            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING size")?;
+            for seq in batch.acks {
+                let size: Option<i64> = delete
+                    .query_row([i64::try_from(*seq).unwrap_or(i64::MAX)], |r| r.get(0))
+                    .optional()?;
+                if let Some(size) = size {
+                    acked += 1;
+                    stats.queued -= 1;
+                    stats.queued_bytes = stats
+                        .queued_bytes
+                        .saturating_sub(u64::try_from(size).unwrap_or(0));
+                }
+            }
+        }
+        if let Some(cutoff) = batch.expire_before {
+            let mut expire = tx.prepare_cached(
+                "DELETE FROM outbox WHERE received_at_ms < ?1 RETURNING size",
+            )?;
+            let sizes = expire.query_map([cutoff], |r| r.get::<_, i64>(0))?;
+            for size in sizes {
+                expired += 1;
+                stats.queued -= 1;
+                stats.queued_bytes = stats
+                    .queued_bytes
+                    .saturating_sub(u64::try_from(size?).unwrap_or(0));
+            }
+        }
+        let incoming: u64 = batch.appends.iter().map(|(_, w)| w).sum();
+        if let Some(max) = batch.max_bytes {
+            let mut need = super::policy::bytes_to_drop(max, stats.queued_bytes, incoming);
+            if need > 0 {
+                let mut oldest = tx.prepare_cached(
+                    "DELETE FROM outbox WHERE seq = (SELECT min(seq) FROM outbox) RETURNING size",
+                )?;
+                while need > 0 {
+                    let Some(size) = oldest.query_row([], |r| r.get::<_, i64>(0)).optional()?
+                    else {
+                        break;
+                    };
+                    let size = u64::try_from(size).unwrap_or(0);
+                    dropped += 1;
+                    stats.queued -= 1;
+                    stats.queued_bytes = stats.queued_bytes.saturating_sub(size);
+                    need = need.saturating_sub(size.max(1));
+                }
+            }
+        }
+        let mut seqs = Vec::with_capacity(batch.appends.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO outbox (client_id, channel_id, domain_id, subtopic, content_format, \
+                 payload, received_at_ms, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for (m, weight) in &batch.appends {
+                insert.execute(params![
+                    m.client_id,
+                    m.channel_id,
+                    m.domain_id,
+                    m.subtopic,
+                    m.content_format,
+                    &m.payload[..],
+                    millis(m.received_at),
+                    i64::try_from(*weight).unwrap_or(i64::MAX),
+                ])?;
+                let seq = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
+                seqs.push(seq);
+                stats.queued += 1;
+                stats.queued_bytes += weight;
+                stats.last_seq = seq;
+            }
+        }
+        tx.commit()?;
+        stats.oldest_received_ms = self.oldest()?;
+        self.stats = stats;
+        Ok(Committed {
+            seqs,
+            acked,
+            expired,
+            dropped,
+            stats,
+        })
+    }
+}
+
+/// The uplink's read connection (WAL: reads never block the writer).
+#[derive(Debug)]
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Self, OutboxError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| open_error(path, e))?;
+        configure(&conn, path)?;
+        Ok(Self { conn })
+    }
+
+    pub fn fetch_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, OutboxError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, client_id, channel_id, domain_id, subtopic, content_format, payload, \
+             received_at_ms FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                i64::try_from(after).unwrap_or(i64::MAX),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |r| {
+                Ok(Entry {
+                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    message: Message {
+                        client_id: r.get(1)?,
+                        channel_id: r.get(2)?,
+                        domain_id: r.get(3)?,
+                        subtopic: r.get(4)?,
+                        content_format: r.get(5)?,
+                        payload: bytes::Bytes::from(r.get::<_, Vec<u8>>(6)?),
+                        received_at: from_millis(r.get(7)?),
+                    },
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -1,0 +1,218 @@
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::config::value::{ByteSize, Duration as CfgDuration};
+use crate::config::{Durability, FullPolicy};
+
+fn config(max_bytes: u64, policy: FullPolicy) -> OutboxConfig {
+    OutboxConfig {
+        durability: Durability::Fsync,
+        max_bytes: ByteSize(max_bytes),
+        max_age: CfgDuration::from_secs(3600),
+        full_policy: policy,
+        max_message_size: ByteSize(1000),
+    }
+}
+
+fn msg(channel: &str, payload: &str) -> Message {
+    Message {
+        client_id: "k".into(),
+        channel_id: channel.into(),
+        domain_id: "d".into(),
+        subtopic: "t".into(),
+        content_format: Some("text/plain".into()),
+        payload: Bytes::from(payload.to_owned()),
+        received_at: SystemTime::now(),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn payloads(outbox: &Outbox) -> Vec<String> {
+    outbox
+        .fetch_after(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8(e.message.payload.to_vec()).unwrap())
+        .collect()
+}
+
+#[test]
+fn accepted_messages_survive_a_restart_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let cfg = config(1 << 20, FullPolicy::Reject);
+    let seqs: Vec<u64> = {
+        let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
+        let receipts: Vec<_> = (0..50)
+            .map(|i| outbox.accept(msg("c", &format!("m{i}"))).unwrap())
+            .collect();
+        let seqs = rt().block_on(async {
+            let mut out = Vec::new();
+            for r in receipts {
+                out.push(r.await.unwrap());
+            }
+            out
+        });
+        // No close(): the worker thread is simply abandoned, as in a crash after the receipts.
+        drop(worker);
+        seqs
+    };
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
+    let expected: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads(&outbox), expected);
+    let stats = outbox.stats();
+    assert_eq!(stats.queued, 50);
+    assert_eq!(stats.last_seq, *seqs.last().unwrap());
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn acked_entries_are_deleted_and_sequence_numbers_are_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let cfg = config(1 << 20, FullPolicy::Reject);
+    let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
+    let first = rt().block_on(outbox.accept(msg("c", "a")).unwrap()).unwrap();
+    outbox.ack(&[first]);
+    outbox.close();
+    worker.join();
+    let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
+    assert!(payloads(&outbox).is_empty());
+    assert_eq!(outbox.stats().queued, 0);
+    let second = rt().block_on(outbox.accept(msg("c", "b")).unwrap()).unwrap();
+    assert!(second > first, "{second} after {first}");
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn reject_policy_answers_busy_when_full_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(1000, FullPolicy::Reject);
+    let (outbox, worker) = Outbox::open(&dir.path().join("o.db"), &cfg).unwrap();
+    let big = "x".repeat(300);
+    let mut busy = None;
+    let rt = rt();
+    for i in 0..10 {
+        match outbox.accept(msg("c", &format!("{i}{big}"))) {
+            Ok(r) => {
+                rt.block_on(r).unwrap();
+            }
+            Err(e) => {
+                busy = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (i, err) = busy.expect("the outbox never said busy");
+    assert!(matches!(err, IngestError::Busy { .. }), "{err}");
+    assert_eq!(i, 3, "3 messages of ~310 bytes fit in 1000");
+    assert_eq!(payloads(&outbox).len(), 3);
+    assert_eq!(outbox.stats().dropped_total, 0);
+    assert!(matches!(
+        outbox.accept(msg("c", &"y".repeat(1001))),
+        Err(IngestError::TooLarge { max: 1000 })
+    ));
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn drop_oldest_policy_makes_room_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(1000, FullPolicy::DropOldest);
+    let (outbox, worker) = Outbox::open(&dir.path().join("o.db"), &cfg).unwrap();
+    let big = "x".repeat(300);
+    let rt = rt();
+    for i in 0..5 {
+        rt.block_on(outbox.accept(msg("c", &format!("{i}{big}"))).unwrap())
+            .unwrap();
+    }
+    let left: Vec<String> = payloads(&outbox)
+        .into_iter()
+        .map(|p| p[..1].to_owned())
+        .collect();
+    assert_eq!(left, vec!["2", "3", "4"]);
+    assert_eq!(outbox.stats().dropped_total, 2);
+    assert!(outbox.stats().queued_bytes <= 1000);
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn messages_older_than_max_age_expire_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(1 << 20, FullPolicy::Reject);
+    cfg.max_age = CfgDuration::from_secs(60);
+    let (outbox, worker) = Outbox::open(&dir.path().join("o.db"), &cfg).unwrap();
+    let mut old = msg("c", "old");
+    old.received_at = SystemTime::now() - Duration::from_secs(120);
+    let rt = rt();
+    rt.block_on(outbox.accept(old).unwrap()).unwrap();
+    rt.block_on(outbox.accept(msg("c", "new")).unwrap()).unwrap();
+    // Expiry runs at most once a second; wait for the commit that does it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while outbox.stats().expired_total == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(payloads(&outbox), vec!["new"]);
+    assert_eq!(outbox.stats().queued, 1);
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn concurrent_accepts_are_group_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(64 << 20, FullPolicy::Reject);
+    let (outbox, worker) = Outbox::open(&dir.path().join("o.db"), &cfg).unwrap();
+    let receipts: Vec<_> = (0..2000)
+        .map(|i| outbox.accept(msg("c", &i.to_string())).unwrap())
+        .collect();
+    rt().block_on(async {
+        for r in receipts {
+            r.await.unwrap();
+        }
+    });
+    let stats = outbox.stats();
+    assert_eq!(stats.accepted_total, 2000);
+    assert!(
+        stats.commits_total < 200,
+        "2000 messages took {} commits: no grouping",
+        stats.commits_total
+    );
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn a_corrupt_outbox_is_refused_and_left_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let garbage = b"this is not an SQLite database, it is garbage ".repeat(100);
+    std::fs::write(&path, &garbage).unwrap();
+    let err = Outbox::open(&path, &config(1 << 20, FullPolicy::Reject)).unwrap_err();
+    assert!(matches!(err, OutboxError::Corrupt { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("move it aside") && text.contains("outbox.db"), "{text}");
+    assert_eq!(std::fs::read(&path).unwrap(), garbage, "the file was changed");
+}
+
+#[test]
+fn accept_after_close_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, worker) =
+        Outbox::open(&dir.path().join("o.db"), &config(1 << 20, FullPolicy::Reject)).unwrap();
+    outbox.close();
+    worker.join();
+    assert_eq!(outbox.accept(msg("c", "x")).unwrap_err(), IngestError::Closed);
+}

@@ -1,0 +1,225 @@
+//! MQTT topics of the uplink: the topic template (`m/{domain}/c/{channel}/{subtopic}` as SuperMQ
+//! ≥ 0.17, the `legacy` preset `channels/{channel}/messages/{subtopic}`) and subtopic validation
+//! as SuperMQ does it. Pure string work: no I/O.
+
+use std::fmt;
+
+/// The SuperMQ ≥ 0.17 topic layout (default).
+pub const DEFAULT_TEMPLATE: &str = "m/{domain}/c/{channel}/{subtopic}";
+/// The SuperMQ ≤ 0.16 / Mainflux layout, selected with `topic_template = "legacy"`.
+pub const LEGACY_TEMPLATE: &str = "channels/{channel}/messages/{subtopic}";
+
+const PLACEHOLDERS: [&str; 4] = ["{domain}", "{channel}", "{subtopic}", "{client}"];
+
+/// Why a subtopic or template is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("subtopic must not contain wildcards (+ # * >)")]
+    Wildcard,
+    #[error("subtopic must not contain whitespace or control characters")]
+    Whitespace,
+    #[error("subtopic must not contain empty levels (//)")]
+    EmptyLevel,
+    #[error("subtopic is longer than {max} bytes")]
+    TooLong { max: usize },
+    #[error("topic template must contain {{channel}}")]
+    NoChannel,
+    #[error("topic template has an unknown placeholder `{0}` (known: {{domain}} {{channel}} {{subtopic}} {{client}})")]
+    UnknownPlaceholder(String),
+    #[error("topic template must not contain wildcards (+ #)")]
+    TemplateWildcard,
+}
+
+/// Longest subtopic accepted (the whole topic must stay well under MQTT's 64 KiB).
+pub const MAX_SUBTOPIC: usize = 1024;
+
+/// Validates and normalises a subtopic as SuperMQ does: `.` or `/` separated levels, no
+/// wildcards (`+ # * >`), no whitespace, no empty levels. Leading/trailing separators are
+/// trimmed; `.` becomes `/`. Empty is allowed (no subtopic).
+pub fn validate_subtopic(raw: &str) -> Result<String, TopicError> {
+    if raw.len() > MAX_SUBTOPIC {
+        return Err(TopicError::TooLong { max: MAX_SUBTOPIC });
+    }
+    if raw.contains(['+', '#', '*', '>']) {
+        return Err(TopicError::Wildcard);
+    }
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(TopicError::Whitespace);
+    }
+    let normalised = raw.replace('.', "/");
+    let trimmed = normalised.trim_matches('/');
+    if trimmed.split('/').any(str::is_empty) && !trimmed.is_empty() {
+        return Err(TopicError::EmptyLevel);
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A validated topic template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTemplate(String);
+
+/// The values a template is filled with.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicParts<'a> {
+    pub domain: &'a str,
+    pub channel: &'a str,
+    pub subtopic: &'a str,
+    pub client: &'a str,
+}
+
+impl TopicTemplate {
+    /// Parses a template or the preset names `default` and `legacy`.
+    pub fn parse(raw: &str) -> Result<Self, TopicError> {
+        let raw = match raw.trim() {
+            "" | "default" => DEFAULT_TEMPLATE,
+            "legacy" => LEGACY_TEMPLATE,
+            other => other,
+        };
+        if raw.contains(['+', '#']) {
+            return Err(TopicError::TemplateWildcard);
+        }
+        if !raw.contains("{channel}") {
+            return Err(TopicError::NoChannel);
+        }
+        let mut rest = raw;
+        while let Some(start) = rest.find('{') {
+            let end = rest[start..]
+                .find('}')
+                .map_or(rest.len(), |e| start + e + 1);
+            let name = &rest[start..end];
+            if !PLACEHOLDERS.contains(&name) {
+                return Err(TopicError::UnknownPlaceholder(name.to_owned()));
+            }
+            rest = &rest[end..];
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The topic for a message. An empty subtopic leaves no trailing `/`.
+    pub fn render(&self, parts: TopicParts<'_>) -> String {
+        let topic = self
+            .0
+            .replace("{domain}", parts.domain)
+            .replace("{channel}", parts.channel)
+            .replace("{client}", parts.client)
+            .replace("{subtopic}", parts.subtopic);
+        // Collapse the empty levels an empty subtopic (or domain) leaves behind.
+        let mut out = String::with_capacity(topic.len());
+        for level in topic.split('/').filter(|l| !l.is_empty()) {
+            if !out.is_empty() {
+                out.push('/');
+            }
+            out.push_str(level);
+        }
+        out
+    }
+
+    /// The topic of a channel without subtopic, `{client}` as the wildcard `+` (downlink).
+    pub fn channel_filter(&self, domain: &str, channel: &str) -> String {
+        self.render(TopicParts {
+            domain,
+            channel,
+            subtopic: "",
+            client: "+",
+        })
+    }
+}
+
+impl fmt::Display for TopicTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether `topic` matches the MQTT filter `filter` (`+` one level, `#` the rest).
+pub fn matches_filter(filter: &str, topic: &str) -> bool {
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        match f {
+            "#" => return true,
+            "+" => {
+                if t.next().is_none() {
+                    return false;
+                }
+            }
+            level => {
+                if t.next() != Some(level) {
+                    return false;
+                }
+            }
+        }
+    }
+    t.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts<'a>(subtopic: &'a str) -> TopicParts<'a> {
+        TopicParts {
+            domain: "d1",
+            channel: "c1",
+            subtopic,
+            client: "k1",
+        }
+    }
+
+    #[test]
+    fn default_and_legacy_templates_render_as_supermq() {
+        let t = TopicTemplate::parse("default").unwrap();
+        assert_eq!(t.render(parts("temp/room1")), "m/d1/c/c1/temp/room1");
+        assert_eq!(t.render(parts("")), "m/d1/c/c1");
+        let t = TopicTemplate::parse("legacy").unwrap();
+        assert_eq!(t.render(parts("x")), "channels/c1/messages/x");
+        let t = TopicTemplate::parse("gw/{client}/{channel}/{subtopic}").unwrap();
+        assert_eq!(t.render(parts("a")), "gw/k1/c1/a");
+        assert_eq!(t.channel_filter("d", "c"), "gw/+/c");
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        assert_eq!(
+            TopicTemplate::parse("m/{domain}/x"),
+            Err(TopicError::NoChannel)
+        );
+        assert!(matches!(
+            TopicTemplate::parse("m/{chan}/{channel}"),
+            Err(TopicError::UnknownPlaceholder(p)) if p == "{chan}"
+        ));
+        assert_eq!(
+            TopicTemplate::parse("m/+/{channel}"),
+            Err(TopicError::TemplateWildcard)
+        );
+    }
+
+    #[test]
+    fn subtopics_are_validated_as_supermq() {
+        assert_eq!(validate_subtopic("a.b/c").unwrap(), "a/b/c");
+        assert_eq!(validate_subtopic("/a/b/").unwrap(), "a/b");
+        assert_eq!(validate_subtopic("").unwrap(), "");
+        for bad in ["a/+", "a/#", "a*", "a>b"] {
+            assert_eq!(validate_subtopic(bad), Err(TopicError::Wildcard), "{bad}");
+        }
+        assert_eq!(validate_subtopic("a b"), Err(TopicError::Whitespace));
+        assert_eq!(validate_subtopic("a//b"), Err(TopicError::EmptyLevel));
+        assert_eq!(validate_subtopic("a..b"), Err(TopicError::EmptyLevel));
+        assert!(matches!(
+            validate_subtopic(&"a".repeat(MAX_SUBTOPIC + 1)),
+            Err(TopicError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        assert!(matches_filter("m/d/c/c1/cmd/#", "m/d/c/c1/cmd/x/y"));
+        assert!(matches_filter("m/d/c/c1/cmd/#", "m/d/c/c1/cmd"));
+        assert!(matches_filter("gw/+/c", "gw/k/c"));
+        assert!(!matches_filter("gw/+/c", "gw/k/c/x"));
+        assert!(!matches_filter("m/d/c/c1/cmd/#", "m/d/c/c2/cmd/x"));
+    }
+}

@@ -1,0 +1,553 @@
+//! The uplink: one task that drains the outbox into the upstream MQTT broker over mutual TLS
+//! (rumqttc + rustls/aws-lc-rs) and feeds downlink commands to the [`DownlinkHub`].
+//!
+//! QoS 1 with an in-flight window ([`window::Window`], sans-IO); an outbox entry is deleted
+//! only after its PUBACK (acks are batched into the outbox's next group commit). Entries go
+//! out in sequence order on one connection, so order per channel holds; after a reconnect the
+//! unacknowledged ones are sent again first (at least once). Reconnects back off 1 s → 60 s
+//! with jitter. SIGHUP (the supervisor's reload generation) re-reads the TLS files: good ones
+//! replace the connection, bad ones are logged and the current connection stays.
+//! This module owns no SQLite handle of its own and never decides what is durable.
+
+mod mqtt;
+pub mod window;
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::UplinkConfig;
+use crate::control::StatusHandle;
+use crate::downlink::{ChannelSet, Command, DownlinkHub};
+use crate::outbox::Outbox;
+use crate::tls::{self, CertInfo, UplinkTls, UplinkTlsFiles};
+use crate::topic::{TopicParts, matches_filter};
+pub use mqtt::ConnectionFailed;
+use window::{Backoff, Window};
+
+/// Why the uplink cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("uplink.url `{0}` is not mqtts://host[:port] or mqtt://host[:port]")]
+    BadUrl(String),
+    #[error("uplink TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// What the uplink is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UplinkState {
+    /// No `uplink.url`: messages wait in the outbox.
+    Disabled,
+    Connecting,
+    Connected,
+    /// Waiting before the next connection attempt.
+    Backoff,
+    Stopped,
+}
+
+/// The uplink's state as `edgegw status` and the status topic show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UplinkStatus {
+    pub state: UplinkState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_since_ms: Option<u64>,
+    pub published_total: u64,
+    pub delivered_total: u64,
+    pub connects_total: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<CertInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_warning: Option<String>,
+}
+
+impl UplinkStatus {
+    pub fn disabled() -> Self {
+        Self {
+            state: UplinkState::Disabled,
+            url: None,
+            last_error: None,
+            connected_since_ms: None,
+            published_total: 0,
+            delivered_total: 0,
+            connects_total: 0,
+            cert: None,
+            cert_warning: None,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Splits `mqtts://host:port` into (tls, host, port).
+pub fn parse_url(url: &str) -> Result<(bool, String, u16), UplinkError> {
+    let bad = || UplinkError::BadUrl(url.to_owned());
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let tls = match scheme {
+        "mqtts" => true,
+        "mqtt" => false,
+        _ => return Err(bad()),
+    };
+    let rest = rest.trim_end_matches('/');
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if after.is_empty() => default_port,
+            None => return Err(bad()),
+        };
+        (host.to_owned(), port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
+            None => (rest.to_owned(), default_port),
+        }
+    };
+    if host.is_empty() || host.contains(['/', '@']) {
+        return Err(bad());
+    }
+    Ok((tls, host, port))
+}
+
+/// Everything the uplink task needs; built by [`crate::pipeline`].
+#[derive(Debug)]
+pub struct Uplink {
+    config: UplinkConfig,
+    host: String,
+    port: u16,
+    files: UplinkTlsFiles,
+    tls: Option<UplinkTls>,
+    max_packet: usize,
+    outbox: Outbox,
+    hub: DownlinkHub,
+    channels: watch::Receiver<ChannelSet>,
+    reloads: watch::Receiver<u64>,
+    status: watch::Sender<UplinkStatus>,
+    report: StatusHandle,
+}
+
+enum SessionEnd {
+    Stopped,
+    Reconnect,
+    Failed(ConnectionFailed),
+}
+
+impl Uplink {
+    /// Checks the URL and builds the TLS configuration (a broken file stops the start).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: UplinkConfig,
+        outbox: Outbox,
+        hub: DownlinkHub,
+        channels: watch::Receiver<ChannelSet>,
+        reloads: watch::Receiver<u64>,
+        status: watch::Sender<UplinkStatus>,
+        report: StatusHandle,
+        max_packet: usize,
+    ) -> Result<Self, UplinkError> {
+        let url = config.url.clone().unwrap_or_default();
+        let (use_tls, host, port) = parse_url(&url)?;
+        let files = UplinkTlsFiles {
+            client_cert: config.client_cert.clone(),
+            client_key: config.client_key.clone(),
+            ca_certs: config.ca_certs.clone(),
+        };
+        let tls = if use_tls {
+            Some(tls::uplink_client(&files)?)
+        } else {
+            None
+        };
+        let uplink = Self {
+            config,
+            host,
+            port,
+            files,
+            tls,
+            max_packet,
+            outbox,
+            hub,
+            channels,
+            reloads,
+            status,
+            report,
+        };
+        uplink.status.send_modify(|s| {
+            s.state = UplinkState::Connecting;
+            s.url = Some(url);
+        });
+        uplink.note_certificate();
+        Ok(uplink)
+    }
+
+    /// Records the client certificate's expiry in the status; warns within 30 days.
+    fn note_certificate(&self) {
+        let cert = self.tls.as_ref().and_then(|t| t.cert.clone());
+        let warning = cert.as_ref().and_then(|c| {
+            let now = SystemTime::now();
+            c.expires_soon(now).then(|| {
+                format!(
+                    "uplink certificate {} expires in {} days",
+                    c.subject,
+                    c.remaining(now).as_secs() / 86_400
+                )
+            })
+        });
+        if let Some(w) = &warning {
+            warn!("{w}: renew it and send SIGHUP");
+        }
+        self.status.send_modify(|s| {
+            s.cert = cert;
+            s.cert_warning = warning;
+        });
+    }
+
+    fn params(&self) -> mqtt::ConnectParams {
+        mqtt::ConnectParams {
+            host: self.host.clone(),
+            port: self.port,
+            tls: self.tls.as_ref().map(|t| t.config.clone()),
+            client_id: self.config.client_id.clone(),
+            keep_alive: self.config.keep_alive.get(),
+            version: self.config.mqtt_version,
+            inflight: self.config.inflight,
+            username: self.config.username.clone(),
+            password: self.config.password.expose().to_owned(),
+            will_topic: self.config.status_topic.clone(),
+            connect_timeout: self.config.connect_timeout.get(),
+            max_packet: self.max_packet,
+        }
+    }
+
+    /// Re-reads the TLS files. `true`: new material in place, reconnect.
+    fn reload_tls(&mut self) -> bool {
+        if self.tls.is_none() {
+            info!("reload: the uplink uses plain MQTT; nothing to re-read");
+            return false;
+        }
+        match tls::uplink_client(&self.files) {
+            Ok(new) => {
+                info!(
+                    subject = new.cert.as_ref().map_or("(none)", |c| c.subject.as_str()),
+                    "reload: uplink TLS files re-read; reconnecting with them"
+                );
+                self.tls = Some(new);
+                self.note_certificate();
+                true
+            }
+            Err(e) => {
+                error!("reload: cannot use the new uplink TLS files, keeping the current ones: {e}");
+                self.status
+                    .send_modify(|s| s.last_error = Some(format!("reload refused: {e}")));
+                false
+            }
+        }
+    }
+
+    /// Runs until `token` is cancelled; then delivers what is in flight (bounded by the
+    /// supervisor's drain deadline), says `offline`, disconnects and returns.
+    pub async fn run(mut self, token: CancellationToken) {
+        let mut backoff = Backoff::new(
+            self.config.reconnect_min.get(),
+            self.config.reconnect_max.get(),
+        );
+        let mut window = Window::new(usize::from(self.config.inflight));
+        let mut committed = self.outbox.committed();
+        let mut reloads_open = true;
+        loop {
+            if token.is_cancelled() {
+                break;
+            }
+            self.status.send_modify(|s| s.state = UplinkState::Connecting);
+            let end = self
+                .session(&mut window, &mut committed, &token, &mut backoff)
+                .await;
+            self.outbox.ack(&window.poll_acks());
+            window.handle_disconnect();
+            self.status.send_modify(|s| s.connected_since_ms = None);
+            match end {
+                SessionEnd::Stopped => break,
+                SessionEnd::Reconnect => {}
+                SessionEnd::Failed(e) => {
+                    let delay = backoff.poll_delay(fastrand::f64());
+                    warn!(
+                        url = self.config.url.as_deref().unwrap_or_default(),
+                        "uplink connection failed: {e}; queued messages stay in the outbox; retrying in {:.1}s",
+                        delay.as_secs_f64()
+                    );
+                    self.status.send_modify(|s| {
+                        s.state = UplinkState::Backoff;
+                        s.last_error = Some(e.to_string());
+                    });
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                        r = self.reloads.changed(), if reloads_open => {
+                            if r.is_err() {
+                                reloads_open = false;
+                            } else {
+                                self.reload_tls();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.status.send_modify(|s| s.state = UplinkState::Stopped);
+        info!("uplink stopped");
+    }
+
+    async fn session(
+        &mut self,
+        window: &mut Window,
+        committed: &mut watch::Receiver<u64>,
+        token: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> SessionEnd {
+        let (client, mut events) = mqtt::connect(&self.params());
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return SessionEnd::Stopped,
+                r = events.poll() => match r {
+                    Ok(mqtt::Event::ConnAck) => break,
+                    Ok(_) => {}
+                    Err(e) => return SessionEnd::Failed(e),
+                }
+            }
+        }
+        backoff.handle_connected();
+        info!(
+            url = self.config.url.as_deref().unwrap_or_default(),
+            client_id = %self.config.client_id,
+            "uplink connected"
+        );
+        self.status.send_modify(|s| {
+            s.state = UplinkState::Connected;
+            s.last_error = None;
+            s.connected_since_ms = Some(now_ms());
+            s.connects_total += 1;
+        });
+        if client
+            .publish(&self.config.status_topic, Bytes::from_static(b"online"), true)
+            .is_ok()
+        {
+            window.handle_own_publish();
+        }
+        let mut subscribed = HashSet::new();
+        self.sync_subscriptions(&client, &mut subscribed);
+        let mut stats_tick = tokio::time::interval(self.config.status_interval.get());
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut draining = false;
+        let mut channels_open = true;
+        let mut reloads_open = true;
+        loop {
+            if !draining && let Err(e) = self.fill(window, committed).await {
+                error!("uplink: cannot read the outbox: {e}");
+            }
+            while let Some(entry) = window.poll_publish() {
+                let m = &entry.message;
+                let topic = self.config.topic_template.render(TopicParts {
+                    domain: &m.domain_id,
+                    channel: &m.channel_id,
+                    subtopic: &m.subtopic,
+                    client: &m.client_id,
+                });
+                if client.publish(&topic, m.payload.clone(), false).is_err() {
+                    window.handle_publish_refused(entry.seq);
+                    break;
+                }
+                self.status.send_modify(|s| s.published_total += 1);
+            }
+            let acks = window.poll_acks();
+            if !acks.is_empty() {
+                self.outbox.ack(&acks);
+                self.status
+                    .send_modify(|s| s.delivered_total += acks.len() as u64);
+            }
+            if draining && window.is_drained() {
+                self.goodbye(&client, &mut events).await;
+                return SessionEnd::Stopped;
+            }
+            tokio::select! {
+                r = events.poll() => match r {
+                    Ok(mqtt::Event::Sent(pkid)) => window.handle_sent(pkid),
+                    Ok(mqtt::Event::PubAck { pkid, ok: true, .. }) => {
+                        window.handle_puback(pkid);
+                    }
+                    Ok(mqtt::Event::PubAck { pkid, reason, .. }) => {
+                        error!(pkid, reason, "broker refused a message; it stays in the outbox and is sent again after the next reconnect");
+                    }
+                    Ok(mqtt::Event::Publish { topic, payload }) => self.handle_command(&topic, payload),
+                    Ok(_) => {}
+                    Err(e) => return SessionEnd::Failed(e),
+                },
+                () = token.cancelled(), if !draining => {
+                    info!(in_flight = window.inflight(), "uplink: delivering what is in flight, then disconnecting");
+                    draining = true;
+                }
+                _ = committed.changed(), if !draining => {}
+                r = self.reloads.changed(), if reloads_open => {
+                    if r.is_err() {
+                        reloads_open = false;
+                    } else if self.reload_tls() {
+                        self.goodbye(&client, &mut events).await;
+                        return SessionEnd::Reconnect;
+                    }
+                }
+                r = self.channels.changed(), if channels_open => {
+                    if r.is_err() {
+                        channels_open = false;
+                    } else {
+                        self.sync_subscriptions(&client, &mut subscribed);
+                    }
+                }
+                _ = stats_tick.tick() => {
+                    let report = self.report.report();
+                    match serde_json::to_vec(&report) {
+                        Ok(json) => {
+                            let topic = format!("{}/stats", self.config.status_topic);
+                            if client.publish(&topic, Bytes::from(json), true).is_ok() {
+                                window.handle_own_publish();
+                            }
+                        }
+                        Err(e) => debug!("cannot encode the status: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Buffers more outbox entries when there is room and something new was committed.
+    async fn fill(
+        &self,
+        window: &mut Window,
+        committed: &mut watch::Receiver<u64>,
+    ) -> Result<(), crate::outbox::OutboxError> {
+        let want = window.want();
+        let latest = *committed.borrow_and_update();
+        if want == 0 || latest <= window.cursor() {
+            return Ok(());
+        }
+        let outbox = self.outbox.clone();
+        let after = window.cursor();
+        let entries = tokio::task::spawn_blocking(move || outbox.fetch_after(after, want))
+            .await
+            .map_err(|e| {
+                crate::outbox::OutboxError::Thread(std::io::Error::other(e.to_string()))
+            })??;
+        window.handle_fetched(entries);
+        Ok(())
+    }
+
+    /// Retained `offline`, DISCONNECT, and wait (briefly) until it is written.
+    async fn goodbye(&self, client: &mqtt::Client, events: &mut mqtt::EventLoop) {
+        let _ = client.publish(&self.config.status_topic, Bytes::from_static(b"offline"), true);
+        let _ = client.disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(ev) = events.poll().await {
+                if ev == mqtt::Event::Disconnected {
+                    break;
+                }
+            }
+        })
+        .await;
+        info!("uplink disconnected");
+    }
+
+    fn command_prefix(&self, domain: &str, channel: &str) -> String {
+        format!(
+            "{}/{}",
+            self.config.topic_template.channel_filter(domain, channel),
+            self.config.downlink_subtopic
+        )
+    }
+
+    fn sync_subscriptions(&mut self, client: &mqtt::Client, subscribed: &mut HashSet<String>) {
+        let channels = self.channels.borrow_and_update().clone();
+        let wanted: HashSet<String> = channels
+            .iter()
+            .map(|c| format!("{}/#", self.command_prefix(&c.domain_id, &c.id)))
+            .collect();
+        for filter in wanted.difference(subscribed) {
+            if client.subscribe(filter).is_err() {
+                warn!(filter, "uplink: cannot subscribe now; retried on reconnect");
+            } else {
+                debug!(filter, "uplink: subscribed for commands");
+            }
+        }
+        for filter in subscribed.difference(&wanted) {
+            let _ = client.unsubscribe(filter);
+        }
+        *subscribed = wanted;
+    }
+
+    fn handle_command(&self, topic: &str, payload: Bytes) {
+        let channels = self.channels.borrow().clone();
+        for c in channels.iter() {
+            let prefix = self.command_prefix(&c.domain_id, &c.id);
+            if !matches_filter(&format!("{prefix}/#"), topic) {
+                continue;
+            }
+            let levels = prefix.split('/').count();
+            let subtopic = topic.split('/').skip(levels).collect::<Vec<_>>().join("/");
+            let cmd = Command {
+                domain_id: c.domain_id.clone(),
+                channel_id: c.id.clone(),
+                subtopic,
+                payload,
+                received_at: SystemTime::now(),
+            };
+            let n = self.hub.deliver(&cmd);
+            debug!(channel = %c.id, delivered = n, "downlink command");
+            return;
+        }
+        debug!(topic, "uplink: message on an unknown topic ignored");
+    }
+}
+
+/// The uplink status channel's initial value depends on whether an uplink is configured.
+pub fn status_channel(configured: bool) -> (watch::Sender<UplinkStatus>, watch::Receiver<UplinkStatus>) {
+    let mut status = UplinkStatus::disabled();
+    if configured {
+        status.state = UplinkState::Connecting;
+    }
+    watch::channel(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_split_into_host_and_port() {
+        assert_eq!(
+            parse_url("mqtts://broker.example:8884").unwrap(),
+            (true, "broker.example".into(), 8884)
+        );
+        assert_eq!(
+            parse_url("mqtts://broker").unwrap(),
+            (true, "broker".into(), 8883)
+        );
+        assert_eq!(
+            parse_url("mqtt://[::1]:1884").unwrap(),
+            (false, "::1".into(), 1884)
+        );
+        for bad in ["http://x", "mqtts://", "mqtts://h:port", "mqtts://u@h:1"] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}
