@@ -34,7 +34,8 @@ fn main() {
     {
         let mut db = Db::open(&path).expect("open");
         for c in 0..CHANNELS {
-            db.add_channel(&format!("ch{c}"), "dom", None).expect("channel");
+            db.add_channel(&format!("ch{c}"), "dom", None)
+                .expect("channel");
         }
         for i in 0..CLIENTS {
             let client = db
@@ -54,7 +55,9 @@ fn main() {
                 .expect("auth")
         })
         .collect();
-    let channels: Vec<String> = (0..CLIENTS).map(|i| format!("ch{}", i % CHANNELS)).collect();
+    let channels: Vec<String> = (0..CLIENTS)
+        .map(|i| format!("ch{}", i % CHANNELS))
+        .collect();
 
     println!(
         "auth bench: {CLIENTS} clients, {CHANNELS} channels, {ITERS} iterations each, one thread; \
@@ -66,10 +69,18 @@ fn main() {
     });
     measure("authenticate wrong secret", ITERS / 10, |i| {
         let k = i as usize % CLIENTS;
-        black_box(store.authenticate(&identities[k], b"wrong-secret-of-the-same-len-as-real-one!!")).ok();
+        black_box(store.authenticate(
+            &identities[k],
+            b"wrong-secret-of-the-same-len-as-real-one!!",
+        ))
+        .ok();
     });
     measure("authenticate unknown identity", ITERS / 10, |i| {
-        black_box(store.authenticate(&identities[i as usize % CLIENTS][1..], b"x-secret-x-secret-x")).ok();
+        black_box(store.authenticate(
+            &identities[i as usize % CLIENTS][1..],
+            b"x-secret-x-secret-x",
+        ))
+        .ok();
     });
     measure("authenticate_secret (auth=) ok", ITERS, |i| {
         let k = i as usize % CLIENTS;
@@ -83,5 +94,8 @@ fn main() {
         let k = i as usize % CLIENTS;
         black_box(store.authorize(&refs[k], &channels[k], Op::Subscribe)).ok();
     });
-    println!("audit events dropped (queue full): {}", store.audit_dropped());
+    println!(
+        "audit events dropped (queue full): {}",
+        store.audit_dropped()
+    );
 }

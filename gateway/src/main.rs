@@ -133,6 +133,8 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         let supervisor = Supervisor::new();
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
         let _pipeline = gateway::pipeline::start(config, &supervisor)?;
+        // CoAP / CoAPS adapters (issue 6): listeners bound before "ready".
+        gateway::coap::start(config, &supervisor, &auth_store, &_pipeline)?;
         let signals = forward_signals().context("cannot install signal handlers")?;
         info!(
             state_dir = %config.gateway.state_dir.display(),

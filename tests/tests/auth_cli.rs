@@ -104,20 +104,32 @@ fn cli_provisions_while_the_daemon_runs_and_a_reader_holds_the_db() {
     assert_eq!(disabled["status"], "disabled");
     daemon.wait_for_log("clients=2 disabled=1", Duration::from_secs(1));
     ok_json(dir, &["client", "enable", &id]);
-    daemon.wait_for_log("clients=2 disabled=0 channels=1 connections=1 generation", Duration::from_secs(1));
+    daemon.wait_for_log(
+        "clients=2 disabled=0 channels=1 connections=1 generation",
+        Duration::from_secs(1),
+    );
 
     let channel = ok_json(dir, &["channel", "add", "boiler", "--domain", "dom-1"]);
     assert_eq!(channel["domain_id"], "dom-1");
     // Neither flag means both.
     let both = ok_json(dir, &["connect", "sensor-1", "boiler"]);
-    assert_eq!((both["publish"].as_bool(), both["subscribe"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (both["publish"].as_bool(), both["subscribe"].as_bool()),
+        (Some(true), Some(true))
+    );
     let left = ok_json(dir, &["disconnect", "sensor-1", "boiler", "--publish"]);
-    assert_eq!((left["publish"].as_bool(), left["subscribe"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(
+        (left["publish"].as_bool(), left["subscribe"].as_bool()),
+        (Some(false), Some(true))
+    );
     daemon.wait_for_log("channels=2 connections=2", Duration::from_secs(1));
 
     let shown = ok_json(dir, &["client", "show", "sensor-1"]);
     assert_eq!(shown["connections"][0]["channel"], "boiler");
-    assert!(!shown.to_string().contains(secret), "show leaked the secret");
+    assert!(
+        !shown.to_string().contains(secret),
+        "show leaked the secret"
+    );
     let human = cli(dir, &["client", "show", "sensor-1"]);
     assert!(human.status.success());
     assert!(!String::from_utf8_lossy(&human.stdout).contains(secret));
@@ -133,10 +145,25 @@ fn cli_provisions_while_the_daemon_runs_and_a_reader_holds_the_db() {
 
     // Clear errors: duplicates and unknown names exit 1, bad input 64.
     fails(dir, &["client", "add", "sensor-1"], 1, "already exists");
-    fails(dir, &["client", "add", "sensor-2", "--secret", "short-secret"], 64, "too short");
-    fails(dir, &["client", "add", "sensor-2", "--metadata", "{broken"], 64, "not valid JSON");
+    fails(
+        dir,
+        &["client", "add", "sensor-2", "--secret", "short-secret"],
+        64,
+        "too short",
+    );
+    fails(
+        dir,
+        &["client", "add", "sensor-2", "--metadata", "{broken"],
+        64,
+        "not valid JSON",
+    );
     fails(dir, &["client", "show", "ghost"], 1, "no client `ghost`");
-    fails(dir, &["connect", "sensor-1", "ghost-channel"], 1, "no channel `ghost-channel`");
+    fails(
+        dir,
+        &["connect", "sensor-1", "ghost-channel"],
+        1,
+        "no channel `ghost-channel`",
+    );
     fails(dir, &["channel", "add", "boiler"], 1, "already exists");
 
     // The reader's snapshot was never disturbed, and it did not block the writers.
@@ -148,7 +175,10 @@ fn cli_provisions_while_the_daemon_runs_and_a_reader_holds_the_db() {
 
     ok_json(dir, &["client", "remove", "sensor-1"]);
     ok_json(dir, &["channel", "remove", "boiler"]);
-    daemon.wait_for_log("clients=1 disabled=0 channels=1 connections=1", Duration::from_secs(1));
+    daemon.wait_for_log(
+        "clients=1 disabled=0 channels=1 connections=1",
+        Duration::from_secs(1),
+    );
     let log = daemon.log().join("\n");
     for s in [secret, new_secret] {
         assert!(!log.contains(s), "daemon log contains a client secret");
@@ -184,7 +214,11 @@ fn populated(dir: &Path) -> Vec<u8> {
                 &format!(r#"{{"pad":"{}"}}"#, "x".repeat(200)),
             ],
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let bytes = std::fs::read(db_path(dir)).unwrap();
     assert!(bytes.len() >= 4 * 4096, "{}", bytes.len());
@@ -203,7 +237,11 @@ fn run_refuses(dir: &Path, contents: &[u8], needle: &str) {
         "{stderr}"
     );
     assert!(!stderr.contains("ready"), "{stderr}");
-    assert_eq!(std::fs::read(&path).unwrap(), contents, "auth.db was modified");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        contents,
+        "auth.db was modified"
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
@@ -233,5 +271,9 @@ fn run_refuses_a_truncated_corrupt_or_newer_auth_db_and_leaves_it_unchanged() {
     // The intact file still works.
     std::fs::write(db_path(dir), &good).unwrap();
     let out = cli(dir, &["client", "show", "bulk-07"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

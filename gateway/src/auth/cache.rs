@@ -94,7 +94,8 @@ impl Snapshot {
             });
             s.by_identity
                 .insert(client.identity.clone(), Arc::clone(&client));
-            s.by_secret.insert(client.secret.clone(), Arc::clone(&client));
+            s.by_secret
+                .insert(client.secret.clone(), Arc::clone(&client));
             s.by_id.insert(client.id.clone(), client);
         }
         for ch in t.channels {

@@ -329,9 +329,9 @@ impl AuthStore {
         cn: &str,
         serial_hex: &str,
     ) -> Result<ClientRef, AuthError> {
-        let result =
-            self.snapshot()
-                .authenticate_certificate(cn, serial_hex, store::now_unix());
+        let result = self
+            .snapshot()
+            .authenticate_certificate(cn, serial_hex, store::now_unix());
         self.conclude("certificate", remote, Some(cn), &result);
         result
     }
@@ -497,7 +497,10 @@ impl Inner {
         let _guard = lock(&self.install);
         let current = Arc::new(Snapshot::build(db.load()?));
         let previous = std::mem::replace(
-            &mut *self.snapshot.write().unwrap_or_else(PoisonError::into_inner),
+            &mut *self
+                .snapshot
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
             Arc::clone(&current),
         );
         for rec in current.newly_revoked(&previous) {

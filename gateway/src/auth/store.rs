@@ -205,9 +205,7 @@ impl Db {
             conn,
             path: path.to_owned(),
         };
-        db.conn
-            .busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| db.err(e))?;
+        db.conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| db.err(e))?;
         db.verify()?;
         db.conn
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")
@@ -308,7 +306,9 @@ impl Db {
     /// Bumped by triggers on every change to clients, channels, connections or certificates.
     pub fn generation(&self) -> Result<i64, AuthError> {
         self.conn
-            .query_row("SELECT value FROM generation WHERE id = 1", [], |r| r.get(0))
+            .query_row("SELECT value FROM generation WHERE id = 1", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| self.err(e))
     }
 
@@ -327,7 +327,9 @@ impl Db {
         let mut t = Tables::default();
         {
             t.generation = tx
-                .query_row("SELECT value FROM generation WHERE id = 1", [], |r| r.get(0))
+                .query_row("SELECT value FROM generation WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
                 .map_err(e)?;
             let mut st = tx.prepare(CLIENT_SELECT).map_err(e)?;
             t.clients = st
@@ -616,11 +618,7 @@ impl Db {
         self.connection(&client.id, &channel.id)
     }
 
-    fn connection(
-        &self,
-        client_id: &str,
-        channel_id: &str,
-    ) -> Result<Option<Grant>, AuthError> {
+    fn connection(&self, client_id: &str, channel_id: &str) -> Result<Option<Grant>, AuthError> {
         self.conn
             .query_row(
                 "SELECT client_id, channel_id, publish, subscribe FROM connections
@@ -633,10 +631,7 @@ impl Db {
     }
 
     /// The connections of one client (`client show`), with channel names.
-    pub fn connections_of(
-        &self,
-        client_id: &str,
-    ) -> Result<Vec<(Channel, Grant)>, AuthError> {
+    pub fn connections_of(&self, client_id: &str) -> Result<Vec<(Channel, Grant)>, AuthError> {
         let mut st = self
             .conn
             .prepare(
@@ -931,10 +926,7 @@ fn is_unique(e: &rusqlite::Error, column: &str) -> bool {
 /// A SQLite error at `path`: corruption and "not a database" become [`AuthError::Corrupt`].
 pub fn sqlite_at(path: &Path, e: rusqlite::Error) -> AuthError {
     if let rusqlite::Error::SqliteFailure(f, _) = &e
-        && matches!(
-            f.code,
-            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase
-        )
+        && matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
     {
         return AuthError::Corrupt {
             path: path.to_owned(),
@@ -979,14 +971,18 @@ fn check_file(path: &Path) -> Result<(), AuthError> {
     if !(512..=65_536).contains(&page_size) || !page_size.is_power_of_two() {
         return Err(corrupt(format!("bad page size {page_size} in the header")));
     }
-    let be32 = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let be32 = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
     let pages = u64::from(be32(28));
     let counts_valid = be32(24) == be32(92) && pages > 0;
     // A non-empty WAL may legitimately hold pages a checkpoint has not copied yet.
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let wal_empty = std::fs::metadata(PathBuf::from(wal)).map_or(true, |m| m.len() == 0);
-    if wal_empty && (len % u64::from(page_size) != 0 || (counts_valid && len < pages * u64::from(page_size))) {
+    if wal_empty
+        && (len % u64::from(page_size) != 0 || (counts_valid && len < pages * u64::from(page_size)))
+    {
         return Err(corrupt(format!(
             "the file is truncated ({len} bytes; the header says {pages} pages of {page_size})"
         )));
@@ -1073,7 +1069,10 @@ pub fn validate_identity(identity: &str) -> Result<(), AuthError> {
             "the identity must be 1 to 128 bytes".into(),
         ));
     }
-    if identity.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if identity
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(AuthError::Invalid(format!(
             "the identity `{}` must not contain spaces or control characters",
             identity.escape_debug()
@@ -1102,7 +1101,11 @@ pub fn validate_channel_name(name: &str) -> Result<(), AuthError> {
 }
 
 fn validate_domain(domain: &str) -> Result<(), AuthError> {
-    if domain.len() > 128 || domain.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '+' | '#')) {
+    if domain.len() > 128
+        || domain
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '+' | '#'))
+    {
         return Err(AuthError::Invalid(format!(
             "the domain id `{}` must be at most 128 bytes without spaces, '/', '+' or '#'",
             domain.escape_debug()
@@ -1117,11 +1120,17 @@ pub fn parse_metadata(text: Option<&str>) -> Result<serde_json::Value, AuthError
         return Ok(serde_json::Value::Object(serde_json::Map::new()));
     };
     if text.len() > 64 * 1024 {
-        return Err(AuthError::Invalid("the metadata is larger than 64 KiB".into()));
+        return Err(AuthError::Invalid(
+            "the metadata is larger than 64 KiB".into(),
+        ));
     }
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(v @ serde_json::Value::Object(_)) => Ok(v),
-        Ok(_) => Err(AuthError::Invalid("the metadata must be a JSON object".into())),
-        Err(e) => Err(AuthError::Invalid(format!("the metadata is not valid JSON: {e}"))),
+        Ok(_) => Err(AuthError::Invalid(
+            "the metadata must be a JSON object".into(),
+        )),
+        Err(e) => Err(AuthError::Invalid(format!(
+            "the metadata is not valid JSON: {e}"
+        ))),
     }
 }

@@ -337,7 +337,9 @@ fn failed_authentications_are_throttled_per_identity_and_address() {
     assert!(store.throttle_check(Some(other), Some("s2")).is_ok());
     // Successes cost nothing.
     for _ in 0..10 {
-        store.authenticate_from(Some(other), "s1", SECRET.as_bytes()).unwrap();
+        store
+            .authenticate_from(Some(other), "s1", SECRET.as_bytes())
+            .unwrap();
     }
     assert!(store.throttle_check(Some(other), None).is_ok());
 }
@@ -352,7 +354,9 @@ fn audit_records_successes_and_failures_without_secrets_and_rotates() {
     };
     let store = AuthStore::open(&path, &cfg).unwrap();
     let ip: IpAddr = "2001:db8::1".parse().unwrap();
-    store.authenticate_from(Some(ip), "s1", SECRET.as_bytes()).unwrap();
+    store
+        .authenticate_from(Some(ip), "s1", SECRET.as_bytes())
+        .unwrap();
     let _ = store.authenticate_from(Some(ip), "s1", b"a-wrong-secret-given");
     let _ = store.authenticate_secret(b"some-unknown-secret-x");
     drop(store); // flushes the audit queue
@@ -381,9 +385,14 @@ fn audit_records_successes_and_failures_without_secrets_and_rotates() {
 fn dev_demo_is_created_once() {
     let (_dir, path) = tmp();
     let store = AuthStore::open(&path, &config()).unwrap();
-    let secret = store.ensure_demo("").unwrap().expect("created on first start");
+    let secret = store
+        .ensure_demo("")
+        .unwrap()
+        .expect("created on first start");
     assert_eq!(store.ensure_demo("").unwrap(), None);
-    let me = store.authenticate(DEMO_IDENTITY, secret.as_bytes()).unwrap();
+    let me = store
+        .authenticate(DEMO_IDENTITY, secret.as_bytes())
+        .unwrap();
     store.authorize(&me, DEMO_CHANNEL, Op::Publish).unwrap();
     store.authorize(&me, DEMO_CHANNEL, Op::Subscribe).unwrap();
     assert_eq!(store.subscribed_channels().borrow().len(), 1);
@@ -393,8 +402,13 @@ fn valid_store_bytes() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
     let (dir, path) = tmp();
     let mut db = provisioned(&path);
     for i in 0..200 {
-        db.add_client(&format!("bulk-{i}"), None, None, Some(r#"{"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#))
-            .unwrap();
+        db.add_client(
+            &format!("bulk-{i}"),
+            None,
+            None,
+            Some(r#"{"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#),
+        )
+        .unwrap();
     }
     drop(db); // checkpoints the WAL into the file
     let bytes = std::fs::read(&path).unwrap();
@@ -424,7 +438,11 @@ fn truncated_corrupt_empty_and_foreign_files_are_refused_untouched() {
     }
     std::fs::write(&path, &garbage).unwrap();
     assert_refused_unchanged(&path, &garbage, "corrupt");
-    std::fs::write(&path, b"this is not a database at all, just text\n".repeat(100)).unwrap();
+    std::fs::write(
+        &path,
+        b"this is not a database at all, just text\n".repeat(100),
+    )
+    .unwrap();
     let text = std::fs::read(&path).unwrap();
     assert_refused_unchanged(&path, &text, "corrupt");
 }
@@ -440,7 +458,14 @@ fn a_newer_schema_is_refused_untouched() {
     let bytes = std::fs::read(&path).unwrap();
     let err = AuthStore::open(&path, &config()).unwrap_err();
     assert!(
-        matches!(err, AuthError::SchemaTooNew { found: 99, supported: 1, .. }),
+        matches!(
+            err,
+            AuthError::SchemaTooNew {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains(&path.display().to_string()));

@@ -137,7 +137,7 @@ pub struct Sessions {
     transmits: VecDeque<Transmit>,
     events: VecDeque<SessionEvent>,
     buf: Vec<u8>,
-    wall_clock: Box<dyn Fn() -> SystemTime + Send>,
+    wall_clock: Box<dyn Fn() -> SystemTime + Send + Sync>,
     panics: u64,
 }
 
@@ -194,7 +194,7 @@ impl Sessions {
     }
 
     /// Replaces the wall clock used for certificate validity (tests).
-    pub fn set_wall_clock(&mut self, clock: impl Fn() -> SystemTime + Send + 'static) {
+    pub fn set_wall_clock(&mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) {
         self.wall_clock = Box::new(clock);
     }
 
@@ -343,6 +343,26 @@ impl Sessions {
             .collect();
         for peer in peers {
             info!(%peer, client = client_id, "dtls session ended: client revoked or disabled");
+            self.close_live(peer, now);
+        }
+    }
+
+    /// Ends sessions whose client was disabled or removed, or whose certificate was revoked
+    /// or expired since the handshake.
+    pub fn revalidate(&mut self, now: Instant) {
+        let backend = self.backend.clone();
+        let peers: Vec<_> = self
+            .live
+            .iter()
+            .filter(|(_, c)| {
+                c.principal
+                    .as_ref()
+                    .is_some_and(|p| !backend.still_valid(p))
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in peers {
+            info!(%peer, "dtls session ended: client disabled, removed or revoked");
             self.close_live(peer, now);
         }
     }

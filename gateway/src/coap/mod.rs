@@ -4,6 +4,142 @@
 //! the async shells that own the sockets. Decisions (authentication, authorization,
 //! durability) are made by a [`task::Backend`], so this module never touches SQLite itself.
 
+pub mod backend;
 pub mod dtls;
 pub mod proto;
 pub mod task;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use crate::auth::AuthStore;
+use crate::config::Config;
+use crate::exit::ConfigFileError;
+use crate::pipeline::Pipeline;
+use crate::supervisor::{Stage, Supervisor};
+
+/// The CoAP core limits from `[coap]`.
+pub fn server_config(config: &Config) -> proto::ServerConfig {
+    proto::ServerConfig {
+        max_payload: usize::try_from(config.coap.max_payload.0).unwrap_or(usize::MAX),
+        max_pending: config.coap.max_pending,
+        max_observers: config.coap.max_observers,
+        max_dedup_entries: config.coap.max_dedup_entries,
+        initial_message_id: initial_message_id(),
+        ..proto::ServerConfig::default()
+    }
+}
+
+fn initial_message_id() -> u16 {
+    let mut b = [0u8; 2];
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let _ = provider.secure_random.fill(&mut b);
+    u16::from_be_bytes(b)
+}
+
+/// The DTLS listener settings from `[coap_dtls]`; `None` when cert or key is unset. Files that
+/// cannot be used are a configuration error (exit 78).
+pub fn dtls_settings(config: &Config) -> anyhow::Result<Option<dtls::DtlsSettings>> {
+    let c = &config.coap_dtls;
+    let (Some(cert_path), Some(key_path)) = (&c.cert, &c.key) else {
+        return Ok(None);
+    };
+    let file_error = |what: &'static str, path: &std::path::Path, reason: String| ConfigFileError {
+        what,
+        path: path.display().to_string(),
+        reason,
+    };
+    let chain = certs::load_certificates(cert_path)
+        .map_err(|e| file_error("coap_dtls.cert", cert_path, e.to_string()))?;
+    let key = certs::load_private_key(key_path)
+        .map_err(|e| file_error("coap_dtls.key", key_path, e.to_string()))?;
+    let client_cas = match &c.client_ca_certs {
+        Some(path) => certs::load_certificates(path)
+            .map_err(|e| file_error("coap_dtls.client_ca_certs", path, e.to_string()))?,
+        None => Vec::new(),
+    };
+    let leaf = chain
+        .first()
+        .ok_or_else(|| file_error("coap_dtls.cert", cert_path, "no certificate".into()))?;
+    Ok(Some(dtls::DtlsSettings {
+        certificate: dimpl::DtlsCertificate {
+            certificate: leaf.to_vec(),
+            private_key: key.secret_der().to_vec(),
+        },
+        client_cas,
+        max_sessions: c.max_sessions,
+        max_handshakes: c.max_handshakes,
+        handshake_timeout: c.handshake_timeout.get(),
+        idle_timeout: c.idle_timeout.get(),
+    }))
+}
+
+fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)
+        .with_context(|| format!("cannot bind the {what} listener to udp {addr}"))?;
+    socket.set_nonblocking(true)?;
+    Ok(tokio::net::UdpSocket::from_std(socket)?)
+}
+
+/// Binds the CoAP and CoAPS listeners and runs them in the intake stage (call inside the
+/// runtime, before "ready").
+pub fn start(
+    config: &Config,
+    supervisor: &Supervisor,
+    auth: &AuthStore,
+    pipeline: &Pipeline,
+) -> anyhow::Result<()> {
+    let backend: Arc<dyn task::Backend> = Arc::new(backend::StoreBackend {
+        auth: auth.clone(),
+        outbox: pipeline.outbox.clone(),
+        downlink: pipeline.downlink.clone(),
+    });
+    if config.coap.enabled {
+        let socket = bind(config.coap.bind, "CoAP")?;
+        let (core, backend, token) = (
+            server_config(config),
+            backend.clone(),
+            supervisor.token(Stage::Intake),
+        );
+        supervisor.spawn(Stage::Intake, async move {
+            if let Err(e) = task::serve_plain(socket, core, backend, token).await {
+                tracing::error!("coap listener failed: {e}");
+            }
+        });
+    } else {
+        info!("coap listener disabled (coap.enabled = false)");
+    }
+    match dtls_settings(config)? {
+        Some(settings) => {
+            if settings.client_cas.is_empty() {
+                warn!("coap_dtls.client_ca_certs is not set: CoAPS accepts DTLS-PSK only");
+            }
+            let sessions =
+                dtls::Sessions::new(settings, backend.clone()).map_err(|e| ConfigFileError {
+                    what: "coap_dtls",
+                    path: config
+                        .coap_dtls
+                        .cert
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    reason: e.to_string(),
+                })?;
+            let socket = bind(config.coap_dtls.bind, "CoAPS")?;
+            let (core, token) = (server_config(config), supervisor.token(Stage::Intake));
+            supervisor.spawn(Stage::Intake, async move {
+                if let Err(e) = task::serve_dtls(socket, core, sessions, backend, token).await {
+                    tracing::error!("coaps listener failed: {e}");
+                }
+            });
+        }
+        None => {
+            if let Some(reason) = config.coap_dtls.disabled_reason() {
+                warn!("{reason}: the CoAPS (DTLS) listener is off");
+            }
+        }
+    }
+    Ok(())
+}

@@ -25,6 +25,8 @@ use super::proto::{
 pub struct Principal {
     pub client_id: String,
     pub identity: String,
+    /// Certificate serial (lowercase hex) for certificate sessions; `None` for PSK.
+    pub serial: Option<String>,
 }
 
 /// Who sent a request: query credentials (plain CoAP) or the DTLS session's principal.
@@ -81,7 +83,13 @@ pub trait Backend: Send + Sync + 'static {
     /// DTLS certificate: the principal for a chain-verified certificate's CN and serial
     /// (known enabled client, not revoked).
     fn certificate_principal(&self, cn: &str, serial_hex: &str) -> Result<Principal, Failure>;
-    /// Client ids whose live sessions must end (revoked certificate, disabled client).
+    /// Whether a live session's principal is still acceptable (client enabled, certificate
+    /// not revoked). Checked periodically for every session; must be cheap (cached).
+    fn still_valid(&self, principal: &Principal) -> bool {
+        let _ = principal;
+        true
+    }
+    /// Client ids whose live sessions must end at once (revoked certificate).
     fn ended_clients(&self) -> Option<mpsc::Receiver<String>> {
         None
     }
@@ -89,6 +97,8 @@ pub trait Backend: Send + Sync + 'static {
 
 /// Largest datagram read (UDP payload maximum).
 const RECV_BUFFER: usize = 65_535;
+/// How often live DTLS sessions are checked against the auth store (disabled clients).
+const REVALIDATE_EVERY: Duration = Duration::from_secs(1);
 /// Notifications waiting for the shell from all subscriptions together.
 const NOTIFY_QUEUE: usize = 256;
 
@@ -157,6 +167,8 @@ impl Shell {
 
     async fn run(mut self, cancel: CancellationToken) -> std::io::Result<()> {
         let mut buf = vec![0u8; RECV_BUFFER];
+        let mut revalidate = tokio::time::interval(REVALIDATE_EVERY);
+        revalidate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let scheme = if self.sessions.is_some() {
             "coaps"
         } else {
@@ -199,6 +211,11 @@ impl Shell {
                     // The source is gone: stop polling it (it would return None at once).
                     None => self.ended = None,
                 },
+                _ = revalidate.tick(), if self.sessions.is_some() => {
+                    if let Some(s) = self.sessions.as_mut() {
+                        s.revalidate(Instant::now());
+                    }
+                }
                 () = tokio::time::sleep_until(sleep_until) => {
                     let now = Instant::now();
                     if let Some(s) = self.sessions.as_mut() {

@@ -6,9 +6,9 @@
 //! they parse) but has no other side effect: it creates nothing and logs nothing; warnings are
 //! returned in [`Config::warnings`] for the caller to log.
 
+mod auth;
 mod coap;
 mod coap_dtls;
-mod auth;
 mod env;
 mod gateway;
 mod outbox;
@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::AuthConfig;
 pub use coap::CoapConfig;
 pub use coap_dtls::CoapDtlsConfig;
-pub use auth::AuthConfig;
 pub use gateway::GatewayConfig;
 pub use outbox::{Durability, FullPolicy, OutboxConfig};
 pub use standalone::StandaloneConfig;
@@ -33,7 +33,15 @@ pub use uplink::{MqttVersion, UplinkConfig};
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
 
 /// Sections, as they appear in the file and in `EDGEGW_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["gateway", "standalone", "uplink", "auth", "outbox", "coap", "coap_dtls"];
+const SECTIONS: &[&str] = &[
+    "gateway",
+    "standalone",
+    "uplink",
+    "auth",
+    "outbox",
+    "coap",
+    "coap_dtls",
+];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
 #[derive(Debug, thiserror::Error)]
