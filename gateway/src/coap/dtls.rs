@@ -34,7 +34,6 @@ const POLL_BUFFER: usize = 64 * 1024;
 /// Alert descriptions (RFC 5246 §7.2).
 const ALERT_HANDSHAKE_FAILURE: u8 = 40;
 const ALERT_BAD_CERTIFICATE: u8 = 42;
-const ALERT_CERTIFICATE_REVOKED: u8 = 44;
 const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
 const ALERT_UNKNOWN_CA: u8 = 48;
 const ALERT_DECRYPT_ERROR: u8 = 51;
@@ -759,9 +758,10 @@ fn verify_certificate(
         }
     })?;
     let (cn, serial) = subject_cn_and_serial(der).ok_or(ALERT_BAD_CERTIFICATE)?;
+    // Unknown CN, unrecorded or revoked certificate, disabled client: one answer for all.
     backend
         .certificate_principal(&cn, &serial)
-        .map_err(|_| ALERT_CERTIFICATE_REVOKED)
+        .map_err(|_| ALERT_BAD_CERTIFICATE)
 }
 
 /// The subject CN and the serial (lowercase hex, no colons, no leading zero bytes).

@@ -295,12 +295,9 @@ impl Shell {
             let counts = s.counts();
             if counts != self.last_counts {
                 self.last_counts = counts;
-                info!(
-                    sessions = counts.0,
-                    handshakes = counts.1,
+                debug!(
                     "coaps session table: sessions={} handshakes={}",
-                    counts.0,
-                    counts.1
+                    counts.0, counts.1
                 );
             }
         }
