@@ -71,19 +71,13 @@ impl RawCoapDtls {
             self.bind,
             SocketAddr::new(profile.default_listen_ip(), 5684),
         );
-        match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                check.certificates("coap_dtls.cert", cert);
-                check.private_key("coap_dtls.key", key);
-                if self.client_ca_certs.is_none() {
-                    check.warn(
-                        "coap_dtls.client_ca_certs is not set: CoAPS accepts DTLS-PSK only, \
-                         device certificates are refused",
-                    );
-                }
-            }
-            // Off: `run` logs the warning (it is not a config problem to list on every load).
-            _ => {}
+        // A file that is named must be usable (exit 78 otherwise), even if the listener ends
+        // up off because its partner is unset; `run` logs why the listener is off.
+        if let Some(cert) = &self.cert {
+            check.certificates("coap_dtls.cert", cert);
+        }
+        if let Some(key) = &self.key {
+            check.private_key("coap_dtls.key", key);
         }
         if let Some(ca) = &self.client_ca_certs {
             check.certificates("coap_dtls.client_ca_certs", ca);
