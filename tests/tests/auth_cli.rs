@@ -220,16 +220,19 @@ fn populated(dir: &Path) -> Vec<u8> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let bytes = std::fs::read(db_path(dir)).unwrap();
+    let bytes = std::fs::read(db_path(dir)).expect("read auth.db");
     assert!(bytes.len() >= 4 * 4096, "{}", bytes.len());
     bytes
 }
 
 fn run_refuses(dir: &Path, contents: &[u8], needle: &str) {
     let path = db_path(dir);
-    std::fs::write(&path, contents).unwrap();
+    std::fs::write(&path, contents).expect("write auth.db");
     let started = Instant::now();
-    let out = edgegw(dir).args(["run", "--dev"]).output().unwrap();
+    let out = edgegw(dir)
+        .args(["run", "--dev"])
+        .output()
+        .expect("run edgegw");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(
@@ -238,7 +241,7 @@ fn run_refuses(dir: &Path, contents: &[u8], needle: &str) {
     );
     assert!(!stderr.contains("ready"), "{stderr}");
     assert_eq!(
-        std::fs::read(&path).unwrap(),
+        std::fs::read(&path).expect("read auth.db"),
         contents,
         "auth.db was modified"
     );

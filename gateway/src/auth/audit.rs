@@ -30,9 +30,11 @@ impl Audit {
     pub fn start(path: &Path, keep: u64) -> Result<Audit, AuthError> {
         let db = Db::attach(path)?;
         let (tx, rx) = sync_channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&dropped);
         let thread = std::thread::Builder::new()
             .name("edgegw-audit".into())
-            .spawn(move || write_loop(db, &rx, keep))
+            .spawn(move || write_loop(db, &rx, keep, &counter))
             .map_err(|source| AuthError::Io {
                 path: path.to_owned(),
                 source,
@@ -40,7 +42,7 @@ impl Audit {
         Ok(Audit {
             tx: Some(tx),
             thread: Some(thread),
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped,
         })
     }
 
@@ -72,8 +74,13 @@ impl Drop for Audit {
     }
 }
 
-fn write_loop(mut db: Db, rx: &Receiver<AuditEvent>, keep: u64) {
+/// At most one "events dropped" warning per this interval.
+const DROP_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn write_loop(mut db: Db, rx: &Receiver<AuditEvent>, keep: u64, dropped: &AtomicU64) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut reported = 0;
+    let mut last_warning: Option<std::time::Instant> = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < BATCH {
@@ -86,5 +93,15 @@ fn write_loop(mut db: Db, rx: &Receiver<AuditEvent>, keep: u64) {
             warn!(error = %e, events = batch.len(), "cannot write audit events; dropped");
         }
         batch.clear();
+        let now_dropped = dropped.load(Ordering::Relaxed);
+        if now_dropped > reported && last_warning.is_none_or(|t| t.elapsed() >= DROP_WARNING_EVERY)
+        {
+            warn!(
+                dropped = now_dropped - reported,
+                "audit queue full: events dropped (decisions were not delayed)"
+            );
+            reported = now_dropped;
+            last_warning = Some(std::time::Instant::now());
+        }
     }
 }

@@ -260,6 +260,14 @@ impl Db {
 
     fn migrate(&mut self) -> Result<(), AuthError> {
         let path = self.path.clone();
+        // Up to date (the usual case): no write lock, so read-only CLI commands stay readers.
+        let current: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| sqlite_at(&path, e))?;
+        if current == SCHEMA_VERSION {
+            return Ok(());
+        }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -814,6 +822,22 @@ impl Db {
     /// subscribe) when the client `identity` does not exist yet. Returns the secret only when
     /// it was created now.
     pub fn ensure_demo(
+        &mut self,
+        identity: &str,
+        channel: &str,
+        domain_id: &str,
+    ) -> Result<Option<String>, AuthError> {
+        // One transaction: a failure half-way leaves no demo client without its channel.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
+        let result = self.create_demo(identity, channel, domain_id);
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.conn.execute_batch(end).map_err(|e| self.err(e))?;
+        result
+    }
+
+    fn create_demo(
         &mut self,
         identity: &str,
         channel: &str,

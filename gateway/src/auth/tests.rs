@@ -611,3 +611,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_store_handle_is_send_sync_and_clones_share_state() {
+    fn send_sync<T: Send + Sync + Clone + 'static>() {}
+    send_sync::<AuthStore>();
+    let (_dir, path) = tmp();
+    drop(provisioned(&path));
+    let store = AuthStore::open(&path, &config()).unwrap();
+    let clone = store.clone();
+    let handle = std::thread::spawn(move || clone.authenticate("s1", SECRET.as_bytes()).is_ok());
+    assert!(handle.join().unwrap());
+    let other = store.clone();
+    assert!(other.psk_for_identity(DEMO_IDENTITY).is_none());
+    store.ensure_demo("").unwrap();
+    // Another clone sees this process's own write at once (no watcher delay).
+    assert!(other.psk_for_identity(DEMO_IDENTITY).is_some());
+}

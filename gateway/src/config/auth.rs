@@ -76,3 +76,48 @@ impl RawAuth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use crate::config::{Profile, Source, load_from};
+
+    fn env(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        list.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    #[test]
+    fn auth_keys_come_from_the_environment_and_are_validated() {
+        let config = load_from(
+            &Source::None,
+            Profile::Production,
+            env(&[
+                ("EDGEGW_AUTH_FAILURE_BURST", "3"),
+                ("EDGEGW_AUTH_FAILURE_REFILL", "1m"),
+                ("EDGEGW_AUTH_AUDIT_MAX_EVENTS", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.auth.failure_burst, 3);
+        assert_eq!(config.auth.failure_refill.get().as_secs(), 60);
+        assert_eq!(config.auth.audit_max_events, 0);
+        assert_eq!(config.auth.throttle_max_tracked, 10_000);
+        let err = load_from(
+            &Source::None,
+            Profile::Production,
+            env(&[
+                ("EDGEGW_AUTH_FAILURE_BURST", "0"),
+                ("EDGEGW_AUTH_FAILURE_REFILL", "0s"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("EDGEGW_AUTH_FAILURE_BURST") && err.contains("auth.failure_refill"),
+            "{err}"
+        );
+    }
+}
