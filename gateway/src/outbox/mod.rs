@@ -201,7 +201,8 @@ impl Outbox {
             committed: watch::Sender::new(initial.last_seq),
             limits: Limits {
                 max_bytes: config.max_bytes.0,
-                max_message_size: usize::try_from(config.max_message_size.0).unwrap_or(usize::MAX),
+                max_message_size: usize::try_from(config.max_message_size.0)
+                    .unwrap_or(usize::MAX),
                 full_policy: config.full_policy,
             },
             max_age: config.max_age.get(),
@@ -391,9 +392,7 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 }
             }
             Err(e) => {
-                tracing::error!(
-                    "outbox commit failed: {e}; the messages of this commit were refused"
-                );
+                tracing::error!("outbox commit failed: {e}; the messages of this commit were refused");
                 let reason = e.to_string();
                 for (_, _, reply) in appends {
                     let _ = reply.send(Err(IngestError::Storage(reason.clone())));

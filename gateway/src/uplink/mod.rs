@@ -250,9 +250,7 @@ impl Uplink {
                 true
             }
             Err(e) => {
-                error!(
-                    "reload: cannot use the new uplink TLS files, keeping the current ones: {e}"
-                );
+                error!("reload: cannot use the new uplink TLS files, keeping the current ones: {e}");
                 self.status
                     .send_modify(|s| s.last_error = Some(format!("reload refused: {e}")));
                 false
@@ -274,8 +272,7 @@ impl Uplink {
             if token.is_cancelled() {
                 break;
             }
-            self.status
-                .send_modify(|s| s.state = UplinkState::Connecting);
+            self.status.send_modify(|s| s.state = UplinkState::Connecting);
             let end = self
                 .session(&mut window, &mut committed, &token, &mut backoff)
                 .await;
@@ -345,11 +342,7 @@ impl Uplink {
             s.connects_total += 1;
         });
         if client
-            .publish(
-                &self.config.status_topic,
-                Bytes::from_static(b"online"),
-                true,
-            )
+            .publish(&self.config.status_topic, Bytes::from_static(b"online"), true)
             .is_ok()
         {
             window.handle_own_publish();
@@ -462,11 +455,7 @@ impl Uplink {
 
     /// Retained `offline`, DISCONNECT, and wait (briefly) until it is written.
     async fn goodbye(&self, client: &mqtt::Client, events: &mut mqtt::EventLoop) {
-        let _ = client.publish(
-            &self.config.status_topic,
-            Bytes::from_static(b"offline"),
-            true,
-        );
+        let _ = client.publish(&self.config.status_topic, Bytes::from_static(b"offline"), true);
         let _ = client.disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Ok(ev) = events.poll().await {
@@ -531,9 +520,7 @@ impl Uplink {
 }
 
 /// The uplink status channel's initial value depends on whether an uplink is configured.
-pub fn status_channel(
-    configured: bool,
-) -> (watch::Sender<UplinkStatus>, watch::Receiver<UplinkStatus>) {
+pub fn status_channel(configured: bool) -> (watch::Sender<UplinkStatus>, watch::Receiver<UplinkStatus>) {
     let mut status = UplinkStatus::disabled();
     if configured {
         status.state = UplinkState::Connecting;

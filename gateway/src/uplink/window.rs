@@ -231,10 +231,7 @@ mod tests {
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
         b.handle_connected();
         let d = b.poll_delay(0.99);
-        assert!(
-            d > Duration::from_secs(1) && d < Duration::from_millis(1500),
-            "{d:?}"
-        );
+        assert!(d > Duration::from_secs(1) && d < Duration::from_millis(1500), "{d:?}");
         let mut b = Backoff::new(Duration::from_secs(40), Duration::from_secs(60));
         assert!(b.poll_delay(0.99) <= Duration::from_secs(60));
     }
