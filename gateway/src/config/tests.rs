@@ -269,17 +269,18 @@ fn coap_defaults_follow_the_profile_and_dtls_is_off_without_cert_and_key() {
     let dev = load_from(&Source::None, Profile::dev_in_current_dir(), env(&[])).unwrap();
     assert_eq!(dev.coap.bind.to_string(), "127.0.0.1:5683");
     assert_eq!(dev.coap_dtls.bind.to_string(), "127.0.0.1:5684");
-    let only_cert = load_from(
+    assert_eq!(
+        prod.coap_dtls.disabled_reason(),
+        Some("coap_dtls.cert and coap_dtls.key are not set")
+    );
+    // A named file is checked even when its partner is unset (the listener would be off).
+    let err = load_from(
         &Source::None,
         Profile::Production,
         env(&[("EDGEGW_COAP_DTLS_CERT", "/nonexistent/cert.pem")]),
     )
-    .unwrap();
-    assert!(!only_cert.coap_dtls.enabled());
-    assert_eq!(
-        only_cert.coap_dtls.disabled_reason(),
-        Some("coap_dtls.key is not set")
-    );
+    .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
 }
 
 #[test]
