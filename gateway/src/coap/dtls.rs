@@ -242,6 +242,9 @@ impl Sessions {
             let to_pending = hello.is_some()
                 || !self.live.contains_key(&peer)
                 || only_epoch0(datagram)
+                // The handshake's own ChangeCipherSpec (a live session never sees one), and
+                // everything after it, belongs to the new handshake.
+                || has_ccs(datagram)
                 || self.pending.get(&peer).is_some_and(|c| c.saw_ccs);
             if to_pending {
                 if has_ccs(datagram)
@@ -853,3 +856,6 @@ pub fn client_hello_suites(datagram: &[u8]) -> Option<Vec<u16>> {
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests;
