@@ -13,9 +13,12 @@ use gateway::coap::task::{Backend, Downlink, Principal, PublishFuture, Who, serv
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// Told once the first subscription is accepted: its target and the command sender.
+type Subscribed = oneshot::Sender<(Target, mpsc::Sender<Downlink>)>;
+
 #[derive(Default)]
 struct Fake {
-    subscribed: Mutex<Option<oneshot::Sender<(Target, mpsc::Sender<Downlink>)>>>,
+    subscribed: Mutex<Option<Subscribed>>,
 }
 
 impl Backend for Fake {
