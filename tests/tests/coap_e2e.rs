@@ -638,3 +638,76 @@ fn garbage_and_truncated_handshakes_never_crash_and_sessions_return_to_zero() {
         "daemon exited"
     );
 }
+
+/// A long-lived CoAPS session (an Observe registration keeps the client running).
+fn observe_over_dtls(gw: &Gateway, auth: &[&str]) -> std::process::Child {
+    Command::new("coap-client-openssl")
+        .args(["-B", "30", "-s", "30", "-m", "get"])
+        .args(auth)
+        .arg(format!("coaps://127.0.0.1:{}/m/dom/c/chan-a", gw.coaps))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("coap-client-openssl")
+}
+
+#[test]
+fn revoking_a_certificate_or_disabling_a_client_ends_live_sessions() {
+    let mut gw = start();
+    let good = gw.device("good");
+    let ca = gw.dir.path().join("pki/device-ca.crt");
+    let (cert, key) = (
+        good.cert.to_str().expect("utf8").to_owned(),
+        good.key.to_str().expect("utf8").to_owned(),
+    );
+    let serial = good.record.serial_hex.clone();
+    let mut observer = observe_over_dtls(
+        &gw,
+        &["-c", &cert, "-j", &key, "-C", ca.to_str().expect("utf8")],
+    );
+    gw.daemon
+        .wait_for_log("mode=Certificate", Duration::from_secs(15));
+    {
+        let store = AuthStore::open(
+            &gw.dir.path().join(".edgegw-dev/state/auth.db"),
+            &AuthConfig::default(),
+        )
+        .expect("open auth store");
+        store.revoke_certificate(&serial).expect("revoke");
+    }
+    gw.daemon
+        .wait_for_log("dtls session ended: client", Duration::from_secs(10));
+    let _ = observer.kill();
+    let _ = observer.wait();
+
+    // PSK: disabling the client ends its session.
+    let secret = gw.secret("sensor-a").to_owned();
+    let mut observer = observe_over_dtls(&gw, &["-u", "sensor-a", "-k", &secret]);
+    gw.daemon.wait_for_log("mode=Psk", Duration::from_secs(15));
+    let before = gw
+        .daemon
+        .log()
+        .iter()
+        .filter(|l| l.contains("dtls session ended: client"))
+        .count();
+    cli(gw.dir.path(), &["client", "disable", "sensor-a"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now_count = gw
+            .daemon
+            .log()
+            .iter()
+            .filter(|l| l.contains("dtls session ended: client"))
+            .count();
+        if now_count > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PSK session of a disabled client still alive"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = observer.kill();
+    let _ = observer.wait();
+}
