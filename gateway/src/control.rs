@@ -230,12 +230,11 @@ async fn answer(stream: UnixStream, status: &StatusHandle) -> std::io::Result<()
 /// Asks the daemon whose runtime directory is `runtime_dir` for its status (blocking).
 pub fn query(runtime_dir: &Path) -> Result<serde_json::Value, ControlError> {
     let path = runtime_dir.join(SOCKET_NAME);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
-        ControlError::NotRunning {
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(&path).map_err(|e| ControlError::NotRunning {
             path: path.clone(),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     let io = |source| ControlError::Io {
         path: path.clone(),
         source,
@@ -250,7 +249,6 @@ pub fn query(runtime_dir: &Path) -> Result<serde_json::Value, ControlError> {
         .map_err(io)?;
     serde_json::from_str(&line).map_err(|e| ControlError::BadAnswer(e.to_string()))
 }
-
 
 /// The human-readable form of a status report.
 pub fn render(v: &serde_json::Value) -> String {
@@ -272,19 +270,53 @@ pub fn render(v: &serde_json::Value) -> String {
     line("uplink", get(&["uplink", "state"]));
     line("uplink url", get(&["uplink", "url"]));
     line("uplink last error", get(&["uplink", "last_error"]));
-    line("queue depth", format!("{} messages, {} bytes", get(&["outbox", "queued"]), get(&["outbox", "queued_bytes"])));
-    line("oldest queued", match get(&["oldest_queued_age_s"]).as_str() {
-        "-" => "-".to_owned(),
-        s => format!("{s}s ago"),
-    });
-    line("accepted", format!("{}/s (total {})", get(&["accepted_per_s"]), get(&["outbox", "accepted_total"])));
-    line("delivered", format!("{}/s (total {})", get(&["delivered_per_s"]), get(&["outbox", "acked_total"])));
-    line("dropped / expired", format!("{} / {}", get(&["outbox", "dropped_total"]), get(&["outbox", "expired_total"])));
+    line(
+        "queue depth",
+        format!(
+            "{} messages, {} bytes",
+            get(&["outbox", "queued"]),
+            get(&["outbox", "queued_bytes"])
+        ),
+    );
+    line(
+        "oldest queued",
+        match get(&["oldest_queued_age_s"]).as_str() {
+            "-" => "-".to_owned(),
+            s => format!("{s}s ago"),
+        },
+    );
+    line(
+        "accepted",
+        format!(
+            "{}/s (total {})",
+            get(&["accepted_per_s"]),
+            get(&["outbox", "accepted_total"])
+        ),
+    );
+    line(
+        "delivered",
+        format!(
+            "{}/s (total {})",
+            get(&["delivered_per_s"]),
+            get(&["outbox", "acked_total"])
+        ),
+    );
+    line(
+        "dropped / expired",
+        format!(
+            "{} / {}",
+            get(&["outbox", "dropped_total"]),
+            get(&["outbox", "expired_total"])
+        ),
+    );
     line("uplink cert", get(&["uplink", "cert", "subject"]));
-    line("cert expires in", match get(&["cert_expires_in_days"]).as_str() {
-        "-" => "-".to_owned(),
-        d => format!("{d} days"),
-    });
+    line(
+        "cert expires in",
+        match get(&["cert_expires_in_days"]).as_str() {
+            "-" => "-".to_owned(),
+            d => format!("{d} days"),
+        },
+    );
     if let Some(warnings) = v.get("warnings").and_then(|w| w.as_array()) {
         for w in warnings {
             line("WARNING", w.as_str().unwrap_or_default().to_owned());

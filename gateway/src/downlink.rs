@@ -209,10 +209,10 @@ mod tests {
         assert_eq!(got[0].payload, Bytes::from("2"), "oldest kept first");
         assert_eq!(hub.deliver(&cmd("c1", "5")), 2);
         let got: Vec<_> = std::iter::from_fn(|| a.try_recv()).collect();
-        assert_eq!(got.iter().map(|c| c.payload.clone()).collect::<Vec<_>>(), vec![
-            Bytes::from("4"),
-            Bytes::from("5")
-        ]);
+        assert_eq!(
+            got.iter().map(|c| c.payload.clone()).collect::<Vec<_>>(),
+            vec![Bytes::from("4"), Bytes::from("5")]
+        );
     }
 
     #[test]

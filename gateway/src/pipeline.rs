@@ -60,8 +60,8 @@ pub fn start(config: &Config, supervisor: &Supervisor) -> anyhow::Result<Pipelin
         )?),
         None => None,
     };
-    let listener = control::bind(&config.gateway.runtime_dir)
-        .context("cannot open the control socket")?;
+    let listener =
+        control::bind(&config.gateway.runtime_dir).context("cannot open the control socket")?;
 
     let token = supervisor.token(Stage::Pipeline);
     supervisor.spawn(

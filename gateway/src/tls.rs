@@ -109,13 +109,14 @@ pub fn uplink_client(files: &UplinkTlsFiles) -> Result<UplinkTls, TlsError> {
             let key = certs::load_private_key(key_path)?;
             let shown = cert_path.display().to_string();
             let info = cert_info(&chain[0], &shown)?;
-            let config = builder.with_client_auth_cert(chain, key).map_err(|e| {
-                TlsError::ClientAuth {
-                    cert: shown,
-                    key: key_path.display().to_string(),
-                    reason: e.to_string(),
-                }
-            })?;
+            let config =
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| TlsError::ClientAuth {
+                        cert: shown,
+                        key: key_path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
             (config, Some(info))
         }
         _ => (builder.with_no_client_auth(), None),

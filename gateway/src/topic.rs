@@ -24,7 +24,9 @@ pub enum TopicError {
     TooLong { max: usize },
     #[error("topic template must contain {{channel}}")]
     NoChannel,
-    #[error("topic template has an unknown placeholder `{0}` (known: {{domain}} {{channel}} {{subtopic}} {{client}})")]
+    #[error(
+        "topic template has an unknown placeholder `{0}` (known: {{domain}} {{channel}} {{subtopic}} {{client}})"
+    )]
     UnknownPlaceholder(String),
     #[error("topic template must not contain wildcards (+ #)")]
     TemplateWildcard,

@@ -176,7 +176,9 @@ impl Subscriber {
             .arg(&pki.subscriber.cert)
             .arg("--key")
             .arg(&pki.subscriber.key)
-            .args(["-q", "1", "-v", "-c", "-i", &id, "-t", filter, "-t", "probe/#"])
+            .args([
+                "-q", "1", "-v", "-c", "-i", &id, "-t", filter, "-t", "probe/#",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -211,7 +213,11 @@ impl Subscriber {
     }
 
     /// Reads output until `done(lines)` holds or `timeout` passes; returns whether it held.
-    pub fn wait_until(&mut self, timeout: Duration, mut done: impl FnMut(&[String]) -> bool) -> bool {
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&[String]) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if done(&self.lines) {

@@ -41,12 +41,19 @@ fn the_daemon_connects_and_status_reports_it() {
         .envs(vars.iter().cloned())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["uplink"]["state"], "connected", "{json}");
     assert_eq!(json["outbox"]["queued"], 0, "{json}");
     assert_eq!(json["uplink"]["cert"]["subject"], "CN=uplink-1", "{json}");
-    assert!(json["cert_expires_in_days"].as_i64().unwrap() >= 363, "{json}");
+    assert!(
+        json["cert_expires_in_days"].as_i64().unwrap() >= 363,
+        "{json}"
+    );
 
     let out = edgegw(dir.path())
         .arg("status")
@@ -55,7 +62,12 @@ fn the_daemon_connects_and_status_reports_it() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    for needle in ["uplink               connected", "queue depth", "oldest queued", "cert expires in"] {
+    for needle in [
+        "uplink               connected",
+        "queue depth",
+        "oldest queued",
+        "cert expires in",
+    ] {
         assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
     }
 
@@ -95,6 +107,9 @@ fn a_corrupt_outbox_stops_the_start_and_says_how_to_move_it_aside() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{err}");
-    assert!(err.contains("is corrupt") && err.contains("move it aside"), "{err}");
+    assert!(
+        err.contains("is corrupt") && err.contains("move it aside"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(state.join("outbox.db")).unwrap(), garbage);
 }

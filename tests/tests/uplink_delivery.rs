@@ -13,7 +13,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap()
+        .expect("tokio runtime")
 }
 
 #[test]
@@ -59,9 +59,19 @@ fn ten_thousand_messages_arrive_in_order_per_channel_without_loss() {
         d.missing.len(),
         &d.missing[..d.missing.len().min(10)],
         serde_json::to_string(&gw.pipeline.status.report()).unwrap(),
-        broker.log().lines().rev().take(15).collect::<Vec<_>>().join("\n")
+        broker
+            .log()
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
-    assert!(d.out_of_order.is_empty(), "out of order: {:?}", &d.out_of_order[..d.out_of_order.len().min(10)]);
+    assert!(
+        d.out_of_order.is_empty(),
+        "out of order: {:?}",
+        &d.out_of_order[..d.out_of_order.len().min(10)]
+    );
     assert_eq!(d.duplicates, 0, "no reconnect happened, so no duplicates");
     // Every PUBACK deletes: the outbox drains to empty.
     let drained = rt.block_on(async {
@@ -73,7 +83,11 @@ fn ten_thousand_messages_arrive_in_order_per_channel_without_loss() {
         }
         false
     });
-    assert!(drained, "outbox still holds {:?}", gw.pipeline.outbox.stats());
+    assert!(
+        drained,
+        "outbox still holds {:?}",
+        gw.pipeline.outbox.stats()
+    );
     let report = gw.pipeline.status.report();
     assert_eq!(report.uplink.delivered_total, N);
     rt.block_on(gw.stop());
@@ -113,7 +127,10 @@ fn a_broker_outage_of_30_seconds_loses_nothing() {
         }
     });
     let queued_during_outage = gw.pipeline.outbox.stats().queued;
-    assert!(queued_during_outage >= N / 3, "queued {queued_during_outage}");
+    assert!(
+        queued_during_outage >= N / 3,
+        "queued {queued_during_outage}"
+    );
     let left = Duration::from_secs(30).saturating_sub(outage.elapsed());
     std::thread::sleep(left); // the outage itself is the thing under test
     let status = gw.pipeline.status.report();
@@ -132,9 +149,17 @@ fn a_broker_outage_of_30_seconds_loses_nothing() {
         check_delivery(lines, 0..N).missing.is_empty()
     });
     let d = check_delivery(&sub.lines, 0..N);
-    assert!(arrived, "{} missing: {:?}", d.missing.len(), &d.missing[..d.missing.len().min(10)]);
+    assert!(
+        arrived,
+        "{} missing: {:?}",
+        d.missing.len(),
+        &d.missing[..d.missing.len().min(10)]
+    );
     assert!(d.out_of_order.is_empty(), "{:?}", d.out_of_order);
-    eprintln!("broker outage: {} received, {} duplicates", d.received, d.duplicates);
+    eprintln!(
+        "broker outage: {} received, {} duplicates",
+        d.received, d.duplicates
+    );
     rt.block_on(gw.stop());
 }
 
@@ -155,18 +180,19 @@ fn downlink_commands_reach_the_subscribed_sensor() {
             domain_id: "dom".into(),
         }]));
     // The subscription goes out asynchronously; publish until the command comes through.
-    let cmd = rt.block_on(async {
-        for _ in 0..50 {
-            publish(&broker, &pki, "m/dom/c/ch1/cmd/lamp", "on");
-            if let Ok(Some(cmd)) =
-                tokio::time::timeout(Duration::from_millis(200), sensor.recv()).await
-            {
-                return Some(cmd);
+    let cmd = rt
+        .block_on(async {
+            for _ in 0..50 {
+                publish(&broker, &pki, "m/dom/c/ch1/cmd/lamp", "on");
+                if let Ok(Some(cmd)) =
+                    tokio::time::timeout(Duration::from_millis(200), sensor.recv()).await
+                {
+                    return Some(cmd);
+                }
             }
-        }
-        None
-    })
-    .expect("no command arrived");
+            None
+        })
+        .expect("no command arrived");
     assert_eq!(cmd.channel_id, "ch1");
     assert_eq!(cmd.subtopic, "lamp");
     assert_eq!(&cmd.payload[..], b"on");
@@ -198,6 +224,10 @@ fn mqtt_5_delivers_too() {
     }));
     let d = check_delivery(&sub.lines, 0..500);
     assert!(d.out_of_order.is_empty());
-    assert!(broker.log().contains("as gw-test (p5"), "not MQTT 5:\n{}", broker.log());
+    assert!(
+        broker.log().contains("as gw-test (p5"),
+        "not MQTT 5:\n{}",
+        broker.log()
+    );
     rt.block_on(gw.stop());
 }

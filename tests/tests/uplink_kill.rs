@@ -92,7 +92,11 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
         d.missing.len(),
         &d.missing[..d.missing.len().min(20)]
     );
-    assert!(d.out_of_order.is_empty(), "{:?}", &d.out_of_order[..d.out_of_order.len().min(20)]);
+    assert!(
+        d.out_of_order.is_empty(),
+        "{:?}",
+        &d.out_of_order[..d.out_of_order.len().min(20)]
+    );
     eprintln!(
         "kill -9 x{ROUNDS}: {} acknowledged, {} received, {} duplicates",
         acked.len(),

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use gateway::config::{Durability, FullPolicy, OutboxConfig};
 use gateway::config::value::{ByteSize, Duration as CfgDuration};
+use gateway::config::{Durability, FullPolicy, OutboxConfig};
 use gateway::outbox::Outbox;
 use system_tests::Daemon;
 use system_tests::mosquitto::{Mosquitto, Subscriber};
@@ -45,7 +45,8 @@ fn queued(root: &Path) -> u64 {
         full_policy: FullPolicy::Reject,
         max_message_size: ByteSize(1 << 16),
     };
-    let (outbox, worker) = Outbox::open(&root.join("state/outbox.db"), &config).unwrap();
+    let (outbox, worker) =
+        Outbox::open(&root.join("state/outbox.db"), &config).expect("outbox opens");
     let n = outbox.stats().queued;
     outbox.close();
     worker.join();
@@ -115,8 +116,8 @@ fn install(issued: &Issued, cert: &Path, key: &Path) {
     // Atomic replacement, as an operator's renewal tool would do.
     for (from, to) in [(&issued.cert, cert), (&issued.key, key)] {
         let tmp = to.with_extension("tmp");
-        std::fs::copy(from, &tmp).unwrap();
-        std::fs::rename(&tmp, to).unwrap();
+        std::fs::copy(from, &tmp).expect("copy certificate");
+        std::fs::rename(&tmp, to).expect("install certificate");
     }
 }
 
@@ -172,7 +173,15 @@ fn sighup_rotates_the_uplink_certificate_without_losing_anything() {
         check_delivery(l, 0..N).missing.is_empty()
     });
     let d = check_delivery(&sub.lines, 0..N);
-    assert!(arrived, "{} lost: {:?}", d.missing.len(), &d.missing[..d.missing.len().min(10)]);
+    assert!(
+        arrived,
+        "{} lost: {:?}",
+        d.missing.len(),
+        &d.missing[..d.missing.len().min(10)]
+    );
     assert!(d.out_of_order.is_empty(), "{:?}", d.out_of_order);
-    eprintln!("rotation: {} received, {} duplicates", d.received, d.duplicates);
+    eprintln!(
+        "rotation: {} received, {} duplicates",
+        d.received, d.duplicates
+    );
 }

@@ -111,3 +111,96 @@ impl RawOutbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::super::{ConfigError, Profile, Source, load_from};
+    use super::*;
+    use crate::config::MqttVersion;
+
+    fn load(vars: &[(&str, &str)]) -> Result<super::super::Config, ConfigError> {
+        load_from(
+            &Source::None,
+            Profile::Production,
+            vars.iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        )
+    }
+
+    #[test]
+    fn outbox_defaults_and_overrides() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.outbox.durability, Durability::Fsync);
+        assert_eq!(c.outbox.full_policy, FullPolicy::Reject);
+        assert_eq!(c.outbox.max_bytes, ByteSize(256 << 20));
+        let c = load(&[
+            ("EDGEGW_OUTBOX_DURABILITY", "os"),
+            ("EDGEGW_OUTBOX_FULL_POLICY", "drop_oldest"),
+            ("EDGEGW_OUTBOX_MAX_BYTES", "10MiB"),
+            ("EDGEGW_OUTBOX_MAX_AGE", "1h"),
+        ])
+        .unwrap();
+        assert_eq!(c.outbox.durability, Durability::Os);
+        assert_eq!(c.outbox.full_policy, FullPolicy::DropOldest);
+        assert_eq!(c.outbox.max_bytes, ByteSize(10 << 20));
+        assert_eq!(c.outbox.max_age.get().as_secs(), 3600);
+    }
+
+    #[test]
+    fn bad_outbox_values_are_named() {
+        let err = load(&[
+            ("EDGEGW_OUTBOX_DURABILITY", "sometimes"),
+            ("EDGEGW_OUTBOX_FULL_POLICY", "panic"),
+            ("EDGEGW_OUTBOX_MAX_BYTES", "1KiB"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "outbox.durability",
+            "outbox.full_policy",
+            "outbox.max_bytes",
+            "EDGEGW_OUTBOX_DURABILITY",
+        ] {
+            assert!(err.contains(needle), "{needle} not in {err}");
+        }
+    }
+
+    #[test]
+    fn uplink_keys_validate() {
+        let c = load(&[
+            ("EDGEGW_UPLINK_TOPIC_TEMPLATE", "legacy"),
+            ("EDGEGW_UPLINK_MQTT_VERSION", "5"),
+            ("EDGEGW_UPLINK_CLIENT_ID", "gw-1"),
+            ("EDGEGW_UPLINK_INFLIGHT", "10"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.uplink.topic_template.as_str(),
+            "channels/{channel}/messages/{subtopic}"
+        );
+        assert_eq!(c.uplink.mqtt_version, MqttVersion::V5);
+        assert_eq!(c.uplink.status_topic, "edgegw/gw-1/status");
+        assert_eq!(c.uplink.downlink_subtopic, "cmd");
+        assert_eq!(c.uplink.inflight, 10);
+        let err = load(&[
+            ("EDGEGW_UPLINK_TOPIC_TEMPLATE", "m/{domain}/x"),
+            ("EDGEGW_UPLINK_MQTT_VERSION", "6"),
+            ("EDGEGW_UPLINK_INFLIGHT", "0"),
+            ("EDGEGW_UPLINK_DOWNLINK_SUBTOPIC", "a/#"),
+            ("EDGEGW_UPLINK_RECONNECT_MIN", "2m"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "uplink.topic_template",
+            "uplink.mqtt_version",
+            "uplink.inflight",
+            "uplink.downlink_subtopic",
+            "uplink.reconnect_min",
+        ] {
+            assert!(err.contains(needle), "{needle} not in {err}");
+        }
+    }
+}

@@ -146,13 +146,14 @@ impl RawUplink {
         if let Some(path) = &self.ca_certs {
             check.certificates("uplink.ca_certs", path);
         }
-        let topic_template = match TopicTemplate::parse(self.topic_template.as_deref().unwrap_or("")) {
-            Ok(t) => t,
-            Err(e) => {
-                check.invalid("uplink.topic_template", e.to_string());
-                TopicTemplate::parse("").expect("invariant: the default template is valid")
-            }
-        };
+        let topic_template =
+            match TopicTemplate::parse(self.topic_template.as_deref().unwrap_or("")) {
+                Ok(t) => t,
+                Err(e) => {
+                    check.invalid("uplink.topic_template", e.to_string());
+                    TopicTemplate::parse("").expect("invariant: the default template is valid")
+                }
+            };
         let client_id = self
             .client_id
             .filter(|c| !c.trim().is_empty())
@@ -188,19 +189,18 @@ impl RawUplink {
         if keep_alive.get() < std::time::Duration::from_secs(5) {
             check.invalid("uplink.keep_alive", "must be at least 5s");
         }
-        let downlink_subtopic = match validate_subtopic(
-            self.downlink_subtopic.as_deref().unwrap_or("cmd"),
-        ) {
-            Ok(s) if !s.is_empty() => s,
-            Ok(_) => {
-                check.invalid("uplink.downlink_subtopic", "must not be empty");
-                "cmd".to_owned()
-            }
-            Err(e) => {
-                check.invalid("uplink.downlink_subtopic", e.to_string());
-                "cmd".to_owned()
-            }
-        };
+        let downlink_subtopic =
+            match validate_subtopic(self.downlink_subtopic.as_deref().unwrap_or("cmd")) {
+                Ok(s) if !s.is_empty() => s,
+                Ok(_) => {
+                    check.invalid("uplink.downlink_subtopic", "must not be empty");
+                    "cmd".to_owned()
+                }
+                Err(e) => {
+                    check.invalid("uplink.downlink_subtopic", e.to_string());
+                    "cmd".to_owned()
+                }
+            };
         let reconnect_min = self.reconnect_min.unwrap_or(Duration::from_secs(1));
         let reconnect_max = self.reconnect_max.unwrap_or(Duration::from_secs(60));
         if reconnect_min.get().is_zero() || reconnect_min > reconnect_max {

@@ -127,6 +127,8 @@ struct Pending {
     appends: Vec<(Message, u64, Reply)>,
     acks: Vec<u64>,
     bytes: u64,
+    /// Bytes of the batch being committed right now (not yet in the stored counter).
+    committing_bytes: u64,
     closing: bool,
 }
 
@@ -201,8 +203,7 @@ impl Outbox {
             committed: watch::Sender::new(initial.last_seq),
             limits: Limits {
                 max_bytes: config.max_bytes.0,
-                max_message_size: usize::try_from(config.max_message_size.0)
-                    .unwrap_or(usize::MAX),
+                max_message_size: usize::try_from(config.max_message_size.0).unwrap_or(usize::MAX),
                 full_policy: config.full_policy,
             },
             max_age: config.max_age.get(),
@@ -231,7 +232,7 @@ impl Outbox {
         }
         let load = Load {
             stored_bytes: self.shared.counters.queued_bytes.load(Ordering::Relaxed),
-            pending_bytes: pending.bytes,
+            pending_bytes: pending.bytes + pending.committing_bytes,
             pending_count: pending.appends.len(),
         };
         match policy::admit(&self.shared.limits, &load, msg.payload.len(), weight) {
@@ -327,6 +328,7 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .0;
             }
+            pending.committing_bytes = pending.bytes;
             pending.bytes = 0;
             (
                 std::mem::take(&mut pending.appends),
@@ -364,6 +366,13 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 c.queued.store(done.stats.queued, Ordering::Relaxed);
                 c.queued_bytes
                     .store(done.stats.queued_bytes, Ordering::Relaxed);
+                // The batch is now in the stored counter: stop counting it as in progress
+                // before anyone learns it is durable.
+                shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .committing_bytes = 0;
                 c.oldest_received_ms
                     .store(done.stats.oldest_received_ms, Ordering::Relaxed);
                 c.acked_total.fetch_add(done.acked, Ordering::Relaxed);
@@ -392,7 +401,9 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 }
             }
             Err(e) => {
-                tracing::error!("outbox commit failed: {e}; the messages of this commit were refused");
+                tracing::error!(
+                    "outbox commit failed: {e}; the messages of this commit were refused"
+                );
                 let reason = e.to_string();
                 for (_, _, reply) in appends {
                     let _ = reply.send(Err(IngestError::Storage(reason.clone())));
@@ -403,6 +414,7 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 pending.acks.extend(acks);
+                pending.committing_bytes = 0;
                 drop(pending);
                 if closing {
                     break;

@@ -22,8 +22,12 @@ pub struct Load {
 pub enum Admission {
     Accept,
     /// Refuse; the sender may retry after the given time.
-    Busy { retry_after: Duration },
-    TooLarge { max: usize },
+    Busy {
+        retry_after: Duration,
+    },
+    TooLarge {
+        max: usize,
+    },
 }
 
 /// Limits the policy enforces.
@@ -88,14 +92,8 @@ mod tests {
             pending_count: 1,
         };
         assert_eq!(admit(&l, &load, 40, 50), Admission::Accept);
-        assert!(matches!(
-            admit(&l, &load, 40, 51),
-            Admission::Busy { .. }
-        ));
-        assert_eq!(
-            admit(&l, &load, 101, 101),
-            Admission::TooLarge { max: 100 }
-        );
+        assert!(matches!(admit(&l, &load, 40, 51), Admission::Busy { .. }));
+        assert_eq!(admit(&l, &load, 101, 101), Admission::TooLarge { max: 100 });
     }
 
     #[test]

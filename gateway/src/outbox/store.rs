@@ -133,7 +133,8 @@ impl Writer {
         };
         conn.execute_batch(&format!("PRAGMA synchronous={sync};"))
             .map_err(|e| open_error(path, e))?;
-        conn.execute_batch(SCHEMA).map_err(|e| open_error(path, e))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| open_error(path, e))?;
         let mut writer = Self {
             conn,
             stats: StoreStats::default(),
@@ -186,7 +187,8 @@ impl Writer {
         let mut expired = 0;
         let mut dropped = 0;
         {
-            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING size")?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING size")?;
             for seq in batch.acks {
                 let size: Option<i64> = delete
                     .query_row([i64::try_from(*seq).unwrap_or(i64::MAX)], |r| r.get(0))
@@ -201,9 +203,8 @@ impl Writer {
             }
         }
         if let Some(cutoff) = batch.expire_before {
-            let mut expire = tx.prepare_cached(
-                "DELETE FROM outbox WHERE received_at_ms < ?1 RETURNING size",
-            )?;
+            let mut expire =
+                tx.prepare_cached("DELETE FROM outbox WHERE received_at_ms < ?1 RETURNING size")?;
             let sizes = expire.query_map([cutoff], |r| r.get::<_, i64>(0))?;
             for size in sizes {
                 expired += 1;

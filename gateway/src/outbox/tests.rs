@@ -80,14 +80,18 @@ fn acked_entries_are_deleted_and_sequence_numbers_are_never_reused() {
     let path = dir.path().join("outbox.db");
     let cfg = config(1 << 20, FullPolicy::Reject);
     let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
-    let first = rt().block_on(outbox.accept(msg("c", "a")).unwrap()).unwrap();
+    let first = rt()
+        .block_on(outbox.accept(msg("c", "a")).unwrap())
+        .unwrap();
     outbox.ack(&[first]);
     outbox.close();
     worker.join();
     let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
     assert!(payloads(&outbox).is_empty());
     assert_eq!(outbox.stats().queued, 0);
-    let second = rt().block_on(outbox.accept(msg("c", "b")).unwrap()).unwrap();
+    let second = rt()
+        .block_on(outbox.accept(msg("c", "b")).unwrap())
+        .unwrap();
     assert!(second > first, "{second} after {first}");
     outbox.close();
     worker.join();
@@ -157,7 +161,8 @@ fn messages_older_than_max_age_expire_and_are_counted() {
     old.received_at = SystemTime::now() - Duration::from_secs(120);
     let rt = rt();
     rt.block_on(outbox.accept(old).unwrap()).unwrap();
-    rt.block_on(outbox.accept(msg("c", "new")).unwrap()).unwrap();
+    rt.block_on(outbox.accept(msg("c", "new")).unwrap())
+        .unwrap();
     // Expiry runs at most once a second; wait for the commit that does it.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while outbox.stats().expired_total == 0 {
@@ -203,16 +208,29 @@ fn a_corrupt_outbox_is_refused_and_left_in_place() {
     let err = Outbox::open(&path, &config(1 << 20, FullPolicy::Reject)).unwrap_err();
     assert!(matches!(err, OutboxError::Corrupt { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("move it aside") && text.contains("outbox.db"), "{text}");
-    assert_eq!(std::fs::read(&path).unwrap(), garbage, "the file was changed");
+    assert!(
+        text.contains("move it aside") && text.contains("outbox.db"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        garbage,
+        "the file was changed"
+    );
 }
 
 #[test]
 fn accept_after_close_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (outbox, worker) =
-        Outbox::open(&dir.path().join("o.db"), &config(1 << 20, FullPolicy::Reject)).unwrap();
+    let (outbox, worker) = Outbox::open(
+        &dir.path().join("o.db"),
+        &config(1 << 20, FullPolicy::Reject),
+    )
+    .unwrap();
     outbox.close();
     worker.join();
-    assert_eq!(outbox.accept(msg("c", "x")).unwrap_err(), IngestError::Closed);
+    assert_eq!(
+        outbox.accept(msg("c", "x")).unwrap_err(),
+        IngestError::Closed
+    );
 }

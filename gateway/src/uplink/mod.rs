@@ -141,6 +141,9 @@ pub struct Uplink {
     report: StatusHandle,
 }
 
+/// How long a certificate rotation waits for in-flight PUBACKs before reconnecting.
+const ROTATION_DRAIN: Duration = Duration::from_secs(5);
+
 enum SessionEnd {
     Stopped,
     Reconnect,
@@ -250,7 +253,9 @@ impl Uplink {
                 true
             }
             Err(e) => {
-                error!("reload: cannot use the new uplink TLS files, keeping the current ones: {e}");
+                error!(
+                    "reload: cannot use the new uplink TLS files, keeping the current ones: {e}"
+                );
                 self.status
                     .send_modify(|s| s.last_error = Some(format!("reload refused: {e}")));
                 false
@@ -272,7 +277,8 @@ impl Uplink {
             if token.is_cancelled() {
                 break;
             }
-            self.status.send_modify(|s| s.state = UplinkState::Connecting);
+            self.status
+                .send_modify(|s| s.state = UplinkState::Connecting);
             let end = self
                 .session(&mut window, &mut committed, &token, &mut backoff)
                 .await;
@@ -342,7 +348,11 @@ impl Uplink {
             s.connects_total += 1;
         });
         if client
-            .publish(&self.config.status_topic, Bytes::from_static(b"online"), true)
+            .publish(
+                &self.config.status_topic,
+                Bytes::from_static(b"online"),
+                true,
+            )
             .is_ok()
         {
             window.handle_own_publish();
@@ -351,10 +361,14 @@ impl Uplink {
         self.sync_subscriptions(&client, &mut subscribed);
         let mut stats_tick = tokio::time::interval(self.config.status_interval.get());
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut draining = false;
+        // Leaving this connection: (because of shutdown, deadline). Shutdown waits for the
+        // supervisor's drain deadline; a certificate rotation waits at most ROTATION_DRAIN for
+        // the PUBACKs in flight, so the new connection does not resend them.
+        let mut leaving: Option<(bool, tokio::time::Instant)> = None;
         let mut channels_open = true;
         let mut reloads_open = true;
         loop {
+            let draining = leaving.is_some();
             if !draining && let Err(e) = self.fill(window, committed).await {
                 error!("uplink: cannot read the outbox: {e}");
             }
@@ -378,10 +392,18 @@ impl Uplink {
                 self.status
                     .send_modify(|s| s.delivered_total += acks.len() as u64);
             }
-            if draining && window.is_drained() {
+            if let Some((stop, deadline)) = leaving
+                && (window.is_drained() || tokio::time::Instant::now() >= deadline)
+            {
                 self.goodbye(&client, &mut events).await;
-                return SessionEnd::Stopped;
+                return if stop {
+                    SessionEnd::Stopped
+                } else {
+                    SessionEnd::Reconnect
+                };
             }
+            let stopping = leaving.is_some_and(|(stop, _)| stop);
+            let deadline = leaving.map(|(_, d)| d);
             tokio::select! {
                 r = events.poll() => match r {
                     Ok(mqtt::Event::Sent(pkid)) => window.handle_sent(pkid),
@@ -395,17 +417,17 @@ impl Uplink {
                     Ok(_) => {}
                     Err(e) => return SessionEnd::Failed(e),
                 },
-                () = token.cancelled(), if !draining => {
+                () = token.cancelled(), if !stopping => {
                     info!(in_flight = window.inflight(), "uplink: delivering what is in flight, then disconnecting");
-                    draining = true;
+                    leaving = Some((true, tokio::time::Instant::now() + Duration::from_secs(86_400)));
                 }
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
                 _ = committed.changed(), if !draining => {}
                 r = self.reloads.changed(), if reloads_open => {
                     if r.is_err() {
                         reloads_open = false;
-                    } else if self.reload_tls() {
-                        self.goodbye(&client, &mut events).await;
-                        return SessionEnd::Reconnect;
+                    } else if self.reload_tls() && leaving.is_none() {
+                        leaving = Some((false, tokio::time::Instant::now() + ROTATION_DRAIN));
                     }
                 }
                 r = self.channels.changed(), if channels_open => {
@@ -455,7 +477,11 @@ impl Uplink {
 
     /// Retained `offline`, DISCONNECT, and wait (briefly) until it is written.
     async fn goodbye(&self, client: &mqtt::Client, events: &mut mqtt::EventLoop) {
-        let _ = client.publish(&self.config.status_topic, Bytes::from_static(b"offline"), true);
+        let _ = client.publish(
+            &self.config.status_topic,
+            Bytes::from_static(b"offline"),
+            true,
+        );
         let _ = client.disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Ok(ev) = events.poll().await {
@@ -520,7 +546,9 @@ impl Uplink {
 }
 
 /// The uplink status channel's initial value depends on whether an uplink is configured.
-pub fn status_channel(configured: bool) -> (watch::Sender<UplinkStatus>, watch::Receiver<UplinkStatus>) {
+pub fn status_channel(
+    configured: bool,
+) -> (watch::Sender<UplinkStatus>, watch::Receiver<UplinkStatus>) {
     let mut status = UplinkStatus::disabled();
     if configured {
         status.state = UplinkState::Connecting;

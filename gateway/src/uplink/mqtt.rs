@@ -34,8 +34,15 @@ pub enum Event {
     ConnAck,
     /// A QoS 1 publish was written with this packet id (in request order).
     Sent(u16),
-    PubAck { pkid: u16, ok: bool, reason: String },
-    Publish { topic: String, payload: Bytes },
+    PubAck {
+        pkid: u16,
+        ok: bool,
+        reason: String,
+    },
+    Publish {
+        topic: String,
+        payload: Bytes,
+    },
     /// Our DISCONNECT was written.
     Disconnected,
     Other,

@@ -39,9 +39,14 @@ impl Window {
         self.cursor
     }
 
-    /// How many entries to fetch so the buffer holds one window's worth (0: enough buffered).
+    /// How many entries to fetch: none while a window's worth is buffered, else enough for
+    /// two windows (one outbox read per window, not per PUBACK).
     pub fn want(&self) -> usize {
-        self.capacity.saturating_sub(self.unsent.len())
+        if self.unsent.len() >= self.capacity {
+            0
+        } else {
+            2 * self.capacity - self.unsent.len()
+        }
     }
 
     pub fn handle_fetched(&mut self, entries: Vec<Entry>) {
@@ -182,8 +187,9 @@ mod tests {
     #[test]
     fn the_window_limits_what_is_in_flight_and_acks_free_room() {
         let mut w = Window::new(3);
-        assert_eq!(w.want(), 3);
+        assert_eq!(w.want(), 6);
         w.handle_fetched(entries(1..=5));
+        assert_eq!(w.want(), 0, "a window's worth is buffered");
         assert_eq!(w.poll_publish().map(|e| e.seq), Some(1));
         w.handle_own_publish(); // a status publish between entries
         assert_eq!(publish_all(&mut w), vec![2, 3]);
@@ -231,7 +237,10 @@ mod tests {
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
         b.handle_connected();
         let d = b.poll_delay(0.99);
-        assert!(d > Duration::from_secs(1) && d < Duration::from_millis(1500), "{d:?}");
+        assert!(
+            d > Duration::from_secs(1) && d < Duration::from_millis(1500),
+            "{d:?}"
+        );
         let mut b = Backoff::new(Duration::from_secs(40), Duration::from_secs(60));
         assert!(b.poll_delay(0.99) <= Duration::from_secs(60));
     }

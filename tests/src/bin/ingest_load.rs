@@ -16,7 +16,10 @@ use tokio::sync::mpsc;
 fn main() -> std::process::ExitCode {
     let args: Vec<u64> = std::env::args()
         .skip(1)
-        .map(|a| a.parse().expect("usage: ingest_load <start> <count> <channels>"))
+        .map(|a| {
+            a.parse()
+                .expect("usage: ingest_load <start> <count> <channels>")
+        })
         .collect();
     let [start, count, channels] = args[..] else {
         eprintln!("usage: ingest_load <start> <count> <channels>");
@@ -52,8 +55,10 @@ fn main() -> std::process::ExitCode {
                             i += 1;
                         }
                         Err(gateway::outbox::IngestError::Busy { retry_after }) => {
-                            tokio::time::sleep(retry_after.min(std::time::Duration::from_millis(50)))
-                                .await;
+                            tokio::time::sleep(
+                                retry_after.min(std::time::Duration::from_millis(50)),
+                            )
+                            .await;
                             break;
                         }
                         Err(e) => panic!("accept: {e}"),
