@@ -711,3 +711,36 @@ fn revoking_a_certificate_or_disabling_a_client_ends_live_sessions() {
     let _ = observer.kill();
     let _ = observer.wait();
 }
+
+#[test]
+fn a_taken_port_stops_a_production_daemon_but_only_warns_in_dev() {
+    let taken = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = edgegw(dir.path())
+        .arg("run")
+        .env("EDGEGW_GATEWAY_STATE_DIR", dir.path().join("state"))
+        .env("EDGEGW_GATEWAY_RUNTIME_DIR", dir.path().join("run"))
+        .env("EDGEGW_COAP_BIND", &addr)
+        .output()
+        .expect("run edgegw");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a taken port: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind the CoAP listener to udp {addr}")),
+        "{stderr}"
+    );
+
+    let mut cmd = edgegw(dir.path());
+    cmd.args(["--dev", "run"]).env("EDGEGW_COAP_BIND", &addr);
+    let mut daemon = Daemon::start(cmd);
+    daemon.wait_for_log("the CoAP listener is off", Duration::from_secs(20));
+    daemon.wait_for_log("ready", Duration::from_secs(20));
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}

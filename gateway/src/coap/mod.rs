@@ -83,6 +83,24 @@ fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::Ud
     Ok(tokio::net::UdpSocket::from_std(socket)?)
 }
 
+/// Binds a listener. A gateway that cannot listen must not pretend to run (error); in the
+/// development profile, where several daemons may share a machine (and the test suite runs
+/// several at once), a taken port only disables that listener, loudly.
+fn bind_or_skip(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<Option<tokio::net::UdpSocket>> {
+    match bind(addr, what) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if config.profile.is_dev() => {
+            warn!("{e:#}: the {what} listener is off (development profile)");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Binds the CoAP and CoAPS listeners and runs them in the intake stage (call inside the
 /// runtime, before "ready").
 pub fn start(
@@ -96,8 +114,9 @@ pub fn start(
         outbox: pipeline.outbox.clone(),
         downlink: pipeline.downlink.clone(),
     });
-    if config.coap.enabled {
-        let socket = bind(config.coap.bind, "CoAP")?;
+    if !config.coap.enabled {
+        info!("coap listener disabled (coap.enabled = false)");
+    } else if let Some(socket) = bind_or_skip(config, config.coap.bind, "CoAP")? {
         let (core, backend, token) = (
             server_config(config),
             backend.clone(),
@@ -108,8 +127,6 @@ pub fn start(
                 tracing::error!("coap listener failed: {e}");
             }
         });
-    } else {
-        info!("coap listener disabled (coap.enabled = false)");
     }
     match dtls_settings(config)? {
         Some(settings) => {
@@ -127,13 +144,14 @@ pub fn start(
                         .unwrap_or_default(),
                     reason: e.to_string(),
                 })?;
-            let socket = bind(config.coap_dtls.bind, "CoAPS")?;
-            let (core, token) = (server_config(config), supervisor.token(Stage::Intake));
-            supervisor.spawn(Stage::Intake, async move {
-                if let Err(e) = task::serve_dtls(socket, core, sessions, backend, token).await {
-                    tracing::error!("coaps listener failed: {e}");
-                }
-            });
+            if let Some(socket) = bind_or_skip(config, config.coap_dtls.bind, "CoAPS")? {
+                let (core, token) = (server_config(config), supervisor.token(Stage::Intake));
+                supervisor.spawn(Stage::Intake, async move {
+                    if let Err(e) = task::serve_dtls(socket, core, sessions, backend, token).await {
+                        tracing::error!("coaps listener failed: {e}");
+                    }
+                });
+            }
         }
         None => {
             if let Some(reason) = config.coap_dtls.disabled_reason() {
