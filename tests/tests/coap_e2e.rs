@@ -172,6 +172,10 @@ fn coap_client(client: &str, args: &[&str]) -> String {
 }
 
 fn start() -> Gateway {
+    start_with(&[])
+}
+
+fn start_with(extra_env: &[(&str, &str)]) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let pki = root.join("pki");
@@ -280,6 +284,9 @@ fn start() -> Gateway {
         .env("EDGEGW_COAP_DTLS_HANDSHAKE_TIMEOUT", "2s")
         // Many deliberate failures from 127.0.0.1: keep the failure throttle out of the way.
         .env("EDGEGW_AUTH_FAILURE_BURST", "100000");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
     let mut daemon = Daemon::start(cmd);
     daemon.wait_for_log("coaps listening", Duration::from_secs(20));
     daemon.wait_for_log("coap listening", Duration::from_secs(5));
@@ -743,4 +750,94 @@ fn a_taken_port_stops_a_production_daemon_but_only_warns_in_dev() {
             .and_then(|s| s.code()),
         Some(0)
     );
+}
+
+#[test]
+fn block1_transfers_are_reassembled_up_to_max_payload() {
+    let gw = start();
+    let secret = gw.secret("sensor-a");
+    let url = format!("coap://127.0.0.1:{}/m/dom/c/chan-a?auth={secret}", gw.coap);
+    let dir = gw.dir.path();
+    // 10 000 bytes in 256-byte blocks: stored whole.
+    let big: String = (0..10_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    std::fs::write(dir.join("big.txt"), &big).expect("write");
+    for client in CLIENTS {
+        let before = gw.stored().len();
+        let out = coap_client(
+            client,
+            &[
+                "-m",
+                "post",
+                "-b",
+                "256",
+                "-f",
+                dir.join("big.txt").to_str().expect("utf8"),
+                &url,
+            ],
+        );
+        let stored = gw.stored();
+        assert_eq!(stored.len(), before + 1, "{client}: {out}");
+        assert_eq!(
+            stored.last().map(String::len),
+            Some(10_000),
+            "{client}: {out}"
+        );
+        assert_eq!(
+            stored.last(),
+            Some(&big),
+            "{client}: reassembled payload differs"
+        );
+    }
+    // 70 000 bytes: beyond coap.max_payload (64 KiB) → 4.13, nothing stored.
+    let huge = "x".repeat(70_000);
+    std::fs::write(dir.join("huge.txt"), &huge).expect("write");
+    for client in CLIENTS {
+        let before = gw.stored().len();
+        let out = coap_client(
+            client,
+            &[
+                "-m",
+                "post",
+                "-b",
+                "1024",
+                "-f",
+                dir.join("huge.txt").to_str().expect("utf8"),
+                &url,
+            ],
+        );
+        assert!(out.contains("4.13"), "{client}: expected 4.13: {out}");
+        assert_eq!(
+            gw.stored().len(),
+            before,
+            "{client}: oversize message stored"
+        );
+    }
+}
+
+#[test]
+fn a_full_outbox_answers_5_03_and_stores_nothing_more() {
+    let gw = start_with(&[
+        ("EDGEGW_OUTBOX_MAX_BYTES", "2KiB"),
+        ("EDGEGW_OUTBOX_MAX_MESSAGE_SIZE", "1KiB"),
+    ]);
+    let secret = gw.secret("sensor-a");
+    let url = format!("coap://127.0.0.1:{}/m/dom/c/chan-a?auth={secret}", gw.coap);
+    let mut busy = None;
+    for n in 0..10 {
+        let payload = format!("{n:03}{}", "p".repeat(600));
+        let out = coap_client(CLIENTS[0], &["-m", "post", "-e", &payload, &url]);
+        if out.contains("5.03") {
+            assert!(!gw.is_stored(&payload), "a 5.03'd message was stored");
+            busy = Some(n);
+            break;
+        }
+        assert!(
+            gw.is_stored(&payload),
+            "message {n} neither stored nor refused: {out}"
+        );
+    }
+    let n = busy.expect("the outbox never reported full");
+    assert!(n >= 2, "refused too early ({n})");
 }
