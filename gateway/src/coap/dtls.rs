@@ -13,7 +13,8 @@
 //! Like the CoAP core it owns no socket or clock: datagrams in, [`Transmit`]s and
 //! [`SessionEvent`]s out.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
@@ -135,6 +136,8 @@ pub struct Sessions {
     pending: HashMap<SocketAddr, Conn>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SessionEvent>,
+    /// dimpl timers (deadline, peer, in `pending`?), min-first; entries may be stale.
+    timers: BinaryHeap<Reverse<(Instant, SocketAddr, bool)>>,
     buf: Vec<u8>,
     wall_clock: Box<dyn Fn() -> SystemTime + Send + Sync>,
     panics: u64,
@@ -186,6 +189,7 @@ impl Sessions {
             pending: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            timers: BinaryHeap::new(),
             buf: vec![0; POLL_BUFFER],
             wall_clock: Box::new(SystemTime::now),
             panics: 0,
@@ -219,20 +223,11 @@ impl Sessions {
         self.events.pop_front()
     }
 
+    /// The earliest dimpl timer (retransmissions). It may be an entry that went stale since,
+    /// which only means an early wake-up. Handshake deadlines and idle eviction are coarser
+    /// and run in [`Sessions::sweep`], so this stays O(log n) with thousands of sessions.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let hs = self.settings.handshake_timeout;
-        let idle = self.settings.idle_timeout;
-        let pending = self
-            .pending
-            .values()
-            .flat_map(|c| [c.next_timer, Some(c.started + hs)])
-            .flatten();
-        let live = self
-            .live
-            .values()
-            .flat_map(|c| [c.next_timer, Some(c.last_activity + idle)])
-            .flatten();
-        pending.chain(live).min()
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
     }
 
     /// Feeds one datagram received from `peer`.
@@ -291,7 +286,33 @@ impl Sessions {
         }
     }
 
+    /// Runs the dimpl timers that are due (each connection at most once per call, so an
+    /// engine that re-arms a timer in the past cannot spin here).
     pub fn handle_timeout(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        while let Some(Reverse((t, peer, pending))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            due.push((t, peer, pending));
+        }
+        for (t, peer, pending) in due {
+            let Some(conn) = self.table_mut(pending).get_mut(&peer) else {
+                continue; // stale: the connection is gone
+            };
+            if conn.next_timer != Some(t) {
+                continue; // stale: the timer moved
+            }
+            conn.next_timer = None;
+            let result = catch_unwind(AssertUnwindSafe(|| conn.dtls.handle_timeout(now)));
+            self.after_call(peer, pending, result, now);
+        }
+    }
+
+    /// Housekeeping, about once a second: handshakes past `handshake_timeout`, sessions idle
+    /// past `idle_timeout`, and sessions whose principal is no longer valid.
+    pub fn sweep(&mut self, now: Instant) {
         let hs = self.settings.handshake_timeout;
         let idle = self.settings.idle_timeout;
         let expired: Vec<_> = self
@@ -314,20 +335,19 @@ impl Sessions {
             debug!(%peer, "dtls session idle; evicted");
             self.close_live(peer, now);
         }
-        for pending in [true, false] {
-            let due: Vec<_> = self
-                .table(pending)
-                .iter()
-                .filter(|(_, c)| c.next_timer.is_some_and(|t| t <= now))
-                .map(|(p, _)| *p)
-                .collect();
-            for peer in due {
-                let Some(conn) = self.table_mut(pending).get_mut(&peer) else {
-                    continue;
-                };
-                let result = catch_unwind(AssertUnwindSafe(|| conn.dtls.handle_timeout(now)));
-                self.after_call(peer, pending, result, now);
+        self.revalidate(now);
+        // Stale timer entries beyond a few per connection: rebuild the heap.
+        let conns = self.live.len() + self.pending.len();
+        if self.timers.len() > 4 * conns + 64 {
+            let mut fresh = BinaryHeap::with_capacity(conns);
+            for (pending, table) in [(true, &self.pending), (false, &self.live)] {
+                for (peer, c) in table {
+                    if let Some(t) = c.next_timer {
+                        fresh.push(Reverse((t, *peer, pending)));
+                    }
+                }
             }
+            self.timers = fresh;
         }
     }
 
@@ -351,7 +371,7 @@ impl Sessions {
 
     /// Ends sessions whose client was disabled or removed, or whose certificate was revoked
     /// or expired since the handshake.
-    pub fn revalidate(&mut self, now: Instant) {
+    fn revalidate(&mut self, now: Instant) {
         let backend = self.backend.clone();
         let peers: Vec<_> = self
             .live
@@ -367,10 +387,6 @@ impl Sessions {
             info!(%peer, "dtls session ended: client disabled, removed or revoked");
             self.close_live(peer, now);
         }
-    }
-
-    fn table(&self, pending: bool) -> &HashMap<SocketAddr, Conn> {
-        if pending { &self.pending } else { &self.live }
     }
 
     fn table_mut(&mut self, pending: bool) -> &mut HashMap<SocketAddr, Conn> {
@@ -511,6 +527,7 @@ impl Sessions {
                 backend,
                 wall_clock,
                 panics,
+                timers,
                 ..
             } = self;
             let table = if pending { pend } else { live };
@@ -549,7 +566,10 @@ impl Sessions {
                         buf.resize(needed, 0);
                     }
                     Polled::Timeout(t) => {
-                        conn.next_timer = Some(t);
+                        if conn.next_timer != Some(t) {
+                            conn.next_timer = Some(t);
+                            timers.push(Reverse((t, peer, pending)));
+                        }
                         break;
                     }
                     Polled::Connected => {
@@ -620,6 +640,9 @@ impl Sessions {
             && let Some(mut conn) = self.pending.remove(&peer)
         {
             conn.last_activity = now;
+            if let Some(t) = conn.next_timer {
+                self.timers.push(Reverse((t, peer, false)));
+            }
             if let Some(p) = &conn.principal {
                 info!(%peer, client = %p.identity, mode = ?conn.mode, "dtls session established");
             }

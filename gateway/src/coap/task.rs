@@ -97,7 +97,8 @@ pub trait Backend: Send + Sync + 'static {
 
 /// Largest datagram read (UDP payload maximum).
 const RECV_BUFFER: usize = 65_535;
-/// How often live DTLS sessions are checked against the auth store (disabled clients).
+/// How often the DTLS table is swept: handshake deadlines, idle sessions, and principals
+/// checked against the auth store (disabled clients).
 const REVALIDATE_EVERY: Duration = Duration::from_secs(1);
 /// Notifications waiting for the shell from all subscriptions together.
 const NOTIFY_QUEUE: usize = 256;
@@ -213,7 +214,7 @@ impl Shell {
                 },
                 _ = revalidate.tick(), if self.sessions.is_some() => {
                     if let Some(s) = self.sessions.as_mut() {
-                        s.revalidate(Instant::now());
+                        s.sweep(Instant::now());
                     }
                 }
                 () = tokio::time::sleep_until(sleep_until) => {

@@ -235,9 +235,12 @@ fn half_open_handshakes_are_capped_and_time_out() {
         s.handle_datagram(peer(100 + port), &hello, now);
     }
     assert_eq!(s.counts(), (0, 4), "cap of 4 half-open handshakes");
-    let deadline = s.poll_timeout().expect("a timer");
+    let deadline = s.poll_timeout().expect("a retransmission timer");
     assert!(deadline <= now + Duration::from_secs(10));
-    s.handle_timeout(now + Duration::from_secs(10));
+    s.handle_timeout(deadline);
+    s.sweep(now + Duration::from_secs(9));
+    assert_eq!(s.counts(), (0, 4), "expired before handshake_timeout");
+    s.sweep(now + Duration::from_secs(10));
     assert_eq!(s.counts(), (0, 0));
 }
 
@@ -251,13 +254,13 @@ fn idle_sessions_are_evicted_and_invalid_principals_ended() {
     pump(&mut s, &mut c2, peer(2), now);
     assert_eq!(s.counts(), (2, 0));
     backend.valid.store(false, Ordering::SeqCst);
-    s.revalidate(now);
+    s.sweep(now);
     assert_eq!(s.counts(), (0, 0));
     backend.valid.store(true, Ordering::SeqCst);
     let mut c3 = client("sensor-a", KEY, now);
     pump(&mut s, &mut c3, peer(3), now);
     assert_eq!(s.counts(), (1, 0));
-    s.handle_timeout(now + Duration::from_secs(601));
+    s.sweep(now + Duration::from_secs(601));
     assert_eq!(s.counts(), (0, 0));
     while let Some(ev) = s.poll_event() {
         assert!(matches!(ev, SessionEvent::Closed { .. }));
@@ -299,6 +302,7 @@ proptest! {
         }
         prop_assert_eq!(s.panics(), 0);
         s.handle_timeout(now + Duration::from_secs(11));
+        s.sweep(now + Duration::from_secs(11));
         prop_assert_eq!(s.counts(), (0, 0));
     }
 }
