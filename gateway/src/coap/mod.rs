@@ -76,11 +76,25 @@ pub fn dtls_settings(config: &Config) -> anyhow::Result<Option<dtls::DtlsSetting
     }))
 }
 
+/// Receive buffer asked for each listener: a burst from many sensors must not overflow the
+/// kernel's default (~200 KiB) while the task is busy. Capped by `net.core.rmem_max`.
+const RECV_BUFFER_BYTES: usize = 4 << 20;
+
 fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind(addr)
-        .with_context(|| format!("cannot bind the {what} listener to udp {addr}"))?;
+    use socket2::{Domain, Protocol, Socket, Type};
+    let context = || format!("cannot bind the {what} listener to udp {addr}");
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .with_context(context)?;
+    if addr.is_ipv6() {
+        // `[::]` serves IPv4 too, as a plain std bind would with the Linux default.
+        socket.set_only_v6(false).with_context(context)?;
+    }
+    if let Err(e) = socket.set_recv_buffer_size(RECV_BUFFER_BYTES) {
+        warn!("{what}: cannot enlarge the receive buffer: {e}");
+    }
+    socket.bind(&addr.into()).with_context(context)?;
     socket.set_nonblocking(true)?;
-    Ok(tokio::net::UdpSocket::from_std(socket)?)
+    Ok(tokio::net::UdpSocket::from_std(socket.into())?)
 }
 
 /// Binds a listener. A gateway that cannot listen must not pretend to run (error); in the

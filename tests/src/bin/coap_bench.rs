@@ -46,9 +46,16 @@ fn post(mid: u16, token: u32, secret: Option<&str>, payload: &[u8]) -> Vec<u8> {
     p.to_bytes().expect("encode")
 }
 
+/// For the response to `mid`: whether it is 2.04 (otherwise the code is counted).
 fn is_changed_ack(bytes: &[u8], mid: u16) -> Option<bool> {
     let p = Packet::from_bytes(bytes).ok()?;
-    (p.header.message_id == mid).then(|| p.header.code.to_string() == "2.04")
+    (p.header.message_id == mid).then(|| {
+        let code = p.header.code.to_string();
+        if code != "2.04" {
+            eprintln!("response {code}");
+        }
+        code == "2.04"
+    })
 }
 
 struct Result {
@@ -85,6 +92,7 @@ fn plain_sensor(gw: SocketAddr, secret: String, until: Instant, id: u32) -> Resu
                     None => {}
                 },
                 Err(_) => {
+                    eprintln!("no response within 2 s");
                     out.errors += 1;
                     break;
                 }
@@ -152,6 +160,7 @@ fn dtls_sensor(gw: SocketAddr, identity: String, key: Vec<u8>, until: Instant, i
     let mut dtls = Dtls::new_12_psk(Arc::new(cfg), Instant::now());
     dtls.set_active(true);
     if !dtls_exchange(&mut dtls, &sock, gw, |o| matches!(o, Output::Connected)) {
+        eprintln!("handshake failed");
         out.errors += 1;
         return out;
     }
@@ -175,6 +184,10 @@ fn dtls_sensor(gw: SocketAddr, identity: String, key: Vec<u8>, until: Instant, i
         });
         match (got, ok) {
             (true, Some(true)) => out.latencies.push(start.elapsed()),
+            (false, _) => {
+                eprintln!("no response within 10 s");
+                out.errors += 1;
+            }
             _ => out.errors += 1,
         }
     }
