@@ -100,6 +100,8 @@ const RECV_BUFFER: usize = 65_535;
 /// How often the DTLS table is swept: handshake deadlines, idle sessions, and principals
 /// checked against the auth store (disabled clients).
 const REVALIDATE_EVERY: Duration = Duration::from_secs(1);
+/// How long a stopping listener waits to answer publishes that are becoming durable.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Notifications waiting for the shell from all subscriptions together.
 const NOTIFY_QUEUE: usize = 256;
 
@@ -227,7 +229,22 @@ impl Shell {
             }
             self.drain().await;
         }
-        // Intake stops: publishes already handed to the outbox finish on their own.
+        // Intake stops taking datagrams. Publishes already handed to the outbox get their
+        // answer if they become durable soon (the outbox is flushed after intake stops);
+        // past the grace period the sensor retransmits to the restarted gateway instead.
+        let grace = tokio::time::sleep(SHUTDOWN_GRACE);
+        tokio::pin!(grace);
+        while !self.decisions.is_empty() {
+            tokio::select! {
+                () = &mut grace => break,
+                Some(done) = self.decisions.join_next() => {
+                    if let Ok((exchange, outcome)) = done {
+                        self.server.complete(exchange, outcome, Instant::now());
+                    }
+                    self.drain().await;
+                }
+            }
+        }
         self.decisions.detach_all();
         for (_, h) in self.forwarders.drain() {
             h.abort();
