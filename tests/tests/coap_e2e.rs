@@ -691,32 +691,42 @@ fn revoking_a_certificate_or_disabling_a_client_ends_live_sessions() {
     let secret = gw.secret("sensor-a").to_owned();
     let mut observer = observe_over_dtls(&gw, &["-u", "sensor-a", "-k", &secret]);
     gw.daemon.wait_for_log("mode=Psk", Duration::from_secs(15));
-    let before = gw
-        .daemon
+    let before = session_ends(&mut gw.daemon);
+    cli(gw.dir.path(), &["client", "disable", "sensor-a"]);
+    wait_for_another_session_end(&mut gw.daemon, before, "a disabled client");
+    let _ = observer.kill();
+    let _ = observer.wait();
+
+    // PSK: rotating the secret ends the session that used the old one.
+    let secret = gw.secret("sensor-rev").to_owned();
+    let mut observer = observe_over_dtls(&gw, &["-u", "sensor-rev", "-k", &secret]);
+    gw.daemon
+        .wait_for_log("client=sensor-rev mode=Psk", Duration::from_secs(15));
+    let before = session_ends(&mut gw.daemon);
+    cli(gw.dir.path(), &["client", "rotate-secret", "sensor-rev"]);
+    wait_for_another_session_end(&mut gw.daemon, before, "a rotated secret");
+    let _ = observer.kill();
+    let _ = observer.wait();
+}
+
+fn session_ends(daemon: &mut Daemon) -> usize {
+    daemon
         .log()
         .iter()
         .filter(|l| l.contains("dtls session ended: client"))
-        .count();
-    cli(gw.dir.path(), &["client", "disable", "sensor-a"]);
+        .count()
+}
+
+fn wait_for_another_session_end(daemon: &mut Daemon, before: usize, why: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now_count = gw
-            .daemon
-            .log()
-            .iter()
-            .filter(|l| l.contains("dtls session ended: client"))
-            .count();
-        if now_count > before {
-            break;
-        }
+    while session_ends(daemon) <= before {
         assert!(
             Instant::now() < deadline,
-            "PSK session of a disabled client still alive"
+            "PSK session still alive after {why}"
         );
+        // The daemon's log is the event; re-read it a few times a second.
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = observer.kill();
-    let _ = observer.wait();
 }
 
 #[test]

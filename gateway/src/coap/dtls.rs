@@ -81,6 +81,19 @@ enum Mode {
 #[derive(Debug, Default)]
 struct PskSlot {
     identity: Mutex<Option<String>>,
+    /// Keyed hash of the key the handshake used (never the key itself): a rotated secret
+    /// ends the session at the next sweep.
+    key_hash: Mutex<Option<u64>>,
+}
+
+/// A per-process keyed hash (SipHash with random keys) for comparing keys without keeping them.
+fn key_hash(key: &[u8]) -> u64 {
+    use std::hash::BuildHasher as _;
+    use std::sync::OnceLock;
+    static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    STATE
+        .get_or_init(std::collections::hash_map::RandomState::new)
+        .hash_one(key)
 }
 
 struct SlotResolver {
@@ -96,11 +109,14 @@ impl PskResolver for SlotResolver {
         if let Ok(mut slot) = self.slot.identity.lock() {
             *slot = Some(text);
         }
-        Some(
-            self.backend
-                .psk(identity)
-                .unwrap_or_else(|| self.dummy.clone()),
-        )
+        let key = self
+            .backend
+            .psk(identity)
+            .unwrap_or_else(|| self.dummy.clone());
+        if let Ok(mut slot) = self.slot.key_hash.lock() {
+            *slot = Some(key_hash(&key));
+        }
+        Some(key)
     }
 }
 
@@ -377,14 +393,23 @@ impl Sessions {
             .live
             .iter()
             .filter(|(_, c)| {
-                c.principal
-                    .as_ref()
-                    .is_some_and(|p| !backend.still_valid(p))
+                let Some(p) = c.principal.as_ref() else {
+                    return false;
+                };
+                if !backend.still_valid(p) {
+                    return true;
+                }
+                // PSK: the client's current secret must still be the session's key.
+                c.psk.as_ref().is_some_and(|slot| {
+                    let used = slot.key_hash.lock().ok().and_then(|g| *g);
+                    let current = backend.psk(p.identity.as_bytes()).map(|k| key_hash(&k));
+                    used != current
+                })
             })
             .map(|(p, _)| *p)
             .collect();
         for peer in peers {
-            info!(%peer, "dtls session ended: client disabled, removed or revoked");
+            info!(%peer, "dtls session ended: client disabled, removed, revoked or its secret rotated");
             self.close_live(peer, now);
         }
     }

@@ -19,6 +19,7 @@ const KEY: &[u8] = b"sensor-a-secret-0123456789";
 struct Fake {
     valid: AtomicBool,
     panic_in_psk: bool,
+    rotated: AtomicBool,
 }
 
 impl Backend for Fake {
@@ -45,7 +46,12 @@ impl Backend for Fake {
             !self.panic_in_psk,
             "backend panicked inside the PSK resolver"
         );
-        (identity == b"sensor-a").then(|| KEY.to_vec())
+        let key: &[u8] = if self.rotated.load(Ordering::SeqCst) {
+            b"rotated-secret-0123456789"
+        } else {
+            KEY
+        };
+        (identity == b"sensor-a").then(|| key.to_vec())
     }
     fn psk_principal(&self, identity: &str) -> Option<Principal> {
         (identity == "sensor-a").then(|| Principal {
@@ -305,4 +311,17 @@ proptest! {
         s.sweep(now + Duration::from_secs(11));
         prop_assert_eq!(s.counts(), (0, 0));
     }
+}
+
+#[test]
+fn a_rotated_secret_ends_the_psk_session() {
+    let now = Instant::now();
+    let (mut s, backend) = table(Fake::default());
+    let mut c = client("sensor-a", KEY, now);
+    pump(&mut s, &mut c, peer(1), now);
+    s.sweep(now);
+    assert_eq!(s.counts(), (1, 0), "unchanged secret ended the session");
+    backend.rotated.store(true, Ordering::SeqCst);
+    s.sweep(now);
+    assert_eq!(s.counts(), (0, 0));
 }
