@@ -59,6 +59,11 @@ pub struct StatusReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_expires_in_days: Option<i64>,
     pub warnings: Vec<String>,
+    /// The board: device-tree model and serial, machine id, wired MAC (issue 7).
+    pub board: crate::board::BoardStatus,
+    /// Serial ports (issue 7).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub serial: Vec<crate::serial::status::PortStatus>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +80,8 @@ pub struct StatusHandle {
     uplink: tokio::sync::watch::Receiver<UplinkStatus>,
     samples: Arc<Mutex<VecDeque<Sample>>>,
     started: Instant,
+    board: Arc<crate::board::BoardStatus>,
+    serial: crate::serial::SerialStatus,
 }
 
 impl StatusHandle {
@@ -84,6 +91,11 @@ impl StatusHandle {
             uplink,
             samples: Arc::default(),
             started: Instant::now(),
+            // Read once: board identity does not change while the daemon runs.
+            board: Arc::new(crate::board::BoardStatus::read(
+                &hal::identity::SysRoot::system(),
+            )),
+            serial: crate::serial::SerialStatus::default(),
         };
         handle.sample();
         handle
@@ -152,7 +164,14 @@ impl StatusHandle {
             delivered_per_s: (delivered_per_s * 10.0).round() / 10.0,
             cert_expires_in_days,
             warnings,
+            board: (*self.board).clone(),
+            serial: self.serial.snapshot(),
         }
+    }
+
+    /// Where the serial adapter reports its ports.
+    pub fn serial(&self) -> &crate::serial::SerialStatus {
+        &self.serial
     }
 }
 
@@ -317,6 +336,35 @@ pub fn render(v: &serde_json::Value) -> String {
             d => format!("{d} days"),
         },
     );
+    line("board", get(&["board", "model"]));
+    line("board serial", get(&["board", "serial_number"]));
+    line("machine id", get(&["board", "machine_id"]));
+    line(
+        "wired MAC",
+        format!("{} ({})", get(&["board", "mac"]), get(&["board", "nic"])),
+    );
+    if let Some(ports) = v.get("serial").and_then(|p| p.as_array()) {
+        for p in ports {
+            let f = |k: &str| match p.get(k) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None => "-".to_owned(),
+                Some(other) => other.to_string(),
+            };
+            line(
+                "serial port",
+                format!(
+                    "{} {} (device {}, client {}, {} published, {} errors, opened {}x)",
+                    f("path"),
+                    f("state"),
+                    f("device"),
+                    f("client"),
+                    f("published"),
+                    f("errors"),
+                    f("opens")
+                ),
+            );
+        }
+    }
     if let Some(warnings) = v.get("warnings").and_then(|w| w.as_array()) {
         for w in warnings {
             line("WARNING", w.as_str().unwrap_or_default().to_owned());

@@ -12,13 +12,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 /// A channel the uplink subscribes to for commands (it has at least one subscribe-connected
-/// client). The auth store provides the set through a `watch` channel.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ChannelRef {
-    pub id: String,
-    pub name: String,
-    pub domain_id: String,
-}
+/// client): the auth store's own type, whose `subscribed_channels()` watch feeds the uplink.
+pub use crate::auth::ChannelRef;
 
 /// The channels to subscribe to for commands.
 pub type ChannelSet = Arc<Vec<ChannelRef>>;

@@ -3,6 +3,7 @@
 //! composition root; this library exists so tests can drive the modules directly.
 
 pub mod auth;
+pub mod board;
 pub mod cli;
 pub mod coap;
 pub mod config;
@@ -10,9 +11,13 @@ pub mod control;
 pub mod downlink;
 pub mod exit;
 pub mod logging;
+pub mod notify;
 pub mod outbox;
 pub mod pipeline;
+pub mod pki;
+pub mod serial;
 pub mod supervisor;
 pub mod tls;
 pub mod topic;
 pub mod uplink;
+pub mod watchdog;

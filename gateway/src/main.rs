@@ -9,8 +9,9 @@ use clap::Parser as _;
 use gateway::auth::{self, AuthStore};
 use gateway::cli::{Cli, Command};
 use gateway::config::{self, Config, Profile, Source};
-use gateway::exit::{self, ConfigFileError, NotYet};
-use gateway::supervisor::{Shutdown, Signal, Supervisor};
+use gateway::exit::{self, ConfigFileError};
+use gateway::notify::Notifier;
+use gateway::supervisor::{Shutdown, Signal, Stage, Supervisor};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -32,11 +33,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Disconnect(ref args) => {
             auth::cli::connect(&load_config(&cli)?, cli.json, args, false)
         }
-        Command::Certs(_) => Err(NotYet {
-            command: "certs",
-            issue: 5,
-        }
-        .into()),
+        Command::Certs(ref cmd) => gateway::pki::command(&load_config(&cli)?, cmd, cli.json),
         Command::Status => status(&cli),
     }
 }
@@ -121,8 +118,13 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     }
     // One crypto provider for the whole process: aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Before anything is created: a refused start leaves no state behind.
+    gateway::pki::check_expiry(config, gateway::pki::now_unix(), true)?;
     prepare_dirs(config)?;
     let auth_store = open_auth_store(config)?;
+    let config = &gateway::pki::with_dev_pki(config)?;
+    // Optional hardware watchdog and status LED ([board], both off by default).
+    let board = gateway::board::start(&config.board, &hal::identity::SysRoot::system())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -130,12 +132,39 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         .build()
         .context("cannot start the async runtime")?;
     let outcome = runtime.block_on(async {
-        let supervisor = Supervisor::new();
+        let notifier = Notifier::from_env();
+        let supervisor = Supervisor::with_notifier(notifier.clone());
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
-        let _pipeline = gateway::pipeline::start(config, &supervisor)?;
+        let pipeline = gateway::pipeline::start(config, &supervisor)?;
+        pipeline.follow_subscriptions(&supervisor, auth_store.subscribed_channels());
+        if let Some(heartbeat) = board.heartbeat(
+            config.board.watchdog_interval.get(),
+            supervisor.token(gateway::supervisor::Stage::Pipeline),
+        ) {
+            supervisor.spawn(gateway::supervisor::Stage::Pipeline, heartbeat);
+        }
+        // Serial sensors (issue 7): intake stage, one task per configured port.
+        gateway::serial::start(
+            &config.serial,
+            gateway::serial::GatewayBackend::new(
+                auth_store.clone(),
+                pipeline.outbox.clone(),
+                pipeline.downlink.clone(),
+            ),
+            pipeline.status.serial(),
+            &supervisor,
+        );
         // CoAP / CoAPS adapters (issue 6): listeners bound before "ready".
-        gateway::coap::start(config, &supervisor, &auth_store, &_pipeline)?;
+        gateway::coap::start(config, &supervisor, &auth_store, &pipeline)?;
         let signals = forward_signals().context("cannot install signal handlers")?;
+        supervisor.spawn(
+            Stage::Intake,
+            gateway::pki::expiry_task(
+                config.clone(),
+                supervisor.token(Stage::Intake),
+                supervisor.reloads(),
+            ),
+        );
         info!(
             state_dir = %config.gateway.state_dir.display(),
             runtime_dir = %config.gateway.runtime_dir.display(),
@@ -144,6 +173,12 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         if config.uplink.url.is_none() {
             info!("no uplink configured: accepted messages will wait in the outbox");
         }
+        // READY=1 only now: stores open, serial ports started, control socket bound.
+        notifier.ready(if config.uplink.url.is_none() {
+            "running: no uplink, messages wait in the outbox"
+        } else {
+            "running"
+        });
         anyhow::Ok(
             supervisor
                 .run(signals, config.gateway.drain_timeout.get())
@@ -152,6 +187,8 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     })?;
     // Flushes queued audit events (adapters, which hold clones, have stopped).
     drop(auth_store);
+    // Watchdog magic close, LED off.
+    board.stop();
     match outcome {
         Shutdown::Clean | Shutdown::DrainTimeout => {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

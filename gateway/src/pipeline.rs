@@ -14,7 +14,8 @@ use crate::control::{self, StatusHandle};
 use crate::downlink::{ChannelSet, DownlinkHub, DownlinkLimits};
 use crate::outbox::{self, Outbox};
 use crate::supervisor::{Stage, Supervisor};
-use crate::uplink::{self, Uplink};
+use crate::uplink::{self, Uplink, UplinkStatus};
+use crate::watchdog;
 
 /// What the adapters and the auth store use from the pipeline.
 #[derive(Debug)]
@@ -26,6 +27,28 @@ pub struct Pipeline {
     /// The channels with subscribe-connected clients (the auth store sends updates).
     pub channels: watch::Sender<ChannelSet>,
     pub status: StatusHandle,
+}
+
+impl Pipeline {
+    /// Keeps the uplink's downlink subscriptions equal to the auth store's channels with
+    /// subscribe-connected clients, as the store learns of changes (CLI, API).
+    pub fn follow_subscriptions(
+        &self,
+        supervisor: &Supervisor,
+        mut source: watch::Receiver<ChannelSet>,
+    ) {
+        let channels = self.channels.clone();
+        let token = supervisor.token(Stage::Pipeline);
+        supervisor.spawn(Stage::Pipeline, async move {
+            loop {
+                channels.send_replace(source.borrow_and_update().clone());
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    changed = source.changed() => if changed.is_err() { break },
+                }
+            }
+        });
+    }
 }
 
 /// Starts the pipeline stage on `supervisor` (call inside the runtime). Errors: a corrupt
@@ -42,6 +65,11 @@ pub fn start(config: &Config, supervisor: &Supervisor) -> anyhow::Result<Pipelin
     );
     let downlink = DownlinkHub::new(DownlinkLimits::default());
     let (status_tx, status_rx) = uplink::status_channel(config.uplink.url.is_some());
+    outbox.watch_progress(
+        supervisor.heartbeat("outbox writer"),
+        supervisor.beat_interval(),
+    );
+    report_mode_changes(supervisor, status_tx.subscribe(), outbox.clone());
     let status = StatusHandle::new(outbox.clone(), status_rx);
     let (channels, channels_rx) = watch::channel::<ChannelSet>(Arc::new(Vec::new()));
     let max_packet = usize::try_from(config.outbox.max_message_size.0)
@@ -80,9 +108,14 @@ pub fn start(config: &Config, supervisor: &Supervisor) -> anyhow::Result<Pipelin
         }
     });
     let closing = outbox.clone();
+    // Only a configured uplink is watched: without one there is no loop to stall.
+    let uplink = uplink.map(|u| (u, supervisor.heartbeat("uplink")));
+    let beat_every = supervisor.beat_interval();
     supervisor.spawn(Stage::Pipeline, async move {
         match uplink {
-            Some(uplink) => uplink.run(token).await,
+            Some((uplink, heartbeat)) => {
+                watchdog::beat_while(heartbeat, beat_every, uplink.run(token)).await;
+            }
             None => token.cancelled().await,
         }
         // Intake has stopped and the uplink is done: commit the last acks and close.
@@ -101,4 +134,79 @@ pub fn start(config: &Config, supervisor: &Supervisor) -> anyhow::Result<Pipelin
         channels,
         status,
     })
+}
+
+/// Tells systemd (`STATUS=`) whenever the uplink changes state, with the queue depth then. The
+/// state at start is not reported: READY=1 carries the starting mode.
+fn report_mode_changes(
+    supervisor: &Supervisor,
+    mut status: watch::Receiver<UplinkStatus>,
+    outbox: Outbox,
+) {
+    let notifier = supervisor.notifier();
+    let token = supervisor.token(Stage::Pipeline);
+    let mut last = status.borrow_and_update().state;
+    supervisor.spawn(Stage::Pipeline, async move {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                changed = status.changed() => if changed.is_err() { break },
+            }
+            let state = status.borrow_and_update().state;
+            if state != last {
+                last = state;
+                let queued = outbox.stats().queued;
+                notifier.status(&format!("uplink {}; {queued} queued", state.as_str()));
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::Notifier;
+
+    #[tokio::test]
+    async fn uplink_state_changes_become_systemd_status_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::load_from(
+            &crate::config::Source::None,
+            crate::config::Profile::Production,
+            Vec::new(),
+        )
+        .unwrap();
+        let (outbox, _worker) = Outbox::open(&dir.path().join("outbox.db"), &cfg.outbox).unwrap();
+        let notifier = Notifier::recording(None);
+        let supervisor = Supervisor::with_notifier(notifier.clone());
+        let (tx, rx) = uplink::status_channel(true);
+        report_mode_changes(&supervisor, rx, outbox.clone());
+        let statuses = || -> Vec<String> {
+            notifier
+                .recorded()
+                .into_iter()
+                .filter(|d| d.starts_with("STATUS="))
+                .collect()
+        };
+        // Counters alone are not a mode change; each state change is reported once.
+        for change in [
+            |s: &mut UplinkStatus| s.published_total += 1,
+            |s: &mut UplinkStatus| s.state = uplink::UplinkState::Connected,
+            |s: &mut UplinkStatus| s.delivered_total += 1,
+            |s: &mut UplinkStatus| s.state = uplink::UplinkState::Backoff,
+        ] {
+            tx.send_modify(change);
+            // Let the reporter see each value (watch keeps only the latest).
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            statuses(),
+            vec![
+                "STATUS=uplink connected; 0 queued",
+                "STATUS=uplink backoff; 0 queued"
+            ]
+        );
+        outbox.close();
+    }
 }

@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::notify::Notifier;
+use crate::watchdog::{self, Heartbeat, Watchdog};
+
 /// Which shutdown stage a task belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -73,6 +76,8 @@ pub struct Supervisor {
     intake: Group,
     pipeline: Group,
     reload: watch::Sender<u64>,
+    notifier: Notifier,
+    watchdog: Watchdog,
 }
 
 impl Default for Supervisor {
@@ -87,7 +92,36 @@ impl Supervisor {
             intake: Group::default(),
             pipeline: Group::default(),
             reload: watch::Sender::new(0),
+            notifier: Notifier::disabled(),
+            watchdog: Watchdog::for_timeout(None),
         }
+    }
+
+    /// A supervisor that reports to the service manager through `notifier` (RELOADING/READY
+    /// around SIGHUP, STOPPING and EXTEND_TIMEOUT_USEC at shutdown) and pings its watchdog
+    /// while every loop registered with [`Supervisor::heartbeat`] makes progress.
+    pub fn with_notifier(notifier: Notifier) -> Self {
+        Self {
+            watchdog: Watchdog::for_timeout(notifier.watchdog_timeout()),
+            notifier,
+            ..Self::new()
+        }
+    }
+
+    /// The notifier, for modules that report mode changes (`STATUS=`).
+    pub fn notifier(&self) -> Notifier {
+        self.notifier.clone()
+    }
+
+    /// Registers a main loop with the progress watchdog. The loop calls `beat()` as it goes
+    /// round and at least every [`Supervisor::beat_interval`] while idle.
+    pub fn heartbeat(&self, name: &'static str) -> Heartbeat {
+        self.watchdog.register(name)
+    }
+
+    /// How often an idle registered loop must beat.
+    pub fn beat_interval(&self) -> Duration {
+        self.watchdog.beat_interval()
     }
 
     fn group(&self, stage: Stage) -> &Group {
@@ -162,10 +196,44 @@ impl Supervisor {
     /// Serves until a terminate signal (or the signal source closes), answering reload signals
     /// on the way, then shuts down in order within `drain`.
     pub async fn run(self, mut signals: mpsc::Receiver<Signal>, drain: Duration) -> Shutdown {
-        while let Some(Signal::Reload) = signals.recv().await {
-            info!("reload requested (SIGHUP)");
-            self.reload.send_modify(|generation| *generation += 1);
+        self.spawn(
+            Stage::Pipeline,
+            watchdog::run_pinger(
+                self.watchdog.clone(),
+                self.notifier.clone(),
+                self.token(Stage::Pipeline),
+            ),
+        );
+        // The supervisor's own loop counts as progress only while it keeps answering.
+        let heartbeat = self.heartbeat("supervisor");
+        let mut beat = tokio::time::interval(self.beat_interval());
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let signal = tokio::select! {
+                signal = signals.recv() => signal,
+                _ = beat.tick() => {
+                    heartbeat.beat();
+                    continue;
+                }
+            };
+            heartbeat.beat();
+            match signal {
+                Some(Signal::Reload) => {
+                    info!("reload requested (SIGHUP)");
+                    self.notifier.reloading();
+                    self.reload.send_modify(|generation| *generation += 1);
+                    // Consumers pick the new generation up on their own; the mode stays.
+                    self.notifier.reloaded();
+                }
+                Some(Signal::Terminate) | None => break,
+            }
         }
+        // systemd stops watching during the stop job; the drain has its own deadline.
+        drop(heartbeat);
+        self.notifier.stopping("stopping: draining the pipeline");
+        // Allow the whole drain plus a margin, whatever TimeoutStopSec says.
+        self.notifier
+            .extend_timeout(drain.saturating_add(Duration::from_secs(5)));
         self.shutdown(signals, drain).await
     }
 
@@ -296,6 +364,43 @@ mod tests {
         let outcome = sup.run(rx, Duration::from_secs(3)).await;
         assert_eq!(outcome, Shutdown::DrainTimeout);
         assert_eq!(started.elapsed().as_secs(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn service_manager_sees_reloading_ready_and_stopping() {
+        let notifier = Notifier::recording(Some(Duration::from_secs(20)));
+        let sup = Supervisor::with_notifier(notifier.clone());
+        let mut reloads = sup.reloads();
+        notifier.ready("ready");
+        let (tx, rx) = mpsc::channel(4);
+        let run = tokio::spawn(sup.run(rx, Duration::from_secs(7)));
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        tx.send(Signal::Reload).await.unwrap();
+        reloads.changed().await.unwrap();
+        tx.send(Signal::Terminate).await.unwrap();
+        assert_eq!(run.await.unwrap(), Shutdown::Clean);
+        let got = notifier.recorded();
+        let pos = |pred: &dyn Fn(&String) -> bool| got.iter().position(pred);
+        let first_ping =
+            pos(&|d| d == "WATCHDOG=1").expect("the supervisor loop keeps the pings going");
+        let reloading = pos(&|d| d.starts_with("RELOADING=1\nMONOTONIC_USEC=")).expect("RELOADING");
+        // The second READY (the first is the test's own), carrying the mode from before.
+        let reready = got
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| *d == "READY=1\nSTATUS=ready")
+            .nth(1)
+            .map(|(i, _)| i)
+            .expect("READY with the mode from before, after the reload");
+        let stopping = pos(&|d| d.starts_with("STOPPING=1")).expect("STOPPING");
+        let extend = pos(&|d| d == "EXTEND_TIMEOUT_USEC=12000000").expect("EXTEND_TIMEOUT_USEC");
+        assert!(
+            first_ping < reloading
+                && reloading < reready
+                && reready < stopping
+                && stopping < extend,
+            "{got:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,3 +4,6 @@
 //! Linux implementation and a fake for tests. `gateway` depends on `hal`, never the reverse.
 
 pub mod identity;
+pub mod led;
+pub mod serial;
+pub mod watchdog;

@@ -47,6 +47,10 @@ pub fn edgegw(cwd: &Path) -> Command {
             cmd.env_remove(key);
         }
     }
+    // Tests run many daemons at once: the CoAP listeners take ephemeral ports unless a test
+    // sets its own (a later `.env` wins).
+    cmd.env("EDGEGW_COAP_BIND", "127.0.0.1:0")
+        .env("EDGEGW_COAP_DTLS_BIND", "127.0.0.1:0");
     cmd
 }
 
@@ -118,6 +122,25 @@ impl Daemon {
                 }
                 Err(_) => panic!(
                     "no log line containing {needle:?} within {timeout:?}; log:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits until `n` log lines (counting from the start) contain `needle`; returns the nth.
+    /// For events that happen more than once (a port reopened).
+    pub fn wait_for_nth_log(&mut self, needle: &str, n: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "fewer than {n} log lines containing {needle:?} within {timeout:?}; log:\n{}",
                     self.log.join("\n")
                 ),
             }

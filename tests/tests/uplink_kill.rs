@@ -57,7 +57,7 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
     eprintln!("KILL_SEED={seed}");
     let mut rng = Rng(seed);
     let mut acked = BTreeSet::new();
-    const ROUNDS: u64 = 6;
+    const ROUNDS: u64 = 10;
     const PER_ROUND: u64 = 3000;
     for round in 0..ROUNDS {
         let start = round * 100_000;

@@ -7,11 +7,14 @@
 //! returned in [`Config::warnings`] for the caller to log.
 
 mod auth;
+mod board;
+mod certs;
 mod coap;
 mod coap_dtls;
 mod env;
 mod gateway;
 mod outbox;
+mod serial;
 mod standalone;
 mod uplink;
 pub mod value;
@@ -22,10 +25,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use auth::AuthConfig;
+pub use board::BoardConfig;
+pub use certs::CertsConfig;
 pub use coap::CoapConfig;
 pub use coap_dtls::CoapDtlsConfig;
 pub use gateway::GatewayConfig;
 pub use outbox::{Durability, FullPolicy, OutboxConfig};
+pub use serial::{SerialConfig, SerialPortConfig};
 pub use standalone::StandaloneConfig;
 pub use uplink::{MqttVersion, UplinkConfig};
 
@@ -41,6 +47,9 @@ const SECTIONS: &[&str] = &[
     "outbox",
     "coap",
     "coap_dtls",
+    "certs",
+    "serial",
+    "board",
 ];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
@@ -121,6 +130,9 @@ pub struct Config {
     pub coap_dtls: CoapDtlsConfig,
     pub auth: AuthConfig,
     pub outbox: OutboxConfig,
+    pub certs: CertsConfig,
+    pub serial: SerialConfig,
+    pub board: BoardConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -141,6 +153,9 @@ struct RawConfig {
     coap_dtls: coap_dtls::RawCoapDtls,
     auth: auth::RawAuth,
     outbox: outbox::RawOutbox,
+    certs: certs::RawCerts,
+    serial: serial::RawSerial,
+    board: board::RawBoard,
 }
 
 /// Where to read the configuration from.
@@ -230,6 +245,9 @@ pub fn load_from(
         coap_dtls: raw.coap_dtls.validate(&profile, &mut check),
         auth: raw.auth.validate(&mut check),
         outbox: raw.outbox.validate(&mut check),
+        certs: raw.certs.validate(&mut check),
+        serial: raw.serial.validate(&mut check),
+        board: raw.board.validate(&mut check),
         warnings: Vec::new(),
         source: path,
         profile,
@@ -285,14 +303,14 @@ impl Check<'_> {
 
     /// The file at `path` must hold at least one PEM certificate.
     pub fn certificates(&mut self, key: &str, path: &Path) {
-        if let Err(e) = certs::load_certificates(path) {
+        if let Err(e) = ::certs::load_certificates(path) {
             self.invalid(key, e.to_string());
         }
     }
 
     /// The file at `path` must hold a PEM private key.
     pub fn private_key(&mut self, key: &str, path: &Path) {
-        if let Err(e) = certs::load_private_key(path) {
+        if let Err(e) = ::certs::load_private_key(path) {
             self.invalid(key, e.to_string());
         }
     }

@@ -311,3 +311,65 @@ fn coap_bad_values_and_unreadable_dtls_files_are_refused_by_key() {
         assert!(err.contains(needle), "{needle} missing in: {err}");
     }
 }
+
+#[test]
+fn serial_ports_are_validated_and_every_problem_is_named() {
+    let f = file(
+        "[serial]\nmax_line = 128\n\
+         [[serial.ports]]\npath = \"/dev/serial/by-id/usb-FTDI-if00\"\nbaud = 115200\nparity = \"even\"\nclient = \"weather-1\"\n\
+         [[serial.ports]]\npath = \"/dev/ttyAMA0\"\n",
+    );
+    let config = load_from(
+        &Source::Explicit(f.path().into()),
+        Profile::Production,
+        env(&[("EDGEGW_SERIAL_MAX_PENDING", "4")]),
+    )
+    .unwrap();
+    assert_eq!(config.serial.max_line, 128);
+    assert_eq!(config.serial.max_pending, 4);
+    assert_eq!(config.serial.ports.len(), 2);
+    let p = &config.serial.ports[0];
+    assert_eq!(p.settings.baud(), 115_200);
+    assert_eq!(p.settings.parity, hal::serial::Parity::Even);
+    assert_eq!(p.client.as_deref(), Some("weather-1"));
+    assert_eq!(config.serial.ports[1].settings.baud(), 9600);
+    assert!(
+        config.warnings.iter().any(|w| w.contains("weather-1")),
+        "binding a port is warned about: {:?}",
+        config.warnings
+    );
+
+    let bad = file(
+        "[serial]\nreopen_min = \"10s\"\nreopen_max = \"1s\"\n\
+         [[serial.ports]]\npath = \"/dev/ttyUSB0\"\nbaud = 0\n\
+         [[serial.ports]]\npath = \"ttyUSB1\"\ndata_bits = 9\nparity = \"mark\"\nstop_bits = 3\nflow_control = \"magic\"\n\
+         [[serial.ports]]\nbaud = 9600\n",
+    );
+    let err = load_from(
+        &Source::Explicit(bad.path().into()),
+        Profile::Production,
+        env(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "serial.reopen_max",
+        "serial.ports[0].baud",
+        "serial.ports[1].path",
+        "serial.ports[1].data_bits",
+        "serial.ports[1].parity",
+        "serial.ports[1].stop_bits",
+        "serial.ports[1].flow_control",
+        "serial.ports[2].path",
+    ] {
+        assert!(err.contains(key), "{key} not named in: {err}");
+    }
+    let unknown = file("[[serial.ports]]\npath = \"/dev/ttyS0\"\nspeed = 9600\n");
+    let err = load_from(
+        &Source::Explicit(unknown.path().into()),
+        Profile::Production,
+        env(&[]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("speed"), "{err}");
+}

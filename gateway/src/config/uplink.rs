@@ -19,6 +19,8 @@ pub struct RawUplink {
     insecure: bool,
     username: Option<String>,
     password: Option<Secret>,
+    #[serde(deserialize_with = "boolean")]
+    refuse_expired: bool,
     topic_template: Option<String>,
     status_topic: Option<String>,
     #[serde(deserialize_with = "number_opt")]
@@ -67,6 +69,9 @@ pub struct UplinkConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     pub password: Secret,
+    /// Refuse to start when the uplink client certificate has expired (default: start, log
+    /// an error, keep buffering).
+    pub refuse_expired: bool,
     /// Topic of each message (`{domain} {channel} {subtopic} {client}`).
     #[serde(serialize_with = "display")]
     pub topic_template: TopicTemplate,
@@ -236,6 +241,7 @@ impl RawUplink {
             insecure: self.insecure,
             username: self.username,
             password: self.password.unwrap_or_default(),
+            refuse_expired: self.refuse_expired,
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod policy;
 mod store;
 
+use crate::watchdog::Heartbeat;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -140,6 +141,22 @@ struct Shared {
     committed: watch::Sender<u64>,
     limits: Limits,
     max_age: Duration,
+    /// The writer thread beats this on every wake-up (see [`Outbox::watch_progress`]).
+    heartbeat: Mutex<Option<Heartbeat>>,
+    beat_every_ms: AtomicU64,
+}
+
+impl Shared {
+    fn beat(&self) {
+        if let Some(heartbeat) = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            heartbeat.beat();
+        }
+    }
 }
 
 /// Handle to the outbox: cheap to clone, `Send + Sync`.
@@ -182,6 +199,21 @@ impl Future for Receipt {
 }
 
 impl Outbox {
+    /// Registers the writer thread with the progress watchdog: it beats `heartbeat` on every
+    /// wake-up and wakes at least every `every`, so a writer stuck in a commit (a hung disk)
+    /// stops systemd's watchdog pings.
+    pub fn watch_progress(&self, heartbeat: Heartbeat, every: Duration) {
+        heartbeat.beat();
+        *self
+            .shared
+            .heartbeat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(heartbeat);
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.shared.beat_every_ms.store(ms, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+    }
+
     /// Opens (or creates) the outbox at `path` and starts its writer thread. A corrupt file is
     /// refused ([`OutboxError::Corrupt`]), never replaced.
     pub fn open(path: &Path, config: &OutboxConfig) -> Result<(Outbox, OutboxWorker), OutboxError> {
@@ -207,6 +239,8 @@ impl Outbox {
                 full_policy: config.full_policy,
             },
             max_age: config.max_age.get(),
+            heartbeat: Mutex::new(None),
+            beat_every_ms: AtomicU64::new(u64::MAX),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -322,11 +356,14 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 && !pending.closing
                 && last_expiry.elapsed() < EXPIRY_EVERY
             {
+                let beat_every =
+                    Duration::from_millis(shared.beat_every_ms.load(Ordering::Relaxed));
                 pending = shared
                     .wake
-                    .wait_timeout(pending, EXPIRY_EVERY)
+                    .wait_timeout(pending, EXPIRY_EVERY.min(beat_every))
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .0;
+                shared.beat();
             }
             pending.committing_bytes = pending.bytes;
             pending.bytes = 0;
@@ -360,7 +397,9 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
             }
             continue;
         }
-        match writer.commit(&batch) {
+        let result = writer.commit(&batch);
+        shared.beat();
+        match result {
             Ok(done) => {
                 c.commits_total.fetch_add(1, Ordering::Relaxed);
                 c.queued.store(done.stats.queued, Ordering::Relaxed);

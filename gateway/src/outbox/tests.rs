@@ -234,3 +234,23 @@ fn accept_after_close_is_refused() {
         IngestError::Closed
     );
 }
+
+#[test]
+fn an_idle_writer_keeps_its_heartbeat_fresh_and_an_unbeaten_loop_is_stalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, worker) = Outbox::open(
+        &dir.path().join("outbox.db"),
+        &config(1 << 20, FullPolicy::Reject),
+    )
+    .unwrap();
+    // Check period 200 ms: a loop is stalled when it has not beaten for 200 ms.
+    let watchdog = crate::watchdog::Watchdog::new(Duration::from_millis(200));
+    outbox.watch_progress(watchdog.register("outbox writer"), watchdog.beat_interval());
+    let control = watchdog.register("never beats");
+    // Time passes with nothing to commit: the writer must still beat on its own.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(watchdog.stalled(), vec!["never beats"]);
+    drop(control);
+    outbox.close();
+    worker.join();
+}

@@ -52,6 +52,19 @@ pub enum UplinkState {
     Stopped,
 }
 
+impl UplinkState {
+    /// The state as `edgegw status` and systemd's STATUS= show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::Connecting => "connecting",
+            Self::Connected => "connected",
+            Self::Backoff => "backoff",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
 /// The uplink's state as `edgegw status` and the status topic show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UplinkStatus {
@@ -210,7 +223,10 @@ impl Uplink {
                 )
             })
         });
-        if let Some(w) = &warning {
+        // Logged when it first appears and when the day count changes (once a day at most).
+        if let Some(w) = &warning
+            && self.status.borrow().cert_warning.as_ref() != Some(w)
+        {
             warn!("{w}: renew it and send SIGHUP");
         }
         self.status.send_modify(|s| {
@@ -352,6 +368,7 @@ impl Uplink {
                 &self.config.status_topic,
                 Bytes::from_static(b"online"),
                 true,
+                None,
             )
             .is_ok()
         {
@@ -380,7 +397,15 @@ impl Uplink {
                     subtopic: &m.subtopic,
                     client: &m.client_id,
                 });
-                if client.publish(&topic, m.payload.clone(), false).is_err() {
+                if client
+                    .publish(
+                        &topic,
+                        m.payload.clone(),
+                        false,
+                        m.content_format.as_deref(),
+                    )
+                    .is_err()
+                {
                     window.handle_publish_refused(entry.seq);
                     break;
                 }
@@ -438,11 +463,16 @@ impl Uplink {
                     }
                 }
                 _ = stats_tick.tick() => {
+                    // A long-running daemon crosses the 30-day line without a restart.
+                    self.note_certificate();
                     let report = self.report.report();
                     match serde_json::to_vec(&report) {
                         Ok(json) => {
                             let topic = format!("{}/stats", self.config.status_topic);
-                            if client.publish(&topic, Bytes::from(json), true).is_ok() {
+                            if client
+                                .publish(&topic, Bytes::from(json), true, Some("application/json"))
+                                .is_ok()
+                            {
                                 window.handle_own_publish();
                             }
                         }
@@ -481,6 +511,7 @@ impl Uplink {
             &self.config.status_topic,
             Bytes::from_static(b"offline"),
             true,
+            None,
         );
         let _ = client.disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {

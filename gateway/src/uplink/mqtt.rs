@@ -122,19 +122,36 @@ pub fn connect(p: &ConnectParams) -> (Client, EventLoop) {
 pub struct QueueFull;
 
 impl Client {
-    pub fn publish(&self, topic: &str, payload: Bytes, retain: bool) -> Result<(), QueueFull> {
+    /// QoS 1 publish. `content_type` goes into the MQTT 5 property of that name (3.1.1 has
+    /// nowhere to put it).
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+        content_type: Option<&str>,
+    ) -> Result<(), QueueFull> {
         match self {
             Self::V4(c) => c
                 .try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.to_vec())
                 .map_err(|_| QueueFull),
-            Self::V5(c) => c
-                .try_publish(
-                    topic,
-                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                    retain,
-                    payload,
-                )
-                .map_err(|_| QueueFull),
+            Self::V5(c) => {
+                let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+                match content_type {
+                    Some(ct) => c.try_publish_with_properties(
+                        topic,
+                        qos,
+                        retain,
+                        payload,
+                        rumqttc::v5::mqttbytes::v5::PublishProperties {
+                            content_type: Some(ct.to_owned()),
+                            ..Default::default()
+                        },
+                    ),
+                    None => c.try_publish(topic, qos, retain, payload),
+                }
+                .map_err(|_| QueueFull)
+            }
         }
     }
 

@@ -1,0 +1,729 @@
+//! The serial adapter's shell: per configured port, one blocking reader thread (hal is sync)
+//! that opens the port with backoff and forwards what it reads, one writer thread, and one
+//! async task that owns the [`Session`] and talks to the auth store and the outbox through a
+//! [`Backend`]. All channels are bounded. A port that fails never affects another: each has
+//! its own threads and task, and errors only ever restart that port's open loop.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use hal::serial::{SerialError, SerialOpener, SerialPort, SerialSettings};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::codec::{Reason, Target};
+use super::proto::{Client, Event, Session, SessionConfig, Token};
+use super::status::PortHandle;
+
+/// The durable-acknowledgement future of one accepted message: its outbox sequence number.
+pub type Durable = Pin<Box<dyn Future<Output = Result<u64, Reason>> + Send>>;
+
+/// A downlink command for a session's client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downlink {
+    pub target: Target,
+    pub payload: Vec<u8>,
+}
+
+/// What the adapter needs from the rest of the gateway (the auth store, the outbox, the
+/// downlink hub). Every method is quick and non-blocking: decisions come from caches, and
+/// durability is awaited through the returned future.
+pub trait Backend: Send + Sync + 'static {
+    /// AUTH: throttling, then identity + secret. Wrong secret and unknown identity are the
+    /// same [`Reason::Auth`].
+    fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<Client, Reason>;
+    /// The client a port is bound to by configuration (must exist and be enabled).
+    fn bound_client(&self, identity: &str) -> Result<Client, Reason>;
+    /// PUB: authorize `client` on the channel, then hand the message to the outbox.
+    fn publish(
+        &self,
+        client: &Client,
+        target: &Target,
+        payload: Vec<u8>,
+    ) -> Result<Durable, Reason>;
+    /// Downlink commands for `client` (on every channel it may subscribe to), if any.
+    fn downlink(&self, client: &Client) -> Option<mpsc::Receiver<Downlink>>;
+}
+
+/// One port's configuration, already validated.
+#[derive(Debug, Clone)]
+pub struct PortSpec {
+    /// As configured (prefer `/dev/serial/by-id/…`); resolved at every open.
+    pub path: PathBuf,
+    pub settings: SerialSettings,
+    /// Bound client identity: lines from this port need no AUTH.
+    pub client: Option<String>,
+}
+
+/// Adapter-wide settings.
+#[derive(Debug, Clone)]
+pub struct AdapterConfig {
+    pub max_line: usize,
+    pub max_pending: usize,
+    pub reopen_min: Duration,
+    pub reopen_max: Duration,
+}
+
+/// What a reader thread reports.
+#[derive(Debug)]
+enum PortEvent {
+    Opened { device: PathBuf },
+    Data(Vec<u8>),
+    Closed { reason: String },
+}
+
+/// Bytes per read: small enough to keep latency low, large enough for a burst.
+const READ_CHUNK: usize = 512;
+/// Reader → task and task → writer queue depths (chunks / lines).
+const QUEUE: usize = 16;
+/// At shutdown, how long to wait for pending PUBs to become durable and be answered.
+const FINAL_ANSWERS: Duration = Duration::from_secs(2);
+
+/// Starts one port: its threads and its async task. The task ends when `cancel` fires; the
+/// threads notice within one read timeout and end too.
+pub fn spawn_port(
+    spec: PortSpec,
+    config: AdapterConfig,
+    opener: Arc<dyn SerialOpener>,
+    backend: Arc<dyn Backend>,
+    status: PortHandle,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (events_tx, events_rx) = mpsc::channel(QUEUE);
+    let (write_tx, write_rx) = mpsc::channel::<WriterMsg>(QUEUE);
+    let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
+    let name = spec.path.display().to_string();
+    let reader = {
+        let spec = spec.clone();
+        let config = config.clone();
+        let write_tx = write_tx.clone();
+        std::thread::Builder::new()
+            .name("serial-read".into())
+            .spawn(move || reader_loop(&spec, &config, &*opener, &events_tx, &write_tx, &stop_rx))
+    };
+    let writer = std::thread::Builder::new()
+        .name("serial-write".into())
+        .spawn(move || writer_loop(write_rx));
+    if let Err(e) = reader.as_ref().and(writer.as_ref()) {
+        warn!(port = %name, "cannot start serial port threads: {e}");
+    }
+    tokio::spawn(async move {
+        port_task(spec, config, backend, status, events_rx, write_tx, cancel).await;
+        // Dropping the stop sender wakes the reader out of a backoff wait.
+        drop(stop_tx);
+    })
+}
+
+enum WriterMsg {
+    Port(Box<dyn SerialPort>),
+    Bytes(Vec<u8>),
+}
+
+fn reader_loop(
+    spec: &PortSpec,
+    config: &AdapterConfig,
+    opener: &dyn SerialOpener,
+    events: &mpsc::Sender<PortEvent>,
+    writer: &mpsc::Sender<WriterMsg>,
+    stop: &std_mpsc::Receiver<()>,
+) {
+    let name = spec.path.display();
+    let mut backoff = config.reopen_min;
+    let mut failures = 0u32;
+    loop {
+        match opener.open(&spec.path, &spec.settings) {
+            Ok(mut port) => {
+                failures = 0;
+                let opened_at = std::time::Instant::now();
+                let device = port.device().to_owned();
+                match port.try_clone() {
+                    Ok(w) => {
+                        if writer.blocking_send(WriterMsg::Port(w)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => warn!(port = %name, "no write handle: {e}"),
+                }
+                if events.blocking_send(PortEvent::Opened { device }).is_err() {
+                    return;
+                }
+                let Some(reason) = read_until_closed(&mut *port, events, stop) else {
+                    return;
+                };
+                drop(port);
+                if events.blocking_send(PortEvent::Closed { reason }).is_err() {
+                    return;
+                }
+                // A port that fails right after opening must not spin: keep backing off
+                // unless it stayed up for a while.
+                if opened_at.elapsed() >= config.reopen_max {
+                    backoff = config.reopen_min;
+                }
+                if !matches!(
+                    stop.recv_timeout(backoff),
+                    Err(std_mpsc::RecvTimeoutError::Timeout)
+                ) {
+                    return;
+                }
+                backoff = (backoff * 2).min(config.reopen_max);
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    warn!(port = %name, retry_in = ?backoff, "cannot open serial port: {e}");
+                } else {
+                    debug!(port = %name, retry_in = ?backoff, failures, "still cannot open serial port: {e}");
+                }
+                match stop.recv_timeout(backoff) {
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                backoff = (backoff * 2).min(config.reopen_max);
+            }
+        }
+    }
+}
+
+/// Reads until the device goes away (`Some(reason)`) or the adapter stops (`None`).
+fn read_until_closed(
+    port: &mut dyn SerialPort,
+    events: &mpsc::Sender<PortEvent>,
+    stop: &std_mpsc::Receiver<()>,
+) -> Option<String> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        if !matches!(stop.try_recv(), Err(std_mpsc::TryRecvError::Empty)) {
+            return None;
+        }
+        match port.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => {
+                // Blocks while the session is busy: backpressure onto the line.
+                if events
+                    .blocking_send(PortEvent::Data(buf[..n].to_vec()))
+                    .is_err()
+                {
+                    return None;
+                }
+            }
+            // Disconnected (EIO, hang-up, unplug) or any other read failure: reopen.
+            Err(e) => return Some(e.to_string()),
+        }
+    }
+}
+
+fn writer_loop(mut rx: mpsc::Receiver<WriterMsg>) {
+    let mut port: Option<Box<dyn SerialPort>> = None;
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            WriterMsg::Port(p) => port = Some(p),
+            WriterMsg::Bytes(bytes) => {
+                let Some(p) = port.as_mut() else { continue };
+                match p.write_all(&bytes) {
+                    Ok(()) => {}
+                    // Gone: the reader sees the same and reopens; answers for the old
+                    // connection are moot.
+                    Err(e @ SerialError::Disconnected { .. }) => {
+                        debug!("serial write failed: {e}");
+                        port = None;
+                    }
+                    // Timed out (flow control holding the line): this answer is lost, the
+                    // port stays usable.
+                    Err(e) => warn!("serial write failed, answer dropped: {e}"),
+                }
+            }
+        }
+    }
+}
+
+async fn port_task(
+    spec: PortSpec,
+    config: AdapterConfig,
+    backend: Arc<dyn Backend>,
+    status: PortHandle,
+    mut events: mpsc::Receiver<PortEvent>,
+    writer: mpsc::Sender<WriterMsg>,
+    cancel: CancellationToken,
+) {
+    let name = spec.path.display().to_string();
+    let mut shell = Shell {
+        session: None,
+        generation: 0,
+        pending: JoinSet::new(),
+        downlink: None,
+        backend,
+        writer,
+        name: name.clone(),
+        status,
+    };
+    let session_config = SessionConfig {
+        max_line: config.max_line,
+        max_pending: config.max_pending,
+    };
+    // Input not yet consumed by a full session.
+    let mut backlog: Vec<u8> = Vec::new();
+    loop {
+        let can_read = shell.session.as_ref().is_none_or(|s| !s.is_full()) && backlog.is_empty();
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            event = events.recv(), if can_read => match event {
+                None => break,
+                Some(PortEvent::Opened { device }) => {
+                    info!(port = %name, device = %device.display(), "serial port open");
+                    shell.status.update(|p| {
+                        p.state = "open";
+                        p.device = Some(device.display().to_string());
+                        p.opens += 1;
+                    });
+                    shell.new_session(&spec, session_config.clone());
+                    shell.drain().await;
+                }
+                Some(PortEvent::Data(bytes)) => {
+                    backlog = bytes;
+                    shell.feed(&mut backlog).await;
+                }
+                Some(PortEvent::Closed { reason }) => {
+                    warn!(port = %name, "serial port closed ({reason}); reopening with backoff");
+                    shell.end_session();
+                    shell.status.update(|p| {
+                        p.state = "waiting";
+                        p.client = None;
+                        p.last_close = Some(reason);
+                    });
+                    backlog.clear();
+                }
+            },
+            Some(done) = shell.pending.join_next(), if !shell.pending.is_empty() => {
+                if let Ok((generation, token, result)) = done {
+                    shell.publish_result(generation, token, result);
+                }
+                shell.feed(&mut backlog).await;
+            }
+            Some(cmd) = recv_downlink(&mut shell.downlink), if shell.downlink.is_some() => {
+                if let Some(session) = shell.session.as_mut() {
+                    session.handle_command(cmd.target, cmd.payload);
+                }
+                shell.drain().await;
+            }
+        }
+    }
+    // Intake stopped: read nothing more, but answer the PUBs already handed to the outbox
+    // (it is still open; the pipeline stops after intake), so sensors do not resend them.
+    let flushed = tokio::time::timeout(FINAL_ANSWERS, async {
+        while let Some(done) = shell.pending.join_next().await {
+            if let Ok((generation, token, result)) = done {
+                shell.publish_result(generation, token, result);
+            }
+            shell.drain().await;
+        }
+    })
+    .await;
+    if flushed.is_err() {
+        warn!(port = %name, "stopping with PUBs still waiting for durability; their sensors get no answer");
+    }
+    debug!(port = %name, "serial adapter stopped");
+}
+
+async fn recv_downlink(rx: &mut Option<mpsc::Receiver<Downlink>>) -> Option<Downlink> {
+    match rx {
+        Some(inner) => {
+            let cmd = inner.recv().await;
+            if cmd.is_none() {
+                // The hub dropped this subscription: stop polling it.
+                *rx = None;
+            }
+            cmd
+        }
+        None => std::future::pending().await,
+    }
+}
+
+struct Shell {
+    session: Option<Session>,
+    generation: u64,
+    pending: JoinSet<(u64, Token, Result<u64, Reason>)>,
+    downlink: Option<mpsc::Receiver<Downlink>>,
+    backend: Arc<dyn Backend>,
+    writer: mpsc::Sender<WriterMsg>,
+    name: String,
+    status: PortHandle,
+}
+
+impl Shell {
+    fn new_session(&mut self, spec: &PortSpec, config: SessionConfig) {
+        self.end_session();
+        let bound = spec.client.as_deref().and_then(|identity| {
+            match self.backend.bound_client(identity) {
+                Ok(client) => Some(client),
+                Err(reason) => {
+                    warn!(port = %self.name, client = identity, "port is bound to a client that cannot publish ({reason}); sensors on it must AUTH");
+                    None
+                }
+            }
+        });
+        if let Some(client) = &bound {
+            self.downlink = self.backend.downlink(client);
+        }
+        let identity = bound.as_ref().map(|c| c.identity.clone());
+        self.status.update(|p| p.client = identity);
+        self.session = Some(Session::new(config, bound));
+    }
+
+    fn end_session(&mut self) {
+        self.session = None;
+        self.downlink = None;
+        self.generation += 1;
+        // Receipts still in flight belong to the old connection; their messages are durable
+        // (or not) regardless, and nobody is left to tell.
+        self.pending.detach_all();
+    }
+
+    fn publish_result(&mut self, generation: u64, token: Token, result: Result<u64, Reason>) {
+        if generation != self.generation {
+            return;
+        }
+        if let Some(session) = self.session.as_mut() {
+            session.handle_publish_result(token, result);
+        }
+    }
+
+    /// Feeds the backlog into the session as far as it takes it, handling events as they come.
+    async fn feed(&mut self, backlog: &mut Vec<u8>) {
+        let Some(session) = self.session.as_mut() else {
+            backlog.clear();
+            return;
+        };
+        let used = session.handle_input(backlog);
+        backlog.drain(..used);
+        self.drain().await;
+        // AUTH results are immediate, so a pause ends inside drain(); go on while there is room.
+        while !backlog.is_empty() {
+            let Some(session) = self.session.as_mut() else {
+                backlog.clear();
+                return;
+            };
+            if session.is_full() {
+                break;
+            }
+            let used = session.handle_input(backlog);
+            backlog.drain(..used);
+            self.drain().await;
+            if used == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Handles every event and sends every answer.
+    async fn drain(&mut self) {
+        loop {
+            let Some(session) = self.session.as_mut() else {
+                return;
+            };
+            if let Some(event) = session.poll_event() {
+                match event {
+                    Event::Authenticate {
+                        token,
+                        identity,
+                        secret,
+                    } => {
+                        let result = self.backend.authenticate(&identity, &secret);
+                        match &result {
+                            Ok(_) => {
+                                info!(port = %self.name, client = %identity, "serial sensor authenticated")
+                            }
+                            Err(reason) => {
+                                debug!(port = %self.name, client = %identity, "serial AUTH refused: {reason}")
+                            }
+                        }
+                        session.handle_auth_result(token, result);
+                    }
+                    Event::Publish {
+                        token,
+                        client,
+                        target,
+                        payload,
+                    } => match self.backend.publish(&client, &target, payload) {
+                        Ok(durable) => {
+                            let generation = self.generation;
+                            self.pending
+                                .spawn(async move { (generation, token, durable.await) });
+                        }
+                        Err(reason) => session.handle_publish_result(token, Err(reason)),
+                    },
+                    Event::Authenticated { client } => {
+                        self.status
+                            .update(|p| p.client = Some(client.identity.clone()));
+                        self.downlink = self.backend.downlink(&client);
+                    }
+                }
+                continue;
+            }
+            if let Some(bytes) = session.poll_transmit() {
+                if bytes.starts_with(b"OK ") {
+                    self.status.update(|p| p.published += 1);
+                } else if bytes.starts_with(b"ERR ") {
+                    self.status.update(|p| p.errors += 1);
+                }
+                if self.writer.send(WriterMsg::Bytes(bytes)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serial::status::SerialStatus;
+    use hal::serial::FakeDevice;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct FakeBackend {
+        published: Mutex<Vec<(String, Target, Vec<u8>)>>,
+        busy: std::sync::atomic::AtomicBool,
+    }
+
+    impl Backend for FakeBackend {
+        fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<Client, Reason> {
+            (identity == "sensor-1" && secret == b"right-secret")
+                .then(|| Client {
+                    id: "id-1".into(),
+                    identity: identity.into(),
+                })
+                .ok_or(Reason::Auth)
+        }
+        fn bound_client(&self, identity: &str) -> Result<Client, Reason> {
+            Ok(Client {
+                id: format!("id-{identity}"),
+                identity: identity.into(),
+            })
+        }
+        fn publish(
+            &self,
+            client: &Client,
+            target: &Target,
+            payload: Vec<u8>,
+        ) -> Result<Durable, Reason> {
+            if target.channel != "temp" {
+                return Err(Reason::NotConnected);
+            }
+            if self.busy.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Reason::Busy);
+            }
+            let mut list = self.published.lock().unwrap();
+            list.push((client.identity.clone(), target.clone(), payload));
+            let seq = list.len() as u64;
+            Ok(Box::pin(async move { Ok(seq) }))
+        }
+        fn downlink(&self, _client: &Client) -> Option<mpsc::Receiver<Downlink>> {
+            None
+        }
+    }
+
+    fn config() -> AdapterConfig {
+        AdapterConfig {
+            max_line: 128,
+            max_pending: 8,
+            reopen_min: Duration::from_millis(10),
+            reopen_max: Duration::from_millis(40),
+        }
+    }
+
+    fn spec(path: &str, client: Option<&str>) -> PortSpec {
+        let mut settings = SerialSettings::new(9600).unwrap();
+        settings.timeout = Duration::from_millis(20);
+        PortSpec {
+            path: path.into(),
+            settings,
+            client: client.map(str::to_owned),
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    async fn line(dev: &FakeDevice) -> String {
+        let dev = dev.clone();
+        tokio::task::spawn_blocking(move || dev.wait_line(WAIT))
+            .await
+            .unwrap()
+            .expect("no answer from the adapter")
+    }
+
+    async fn opened(dev: &FakeDevice, n: usize) {
+        let dev = dev.clone();
+        assert!(
+            tokio::task::spawn_blocking(move || dev.wait_opens(n, WAIT))
+                .await
+                .unwrap(),
+            "port not opened {n} times"
+        );
+    }
+
+    #[tokio::test]
+    async fn auth_pub_and_errors_over_a_fake_port_then_unplug_and_recover() {
+        let dev = FakeDevice::new("/dev/ttyFAKE0");
+        let backend = Arc::new(FakeBackend::default());
+        let cancel = CancellationToken::new();
+        let status = SerialStatus::default();
+        let task = spawn_port(
+            spec("/dev/ttyFAKE0", None),
+            config(),
+            Arc::new(dev.opener()),
+            backend.clone(),
+            status.register("/dev/ttyFAKE0"),
+            cancel.clone(),
+        );
+        opened(&dev, 1).await;
+        dev.send(b"PUB temp 1\n");
+        assert_eq!(line(&dev).await, "ERR not-authenticated");
+        dev.send(b"AUTH sensor-1 wrong-secret\nAUTH sensor-1 right-secret\nPUB temp/x 21.5\nPUB hum 3\nNOPE\n");
+        assert_eq!(line(&dev).await, "ERR auth");
+        assert_eq!(line(&dev).await, "OK");
+        assert_eq!(line(&dev).await, "OK 1");
+        assert_eq!(line(&dev).await, "ERR not-connected");
+        assert_eq!(line(&dev).await, "ERR unknown-command");
+        backend
+            .busy
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        dev.send(b"PUB temp 2\n");
+        assert_eq!(line(&dev).await, "ERR busy");
+        backend
+            .busy
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+
+        dev.unplug();
+        dev.plug();
+        opened(&dev, 2).await;
+        // A new connection: authentication starts over.
+        dev.send(b"PUB temp 3\nAUTH sensor-1 right-secret\nPUB temp 4\n");
+        assert_eq!(line(&dev).await, "ERR not-authenticated");
+        assert_eq!(line(&dev).await, "OK");
+        assert_eq!(line(&dev).await, "OK 2");
+        let published = backend.published.lock().unwrap().clone();
+        assert_eq!(published.len(), 2);
+        assert_eq!(published[0].1.subtopic, "x");
+        assert_eq!(published[0].2, b"21.5");
+        assert_eq!(published[1].2, b"4");
+        let port = &status.snapshot()[0];
+        assert_eq!(
+            (port.state, port.opens, port.published),
+            ("open", 2, 2),
+            "{port:?}"
+        );
+        assert_eq!(port.client.as_deref(), Some("sensor-1"));
+        assert_eq!(port.errors, 6, "{port:?}");
+        assert!(port.last_close.is_some());
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    /// Publishes become durable only when the test says so.
+    struct GatedBackend {
+        published: tokio::sync::Notify,
+        release: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl Backend for GatedBackend {
+        fn authenticate(&self, _: &str, _: &[u8]) -> Result<Client, Reason> {
+            Err(Reason::Auth)
+        }
+        fn bound_client(&self, identity: &str) -> Result<Client, Reason> {
+            Ok(Client {
+                id: identity.into(),
+                identity: identity.into(),
+            })
+        }
+        fn publish(&self, _: &Client, _: &Target, _: Vec<u8>) -> Result<Durable, Reason> {
+            self.published.notify_one();
+            let release = Arc::clone(&self.release);
+            Ok(Box::pin(async move {
+                let _permit = release.acquire().await.map_err(|_| Reason::Unavailable)?;
+                Ok(7)
+            }))
+        }
+        fn downlink(&self, _: &Client) -> Option<mpsc::Receiver<Downlink>> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_pending_pubs_are_still_answered() {
+        let dev = FakeDevice::new("/dev/ttyGATED");
+        let backend = Arc::new(GatedBackend {
+            published: tokio::sync::Notify::new(),
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
+        });
+        let cancel = CancellationToken::new();
+        let task = spawn_port(
+            spec("/dev/ttyGATED", Some("bound")),
+            config(),
+            Arc::new(dev.opener()),
+            backend.clone(),
+            SerialStatus::default().register("/dev/ttyGATED"),
+            cancel.clone(),
+        );
+        dev.send(b"PUB temp 1\n");
+        backend.published.notified().await;
+        // Intake stops while the message is not yet durable ...
+        cancel.cancel();
+        // ... then it becomes durable: the sensor still hears about it.
+        backend.release.add_permits(1);
+        assert_eq!(line(&dev).await, "OK 7");
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_port_does_not_affect_another_and_is_opened_when_it_appears() {
+        let good = FakeDevice::new("/dev/ttyGOOD");
+        let late = FakeDevice::new("/dev/ttyLATE");
+        late.unplug();
+        let opener: Arc<dyn SerialOpener> = Arc::new(good.opener().with(&late));
+        let backend = Arc::new(FakeBackend::default());
+        let cancel = CancellationToken::new();
+        let status = SerialStatus::default();
+        let a = spawn_port(
+            spec("/dev/ttyLATE", Some("bound-1")),
+            config(),
+            opener.clone(),
+            backend.clone(),
+            status.register("/dev/ttyLATE"),
+            cancel.clone(),
+        );
+        let b = spawn_port(
+            spec("/dev/ttyGOOD", Some("bound-2")),
+            config(),
+            opener,
+            backend.clone(),
+            status.register("/dev/ttyGOOD"),
+            cancel.clone(),
+        );
+        opened(&good, 1).await;
+        // Bound port: no AUTH needed.
+        good.send(b"PUB temp hello\n");
+        assert_eq!(line(&good).await, "OK 1");
+        let ports = status.snapshot();
+        assert_eq!(ports[0].state, "waiting", "{ports:?}");
+        assert_eq!(ports[1].client.as_deref(), Some("bound-2"));
+        late.plug();
+        opened(&late, 1).await;
+        late.send(b"PUB temp late\n");
+        assert_eq!(line(&late).await, "OK 2");
+        let published = backend.published.lock().unwrap().clone();
+        assert_eq!(published[0].0, "bound-2");
+        assert_eq!(published[1].0, "bound-1");
+        cancel.cancel();
+        a.await.unwrap();
+        b.await.unwrap();
+    }
+}
