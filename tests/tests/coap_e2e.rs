@@ -752,14 +752,12 @@ fn a_taken_port_stops_a_production_daemon_but_only_warns_in_dev() {
     cmd.args(["--dev", "run"]).env("EDGEGW_COAP_BIND", &addr);
     let mut daemon = Daemon::start(cmd);
     daemon.wait_for_log("the CoAP listener is off", Duration::from_secs(20));
-    daemon.wait_for_log("ready", Duration::from_secs(20));
+    daemon.wait_for_log("edgegw: ready", Duration::from_secs(20));
     daemon.signal("TERM");
-    assert_eq!(
-        daemon
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    let code = daemon
+        .wait_exit(Duration::from_secs(10))
+        .and_then(|s| s.code());
+    assert_eq!(code, Some(0), "log:\n{}", daemon.log().join("\n"));
 }
 
 #[test]

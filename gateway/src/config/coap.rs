@@ -53,7 +53,7 @@ pub struct CoapConfig {
     pub max_dedup_entries: usize,
 }
 
-/// Parses a `host:port` bind address, refusing port 0 in configuration.
+/// Parses a `host:port` bind address (port 0: an ephemeral port, for tests).
 pub(super) fn bind_addr(
     check: &mut Check<'_>,
     key: &str,
