@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod board;
 pub mod cli;
+pub mod coap;
 pub mod config;
 pub mod control;
 pub mod downlink;

@@ -154,6 +154,8 @@ fn run(config: &Config) -> anyhow::Result<u8> {
             pipeline.status.serial(),
             &supervisor,
         );
+        // CoAP / CoAPS adapters (issue 6): listeners bound before "ready".
+        gateway::coap::start(config, &supervisor, &auth_store, &pipeline)?;
         let signals = forward_signals().context("cannot install signal handlers")?;
         supervisor.spawn(
             Stage::Intake,

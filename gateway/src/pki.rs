@@ -115,6 +115,15 @@ pub fn with_dev_pki(config: &Config) -> anyhow::Result<Config> {
         config.certs.device_ca_cert = Some(pki.ca_cert());
         config.certs.device_ca_key = Some(pki.ca_key());
     }
+    // CoAPS in the dev profile: the dev DTLS server certificate, device certificates from the
+    // dev CA (issue 6).
+    if config.coap_dtls.cert.is_none() && config.coap_dtls.key.is_none() {
+        config.coap_dtls.cert = Some(pki.dtls_server_cert());
+        config.coap_dtls.key = Some(pki.dtls_server_key());
+    }
+    if config.coap_dtls.client_ca_certs.is_none() {
+        config.coap_dtls.client_ca_certs = config.certs.device_ca_cert.clone();
+    }
     Ok(config)
 }
 
@@ -495,7 +504,9 @@ fn own_certificates(config: &Config) -> Vec<(&'static str, PathBuf)> {
     if let Some(path) = &config.uplink.client_cert {
         list.push(("uplink client", path.clone()));
     }
-    // The DTLS server certificate joins here once `[coap]` (issue 2) is merged.
+    if let Some(path) = &config.coap_dtls.cert {
+        list.push(("DTLS server", path.clone()));
+    }
     if let Some(path) = &config.certs.device_ca_cert {
         list.push(("device CA", path.clone()));
     }

@@ -9,6 +9,8 @@
 mod auth;
 mod board;
 mod certs;
+mod coap;
+mod coap_dtls;
 mod env;
 mod gateway;
 mod outbox;
@@ -25,6 +27,8 @@ use serde::{Deserialize, Serialize};
 pub use auth::AuthConfig;
 pub use board::BoardConfig;
 pub use certs::CertsConfig;
+pub use coap::CoapConfig;
+pub use coap_dtls::CoapDtlsConfig;
 pub use gateway::GatewayConfig;
 pub use outbox::{Durability, FullPolicy, OutboxConfig};
 pub use serial::{SerialConfig, SerialPortConfig};
@@ -44,6 +48,8 @@ const SECTIONS: &[&str] = &[
     "certs",
     "serial",
     "board",
+    "coap",
+    "coap_dtls",
 ];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
@@ -125,6 +131,8 @@ pub struct Config {
     pub certs: CertsConfig,
     pub serial: SerialConfig,
     pub board: BoardConfig,
+    pub coap: CoapConfig,
+    pub coap_dtls: CoapDtlsConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -146,6 +154,8 @@ struct RawConfig {
     certs: certs::RawCerts,
     serial: serial::RawSerial,
     board: board::RawBoard,
+    coap: coap::RawCoap,
+    coap_dtls: coap_dtls::RawCoapDtls,
 }
 
 /// Where to read the configuration from.
@@ -236,6 +246,8 @@ pub fn load_from(
         certs: raw.certs.validate(&mut check),
         serial: raw.serial.validate(&mut check),
         board: raw.board.validate(&mut check),
+        coap: raw.coap.validate(&profile, &mut check),
+        coap_dtls: raw.coap_dtls.validate(&profile, &mut check),
         warnings: Vec::new(),
         source: path,
         profile,

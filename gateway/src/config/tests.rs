@@ -260,6 +260,59 @@ fn the_shipped_sample_config_is_valid_and_documents_every_key() {
 }
 
 #[test]
+fn coap_defaults_follow_the_profile_and_dtls_is_off_without_cert_and_key() {
+    let prod = load_from(&Source::None, Profile::Production, env(&[])).unwrap();
+    assert_eq!(prod.coap.bind.to_string(), "[::]:5683");
+    assert_eq!(prod.coap_dtls.bind.to_string(), "[::]:5684");
+    assert_eq!(prod.coap.max_payload.0, 64 * 1024);
+    assert!(!prod.coap_dtls.enabled());
+    let dev = load_from(&Source::None, Profile::dev_in_current_dir(), env(&[])).unwrap();
+    assert_eq!(dev.coap.bind.to_string(), "127.0.0.1:5683");
+    assert_eq!(dev.coap_dtls.bind.to_string(), "127.0.0.1:5684");
+    assert_eq!(
+        prod.coap_dtls.disabled_reason(),
+        Some("coap_dtls.cert and coap_dtls.key are not set")
+    );
+    // A named file is checked even when its partner is unset (the listener would be off).
+    let err = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[("EDGEGW_COAP_DTLS_CERT", "/nonexistent/cert.pem")]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+}
+
+#[test]
+fn coap_bad_values_and_unreadable_dtls_files_are_refused_by_key() {
+    let err = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[
+            ("EDGEGW_COAP_BIND", "nowhere"),
+            ("EDGEGW_COAP_MAX_PAYLOAD", "2MiB"),
+            ("EDGEGW_COAP_DTLS_MAX_SESSIONS", "0"),
+            ("EDGEGW_COAP_DTLS_CERT", "/nonexistent/dtls.crt"),
+            ("EDGEGW_COAP_DTLS_KEY", "/nonexistent/dtls.key"),
+            ("EDGEGW_COAP_DTLS_CLIENT_CA_CERTS", "/nonexistent/ca.pem"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "coap.bind",
+        "coap.max_payload",
+        "coap_dtls.max_sessions",
+        "/nonexistent/dtls.crt",
+        "/nonexistent/dtls.key",
+        "/nonexistent/ca.pem",
+        "EDGEGW_COAP_DTLS_CERT",
+    ] {
+        assert!(err.contains(needle), "{needle} missing in: {err}");
+    }
+}
+
+#[test]
 fn serial_ports_are_validated_and_every_problem_is_named() {
     let f = file(
         "[serial]\nmax_line = 128\n\

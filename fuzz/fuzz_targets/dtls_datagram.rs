@@ -1,0 +1,79 @@
+//! The DTLS session table: arbitrary datagrams (ClientHello-shaped or not) from a few peers
+//! must never panic outside the per-session containment, and leave no session behind once
+//! the handshake deadline has passed.
+#![no_main]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway::coap::dtls::{DtlsSettings, Sessions};
+use gateway::coap::proto::{Failure, Target};
+use gateway::coap::task::{Backend, Downlink, Principal, PublishFuture, Who};
+use libfuzzer_sys::fuzz_target;
+use tokio::sync::mpsc;
+
+struct Deny;
+
+impl Backend for Deny {
+    fn publish(
+        &self,
+        _: SocketAddr,
+        _: Who<'_>,
+        _: &Target,
+        _: Option<u16>,
+        _: Vec<u8>,
+    ) -> PublishFuture {
+        Box::pin(async { Err(Failure::Unauthenticated) })
+    }
+    fn subscribe(
+        &self,
+        _: SocketAddr,
+        _: Who<'_>,
+        _: &Target,
+    ) -> Result<mpsc::Receiver<Downlink>, Failure> {
+        Err(Failure::Unauthenticated)
+    }
+    fn psk(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn psk_principal(&self, _: &str) -> Option<Principal> {
+        None
+    }
+    fn certificate_principal(&self, _: &str, _: &str) -> Result<Principal, Failure> {
+        Err(Failure::Unauthenticated)
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let settings = DtlsSettings {
+        certificate: dimpl::DtlsCertificate {
+            certificate: vec![0],
+            private_key: vec![0],
+        },
+        client_cas: Vec::new(),
+        max_sessions: 4,
+        max_handshakes: 4,
+        handshake_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(60),
+    };
+    let Ok(mut table) = Sessions::new(settings, Arc::new(Deny)) else {
+        return;
+    };
+    let start = Instant::now();
+    for (i, datagram) in data.split(|b| *b == 0xFE).enumerate() {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 6000 + (i % 3) as u16));
+        let now = start + Duration::from_millis(i as u64);
+        table.handle_datagram(peer, datagram, now);
+        while table.poll_transmit().is_some() {}
+        while table.poll_event().is_some() {}
+    }
+    let later = start + Duration::from_secs(6);
+    table.handle_timeout(later);
+    table.sweep(later);
+    assert_eq!(
+        table.counts(),
+        (0, 0),
+        "a session outlived the handshake deadline"
+    );
+});

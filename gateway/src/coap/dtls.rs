@@ -1,0 +1,909 @@
+//! The DTLS 1.2 session table of the CoAPS listener, over dimpl (sans-IO, aws-lc-rs).
+//!
+//! One port serves both modes: the ClientHello's offered cipher suites decide between a PSK
+//! engine (`Dtls::new_12_psk`, which keeps only PSK suites) and a certificate engine
+//! (`Dtls::new_12`, certificate suites only, client certificate required), so a PSK offer can
+//! never skip the certificate checks. dimpl verifies handshake signatures but no PKI: the
+//! leaf certificate is verified here with rustls-webpki against `coap_dtls.client_ca_certs`,
+//! then its CN and serial go to the [`Backend`]. Every dimpl call runs under `catch_unwind`,
+//! so a panic inside it drops only that session. The table is bounded (handshakes, sessions),
+//! handshakes time out, idle sessions are evicted, and a failed authentication is answered
+//! with a fatal alert (dimpl sends none) so clients fail fast.
+//!
+//! Like the CoAP core it owns no socket or clock: datagrams in, [`Transmit`]s and
+//! [`SessionEvent`]s out.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use dimpl::{Config as DimplConfig, Dtls, DtlsCertificate, Output, PskResolver};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tracing::{debug, info, warn};
+
+use super::proto::Transmit;
+use super::task::{Backend, Principal};
+
+/// TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655), the CoAP mandatory PSK suite.
+const PSK_AES128_CCM_8: u16 = 0xC0A8;
+/// Largest DTLS output dimpl may hand us in one poll (a peer certificate is copied into it).
+const POLL_BUFFER: usize = 64 * 1024;
+
+/// Alert descriptions (RFC 5246 §7.2).
+const ALERT_HANDSHAKE_FAILURE: u8 = 40;
+const ALERT_BAD_CERTIFICATE: u8 = 42;
+const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
+const ALERT_UNKNOWN_CA: u8 = 48;
+const ALERT_DECRYPT_ERROR: u8 = 51;
+const ALERT_INTERNAL_ERROR: u8 = 80;
+
+/// Why the DTLS listener cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DtlsSetupError {
+    #[error("DTLS configuration refused by dimpl: {0}")]
+    Engine(String),
+    #[error("client CA certificate {index} is not a usable trust anchor: {reason}")]
+    TrustAnchor { index: usize, reason: String },
+}
+
+/// Limits and identity of the DTLS listener.
+#[derive(Debug, Clone)]
+pub struct DtlsSettings {
+    /// Server certificate (leaf, DER) and its private key (PKCS#8 or SEC1 DER).
+    pub certificate: DtlsCertificate,
+    /// Device CA certificates (DER). Empty: certificate mode is refused.
+    pub client_cas: Vec<CertificateDer<'static>>,
+    pub max_sessions: usize,
+    pub max_handshakes: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// What the table reports to the shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// Decrypted application data (a CoAP message) from an established session.
+    Data { peer: SocketAddr, data: Vec<u8> },
+    /// A session ended (closed, evicted, revoked, replaced by a failed one is not reported).
+    Closed { peer: SocketAddr },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Psk,
+    Certificate,
+}
+
+/// The identity the PSK resolver saw, recorded inside `handle_packet` (dimpl never reports it).
+#[derive(Debug, Default)]
+struct PskSlot {
+    identity: Mutex<Option<String>>,
+    /// Keyed hash of the key the handshake used (never the key itself): a rotated secret
+    /// ends the session at the next sweep.
+    key_hash: Mutex<Option<u64>>,
+}
+
+/// A per-process keyed hash (SipHash with random keys) for comparing keys without keeping them.
+fn key_hash(key: &[u8]) -> u64 {
+    use std::hash::BuildHasher as _;
+    use std::sync::OnceLock;
+    static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    STATE
+        .get_or_init(std::collections::hash_map::RandomState::new)
+        .hash_one(key)
+}
+
+struct SlotResolver {
+    slot: Arc<PskSlot>,
+    backend: Arc<dyn Backend>,
+    /// Key used for unknown identities, so they fail exactly like a wrong key.
+    dummy: Vec<u8>,
+}
+
+impl PskResolver for SlotResolver {
+    fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        let text = String::from_utf8_lossy(identity).into_owned();
+        if let Ok(mut slot) = self.slot.identity.lock() {
+            *slot = Some(text);
+        }
+        let key = self
+            .backend
+            .psk(identity)
+            .unwrap_or_else(|| self.dummy.clone());
+        if let Ok(mut slot) = self.slot.key_hash.lock() {
+            *slot = Some(key_hash(&key));
+        }
+        Some(key)
+    }
+}
+
+// The resolver only reads the backend and writes a Mutex slot; a panic leaves nothing torn.
+impl std::panic::UnwindSafe for SlotResolver {}
+impl std::panic::RefUnwindSafe for SlotResolver {}
+
+struct Conn {
+    dtls: Dtls,
+    mode: Mode,
+    psk: Option<Arc<PskSlot>>,
+    /// Principal from a verified certificate, confirmed at `Connected`.
+    cert_principal: Option<Principal>,
+    principal: Option<Principal>,
+    established: bool,
+    next_timer: Option<Instant>,
+    started: Instant,
+    last_activity: Instant,
+    /// Highest epoch-0 record sequence number we sent (for our own fatal alert).
+    epoch0_seq: u64,
+    /// The peer sent ChangeCipherSpec to this (pending) handshake.
+    saw_ccs: bool,
+}
+
+/// Per-peer DTLS sessions. See the module docs.
+pub struct Sessions {
+    settings: DtlsSettings,
+    backend: Arc<dyn Backend>,
+    cert_config: Option<Arc<DimplConfig>>,
+    anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    live: HashMap<SocketAddr, Conn>,
+    /// Handshakes in progress, including a re-handshake from an address with a live session.
+    pending: HashMap<SocketAddr, Conn>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<SessionEvent>,
+    /// dimpl timers (deadline, peer, in `pending`?), min-first; entries may be stale.
+    timers: BinaryHeap<Reverse<(Instant, SocketAddr, bool)>>,
+    buf: Vec<u8>,
+    wall_clock: Box<dyn Fn() -> SystemTime + Send + Sync>,
+    panics: u64,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("live", &self.live.len())
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    pub fn new(settings: DtlsSettings, backend: Arc<dyn Backend>) -> Result<Self, DtlsSetupError> {
+        let anchors = settings
+            .client_cas
+            .iter()
+            .enumerate()
+            .map(|(index, der)| {
+                webpki::anchor_from_trusted_cert(der)
+                    .map(|a| a.to_owned())
+                    .map_err(|e| DtlsSetupError::TrustAnchor {
+                        index,
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cert_config = if anchors.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                base_config(&settings)
+                    .require_client_certificate(true)
+                    .build()
+                    .map_err(|e| DtlsSetupError::Engine(e.to_string()))?,
+            ))
+        };
+        // Fail at start, not on the first PSK client, if the PSK config cannot be built.
+        psk_config(&settings, Arc::new(PskSlot::default()), backend.clone())
+            .map_err(DtlsSetupError::Engine)?;
+        Ok(Self {
+            settings,
+            backend,
+            cert_config,
+            anchors,
+            live: HashMap::new(),
+            pending: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            buf: vec![0; POLL_BUFFER],
+            wall_clock: Box::new(SystemTime::now),
+            panics: 0,
+        })
+    }
+
+    /// Replaces the wall clock used for certificate validity (tests).
+    pub fn set_wall_clock(&mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) {
+        self.wall_clock = Box::new(clock);
+    }
+
+    /// (established sessions, handshakes in progress).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.live.len(), self.pending.len())
+    }
+
+    /// Panics contained so far (each dropped one session).
+    pub fn panics(&self) -> u64 {
+        self.panics
+    }
+
+    pub fn principal(&self, peer: SocketAddr) -> Option<&Principal> {
+        self.live.get(&peer).and_then(|c| c.principal.as_ref())
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// The earliest dimpl timer (retransmissions). It may be an entry that went stale since,
+    /// which only means an early wake-up. Handshake deadlines and idle eviction are coarser
+    /// and run in [`Sessions::sweep`], so this stays O(log n) with thousands of sessions.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    /// Feeds one datagram received from `peer`.
+    pub fn handle_datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
+        let hello = client_hello_suites(datagram);
+        if self.pending.contains_key(&peer) {
+            let to_pending = hello.is_some()
+                || !self.live.contains_key(&peer)
+                || only_epoch0(datagram)
+                // The handshake's own ChangeCipherSpec (a live session never sees one), and
+                // everything after it, belongs to the new handshake.
+                || has_ccs(datagram)
+                || self.pending.get(&peer).is_some_and(|c| c.saw_ccs);
+            if to_pending {
+                if has_ccs(datagram)
+                    && let Some(c) = self.pending.get_mut(&peer)
+                {
+                    c.saw_ccs = true;
+                }
+                self.feed(peer, true, datagram, now);
+                return;
+            }
+        } else if let Some(suites) = hello {
+            // A ClientHello from a new address, or a new handshake from a live one: the live
+            // session stays until the new handshake completes.
+            if !self.start_handshake(peer, &suites, now) {
+                return;
+            }
+            self.feed(peer, true, datagram, now);
+            return;
+        }
+        if self.live.contains_key(&peer) {
+            self.feed(peer, false, datagram, now);
+        }
+        // Anything else from an unknown address is noise: dropped without state.
+    }
+
+    /// Encrypts and queues application data (a CoAP message) to an established session.
+    pub fn send(&mut self, peer: SocketAddr, data: &[u8], now: Instant) {
+        let Some(conn) = self.live.get_mut(&peer) else {
+            return;
+        };
+        conn.last_activity = now;
+        let result = catch_unwind(AssertUnwindSafe(|| conn.dtls.send_application_data(data)));
+        match result {
+            Ok(Ok(_)) => self.drain(peer, false, now),
+            Ok(Err(e)) => {
+                debug!(%peer, "dtls send failed: {e}");
+                self.drop_live(peer);
+            }
+            Err(_) => {
+                self.panics += 1;
+                warn!(%peer, "dtls engine panicked; session dropped");
+                self.drop_live(peer);
+            }
+        }
+    }
+
+    /// Runs the dimpl timers that are due (each connection at most once per call, so an
+    /// engine that re-arms a timer in the past cannot spin here).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        while let Some(Reverse((t, peer, pending))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            due.push((t, peer, pending));
+        }
+        for (t, peer, pending) in due {
+            let Some(conn) = self.table_mut(pending).get_mut(&peer) else {
+                continue; // stale: the connection is gone
+            };
+            if conn.next_timer != Some(t) {
+                continue; // stale: the timer moved
+            }
+            conn.next_timer = None;
+            let result = catch_unwind(AssertUnwindSafe(|| conn.dtls.handle_timeout(now)));
+            self.after_call(peer, pending, result, now);
+        }
+    }
+
+    /// Housekeeping, about once a second: handshakes past `handshake_timeout`, sessions idle
+    /// past `idle_timeout`, and sessions whose principal is no longer valid.
+    pub fn sweep(&mut self, now: Instant) {
+        let hs = self.settings.handshake_timeout;
+        let idle = self.settings.idle_timeout;
+        let expired: Vec<_> = self
+            .pending
+            .iter()
+            .filter(|(_, c)| c.started + hs <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            debug!(%peer, "dtls handshake timed out");
+            self.pending.remove(&peer);
+        }
+        let idle_peers: Vec<_> = self
+            .live
+            .iter()
+            .filter(|(_, c)| c.last_activity + idle <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in idle_peers {
+            debug!(%peer, "dtls session idle; evicted");
+            self.close_live(peer, now);
+        }
+        self.revalidate(now);
+        // Stale timer entries beyond a few per connection: rebuild the heap.
+        let conns = self.live.len() + self.pending.len();
+        if self.timers.len() > 4 * conns + 64 {
+            let mut fresh = BinaryHeap::with_capacity(conns);
+            for (pending, table) in [(true, &self.pending), (false, &self.live)] {
+                for (peer, c) in table {
+                    if let Some(t) = c.next_timer {
+                        fresh.push(Reverse((t, *peer, pending)));
+                    }
+                }
+            }
+            self.timers = fresh;
+        }
+    }
+
+    /// Ends every session of a client (revoked certificate, disabled client).
+    pub fn end_client(&mut self, client_id: &str, now: Instant) {
+        let peers: Vec<_> = self
+            .live
+            .iter()
+            .filter(|(_, c)| {
+                c.principal
+                    .as_ref()
+                    .is_some_and(|p| p.client_id == client_id)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in peers {
+            info!(%peer, client = client_id, "dtls session ended: client revoked or disabled");
+            self.close_live(peer, now);
+        }
+    }
+
+    /// Ends sessions whose client was disabled or removed, or whose certificate was revoked
+    /// or expired since the handshake.
+    fn revalidate(&mut self, now: Instant) {
+        let backend = self.backend.clone();
+        let peers: Vec<_> = self
+            .live
+            .iter()
+            .filter(|(_, c)| {
+                let Some(p) = c.principal.as_ref() else {
+                    return false;
+                };
+                if !backend.still_valid(p) {
+                    return true;
+                }
+                // PSK: the client's current secret must still be the session's key.
+                c.psk.as_ref().is_some_and(|slot| {
+                    let used = slot.key_hash.lock().ok().and_then(|g| *g);
+                    let current = backend.psk(p.identity.as_bytes()).map(|k| key_hash(&k));
+                    used != current
+                })
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in peers {
+            info!(%peer, "dtls session ended: client disabled, removed, revoked or its secret rotated");
+            self.close_live(peer, now);
+        }
+    }
+
+    fn table_mut(&mut self, pending: bool) -> &mut HashMap<SocketAddr, Conn> {
+        if pending {
+            &mut self.pending
+        } else {
+            &mut self.live
+        }
+    }
+
+    /// Creates the engine for a new ClientHello; false if refused (caps, no shared mode).
+    fn start_handshake(&mut self, peer: SocketAddr, suites: &[u16], now: Instant) -> bool {
+        if self.pending.len() >= self.settings.max_handshakes {
+            debug!(%peer, "dtls handshake refused: too many in progress");
+            return false;
+        }
+        if !self.live.contains_key(&peer) && self.live.len() >= self.settings.max_sessions {
+            warn!(%peer, "dtls handshake refused: session limit reached");
+            self.send_alert(peer, 0, ALERT_INTERNAL_ERROR);
+            return false;
+        }
+        let mode = if suites.contains(&PSK_AES128_CCM_8) {
+            Mode::Psk
+        } else {
+            Mode::Certificate
+        };
+        let built = match mode {
+            Mode::Psk => {
+                let slot = Arc::new(PskSlot::default());
+                psk_config(&self.settings, slot.clone(), self.backend.clone()).and_then(|cfg| {
+                    catch_unwind(AssertUnwindSafe(|| Dtls::new_12_psk(Arc::new(cfg), now)))
+                        .map(|d| (d, Some(slot)))
+                        .map_err(|_| "panic".to_owned())
+                })
+            }
+            Mode::Certificate => match &self.cert_config {
+                Some(cfg) => {
+                    let cert = self.settings.certificate.clone();
+                    catch_unwind(AssertUnwindSafe(|| Dtls::new_12(cfg.clone(), cert, now)))
+                        .map(|d| (d, None))
+                        .map_err(|_| "panic".to_owned())
+                }
+                None => Err("certificate mode is off (no coap_dtls.client_ca_certs)".to_owned()),
+            },
+        };
+        let (dtls, psk) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(%peer, "dtls handshake refused: {e}");
+                self.send_alert(peer, 0, ALERT_HANDSHAKE_FAILURE);
+                return false;
+            }
+        };
+        self.pending.insert(
+            peer,
+            Conn {
+                dtls,
+                mode,
+                psk,
+                cert_principal: None,
+                principal: None,
+                established: false,
+                next_timer: None,
+                started: now,
+                last_activity: now,
+                epoch0_seq: 0,
+                saw_ccs: false,
+            },
+        );
+        true
+    }
+
+    fn feed(&mut self, peer: SocketAddr, pending: bool, datagram: &[u8], now: Instant) {
+        let Some(conn) = self.table_mut(pending).get_mut(&peer) else {
+            return;
+        };
+        conn.last_activity = now;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            conn.dtls.handle_timeout(now)?;
+            conn.dtls.handle_packet(datagram)
+        }));
+        self.after_call(peer, pending, result, now);
+    }
+
+    fn after_call(
+        &mut self,
+        peer: SocketAddr,
+        pending: bool,
+        result: std::thread::Result<Result<(), dimpl::Error>>,
+        now: Instant,
+    ) {
+        match result {
+            Ok(Ok(())) => self.drain(peer, pending, now),
+            Ok(Err(e)) => {
+                // Flush what dimpl queued (it may have sent its own alert), then our alert.
+                self.drain(peer, pending, now);
+                if let Some(conn) = self.table_mut(pending).remove(&peer) {
+                    let alert = if conn.established {
+                        None
+                    } else {
+                        Some(match conn.mode {
+                            Mode::Psk => ALERT_DECRYPT_ERROR,
+                            Mode::Certificate => ALERT_HANDSHAKE_FAILURE,
+                        })
+                    };
+                    debug!(%peer, mode = ?conn.mode, "dtls session failed: {e}");
+                    if let Some(alert) = alert {
+                        self.send_alert(peer, conn.epoch0_seq + 1, alert);
+                    }
+                    if !pending {
+                        self.events.push_back(SessionEvent::Closed { peer });
+                    }
+                }
+            }
+            Err(_) => {
+                self.panics += 1;
+                warn!(%peer, "dtls engine panicked; session dropped");
+                if self.table_mut(pending).remove(&peer).is_some() && !pending {
+                    self.events.push_back(SessionEvent::Closed { peer });
+                }
+            }
+        }
+    }
+
+    /// Drains one engine's output: records to send, data to deliver, state changes.
+    fn drain(&mut self, peer: SocketAddr, pending: bool, now: Instant) {
+        let mut outcome: Option<u8> = None; // fatal alert to send, if authentication failed
+        let mut connected = false;
+        let mut closed = false;
+        {
+            let Self {
+                live,
+                pending: pend,
+                transmits,
+                events,
+                buf,
+                anchors,
+                backend,
+                wall_clock,
+                panics,
+                timers,
+                ..
+            } = self;
+            let table = if pending { pend } else { live };
+            let Some(conn) = table.get_mut(&peer) else {
+                return;
+            };
+            loop {
+                let out = catch_unwind(AssertUnwindSafe(|| match conn.dtls.poll_output(buf) {
+                    Output::Packet(p) => Polled::Packet(p.to_vec()),
+                    Output::BufferTooSmall { needed } => Polled::TooSmall(needed),
+                    Output::Timeout(t) => Polled::Timeout(t),
+                    Output::Connected => Polled::Connected,
+                    Output::PeerCert(der) => Polled::PeerCert(der.to_vec()),
+                    Output::ApplicationData(d) => Polled::Data(d.to_vec()),
+                    Output::CloseNotify => Polled::Close,
+                    _ => Polled::Other,
+                }));
+                let Ok(polled) = out else {
+                    *panics += 1;
+                    warn!(%peer, "dtls engine panicked; session dropped");
+                    closed = true;
+                    break;
+                };
+                match polled {
+                    Polled::Packet(p) => {
+                        if let Some(seq) = epoch0_max_seq(&p) {
+                            conn.epoch0_seq = conn.epoch0_seq.max(seq);
+                        }
+                        transmits.push_back(Transmit { peer, payload: p });
+                    }
+                    Polled::TooSmall(needed) => {
+                        if needed > 4 * POLL_BUFFER {
+                            closed = true;
+                            break;
+                        }
+                        buf.resize(needed, 0);
+                    }
+                    Polled::Timeout(t) => {
+                        if conn.next_timer != Some(t) {
+                            conn.next_timer = Some(t);
+                            timers.push(Reverse((t, peer, pending)));
+                        }
+                        break;
+                    }
+                    Polled::Connected => {
+                        connected = true;
+                    }
+                    Polled::PeerCert(der) => {
+                        match verify_certificate(&der, anchors, (wall_clock)(), backend.as_ref()) {
+                            Ok(p) => conn.cert_principal = Some(p),
+                            Err(alert) => {
+                                outcome = Some(alert);
+                                break;
+                            }
+                        }
+                    }
+                    Polled::Data(d) => {
+                        if conn.established {
+                            events.push_back(SessionEvent::Data { peer, data: d });
+                        }
+                    }
+                    Polled::Close => {
+                        closed = true;
+                        break;
+                    }
+                    Polled::Other => {}
+                }
+            }
+            if connected && outcome.is_none() {
+                let principal = match conn.mode {
+                    Mode::Psk => conn
+                        .psk
+                        .as_ref()
+                        .and_then(|s| s.identity.lock().ok().and_then(|g| g.clone()))
+                        .and_then(|id| backend.psk_principal(&id)),
+                    Mode::Certificate => conn.cert_principal.clone(),
+                };
+                match principal {
+                    Some(p) => {
+                        conn.principal = Some(p);
+                        conn.established = true;
+                    }
+                    None => {
+                        outcome = Some(match conn.mode {
+                            Mode::Psk => ALERT_DECRYPT_ERROR,
+                            Mode::Certificate => ALERT_BAD_CERTIFICATE,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(alert) = outcome {
+            if let Some(conn) = self.table_mut(pending).remove(&peer) {
+                info!(%peer, mode = ?conn.mode, "dtls authentication failed");
+                self.send_alert(peer, conn.epoch0_seq + 1, alert);
+                if !pending {
+                    self.events.push_back(SessionEvent::Closed { peer });
+                }
+            }
+            return;
+        }
+        if closed {
+            if self.table_mut(pending).remove(&peer).is_some() && !pending {
+                self.events.push_back(SessionEvent::Closed { peer });
+            }
+            return;
+        }
+        if connected
+            && pending
+            && let Some(mut conn) = self.pending.remove(&peer)
+        {
+            conn.last_activity = now;
+            if let Some(t) = conn.next_timer {
+                self.timers.push(Reverse((t, peer, false)));
+            }
+            if let Some(p) = &conn.principal {
+                info!(%peer, client = %p.identity, mode = ?conn.mode, "dtls session established");
+            }
+            if self.live.insert(peer, conn).is_some() {
+                // The replaced session's CoAP state belongs to the old session.
+                self.events.push_back(SessionEvent::Closed { peer });
+            }
+        }
+    }
+
+    fn close_live(&mut self, peer: SocketAddr, now: Instant) {
+        if let Some(conn) = self.live.get_mut(&peer) {
+            let _ = catch_unwind(AssertUnwindSafe(|| conn.dtls.close()));
+            // Flush the close_notify, then forget the session.
+            let _ = now;
+            let mut buf = std::mem::take(&mut self.buf);
+            loop {
+                let out =
+                    catch_unwind(AssertUnwindSafe(|| match conn.dtls.poll_output(&mut buf) {
+                        Output::Packet(p) => Some(p.to_vec()),
+                        _ => None,
+                    }));
+                match out {
+                    Ok(Some(p)) => self.transmits.push_back(Transmit { peer, payload: p }),
+                    _ => break,
+                }
+            }
+            self.buf = buf;
+        }
+        self.drop_live(peer);
+    }
+
+    fn drop_live(&mut self, peer: SocketAddr) {
+        if self.live.remove(&peer).is_some() {
+            self.events.push_back(SessionEvent::Closed { peer });
+        }
+    }
+
+    /// A plaintext fatal alert in epoch 0 (no keys are shared with a peer that failed).
+    fn send_alert(&mut self, peer: SocketAddr, seq: u64, description: u8) {
+        let mut rec = Vec::with_capacity(15);
+        rec.extend_from_slice(&[21, 0xFE, 0xFD, 0, 0]);
+        rec.extend_from_slice(&seq.to_be_bytes()[2..]);
+        rec.extend_from_slice(&[0, 2, 2, description]);
+        self.transmits.push_back(Transmit { peer, payload: rec });
+    }
+}
+
+enum Polled {
+    Packet(Vec<u8>),
+    TooSmall(usize),
+    Timeout(Instant),
+    Connected,
+    PeerCert(Vec<u8>),
+    Data(Vec<u8>),
+    Close,
+    Other,
+}
+
+fn base_config(settings: &DtlsSettings) -> dimpl::ConfigBuilder {
+    DimplConfig::builder()
+        .use_server_cookie(true)
+        .handshake_timeout(settings.handshake_timeout)
+        .mtu(1150)
+}
+
+fn psk_config(
+    settings: &DtlsSettings,
+    slot: Arc<PskSlot>,
+    backend: Arc<dyn Backend>,
+) -> Result<DimplConfig, String> {
+    let resolver = SlotResolver {
+        slot,
+        backend,
+        dummy: dummy_key(),
+    };
+    base_config(settings)
+        .with_psk_server(None, Arc::new(resolver))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A per-process random key for unknown identities (never matches a client's secret).
+fn dummy_key() -> Vec<u8> {
+    use std::sync::OnceLock;
+    static KEY: OnceLock<Vec<u8>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut k = vec![0u8; 32];
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        if provider.secure_random.fill(&mut k).is_err() {
+            // No randomness: a fixed key still cannot be guessed from the wire, but log it.
+            warn!("no randomness for the DTLS dummy PSK");
+        }
+        k
+    })
+    .clone()
+}
+
+/// Chain to a device CA, validity, clientAuth EKU; then CN + serial → a known enabled client.
+fn verify_certificate(
+    der: &[u8],
+    anchors: &[rustls_pki_types::TrustAnchor<'static>],
+    now: SystemTime,
+    backend: &dyn Backend,
+) -> Result<Principal, u8> {
+    if anchors.is_empty() {
+        return Err(ALERT_UNKNOWN_CA);
+    }
+    let cert = CertificateDer::from(der);
+    let ee = webpki::EndEntityCert::try_from(&cert).map_err(|_| ALERT_BAD_CERTIFICATE)?;
+    let time = UnixTime::since_unix_epoch(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    let algs: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
+        webpki::aws_lc_rs::ECDSA_P256_SHA256,
+        webpki::aws_lc_rs::ECDSA_P256_SHA384,
+        webpki::aws_lc_rs::ECDSA_P384_SHA256,
+        webpki::aws_lc_rs::ECDSA_P384_SHA384,
+        webpki::aws_lc_rs::ED25519,
+    ];
+    ee.verify_for_usage(
+        algs,
+        anchors,
+        &[],
+        time,
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| {
+        debug!("device certificate refused: {e}");
+        match e {
+            webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+                ALERT_CERTIFICATE_EXPIRED
+            }
+            webpki::Error::UnknownIssuer => ALERT_UNKNOWN_CA,
+            _ => ALERT_BAD_CERTIFICATE,
+        }
+    })?;
+    let (cn, serial) = subject_cn_and_serial(der).ok_or(ALERT_BAD_CERTIFICATE)?;
+    // Unknown CN, unrecorded or revoked certificate, disabled client: one answer for all.
+    backend
+        .certificate_principal(&cn, &serial)
+        .map_err(|_| ALERT_BAD_CERTIFICATE)
+}
+
+/// The subject CN and the serial (lowercase hex, no colons, no leading zero bytes).
+pub fn subject_cn_and_serial(der: &[u8]) -> Option<(String, String)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    let raw = cert.raw_serial();
+    let trimmed: &[u8] = match raw.iter().position(|b| *b != 0) {
+        Some(i) => &raw[i..],
+        None => &raw[raw.len().saturating_sub(1)..],
+    };
+    let serial = trimmed.iter().map(|b| format!("{b:02x}")).collect();
+    Some((cn, serial))
+}
+
+/// Record iterator over a datagram: (content type, epoch, sequence number).
+fn records(datagram: &[u8]) -> impl Iterator<Item = (u8, u16, u64, &[u8])> {
+    let mut rest = datagram;
+    std::iter::from_fn(move || {
+        if rest.len() < 13 {
+            return None;
+        }
+        let ct = rest[0];
+        let epoch = u16::from_be_bytes([rest[3], rest[4]]);
+        let mut seq = [0u8; 8];
+        seq[2..].copy_from_slice(&rest[5..11]);
+        let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+        let body = rest.get(13..13 + len)?;
+        rest = &rest[13 + len..];
+        Some((ct, epoch, u64::from_be_bytes(seq), body))
+    })
+}
+
+fn only_epoch0(datagram: &[u8]) -> bool {
+    let mut any = false;
+    for (_, epoch, _, _) in records(datagram) {
+        if epoch != 0 {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
+fn has_ccs(datagram: &[u8]) -> bool {
+    records(datagram).any(|(ct, ..)| ct == 20)
+}
+
+fn epoch0_max_seq(datagram: &[u8]) -> Option<u64> {
+    records(datagram)
+        .filter(|(_, epoch, ..)| *epoch == 0)
+        .map(|(_, _, seq, _)| seq)
+        .max()
+}
+
+/// If the datagram starts with an epoch-0 ClientHello (first fragment), its cipher suites.
+pub fn client_hello_suites(datagram: &[u8]) -> Option<Vec<u16>> {
+    let (ct, epoch, _, body) = records(datagram).next()?;
+    if ct != 22 || epoch != 0 || body.len() < 12 || body[0] != 1 {
+        return None;
+    }
+    let frag_off = u32::from_be_bytes([0, body[6], body[7], body[8]]);
+    if frag_off != 0 {
+        return None;
+    }
+    let frag_len = usize::try_from(u32::from_be_bytes([0, body[9], body[10], body[11]])).ok()?;
+    let hello = body.get(12..12 + frag_len)?;
+    let mut pos = 2 + 32;
+    let sid = usize::from(*hello.get(pos)?);
+    pos += 1 + sid;
+    let cookie = usize::from(*hello.get(pos)?);
+    pos += 1 + cookie;
+    let len = usize::from(u16::from_be_bytes([*hello.get(pos)?, *hello.get(pos + 1)?]));
+    pos += 2;
+    let suites = hello.get(pos..pos + len)?;
+    if len % 2 != 0 {
+        return None;
+    }
+    Some(
+        suites
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests;

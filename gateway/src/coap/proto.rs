@@ -1,0 +1,1133 @@
+//! Sans-IO CoAP (RFC 7252) server core for the sensor-facing adapters.
+//!
+//! It owns message-layer state only: de-duplication per peer, piggy-backed responses,
+//! Block1 (RFC 7959) reassembly, Observe (RFC 7641) registrations and confirmable
+//! notifications with retransmission. It owns no socket, clock, database or tokio type:
+//! datagrams come in through [`Server::handle_datagram`], decisions (authentication,
+//! authorization, durability) are asked of the shell through [`Event`]s and answered with
+//! [`Server::complete`]; bytes to send come out of [`Server::poll_transmit`]. Every table is
+//! bounded so a flood of peers costs a fixed amount of memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+
+/// RFC 7252 §4.8.2 EXCHANGE_LIFETIME with the default transmission parameters.
+pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
+
+/// Limits and timers of the core.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest accepted message payload, reassembled across Block1 transfers.
+    pub max_payload: usize,
+    /// How long a (peer, message id) is remembered for de-duplication.
+    pub exchange_lifetime: Duration,
+    /// Cap on remembered (peer, message id) pairs; the oldest is forgotten first.
+    pub max_dedup_entries: usize,
+    /// Cap on requests waiting for the shell's decision; beyond it: 5.03.
+    pub max_pending: usize,
+    /// Cap on concurrent Block1 transfers; beyond it: 5.03.
+    pub max_block_transfers: usize,
+    /// Cap on Observe registrations; beyond it: 5.03.
+    pub max_observers: usize,
+    /// Notifications queued per observer while one is unacknowledged.
+    pub max_queued_notifications: usize,
+    /// RFC 7252 ACK_TIMEOUT for our confirmable notifications.
+    pub ack_timeout: Duration,
+    /// RFC 7252 MAX_RETRANSMIT.
+    pub max_retransmit: u32,
+    /// First message id used for messages we originate (the shell seeds it randomly).
+    pub initial_message_id: u16,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_payload: 64 * 1024,
+            exchange_lifetime: EXCHANGE_LIFETIME,
+            max_dedup_entries: 16 * 1024,
+            max_pending: 1024,
+            max_block_transfers: 256,
+            max_observers: 1024,
+            max_queued_notifications: 16,
+            ack_timeout: Duration::from_secs(2),
+            max_retransmit: 4,
+            initial_message_id: 1,
+        }
+    }
+}
+
+/// Identifies one request waiting for the shell's decision. For an accepted Observe
+/// registration it also identifies the observer afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExchangeId(pub u64);
+
+/// Where a message goes: `m/<domain>/c/<channel>[/<subtopic>]` or the legacy
+/// `channels/<channel>/messages[/<subtopic>]` (no domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub domain: Option<String>,
+    /// Channel id or local name, as the sensor wrote it.
+    pub channel: String,
+    /// `/`-joined remaining segments; may be empty.
+    pub subtopic: String,
+}
+
+/// Credentials given in the Uri-Query of a plain-CoAP request.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    None,
+    /// `auth=<secret>` (SuperMQ ≤ 0.19).
+    Secret(Vec<u8>),
+    /// `username=<client>&password=<secret>` (SuperMQ ≥ 0.20).
+    UsernamePassword {
+        username: String,
+        password: Vec<u8>,
+    },
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Secret(_) => f.write_str("Secret(<redacted>)"),
+            Self::UsernamePassword { username, .. } => f
+                .debug_struct("UsernamePassword")
+                .field("username", username)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// A request the shell must decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// POST: authenticate, authorize publish, store durably, then `complete`.
+    Publish {
+        exchange: ExchangeId,
+        peer: SocketAddr,
+        target: Target,
+        credentials: Credentials,
+        content_format: Option<u16>,
+        payload: Vec<u8>,
+    },
+    /// GET with Observe=0: authenticate, authorize subscribe, then `complete` with
+    /// [`Outcome::Subscribed`]; the exchange id then names the observer for [`Server::notify`].
+    Subscribe {
+        exchange: ExchangeId,
+        peer: SocketAddr,
+        target: Target,
+        credentials: Credentials,
+    },
+    /// GET without Observe: a sensor polling for a command.
+    Poll {
+        exchange: ExchangeId,
+        peer: SocketAddr,
+        target: Target,
+        credentials: Credentials,
+    },
+    /// An observer is gone (deregistered, reset, re-registered or unreachable).
+    ObserveEnded { observer: ExchangeId },
+}
+
+/// Why a request is refused; each maps to one response code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// 4.00
+    BadRequest,
+    /// 4.01
+    Unauthenticated,
+    /// 4.03
+    NotConnected,
+    /// 4.04
+    NotFound,
+    /// 4.13 with Size1 = the limit.
+    TooLarge,
+    /// 5.03 with Max-Age.
+    Busy { retry_after: Duration },
+    /// 4.29 with Max-Age.
+    Throttled { retry_after: Duration },
+    /// 5.00
+    Internal,
+}
+
+/// The shell's decision about an [`Event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The message is durable: 2.04 Changed.
+    Stored,
+    /// Observe registered: 2.05 Content with the Observe option.
+    Subscribed,
+    /// Poll answer: 2.05 Content (an empty payload means no command is waiting).
+    Content {
+        payload: Vec<u8>,
+        content_format: Option<u16>,
+    },
+    Refused(Failure),
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub peer: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// Why [`Server::notify`] could not queue a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyError {
+    #[error("no such observer")]
+    UnknownObserver,
+    #[error("the observer's notification queue is full")]
+    QueueFull,
+}
+
+/// Counters for status and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub malformed: u64,
+    pub duplicates: u64,
+    pub dedup_entries: usize,
+    pub pending: usize,
+    pub block_transfers: usize,
+    pub observers: usize,
+}
+
+#[derive(Debug)]
+enum DedupState {
+    /// The shell has not decided yet: duplicates get nothing.
+    Processing,
+    /// The response we sent, sent again verbatim for a duplicate.
+    Answered(Vec<u8>),
+    /// A non-final Block1 block: the 2.31 we sent.
+    Continue(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct DedupEntry {
+    expires: Instant,
+    state: DedupState,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Publish,
+    Subscribe,
+    Poll,
+}
+
+#[derive(Debug)]
+struct Pending {
+    peer: SocketAddr,
+    message_id: u16,
+    confirmable: bool,
+    token: Vec<u8>,
+    kind: Kind,
+    /// Block1 option value to echo in the final response.
+    block1: Option<u32>,
+}
+
+#[derive(Debug)]
+struct BlockTransfer {
+    expires: Instant,
+    buffer: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    message_id: u16,
+    bytes: Vec<u8>,
+    retransmits: u32,
+    timeout: Duration,
+    next: Instant,
+}
+
+#[derive(Debug)]
+struct Observer {
+    peer: SocketAddr,
+    token: Vec<u8>,
+    seq: u32,
+    in_flight: Option<InFlight>,
+    queue: VecDeque<(Vec<u8>, Option<u16>)>,
+}
+
+/// The CoAP server core. See the module docs.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    next_exchange: u64,
+    next_message_id: u16,
+    dedup: HashMap<(SocketAddr, u16), DedupEntry>,
+    /// Insertion order of `dedup` keys with their expiry, for eviction.
+    dedup_order: VecDeque<((SocketAddr, u16), Instant)>,
+    pending: HashMap<ExchangeId, Pending>,
+    blocks: HashMap<(SocketAddr, String), BlockTransfer>,
+    observers: HashMap<ExchangeId, Observer>,
+    observer_by_token: HashMap<(SocketAddr, Vec<u8>), ExchangeId>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+/// A request after the message layer: what the resource layer acts on.
+struct Request {
+    peer: SocketAddr,
+    message_id: u16,
+    confirmable: bool,
+    token: Vec<u8>,
+}
+
+impl Server {
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            next_message_id: config.initial_message_id,
+            config,
+            next_exchange: 1,
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+            pending: HashMap::new(),
+            blocks: HashMap::new(),
+            observers: HashMap::new(),
+            observer_by_token: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            dedup_entries: self.dedup.len(),
+            pending: self.pending.len(),
+            block_transfers: self.blocks.len(),
+            observers: self.observers.len(),
+            ..self.stats
+        }
+    }
+
+    /// Feeds one received datagram.
+    pub fn handle_datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
+        self.expire(now);
+        let packet = match Packet::from_bytes(datagram) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.malformed += 1;
+                // RFC 7252 §4.2: a malformed confirmable message is rejected with RST.
+                if datagram.len() >= 4 && datagram[0] >> 6 == 1 && (datagram[0] >> 4) & 3 == 0 {
+                    let mid = u16::from_be_bytes([datagram[2], datagram[3]]);
+                    self.send_reset(peer, mid);
+                }
+                return;
+            }
+        };
+        if packet.header.get_version() != 1 {
+            self.stats.malformed += 1;
+            return;
+        }
+        let mid = packet.header.message_id;
+        match (packet.header.get_type(), packet.header.code) {
+            // Ping: an empty CON is answered with RST.
+            (MessageType::Confirmable, MessageClass::Empty) => self.send_reset(peer, mid),
+            (MessageType::Acknowledgement, _) => self.handle_ack(peer, mid, now),
+            (MessageType::Reset, _) => self.handle_reset(peer, mid),
+            (ty, MessageClass::Request(method)) => {
+                let confirmable = ty == MessageType::Confirmable;
+                if self.is_duplicate(peer, mid, now) {
+                    return;
+                }
+                let request = Request {
+                    peer,
+                    message_id: mid,
+                    confirmable,
+                    token: packet.get_token().to_vec(),
+                };
+                self.handle_request(request, method, &packet, now);
+            }
+            // Responses or reserved codes sent to a server: reject a CON, ignore the rest.
+            (MessageType::Confirmable, _) => self.send_reset(peer, mid),
+            _ => {}
+        }
+    }
+
+    /// Answers a request the shell decided.
+    pub fn complete(&mut self, exchange: ExchangeId, outcome: Outcome, now: Instant) {
+        let Some(p) = self.pending.remove(&exchange) else {
+            return;
+        };
+        let (code, observe, payload, content_format) = match (&p.kind, outcome) {
+            (Kind::Publish, Outcome::Stored) => (ResponseType::Changed, None, Vec::new(), None),
+            (Kind::Subscribe, Outcome::Subscribed) => {
+                if self.observers.len() >= self.config.max_observers {
+                    self.respond_failure(
+                        &p,
+                        Failure::Busy {
+                            retry_after: Duration::from_secs(30),
+                        },
+                        now,
+                    );
+                    return;
+                }
+                let key = (p.peer, p.token.clone());
+                if let Some(old) = self.observer_by_token.remove(&key) {
+                    self.observers.remove(&old);
+                    self.events.push_back(Event::ObserveEnded { observer: old });
+                }
+                self.observer_by_token.insert(key, exchange);
+                self.observers.insert(
+                    exchange,
+                    Observer {
+                        peer: p.peer,
+                        token: p.token.clone(),
+                        seq: 1,
+                        in_flight: None,
+                        queue: VecDeque::new(),
+                    },
+                );
+                (ResponseType::Content, Some(0), Vec::new(), None)
+            }
+            (
+                Kind::Poll,
+                Outcome::Content {
+                    payload,
+                    content_format,
+                },
+            ) => (ResponseType::Content, None, payload, content_format),
+            (_, Outcome::Refused(failure)) => {
+                self.respond_failure(&p, failure, now);
+                return;
+            }
+            // An outcome that does not fit the request is a shell bug; answer 5.00.
+            _ => {
+                self.respond_failure(&p, Failure::Internal, now);
+                return;
+            }
+        };
+        let mut resp = self.response_to(&p, code);
+        if let Some(seq) = observe {
+            resp.set_observe_value(seq);
+        }
+        if let Some(cf) = content_format {
+            resp.add_option(CoapOption::ContentFormat, encode_uint(u32::from(cf)));
+        }
+        if let Some(b1) = p.block1 {
+            resp.add_option(CoapOption::Block1, encode_uint(b1));
+        }
+        resp.payload = payload;
+        self.finish(&p, resp, now);
+    }
+
+    /// Queues a confirmable notification for an observer.
+    pub fn notify(
+        &mut self,
+        observer: ExchangeId,
+        payload: Vec<u8>,
+        content_format: Option<u16>,
+        now: Instant,
+    ) -> Result<(), NotifyError> {
+        let max_queue = self.config.max_queued_notifications;
+        let obs = self
+            .observers
+            .get_mut(&observer)
+            .ok_or(NotifyError::UnknownObserver)?;
+        if obs.queue.len() >= max_queue {
+            return Err(NotifyError::QueueFull);
+        }
+        obs.queue.push_back((payload, content_format));
+        self.send_next_notification(observer, now);
+        Ok(())
+    }
+
+    /// Ends an observation from the shell's side (client disabled, revoked, session gone).
+    pub fn cancel_observer(&mut self, observer: ExchangeId) {
+        if let Some(obs) = self.observers.remove(&observer) {
+            self.observer_by_token.remove(&(obs.peer, obs.token));
+            self.events.push_back(Event::ObserveEnded { observer });
+        }
+    }
+
+    /// Forgets everything about a peer (its DTLS session ended).
+    pub fn forget_peer(&mut self, peer: SocketAddr) {
+        let ids: Vec<_> = self
+            .observers
+            .iter()
+            .filter(|(_, o)| o.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.cancel_observer(id);
+        }
+        self.pending.retain(|_, p| p.peer != peer);
+        self.blocks.retain(|(p, _), _| *p != peer);
+        self.dedup.retain(|(p, _), _| *p != peer);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next instant [`Server::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retransmit = self
+            .observers
+            .values()
+            .filter_map(|o| o.in_flight.as_ref().map(|f| f.next))
+            .min();
+        let dedup = self.dedup_order.front().map(|(_, t)| *t);
+        let blocks = self.blocks.values().map(|b| b.expires).min();
+        [retransmit, dedup, blocks].into_iter().flatten().min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire(now);
+        let due: Vec<ExchangeId> = self
+            .observers
+            .iter()
+            .filter(|(_, o)| o.in_flight.as_ref().is_some_and(|f| f.next <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        let max_retransmit = self.config.max_retransmit;
+        for id in due {
+            let Some(obs) = self.observers.get_mut(&id) else {
+                continue;
+            };
+            let Some(f) = obs.in_flight.as_mut() else {
+                continue;
+            };
+            if f.retransmits >= max_retransmit {
+                // RFC 7641 §4.5: an unacknowledged notification ends the observation.
+                self.cancel_observer(id);
+                continue;
+            }
+            f.retransmits += 1;
+            f.timeout *= 2;
+            f.next = now + f.timeout;
+            let payload = f.bytes.clone();
+            let peer = obs.peer;
+            self.transmits.push_back(Transmit { peer, payload });
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((key, expires)) = self.dedup_order.front() {
+            if *expires > now {
+                break;
+            }
+            if self.dedup.get(key).is_some_and(|e| e.expires <= now) {
+                self.dedup.remove(key);
+            }
+            self.dedup_order.pop_front();
+        }
+        self.blocks.retain(|_, b| b.expires > now);
+    }
+
+    /// Records (peer, mid); for a duplicate, re-sends the stored answer and returns true.
+    fn is_duplicate(&mut self, peer: SocketAddr, mid: u16, now: Instant) -> bool {
+        let key = (peer, mid);
+        if let Some(entry) = self.dedup.get(&key) {
+            self.stats.duplicates += 1;
+            match &entry.state {
+                DedupState::Processing => {}
+                DedupState::Answered(bytes) | DedupState::Continue(bytes) => {
+                    self.transmits.push_back(Transmit {
+                        peer,
+                        payload: bytes.clone(),
+                    });
+                }
+            }
+            return true;
+        }
+        while self.dedup.len() >= self.config.max_dedup_entries {
+            let Some((old, _)) = self.dedup_order.pop_front() else {
+                break;
+            };
+            self.dedup.remove(&old);
+        }
+        let expires = now + self.config.exchange_lifetime;
+        self.dedup.insert(
+            key,
+            DedupEntry {
+                expires,
+                state: DedupState::Processing,
+            },
+        );
+        self.dedup_order.push_back((key, expires));
+        false
+    }
+
+    fn handle_request(&mut self, req: Request, method: RequestType, packet: &Packet, now: Instant) {
+        if let Some(code) = unsupported_critical_option(packet) {
+            self.respond_now(&req, code, now, |_| {});
+            return;
+        }
+        let target = match parse_path(packet) {
+            Ok(t) => t,
+            Err(PathError::NotFound) => {
+                self.respond_now(&req, ResponseType::NotFound, now, |_| {});
+                return;
+            }
+            Err(PathError::Bad) => {
+                self.respond_now(&req, ResponseType::BadRequest, now, |_| {});
+                return;
+            }
+        };
+        let Ok(credentials) = parse_query(packet) else {
+            self.respond_now(&req, ResponseType::BadRequest, now, |_| {});
+            return;
+        };
+        match method {
+            RequestType::Post => self.handle_post(req, target, credentials, packet, now),
+            RequestType::Get => {
+                let observe = packet
+                    .get_first_option(CoapOption::Observe)
+                    .map(|v| decode_uint(v));
+                match observe {
+                    Some(Some(0)) => {
+                        self.start_exchange(req, Kind::Subscribe, None, now, |exchange, peer| {
+                            Event::Subscribe {
+                                exchange,
+                                peer,
+                                target,
+                                credentials,
+                            }
+                        });
+                    }
+                    Some(Some(1)) => {
+                        if let Some(id) = self.observer_by_token.get(&(req.peer, req.token.clone()))
+                        {
+                            let id = *id;
+                            self.cancel_observer(id);
+                        }
+                        self.start_exchange(req, Kind::Poll, None, now, |exchange, peer| {
+                            Event::Poll {
+                                exchange,
+                                peer,
+                                target,
+                                credentials,
+                            }
+                        });
+                    }
+                    Some(_) => self.respond_now(&req, ResponseType::BadRequest, now, |_| {}),
+                    None => self.start_exchange(req, Kind::Poll, None, now, |exchange, peer| {
+                        Event::Poll {
+                            exchange,
+                            peer,
+                            target,
+                            credentials,
+                        }
+                    }),
+                }
+            }
+            _ => self.respond_now(&req, ResponseType::MethodNotAllowed, now, |_| {}),
+        }
+    }
+
+    fn handle_post(
+        &mut self,
+        req: Request,
+        target: Target,
+        credentials: Credentials,
+        packet: &Packet,
+        now: Instant,
+    ) {
+        let max = self.config.max_payload;
+        let content_format = packet
+            .get_first_option(CoapOption::ContentFormat)
+            .and_then(|v| decode_uint(v))
+            .and_then(|v| u16::try_from(v).ok());
+        let too_large = |s: &mut Self, req: &Request| {
+            s.respond_now(req, ResponseType::RequestEntityTooLarge, now, |r| {
+                r.add_option(
+                    CoapOption::Size1,
+                    encode_uint(u32::try_from(max).unwrap_or(u32::MAX)),
+                );
+            });
+        };
+        if let Some(size1) = packet
+            .get_first_option(CoapOption::Size1)
+            .and_then(|v| decode_uint(v))
+            && size1 as usize > max
+        {
+            too_large(self, &req);
+            return;
+        }
+        let Some(block1) = packet.get_first_option(CoapOption::Block1) else {
+            if packet.payload.len() > max {
+                too_large(self, &req);
+                return;
+            }
+            let payload = packet.payload.clone();
+            self.start_exchange(req, Kind::Publish, None, now, |exchange, peer| {
+                Event::Publish {
+                    exchange,
+                    peer,
+                    target,
+                    credentials,
+                    content_format,
+                    payload,
+                }
+            });
+            return;
+        };
+        let Some(value) = decode_uint(block1) else {
+            self.respond_now(&req, ResponseType::BadRequest, now, |_| {});
+            return;
+        };
+        let num = value >> 4;
+        let more = value & 0x8 != 0;
+        let szx = (value & 0x7) as u8;
+        if szx == 7 {
+            self.respond_now(&req, ResponseType::BadRequest, now, |_| {});
+            return;
+        }
+        let size = 16usize << szx;
+        if more && packet.payload.len() != size {
+            self.respond_now(&req, ResponseType::BadRequest, now, |_| {});
+            return;
+        }
+        let key = (req.peer, block_key(packet));
+        if num == 0 {
+            if !self.blocks.contains_key(&key)
+                && self.blocks.len() >= self.config.max_block_transfers
+            {
+                self.respond_failure_req(
+                    &req,
+                    Failure::Busy {
+                        retry_after: Duration::from_secs(5),
+                    },
+                    now,
+                );
+                return;
+            }
+            self.blocks.insert(
+                key.clone(),
+                BlockTransfer {
+                    expires: now + self.config.exchange_lifetime,
+                    buffer: Vec::new(),
+                },
+            );
+        }
+        let Some(transfer) = self.blocks.get_mut(&key) else {
+            self.respond_now(&req, ResponseType::RequestEntityIncomplete, now, |_| {});
+            return;
+        };
+        // A client may lower the block size mid-transfer (RFC 7959 §2.5): what must line up is
+        // the byte offset, not the block number.
+        let offset = (num as usize).saturating_mul(size);
+        if offset != transfer.buffer.len() || (!more && packet.payload.len() > size) {
+            self.blocks.remove(&key);
+            self.respond_now(&req, ResponseType::RequestEntityIncomplete, now, |_| {});
+            return;
+        }
+        if transfer.buffer.len() + packet.payload.len() > max {
+            self.blocks.remove(&key);
+            too_large(self, &req);
+            return;
+        }
+        transfer.buffer.extend_from_slice(&packet.payload);
+        transfer.expires = now + self.config.exchange_lifetime;
+        if more {
+            let mut resp = self.response_to_req(&req, ResponseType::Continue);
+            resp.add_option(CoapOption::Block1, encode_uint(value));
+            let bytes = encode(&resp);
+            self.store_answer(
+                req.peer,
+                req.message_id,
+                DedupState::Continue(bytes.clone()),
+            );
+            self.transmits.push_back(Transmit {
+                peer: req.peer,
+                payload: bytes,
+            });
+            return;
+        }
+        let Some(transfer) = self.blocks.remove(&key) else {
+            return;
+        };
+        let payload = transfer.buffer;
+        self.start_exchange(req, Kind::Publish, Some(value), now, |exchange, peer| {
+            Event::Publish {
+                exchange,
+                peer,
+                target,
+                credentials,
+                content_format,
+                payload,
+            }
+        });
+    }
+
+    fn start_exchange(
+        &mut self,
+        req: Request,
+        kind: Kind,
+        block1: Option<u32>,
+        now: Instant,
+        event: impl FnOnce(ExchangeId, SocketAddr) -> Event,
+    ) {
+        if self.pending.len() >= self.config.max_pending {
+            self.respond_failure_req(
+                &req,
+                Failure::Busy {
+                    retry_after: Duration::from_secs(1),
+                },
+                now,
+            );
+            return;
+        }
+        let id = ExchangeId(self.next_exchange);
+        self.next_exchange += 1;
+        self.events.push_back(event(id, req.peer));
+        self.pending.insert(
+            id,
+            Pending {
+                peer: req.peer,
+                message_id: req.message_id,
+                confirmable: req.confirmable,
+                token: req.token,
+                kind,
+                block1,
+            },
+        );
+    }
+
+    fn respond_failure_req(&mut self, req: &Request, failure: Failure, now: Instant) {
+        let p = Pending {
+            peer: req.peer,
+            message_id: req.message_id,
+            confirmable: req.confirmable,
+            token: req.token.clone(),
+            kind: Kind::Poll,
+            block1: None,
+        };
+        self.respond_failure(&p, failure, now);
+    }
+
+    fn respond_failure(&mut self, p: &Pending, failure: Failure, now: Instant) {
+        let (code, max_age, size1) = match failure {
+            Failure::BadRequest => (ResponseType::BadRequest, None, None),
+            Failure::Unauthenticated => (ResponseType::Unauthorized, None, None),
+            Failure::NotConnected => (ResponseType::Forbidden, None, None),
+            Failure::NotFound => (ResponseType::NotFound, None, None),
+            Failure::TooLarge => (
+                ResponseType::RequestEntityTooLarge,
+                None,
+                Some(self.config.max_payload),
+            ),
+            Failure::Busy { retry_after } => {
+                (ResponseType::ServiceUnavailable, Some(retry_after), None)
+            }
+            Failure::Throttled { retry_after } => {
+                (ResponseType::TooManyRequests, Some(retry_after), None)
+            }
+            Failure::Internal => (ResponseType::InternalServerError, None, None),
+        };
+        let mut resp = self.response_to(p, code);
+        if let Some(age) = max_age {
+            resp.add_option(CoapOption::MaxAge, encode_uint(max_age_secs(age)));
+        }
+        if let Some(size) = size1 {
+            resp.add_option(
+                CoapOption::Size1,
+                encode_uint(u32::try_from(size).unwrap_or(u32::MAX)),
+            );
+        }
+        self.finish(p, resp, now);
+    }
+
+    /// Answers at once (no shell decision needed).
+    fn respond_now(
+        &mut self,
+        req: &Request,
+        code: ResponseType,
+        _now: Instant,
+        extra: impl FnOnce(&mut Packet),
+    ) {
+        let mut resp = self.response_to_req(req, code);
+        extra(&mut resp);
+        let bytes = encode(&resp);
+        self.store_answer(
+            req.peer,
+            req.message_id,
+            DedupState::Answered(bytes.clone()),
+        );
+        self.transmits.push_back(Transmit {
+            peer: req.peer,
+            payload: bytes,
+        });
+    }
+
+    fn finish(&mut self, p: &Pending, resp: Packet, _now: Instant) {
+        let bytes = encode(&resp);
+        self.store_answer(p.peer, p.message_id, DedupState::Answered(bytes.clone()));
+        self.transmits.push_back(Transmit {
+            peer: p.peer,
+            payload: bytes,
+        });
+    }
+
+    fn store_answer(&mut self, peer: SocketAddr, mid: u16, state: DedupState) {
+        if let Some(entry) = self.dedup.get_mut(&(peer, mid)) {
+            entry.state = state;
+        }
+    }
+
+    fn response_to(&mut self, p: &Pending, code: ResponseType) -> Packet {
+        let req = Request {
+            peer: p.peer,
+            message_id: p.message_id,
+            confirmable: p.confirmable,
+            token: p.token.clone(),
+        };
+        self.response_to_req(&req, code)
+    }
+
+    /// A piggy-backed ACK for a CON, a NON with a fresh message id for a NON.
+    fn response_to_req(&mut self, req: &Request, code: ResponseType) -> Packet {
+        let mut resp = Packet::new();
+        if req.confirmable {
+            resp.header.set_type(MessageType::Acknowledgement);
+            resp.header.message_id = req.message_id;
+        } else {
+            resp.header.set_type(MessageType::NonConfirmable);
+            resp.header.message_id = self.fresh_message_id();
+        }
+        resp.header.code = MessageClass::Response(code);
+        resp.set_token(req.token.clone());
+        resp
+    }
+
+    fn fresh_message_id(&mut self) -> u16 {
+        let id = self.next_message_id;
+        self.next_message_id = self.next_message_id.wrapping_add(1);
+        id
+    }
+
+    fn send_reset(&mut self, peer: SocketAddr, mid: u16) {
+        let mut rst = Packet::new();
+        rst.header.set_type(MessageType::Reset);
+        rst.header.message_id = mid;
+        rst.header.code = MessageClass::Empty;
+        self.transmits.push_back(Transmit {
+            peer,
+            payload: encode(&rst),
+        });
+    }
+
+    fn handle_ack(&mut self, peer: SocketAddr, mid: u16, now: Instant) {
+        let found = self
+            .observers
+            .iter()
+            .find(|(_, o)| {
+                o.peer == peer && o.in_flight.as_ref().is_some_and(|f| f.message_id == mid)
+            })
+            .map(|(id, _)| *id);
+        if let Some(id) = found {
+            if let Some(obs) = self.observers.get_mut(&id) {
+                obs.in_flight = None;
+            }
+            self.send_next_notification(id, now);
+        }
+    }
+
+    fn handle_reset(&mut self, peer: SocketAddr, mid: u16) {
+        let found = self
+            .observers
+            .iter()
+            .find(|(_, o)| {
+                o.peer == peer && o.in_flight.as_ref().is_some_and(|f| f.message_id == mid)
+            })
+            .map(|(id, _)| *id);
+        if let Some(id) = found {
+            self.cancel_observer(id);
+        }
+    }
+
+    fn send_next_notification(&mut self, id: ExchangeId, now: Instant) {
+        let mid = self.next_message_id;
+        let ack_timeout = self.config.ack_timeout;
+        let Some(obs) = self.observers.get_mut(&id) else {
+            return;
+        };
+        if obs.in_flight.is_some() {
+            return;
+        }
+        let Some((payload, cf)) = obs.queue.pop_front() else {
+            return;
+        };
+        obs.seq = (obs.seq + 1) & 0x00FF_FFFF;
+        let mut n = Packet::new();
+        n.header.set_type(MessageType::Confirmable);
+        n.header.message_id = mid;
+        n.header.code = MessageClass::Response(ResponseType::Content);
+        n.set_token(obs.token.clone());
+        n.set_observe_value(obs.seq);
+        if let Some(cf) = cf {
+            n.add_option(CoapOption::ContentFormat, encode_uint(u32::from(cf)));
+        }
+        n.payload = payload;
+        let bytes = encode(&n);
+        obs.in_flight = Some(InFlight {
+            message_id: mid,
+            bytes: bytes.clone(),
+            retransmits: 0,
+            timeout: ack_timeout,
+            next: now + ack_timeout,
+        });
+        let peer = obs.peer;
+        self.next_message_id = self.next_message_id.wrapping_add(1);
+        self.transmits.push_back(Transmit {
+            peer,
+            payload: bytes,
+        });
+    }
+}
+
+fn encode(p: &Packet) -> Vec<u8> {
+    // Our own responses are small and well-formed; the codec's size limit does not apply to
+    // them, but a failure must not panic the adapter.
+    p.to_bytes_unlimited().unwrap_or_default()
+}
+
+fn max_age_secs(d: Duration) -> u32 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
+/// CoAP uint option encoding: big-endian, no leading zero bytes.
+fn encode_uint(v: u32) -> Vec<u8> {
+    let bytes = v.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    bytes[skip..].to_vec()
+}
+
+fn decode_uint(v: &[u8]) -> Option<u32> {
+    if v.len() > 4 {
+        return None;
+    }
+    Some(v.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
+}
+
+/// 4.02 for a critical option we do not implement (RFC 7252 §5.4.1).
+fn unsupported_critical_option(packet: &Packet) -> Option<ResponseType> {
+    // Uri-Host 3, Observe 6 (elective), Uri-Port 7, Uri-Path 11, Uri-Query 15, Accept 17,
+    // Block2 23, Block1 27.
+    const UNDERSTOOD_CRITICAL: [u16; 6] = [3, 7, 11, 15, 17, 27];
+    for (number, _) in packet.options() {
+        if number % 2 == 1 && !UNDERSTOOD_CRITICAL.contains(number) && *number != 23 {
+            return Some(ResponseType::BadOption);
+        }
+    }
+    None
+}
+
+enum PathError {
+    NotFound,
+    Bad,
+}
+
+fn segments(packet: &Packet) -> Result<Vec<String>, PathError> {
+    let Some(list) = packet.get_option(CoapOption::UriPath) else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|s| String::from_utf8(s.clone()).map_err(|_| PathError::Bad))
+        .collect()
+}
+
+fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.contains(['+', '#', '/', '*', '>'])
+        && !s.chars().any(char::is_control)
+}
+
+/// `m/<domain>/c/<channel>[/<subtopic>]` or `channels/<channel>/messages[/<subtopic>]`.
+fn parse_path(packet: &Packet) -> Result<Target, PathError> {
+    let segs = segments(packet)?;
+    let (domain, channel, rest) = match segs.as_slice() {
+        [m, domain, c, channel, rest @ ..] if m == "m" && c == "c" => {
+            (Some(domain.clone()), channel.clone(), rest)
+        }
+        [ch, channel, msgs, rest @ ..] if ch == "channels" && msgs == "messages" => {
+            (None, channel.clone(), rest)
+        }
+        _ => return Err(PathError::NotFound),
+    };
+    if domain.as_deref().is_some_and(|d| !valid_segment(d)) || !valid_segment(&channel) {
+        return Err(PathError::Bad);
+    }
+    if !rest.iter().all(|s| valid_segment(s)) {
+        return Err(PathError::Bad);
+    }
+    Ok(Target {
+        domain,
+        channel,
+        subtopic: rest.join("/"),
+    })
+}
+
+/// Uri-Query: `auth=<secret>` or `username=<client>&password=<secret>`. Each key at most once;
+/// both forms at once, or unknown credential keys alongside, are a bad request.
+fn parse_query(packet: &Packet) -> Result<Credentials, ()> {
+    let mut auth = None;
+    let mut username = None;
+    let mut password = None;
+    if let Some(list) = packet.get_option(CoapOption::UriQuery) {
+        for q in list {
+            let Some(eq) = q.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            let (k, v) = (&q[..eq], q[eq + 1..].to_vec());
+            let slot = match k {
+                b"auth" => &mut auth,
+                b"password" => &mut password,
+                b"username" => {
+                    if username.is_some() {
+                        return Err(());
+                    }
+                    username = Some(String::from_utf8(v).map_err(|_| ())?);
+                    continue;
+                }
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(());
+            }
+            *slot = Some(v);
+        }
+    }
+    match (auth, username, password) {
+        (None, None, None) => Ok(Credentials::None),
+        (Some(secret), None, None) => Ok(Credentials::Secret(secret)),
+        (None, Some(username), Some(password)) => {
+            Ok(Credentials::UsernamePassword { username, password })
+        }
+        _ => Err(()),
+    }
+}
+
+/// Key of a Block1 transfer: the request URI without the Block options (RFC 7959 §2.4).
+fn block_key(packet: &Packet) -> String {
+    let mut key = String::new();
+    for (n, list) in packet.options() {
+        if matches!(*n, 11 | 15) {
+            for v in list {
+                key.push_str(&n.to_string());
+                key.push(':');
+                key.push_str(&String::from_utf8_lossy(v));
+                key.push('\u{0}');
+            }
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,576 @@
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use proptest::prelude::*;
+
+use super::*;
+
+fn peer(n: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 40000 + n))
+}
+
+fn request(ty: MessageType, method: RequestType, mid: u16, path: &str, query: &[&str]) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(ty);
+    p.header.code = MessageClass::Request(method);
+    p.header.message_id = mid;
+    p.set_token(vec![0xA1, 0xB2, (mid & 0xff) as u8]);
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+    }
+    for q in query {
+        p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+    }
+    p
+}
+
+fn post(mid: u16, path: &str, query: &[&str], payload: &[u8]) -> Vec<u8> {
+    let mut p = request(
+        MessageType::Confirmable,
+        RequestType::Post,
+        mid,
+        path,
+        query,
+    );
+    p.payload = payload.to_vec();
+    p.to_bytes_unlimited().unwrap()
+}
+
+fn decode(t: &Transmit) -> Packet {
+    Packet::from_bytes(&t.payload).unwrap()
+}
+
+fn code(p: &Packet) -> String {
+    p.header.code.to_string()
+}
+
+fn only_transmit(s: &mut Server) -> Packet {
+    let t = s.poll_transmit().expect("a response");
+    assert!(s.poll_transmit().is_none(), "more than one datagram");
+    decode(&t)
+}
+
+fn publish_event(s: &mut Server) -> (ExchangeId, Target, Credentials, Vec<u8>) {
+    match s.poll_event() {
+        Some(Event::Publish {
+            exchange,
+            target,
+            credentials,
+            payload,
+            ..
+        }) => (exchange, target, credentials, payload),
+        other => panic!("expected Publish, got {other:?}"),
+    }
+}
+
+#[test]
+fn con_post_gets_piggybacked_2_04_with_token_only_after_complete() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    s.handle_datagram(
+        peer(1),
+        &post(7, "m/dom/c/chan/room/1", &["auth=s3cret"], b"21.5"),
+        now,
+    );
+    assert!(s.poll_transmit().is_none(), "answered before durable");
+    let (ex, target, creds, payload) = publish_event(&mut s);
+    assert_eq!(
+        target,
+        Target {
+            domain: Some("dom".into()),
+            channel: "chan".into(),
+            subtopic: "room/1".into()
+        }
+    );
+    assert_eq!(creds, Credentials::Secret(b"s3cret".to_vec()));
+    assert_eq!(payload, b"21.5");
+    s.complete(ex, Outcome::Stored, now);
+    let resp = only_transmit(&mut s);
+    assert_eq!(resp.header.get_type(), MessageType::Acknowledgement);
+    assert_eq!(resp.header.message_id, 7);
+    assert_eq!(resp.get_token(), &[0xA1, 0xB2, 7]);
+    assert_eq!(code(&resp), "2.04");
+}
+
+#[test]
+fn non_post_gets_non_response_with_fresh_message_id() {
+    let mut s = Server::new(ServerConfig {
+        initial_message_id: 500,
+        ..ServerConfig::default()
+    });
+    let now = Instant::now();
+    let mut p = request(
+        MessageType::NonConfirmable,
+        RequestType::Post,
+        9,
+        "channels/c1/messages",
+        &[],
+    );
+    p.payload = b"x".to_vec();
+    s.handle_datagram(peer(1), &p.to_bytes().unwrap(), now);
+    let (ex, target, creds, _) = publish_event(&mut s);
+    assert_eq!(target.domain, None);
+    assert_eq!(target.channel, "c1");
+    assert_eq!(target.subtopic, "");
+    assert_eq!(creds, Credentials::None);
+    s.complete(ex, Outcome::Stored, now);
+    let resp = only_transmit(&mut s);
+    assert_eq!(resp.header.get_type(), MessageType::NonConfirmable);
+    assert_eq!(resp.header.message_id, 500);
+    assert_eq!(code(&resp), "2.04");
+}
+
+#[test]
+fn username_password_query_form_is_parsed() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    s.handle_datagram(
+        peer(1),
+        &post(1, "m/d/c/ch", &["username=sensor-1", "password=pw"], b""),
+        now,
+    );
+    let (_, _, creds, _) = publish_event(&mut s);
+    assert_eq!(
+        creds,
+        Credentials::UsernamePassword {
+            username: "sensor-1".into(),
+            password: b"pw".to_vec()
+        }
+    );
+}
+
+#[test]
+fn mixed_or_repeated_credentials_are_a_bad_request() {
+    for query in [
+        &["auth=a", "username=u", "password=p"][..],
+        &["auth=a", "auth=b"][..],
+        &["username=u"][..],
+    ] {
+        let mut s = Server::new(ServerConfig::default());
+        s.handle_datagram(peer(1), &post(1, "m/d/c/ch", query, b""), Instant::now());
+        assert!(s.poll_event().is_none(), "{query:?}");
+        assert_eq!(code(&only_transmit(&mut s)), "4.00", "{query:?}");
+    }
+}
+
+#[test]
+fn unknown_paths_are_4_04_and_wildcards_4_00() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    s.handle_datagram(peer(1), &post(1, "foo/bar", &[], b""), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.04");
+    s.handle_datagram(peer(1), &post(2, "m/d/c/ch/a+b", &[], b""), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.00");
+    s.handle_datagram(peer(1), &post(3, "m/d/c/#", &[], b""), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.00");
+    assert!(s.poll_event().is_none());
+}
+
+#[test]
+fn refusals_map_to_codes_with_max_age() {
+    let cases = [
+        (Failure::BadRequest, "4.00", None),
+        (Failure::Unauthenticated, "4.01", None),
+        (Failure::NotConnected, "4.03", None),
+        (Failure::TooLarge, "4.13", None),
+        (
+            Failure::Busy {
+                retry_after: Duration::from_millis(2500),
+            },
+            "5.03",
+            Some(3),
+        ),
+        (
+            Failure::Throttled {
+                retry_after: Duration::from_secs(7),
+            },
+            "4.29",
+            Some(7),
+        ),
+    ];
+    for (failure, expected, max_age) in cases {
+        let mut s = Server::new(ServerConfig::default());
+        let now = Instant::now();
+        s.handle_datagram(peer(1), &post(1, "m/d/c/ch", &["auth=x"], b"p"), now);
+        let (ex, ..) = publish_event(&mut s);
+        s.complete(ex, Outcome::Refused(failure), now);
+        let resp = only_transmit(&mut s);
+        assert_eq!(code(&resp), expected);
+        let age = resp
+            .get_first_option(CoapOption::MaxAge)
+            .map(|v| decode_uint(v).unwrap());
+        assert_eq!(age, max_age, "{failure:?}");
+    }
+}
+
+#[test]
+fn duplicate_con_gets_the_same_response_and_is_not_stored_twice() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    let dgram = post(42, "m/d/c/ch", &["auth=x"], b"once");
+    s.handle_datagram(peer(1), &dgram, now);
+    // Retransmission while still processing: nothing, and no second event.
+    s.handle_datagram(peer(1), &dgram, now + Duration::from_secs(2));
+    assert!(s.poll_transmit().is_none());
+    let (ex, ..) = publish_event(&mut s);
+    assert!(s.poll_event().is_none());
+    s.complete(ex, Outcome::Stored, now);
+    let first = s.poll_transmit().unwrap();
+    s.handle_datagram(peer(1), &dgram, now + Duration::from_secs(5));
+    let again = s.poll_transmit().unwrap();
+    assert_eq!(first, again);
+    assert!(s.poll_event().is_none(), "a duplicate was stored twice");
+    assert_eq!(s.stats().duplicates, 2);
+    // The same message id from another peer is a different message.
+    s.handle_datagram(peer(2), &dgram, now);
+    publish_event(&mut s);
+}
+
+#[test]
+fn dedup_entries_expire_after_exchange_lifetime_and_are_capped() {
+    let mut s = Server::new(ServerConfig {
+        max_dedup_entries: 3,
+        ..ServerConfig::default()
+    });
+    let now = Instant::now();
+    for mid in 0..10u16 {
+        s.handle_datagram(peer(1), &post(mid, "m/d/c/ch", &[], b""), now);
+        let (ex, ..) = publish_event(&mut s);
+        s.complete(ex, Outcome::Stored, now);
+        s.poll_transmit().unwrap();
+        assert!(s.stats().dedup_entries <= 3);
+    }
+    assert_eq!(s.poll_timeout(), Some(now + EXCHANGE_LIFETIME));
+    s.handle_timeout(now + EXCHANGE_LIFETIME);
+    assert_eq!(s.stats().dedup_entries, 0);
+    // After the lifetime, the same id is a new message.
+    s.handle_datagram(
+        peer(1),
+        &post(9, "m/d/c/ch", &[], b""),
+        now + EXCHANGE_LIFETIME,
+    );
+    publish_event(&mut s);
+}
+
+#[test]
+fn pending_requests_are_capped_with_5_03() {
+    let mut s = Server::new(ServerConfig {
+        max_pending: 2,
+        ..ServerConfig::default()
+    });
+    let now = Instant::now();
+    for mid in 0..3u16 {
+        s.handle_datagram(peer(1), &post(mid, "m/d/c/ch", &[], b""), now);
+    }
+    let resp = only_transmit(&mut s);
+    assert_eq!(code(&resp), "5.03");
+    assert!(resp.get_first_option(CoapOption::MaxAge).is_some());
+    assert_eq!(s.stats().pending, 2);
+}
+
+#[test]
+fn empty_con_ping_gets_rst_and_malformed_con_gets_rst() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    let mut ping = Packet::new();
+    ping.header.set_type(MessageType::Confirmable);
+    ping.header.code = MessageClass::Empty;
+    ping.header.message_id = 77;
+    s.handle_datagram(peer(1), &ping.to_bytes().unwrap(), now);
+    let rst = only_transmit(&mut s);
+    assert_eq!(rst.header.get_type(), MessageType::Reset);
+    assert_eq!(rst.header.message_id, 77);
+    // CON with token length 9 (invalid).
+    s.handle_datagram(peer(1), &[0x49, 0x02, 0x12, 0x34], now);
+    let rst = only_transmit(&mut s);
+    assert_eq!(rst.header.get_type(), MessageType::Reset);
+    assert_eq!(rst.header.message_id, 0x1234);
+    assert_eq!(s.stats().malformed, 1);
+}
+
+#[test]
+fn unsupported_methods_and_critical_options_are_refused() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    let p = request(
+        MessageType::Confirmable,
+        RequestType::Delete,
+        1,
+        "m/d/c/ch",
+        &[],
+    );
+    s.handle_datagram(peer(1), &p.to_bytes().unwrap(), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.05");
+    let mut p = request(
+        MessageType::Confirmable,
+        RequestType::Post,
+        2,
+        "m/d/c/ch",
+        &[],
+    );
+    p.add_option(CoapOption::IfMatch, vec![1]);
+    s.handle_datagram(peer(1), &p.to_bytes().unwrap(), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.02");
+}
+
+fn block_post(mid: u16, num: u32, more: bool, szx: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = request(
+        MessageType::Confirmable,
+        RequestType::Post,
+        mid,
+        "m/d/c/ch",
+        &["auth=k"],
+    );
+    p.add_option(
+        CoapOption::Block1,
+        encode_uint((num << 4) | (u32::from(more) << 3) | szx),
+    );
+    p.payload = payload.to_vec();
+    p.to_bytes_unlimited().unwrap()
+}
+
+#[test]
+fn block1_transfer_is_reassembled_and_final_response_echoes_block1() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    let body: Vec<u8> = (0..100u8).collect();
+    let chunks: Vec<&[u8]> = body.chunks(32).collect(); // szx 1 = 32 bytes
+    for (i, chunk) in chunks.iter().enumerate() {
+        let more = i + 1 < chunks.len();
+        let num = u32::try_from(i).unwrap();
+        s.handle_datagram(
+            peer(1),
+            &block_post(100 + num as u16, num, more, 1, chunk),
+            now,
+        );
+        if more {
+            let resp = only_transmit(&mut s);
+            assert_eq!(code(&resp), "2.31");
+            let b1 = decode_uint(resp.get_first_option(CoapOption::Block1).unwrap()).unwrap();
+            assert_eq!(b1 >> 4, num);
+            assert!(s.poll_event().is_none());
+        }
+    }
+    let (ex, _, _, payload) = publish_event(&mut s);
+    assert_eq!(payload, body);
+    s.complete(ex, Outcome::Stored, now);
+    let resp = only_transmit(&mut s);
+    assert_eq!(code(&resp), "2.04");
+    let b1 = decode_uint(resp.get_first_option(CoapOption::Block1).unwrap()).unwrap();
+    assert_eq!(b1, 3 << 4 | 1);
+    assert_eq!(s.stats().block_transfers, 0);
+}
+
+#[test]
+fn block1_beyond_max_payload_is_4_13_with_size1() {
+    let mut s = Server::new(ServerConfig {
+        max_payload: 64,
+        ..ServerConfig::default()
+    });
+    let now = Instant::now();
+    let chunk = [0u8; 32];
+    for num in 0..2u32 {
+        s.handle_datagram(peer(1), &block_post(num as u16, num, true, 1, &chunk), now);
+        assert_eq!(code(&only_transmit(&mut s)), "2.31");
+    }
+    s.handle_datagram(peer(1), &block_post(2, 2, true, 1, &chunk), now);
+    let resp = only_transmit(&mut s);
+    assert_eq!(code(&resp), "4.13");
+    assert_eq!(
+        decode_uint(resp.get_first_option(CoapOption::Size1).unwrap()),
+        Some(64)
+    );
+    assert_eq!(s.stats().block_transfers, 0);
+    // A single datagram beyond the limit too.
+    s.handle_datagram(peer(1), &post(50, "m/d/c/ch", &[], &[1u8; 65]), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.13");
+    assert!(s.poll_event().is_none());
+}
+
+#[test]
+fn block1_out_of_order_is_4_08_and_transfers_expire() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    s.handle_datagram(peer(1), &block_post(1, 0, true, 0, &[0; 16]), now);
+    only_transmit(&mut s);
+    s.handle_datagram(peer(1), &block_post(2, 2, true, 0, &[0; 16]), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.08");
+    s.handle_datagram(peer(1), &block_post(3, 0, true, 0, &[0; 16]), now);
+    only_transmit(&mut s);
+    assert_eq!(s.stats().block_transfers, 1);
+    s.handle_timeout(now + EXCHANGE_LIFETIME);
+    assert_eq!(s.stats().block_transfers, 0);
+}
+
+fn observe_get(mid: u16, token: u8, observe: u32) -> Vec<u8> {
+    let mut p = request(
+        MessageType::Confirmable,
+        RequestType::Get,
+        mid,
+        "m/d/c/ch",
+        &["auth=k"],
+    );
+    p.set_token(vec![token]);
+    p.set_observe_value(observe);
+    p.to_bytes().unwrap()
+}
+
+fn subscribe(s: &mut Server, mid: u16, token: u8, now: Instant) -> ExchangeId {
+    s.handle_datagram(peer(1), &observe_get(mid, token, 0), now);
+    let ex = match s.poll_event() {
+        Some(Event::Subscribe { exchange, .. }) => exchange,
+        other => panic!("expected Subscribe, got {other:?}"),
+    };
+    s.complete(ex, Outcome::Subscribed, now);
+    let resp = only_transmit(s);
+    assert_eq!(code(&resp), "2.05");
+    assert!(resp.get_observe_value().is_some());
+    ex
+}
+
+#[test]
+fn observe_notifications_are_confirmable_and_retransmitted_until_acked() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    let obs = subscribe(&mut s, 1, 0x55, now);
+    s.notify(obs, b"cmd-1".to_vec(), None, now).unwrap();
+    s.notify(obs, b"cmd-2".to_vec(), None, now).unwrap();
+    let n1 = only_transmit(&mut s);
+    assert_eq!(n1.header.get_type(), MessageType::Confirmable);
+    assert_eq!(n1.get_token(), &[0x55]);
+    assert_eq!(n1.payload, b"cmd-1");
+    let seq1 = n1.get_observe_value().unwrap().unwrap();
+    // No ACK: retransmitted after ACK_TIMEOUT, then 2x.
+    assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(2)));
+    s.handle_timeout(now + Duration::from_secs(2));
+    assert_eq!(
+        only_transmit(&mut s).header.message_id,
+        n1.header.message_id
+    );
+    assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(6)));
+    // ACK: the next queued notification goes out with a higher sequence number.
+    let mut ack = Packet::new();
+    ack.header.set_type(MessageType::Acknowledgement);
+    ack.header.message_id = n1.header.message_id;
+    s.handle_datagram(
+        peer(1),
+        &ack.to_bytes().unwrap(),
+        now + Duration::from_secs(3),
+    );
+    let n2 = only_transmit(&mut s);
+    assert_eq!(n2.payload, b"cmd-2");
+    assert!(n2.get_observe_value().unwrap().unwrap() > seq1);
+}
+
+#[test]
+fn unacknowledged_notifications_end_the_observation() {
+    let mut s = Server::new(ServerConfig::default());
+    let mut now = Instant::now();
+    let obs = subscribe(&mut s, 1, 1, now);
+    s.notify(obs, b"c".to_vec(), None, now).unwrap();
+    let mut sent = 0;
+    while let Some(t) = s.poll_timeout() {
+        while s.poll_transmit().is_some() {
+            sent += 1;
+        }
+        now = t;
+        s.handle_timeout(now);
+        if s.stats().observers == 0 {
+            break;
+        }
+    }
+    assert_eq!(sent, 1 + 4, "initial + MAX_RETRANSMIT");
+    assert_eq!(s.poll_event(), Some(Event::ObserveEnded { observer: obs }));
+    assert_eq!(
+        s.notify(obs, vec![], None, now),
+        Err(NotifyError::UnknownObserver)
+    );
+}
+
+#[test]
+fn rst_to_a_notification_or_deregistration_ends_the_observation() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    let obs = subscribe(&mut s, 1, 9, now);
+    s.notify(obs, b"c".to_vec(), None, now).unwrap();
+    let n = only_transmit(&mut s);
+    let mut rst = Packet::new();
+    rst.header.set_type(MessageType::Reset);
+    rst.header.message_id = n.header.message_id;
+    s.handle_datagram(peer(1), &rst.to_bytes().unwrap(), now);
+    assert_eq!(s.poll_event(), Some(Event::ObserveEnded { observer: obs }));
+
+    let obs = subscribe(&mut s, 2, 10, now);
+    s.handle_datagram(peer(1), &observe_get(3, 10, 1), now);
+    assert_eq!(s.poll_event(), Some(Event::ObserveEnded { observer: obs }));
+    assert!(matches!(s.poll_event(), Some(Event::Poll { .. })));
+    assert_eq!(s.stats().observers, 0);
+}
+
+#[test]
+fn notification_queue_is_bounded() {
+    let mut s = Server::new(ServerConfig {
+        max_queued_notifications: 2,
+        ..ServerConfig::default()
+    });
+    let now = Instant::now();
+    let obs = subscribe(&mut s, 1, 1, now);
+    s.notify(obs, b"1".to_vec(), None, now).unwrap(); // in flight
+    s.notify(obs, b"2".to_vec(), None, now).unwrap();
+    s.notify(obs, b"3".to_vec(), None, now).unwrap();
+    assert_eq!(
+        s.notify(obs, b"4".to_vec(), None, now),
+        Err(NotifyError::QueueFull)
+    );
+}
+
+#[test]
+fn forget_peer_drops_its_state() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    let obs = subscribe(&mut s, 1, 1, now);
+    s.handle_datagram(peer(1), &post(2, "m/d/c/ch", &[], b""), now);
+    publish_event(&mut s);
+    s.forget_peer(peer(1));
+    let st = s.stats();
+    assert_eq!((st.observers, st.pending, st.dedup_entries), (0, 0, 0));
+    assert_eq!(s.poll_event(), Some(Event::ObserveEnded { observer: obs }));
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_datagrams_never_panic_and_state_stays_bounded(
+        datagrams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..50)
+    ) {
+        let mut s = Server::new(ServerConfig { max_dedup_entries: 8, max_pending: 4, ..ServerConfig::default() });
+        let now = Instant::now();
+        for d in &datagrams {
+            s.handle_datagram(peer(1), d, now);
+            while s.poll_transmit().is_some() {}
+        }
+        let st = s.stats();
+        prop_assert!(st.dedup_entries <= 8);
+        prop_assert!(st.pending <= 4);
+    }
+
+    #[test]
+    fn mutated_valid_requests_never_panic(
+        flips in proptest::collection::vec((0usize..64, any::<u8>()), 0..8),
+        cut in 0usize..64,
+    ) {
+        let mut d = post(1, "m/d/c/ch/sub", &["username=u", "password=p"], b"payload");
+        for (i, b) in flips {
+            let len = d.len();
+            d[i % len] ^= b;
+        }
+        d.truncate(cut.max(1).min(d.len()));
+        let mut s = Server::new(ServerConfig::default());
+        s.handle_datagram(peer(1), &d, Instant::now());
+        while let Some(ev) = s.poll_event() {
+            if let Event::Publish { exchange, .. } = ev {
+                s.complete(exchange, Outcome::Stored, Instant::now());
+            }
+        }
+    }
+}

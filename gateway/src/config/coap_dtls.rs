@@ -1,0 +1,104 @@
+//! `[coap_dtls]`: the CoAP-over-DTLS listener (udp/5684), PSK and certificate modes on one port.
+//!
+//! SuperMQ rule: if `cert` or `key` is unset the listener is off (with a warning); a file that
+//! is set but unreadable stops the daemon (exit 78).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::coap::{bind_addr, opt_number, positive};
+use super::value::Duration;
+use super::{Check, Profile};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCoapDtls {
+    bind: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca_certs: Option<PathBuf>,
+    #[serde(deserialize_with = "opt_number")]
+    max_sessions: Option<usize>,
+    #[serde(deserialize_with = "opt_number")]
+    max_handshakes: Option<usize>,
+    handshake_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+/// The validated `[coap_dtls]` section.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoapDtlsConfig {
+    pub bind: SocketAddr,
+    /// Server certificate chain (PEM, ECDSA P-256). Unset: listener off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM). Unset: listener off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// CA bundle that signs device certificates. Unset: certificate mode refused (PSK only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_certs: Option<PathBuf>,
+    pub max_sessions: usize,
+    pub max_handshakes: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl CoapDtlsConfig {
+    /// Whether the listener starts: both `cert` and `key` set.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
+
+    /// Why the listener is off, if it is (for the start-up warning).
+    pub fn disabled_reason(&self) -> Option<&'static str> {
+        match (&self.cert, &self.key) {
+            (Some(_), Some(_)) => None,
+            (None, None) => Some("coap_dtls.cert and coap_dtls.key are not set"),
+            (None, Some(_)) => Some("coap_dtls.cert is not set"),
+            (Some(_), None) => Some("coap_dtls.key is not set"),
+        }
+    }
+}
+
+impl RawCoapDtls {
+    pub fn validate(self, profile: &Profile, check: &mut Check<'_>) -> CoapDtlsConfig {
+        let bind = bind_addr(
+            check,
+            "coap_dtls.bind",
+            self.bind,
+            SocketAddr::new(profile.default_listen_ip(), 5684),
+        );
+        // A file that is named must be usable (exit 78 otherwise), even if the listener ends
+        // up off because its partner is unset; `run` logs why the listener is off.
+        if let Some(cert) = &self.cert {
+            check.certificates("coap_dtls.cert", cert);
+        }
+        if let Some(key) = &self.key {
+            check.private_key("coap_dtls.key", key);
+        }
+        if let Some(ca) = &self.client_ca_certs {
+            check.certificates("coap_dtls.client_ca_certs", ca);
+        }
+        let handshake_timeout = self.handshake_timeout.unwrap_or(Duration::from_secs(10));
+        let idle_timeout = self.idle_timeout.unwrap_or(Duration::from_secs(600));
+        if handshake_timeout.get().is_zero() {
+            check.invalid("coap_dtls.handshake_timeout", "must be longer than 0s");
+        }
+        if idle_timeout.get().is_zero() {
+            check.invalid("coap_dtls.idle_timeout", "must be longer than 0s");
+        }
+        CoapDtlsConfig {
+            bind,
+            cert: self.cert,
+            key: self.key,
+            client_ca_certs: self.client_ca_certs,
+            max_sessions: positive(check, "coap_dtls.max_sessions", self.max_sessions, 4096),
+            max_handshakes: positive(check, "coap_dtls.max_handshakes", self.max_handshakes, 256),
+            handshake_timeout,
+            idle_timeout,
+        }
+    }
+}

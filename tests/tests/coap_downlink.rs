@@ -1,0 +1,97 @@
+//! Downlink end to end: a command published on the upstream broker (real mosquitto, mTLS)
+//! reaches a CoAP sensor that registered Observe on its channel, as a notification to
+//! libcoap's `coap-client-openssl -s`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use system_tests::mosquitto::{Mosquitto, free_port, publish};
+use system_tests::pki::Pki;
+use system_tests::uplink::env;
+use system_tests::{Daemon, edgegw};
+
+fn cli(dir: &std::path::Path, vars: &[(String, String)], args: &[&str]) -> serde_json::Value {
+    let out = edgegw(dir)
+        .arg("--json")
+        .args(args)
+        .envs(vars.iter().cloned())
+        .output()
+        .expect("edgegw");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn a_broker_command_reaches_an_observing_coap_sensor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&dir.path().join("pki"));
+    let broker = Mosquitto::start(&dir.path().join("broker"), &pki);
+    let vars = env(dir.path(), &broker, &pki);
+    let channel = cli(
+        dir.path(),
+        &vars,
+        &["channel", "add", "lamps", "--domain", "dom"],
+    );
+    let channel_id = channel["id"].as_str().expect("channel id").to_owned();
+    let client = cli(dir.path(), &vars, &["client", "add", "lamp-1"]);
+    let secret = client["secret"].as_str().expect("secret").to_owned();
+    cli(dir.path(), &vars, &["connect", "lamp-1", "lamps"]);
+
+    let port = free_port();
+    let mut cmd = edgegw(dir.path());
+    cmd.arg("run")
+        .envs(vars.iter().cloned())
+        .env("EDGEGW_COAP_BIND", format!("127.0.0.1:{port}"));
+    let mut daemon = Daemon::start(cmd);
+    daemon.wait_for_log("uplink connected", Duration::from_secs(30));
+
+    let mut observer = Command::new("coap-client-openssl")
+        .args(["-B", "60", "-s", "60", "-w", "-m", "get"])
+        .arg(format!(
+            "coap://127.0.0.1:{port}/m/dom/c/lamps/cmd?auth={secret}"
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("coap-client-openssl");
+    let out = observer.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    // The uplink subscribes asynchronously: publish until the command comes through.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = None;
+    while got.is_none() && Instant::now() < deadline {
+        publish(
+            &broker,
+            &pki,
+            &format!("m/dom/c/{channel_id}/cmd"),
+            "lamp-on",
+        );
+        while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+            if line.contains("lamp-on") {
+                got = Some(line);
+                break;
+            }
+        }
+    }
+    let _ = observer.kill();
+    let _ = observer.wait();
+    assert_eq!(
+        got.as_deref(),
+        Some("lamp-on"),
+        "no notification; log:\n{}",
+        daemon.log().join("\n")
+    );
+}
