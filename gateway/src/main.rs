@@ -132,6 +132,9 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         .build()
         .context("cannot start the async runtime")?;
     let outcome = runtime.block_on(async {
+        // First, so a SIGTERM that arrives while listeners start is an orderly stop, not the
+        // default action (killed by the signal).
+        let signals = forward_signals().context("cannot install signal handlers")?;
         let notifier = Notifier::from_env();
         let supervisor = Supervisor::with_notifier(notifier.clone());
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
@@ -156,7 +159,6 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         );
         // CoAP / CoAPS adapters (issue 6): listeners bound before "ready".
         gateway::coap::start(config, &supervisor, &auth_store, &pipeline)?;
-        let signals = forward_signals().context("cannot install signal handlers")?;
         supervisor.spawn(
             Stage::Intake,
             gateway::pki::expiry_task(
