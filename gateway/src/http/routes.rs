@@ -104,9 +104,13 @@ async fn with_db<T: Send + 'static>(
     f: impl FnOnce(&mut Db) -> Result<T, AuthError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let path = state.auth_db.clone();
+    let auth = state.auth.clone();
     tokio::task::spawn_blocking(move || {
         let mut db = Db::open(&path)?;
-        f(&mut db)
+        let out = f(&mut db)?;
+        // Changes take effect for the adapters before the API answers.
+        auth.reload_now()?;
+        Ok::<T, AuthError>(out)
     })
     .await
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store task failed"))?
