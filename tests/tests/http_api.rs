@@ -362,6 +362,58 @@ fn crud_round_trips_and_adapter_publish_reach_the_outbox() {
     assert_eq!(rows[0].2, "application/senml+json");
     assert_eq!(rows[0].3, br#"[{"n":"t","v":21.5}]"#);
 
+    // Certificates: issue with a ttl (dev CA), list, revoke, revoke again → 404.
+    let cert = api.call(
+        "POST",
+        "/certs",
+        auth,
+        Some(&json!({ "client_id": "kitchen", "ttl": "8760h" })),
+    );
+    assert_eq!(cert.status, 201, "{}", cert.body);
+    let serial = cert.body["serial"].as_str().expect("serial").to_owned();
+    assert!(
+        cert.body["certificate"]
+            .as_str()
+            .expect("pem")
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert!(
+        cert.body["key"]
+            .as_str()
+            .expect("key")
+            .contains("PRIVATE KEY")
+    );
+    let lifetime = cert.body["not_after"].as_i64().expect("not_after")
+        - cert.body["not_before"].as_i64().expect("not_before");
+    assert!((lifetime - 8760 * 3600).abs() < 600, "lifetime {lifetime}");
+    let bad_ttl = api.call(
+        "POST",
+        "/certs",
+        auth,
+        Some(&json!({ "client_id": "kitchen", "ttl": "soon" })),
+    );
+    assert_eq!(bad_ttl.status, 400);
+    assert_eq!(
+        api.call(
+            "POST",
+            "/certs",
+            auth,
+            Some(&json!({ "client_id": "nobody" }))
+        )
+        .status,
+        404
+    );
+    let certs = api.call("GET", "/certs", auth, None);
+    assert_eq!(certs.body["certs"][0]["serial_hex"], serial.as_str());
+    let revoked = api.call("DELETE", &format!("/certs/{serial}"), auth, None);
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert!(revoked.body["revoked"][0]["revoked_at"].is_i64());
+    assert_eq!(
+        api.call("DELETE", &format!("/certs/{serial}"), auth, None)
+            .status,
+        404
+    );
+
     // Disable → 401 on publish; enable → accepted again.
     assert_eq!(
         api.call("POST", &format!("/clients/{id}/disable"), auth, None)

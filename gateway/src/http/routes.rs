@@ -41,6 +41,10 @@ impl ApiError {
             retry_after: None,
         }
     }
+    fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
     fn unauthorized() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "missing or invalid credentials")
     }
@@ -210,7 +214,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/channels/{id}", get(get_channel).delete(delete_channel))
         .route("/connect", post(connect))
         .route("/disconnect", post(disconnect))
-        .route("/certs", get(list_certs))
+        .route("/certs", get(list_certs).post(issue_cert))
         .route("/certs/{serial}", axum::routing::delete(revoke_cert))
         .route("/audit", get(audit))
         .route("/pats", post(create_pat).get(list_pats))
@@ -748,7 +752,79 @@ async fn revoke_cert(
     let revoked = tokio::task::spawn_blocking(move || auth.revoke_certificate(&serial))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store task failed"))??;
+    if revoked.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no unrevoked certificate matches",
+        ));
+    }
     Ok(Json(json!({ "revoked": revoked })))
+}
+
+#[derive(Debug, Deserialize)]
+struct IssueCert {
+    client_id: String,
+    /// e.g. `"8760h"`; default one year.
+    ttl: Option<String>,
+    /// PEM CSR: sign it instead of generating a key (the key stays on the device).
+    csr: Option<String>,
+}
+
+async fn issue_cert(
+    State(state): St,
+    headers: HeaderMap,
+    Json(req): Json<IssueCert>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers)?.require("certs", "create", None)?;
+    if req.csr.as_ref().is_some_and(|c| c.len() > 16 * 1024) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "csr is too large"));
+    }
+    let config = state.config.clone();
+    let auth = state.auth.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let out = crate::pki::issue_in_memory(
+            &config,
+            &req.client_id,
+            req.ttl.as_deref().unwrap_or("8760h"),
+            req.csr.as_deref(),
+        )?;
+        auth.reload_now()?;
+        anyhow::Ok(out)
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "certificate task failed"))?;
+    let (record, issued) = result.map_err(|e| {
+        let status = if let Some(a) = e.downcast_ref::<AuthError>() {
+            return ApiError::from(AuthError::Invalid(a.to_string())).with_status(match a {
+                AuthError::NotFound { .. } => StatusCode::NOT_FOUND,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            });
+        } else if let Some(p) = e.downcast_ref::<crate::pki::PkiCommandError>() {
+            match p {
+                crate::pki::PkiCommandError::BadTtl { .. } => StatusCode::BAD_REQUEST,
+                crate::pki::PkiCommandError::NoDeviceCa => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            }
+        } else if e.downcast_ref::<certs::PkiError>().is_some() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError::new(status, e.to_string())
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "serial": record.serial_hex,
+            "client_id": record.client_id,
+            "fingerprint_sha256": record.fingerprint_sha256_hex,
+            "not_before": record.not_before,
+            "not_after": record.not_after,
+            "certificate": issued.cert_pem,
+            "key": issued.key_pem,
+        })),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
