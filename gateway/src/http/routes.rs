@@ -1107,3 +1107,155 @@ async fn accept_message(
     HttpMetrics::inc(&state.metrics.messages_in);
     Ok(StatusCode::ACCEPTED)
 }
+
+/// Every (method, path) the router serves, as `docs/openapi.yaml` spells them. The tests below
+/// check both directions: the document lists exactly these, and the router answers each.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/health"),
+    ("get", "/metrics"),
+    ("post", "/users/tokens/issue"),
+    ("post", "/users/tokens/refresh"),
+    ("post", "/clients"),
+    ("get", "/clients"),
+    ("get", "/clients/{id}"),
+    ("patch", "/clients/{id}"),
+    ("delete", "/clients/{id}"),
+    ("post", "/clients/{id}/enable"),
+    ("post", "/clients/{id}/disable"),
+    ("patch", "/clients/{id}/secret"),
+    ("get", "/clients/{id}/connections"),
+    ("post", "/channels"),
+    ("get", "/channels"),
+    ("get", "/channels/{id}"),
+    ("delete", "/channels/{id}"),
+    ("post", "/connect"),
+    ("post", "/disconnect"),
+    ("get", "/certs"),
+    ("post", "/certs"),
+    ("delete", "/certs/{serial}"),
+    ("get", "/audit"),
+    ("post", "/pats"),
+    ("get", "/pats"),
+    ("get", "/pats/{id}"),
+    ("delete", "/pats/{id}"),
+    ("patch", "/pats/{id}/secret/revoke"),
+    ("patch", "/pats/{id}/secret/reset"),
+    ("patch", "/pats/{id}/scope/add"),
+    ("patch", "/pats/{id}/scope/remove"),
+    ("post", "/m/{domain}/c/{channel}"),
+    ("post", "/m/{domain}/c/{channel}/{subtopic}"),
+];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::ffi::OsString;
+
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::config::{Profile, Source};
+
+    const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
+
+    /// (method, path) pairs of the document's `paths:` section (two-space path keys, four-space
+    /// method keys).
+    fn documented() -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        let mut in_paths = false;
+        let mut path = None;
+        for line in OPENAPI.lines() {
+            if !line.starts_with(' ') {
+                in_paths = line.trim_end() == "paths:";
+                continue;
+            }
+            if !in_paths {
+                continue;
+            }
+            if let Some(p) = line.strip_prefix("  /") {
+                path = Some(format!("/{}", p.trim_end().trim_end_matches(':')));
+            } else if let Some(m) = line.strip_prefix("    ")
+                && let Some(m) = m.strip_suffix(':')
+                && ["get", "post", "patch", "put", "delete"].contains(&m)
+                && let Some(p) = &path
+            {
+                out.insert((m.to_owned(), p.clone()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn openapi_paths_match_the_router() {
+        let routes: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        let documented = documented();
+        assert!(documented.len() > 20, "parsed {documented:?}");
+        assert_eq!(
+            routes.difference(&documented).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "served but not in docs/openapi.yaml"
+        );
+        assert_eq!(
+            documented.difference(&routes).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "in docs/openapi.yaml but not in ROUTES"
+        );
+    }
+
+    #[tokio::test]
+    async fn router_serves_every_listed_route_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::load_from(
+            &Source::None,
+            Profile::Production,
+            Vec::<(OsString, OsString)>::new(),
+        )
+        .unwrap();
+        let auth_db = dir.path().join("auth.db");
+        let auth = crate::auth::AuthStore::open(&auth_db, &config.auth).unwrap();
+        let (outbox, _worker) =
+            crate::outbox::Outbox::open(&dir.path().join("outbox.db"), &config.outbox).unwrap();
+        let state = Arc::new(AppState {
+            auth,
+            outbox,
+            auth_db,
+            tokens: super::super::tokens::Tokens::new(
+                &[1; 32],
+                std::time::Duration::from_secs(60),
+                std::time::Duration::from_secs(60),
+            ),
+            pats: super::super::pats::PatStore::open(dir.path()).unwrap(),
+            config,
+            metrics: HttpMetrics::default(),
+        });
+        let app = router(state);
+        let call = |method: &str, path: &str| {
+            let app = app.clone();
+            let mut req = axum::http::Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(path)
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+            async move { app.oneshot(req).await.unwrap().status() }
+        };
+        for (method, path) in ROUTES {
+            let concrete = path.replace("{subtopic}", "a/b").replace(['{', '}'], "");
+            let status = call(method, &concrete).await;
+            assert!(
+                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {concrete}: {status}"
+            );
+        }
+        assert_eq!(call("get", "/nope").await, StatusCode::NOT_FOUND);
+        assert_eq!(
+            call("put", "/clients").await,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+}
