@@ -26,7 +26,7 @@ use crate::auth::AuthStore;
 use crate::config::Config;
 use crate::outbox::Outbox;
 
-pub use routes::router;
+pub use routes::{ROUTES, router};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
