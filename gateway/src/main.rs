@@ -157,14 +157,14 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         // CoAP / CoAPS adapters (issue 6): listeners bound before "ready".
         gateway::coap::start(config, &supervisor, &auth_store, &pipeline)?;
         // Management API and HTTP adapter (issue 9): bound before "ready".
-        if config.http.enabled {
-            let listener =
-                gateway::http::bind(config, auth_store.clone(), pipeline.outbox.clone()).await?;
-            supervisor.spawn(
-                Stage::Intake,
-                gateway::http::serve(listener, supervisor.token(Stage::Intake)),
-            );
-        }
+        gateway::http::start(
+            config,
+            &supervisor,
+            auth_store.clone(),
+            pipeline.outbox.clone(),
+            Some(pipeline.status.clone()),
+        )
+        .await?;
         let signals = forward_signals().context("cannot install signal handlers")?;
         supervisor.spawn(
             Stage::Intake,

@@ -476,6 +476,11 @@ fn crud_round_trips_and_adapter_publish_reach_the_outbox() {
     let metrics = api.curl("GET", "/metrics", None).output().expect("metrics");
     let text = String::from_utf8_lossy(&metrics.stdout);
     assert!(text.contains("edgegw_http_messages_in_total 4"), "{text}");
+    assert!(text.contains("edgegw_outbox_queued 4"), "{text}");
+    assert!(
+        text.contains("edgegw_uplink_state{state=\"disabled\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -78,6 +78,8 @@ pub struct AppState {
     pub pats: pats::PatStore,
     pub config: Config,
     pub metrics: HttpMetrics,
+    /// Uplink state and totals for `/metrics` (absent in unit tests).
+    pub status: Option<crate::control::StatusHandle>,
 }
 
 /// A bound listener, ready to serve.
@@ -103,7 +105,12 @@ impl Listener {
 }
 
 /// Loads the signing key and the PAT store, builds TLS, binds `http.bind`.
-pub async fn bind(config: &Config, auth: AuthStore, outbox: Outbox) -> Result<Listener, HttpError> {
+pub async fn bind(
+    config: &Config,
+    auth: AuthStore,
+    outbox: Outbox,
+    status: Option<crate::control::StatusHandle>,
+) -> Result<Listener, HttpError> {
     let http = &config.http;
     let tls = match http.tls() {
         Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::http_server(
@@ -124,6 +131,7 @@ pub async fn bind(config: &Config, auth: AuthStore, outbox: Outbox) -> Result<Li
         pats: pats::PatStore::open(&config.gateway.state_dir)?,
         config: config.clone(),
         metrics: HttpMetrics::default(),
+        status,
     });
     let listener = TcpListener::bind(http.bind)
         .await
@@ -145,6 +153,37 @@ pub async fn bind(config: &Config, auth: AuthStore, outbox: Outbox) -> Result<Li
         tls,
         state,
     })
+}
+
+/// Binds (when `http.enabled`) and spawns the server on the intake stage. In the development
+/// profile a port already in use is a warning (the API is then off), as for the CoAP
+/// listeners; in production it stops the daemon.
+pub async fn start(
+    config: &Config,
+    supervisor: &crate::supervisor::Supervisor,
+    auth: AuthStore,
+    outbox: Outbox,
+    status: Option<crate::control::StatusHandle>,
+) -> Result<(), HttpError> {
+    use crate::supervisor::Stage;
+    if !config.http.enabled {
+        info!("HTTP API disabled (http.enabled = false)");
+        return Ok(());
+    }
+    match bind(config, auth, outbox, status).await {
+        Ok(listener) => {
+            supervisor.spawn(
+                Stage::Intake,
+                serve(listener, supervisor.token(Stage::Intake)),
+            );
+            Ok(())
+        }
+        Err(e @ HttpError::Bind { .. }) if config.profile.is_dev() => {
+            warn!("{e}; development profile: continuing without the HTTP API");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Accepts connections until `token` is cancelled; at most `max_connections` at once.

@@ -304,6 +304,30 @@ async fn metrics(State(state): St) -> Response {
         "Audit events dropped (queue full).",
         state.auth.audit_dropped().to_string(),
     );
+    if let Some(status) = &state.status {
+        let report = status.report();
+        let up = &report.uplink;
+        let current = serde_json::to_value(up.state).unwrap_or_default();
+        let current = current.as_str().unwrap_or("unknown");
+        let _ = write!(
+            out,
+            "# HELP edgegw_uplink_state Uplink state (1 for the current one).\n# TYPE edgegw_uplink_state gauge\n"
+        );
+        for name in ["disabled", "connecting", "connected", "backoff", "stopped"] {
+            let _ = writeln!(
+                out,
+                "edgegw_uplink_state{{state=\"{name}\"}} {}",
+                u8::from(name == current)
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP edgegw_uplink_published_total Messages published upstream.\n# TYPE edgegw_uplink_published_total counter\nedgegw_uplink_published_total {}\n\
+             # HELP edgegw_uplink_delivered_total Messages acknowledged by the broker.\n# TYPE edgegw_uplink_delivered_total counter\nedgegw_uplink_delivered_total {}\n\
+             # HELP edgegw_uplink_connects_total Uplink connections made.\n# TYPE edgegw_uplink_connects_total counter\nedgegw_uplink_connects_total {}\n",
+            up.published_total, up.delivered_total, up.connects_total
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -1231,6 +1255,7 @@ mod tests {
             pats: super::super::pats::PatStore::open(dir.path()).unwrap(),
             config,
             metrics: HttpMetrics::default(),
+            status: None,
         });
         let app = router(state);
         let call = |method: &str, path: &str| {
