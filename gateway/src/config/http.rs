@@ -128,3 +128,72 @@ impl RawHttp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use crate::config::{Profile, Source, load_from};
+
+    fn load(vars: &[(&str, &str)]) -> Result<crate::config::Config, crate::config::ConfigError> {
+        let vars: Vec<(OsString, OsString)> = vars
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect();
+        load_from(&Source::None, Profile::Production, vars)
+    }
+
+    #[test]
+    fn defaults_are_loopback_plain_http_with_documented_limits() {
+        let c = load(&[]).unwrap().http;
+        assert!(c.enabled);
+        assert_eq!(c.bind.to_string(), "127.0.0.1:9080");
+        assert!(c.tls().is_none());
+        assert_eq!(c.access_token_ttl.get().as_secs(), 3600);
+        assert_eq!(c.refresh_token_ttl.get().as_secs(), 86_400);
+        assert_eq!(c.max_body.0, 1 << 20);
+        assert_eq!(c.max_connections, 64);
+    }
+
+    #[test]
+    fn plain_http_on_a_network_address_is_refused_but_https_is_allowed() {
+        let err = load(&[("EDGEGW_HTTP_BIND", "[::]:9080")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("http.bind") && err.contains("loopback"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let pki = certs::init_dev(dir.path(), crate::pki::now_unix()).unwrap();
+        let cert = pki.dtls_server_cert();
+        let key = pki.dtls_server_key();
+        let c = load(&[
+            ("EDGEGW_HTTP_BIND", "[::]:9080"),
+            ("EDGEGW_HTTP_SERVER_CERT", cert.to_str().unwrap()),
+            ("EDGEGW_HTTP_SERVER_KEY", key.to_str().unwrap()),
+        ])
+        .unwrap()
+        .http;
+        assert!(c.tls().is_some());
+        // Disabled: the bind does not matter.
+        assert!(
+            load(&[
+                ("EDGEGW_HTTP_BIND", "[::]:9080"),
+                ("EDGEGW_HTTP_ENABLED", "false")
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_missing_certificate_file_and_zero_limits_are_errors() {
+        let err = load(&[("EDGEGW_HTTP_SERVER_CERT", "/nonexistent/http.crt")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.server_cert"), "{err}");
+        assert!(load(&[("EDGEGW_HTTP_MAX_CONNECTIONS", "0")]).is_err());
+        assert!(load(&[("EDGEGW_HTTP_ACCESS_TOKEN_TTL", "0s")]).is_err());
+        assert!(load(&[("EDGEGW_HTTP_MAX_BODY", "0")]).is_err());
+    }
+}
