@@ -638,3 +638,29 @@ fn plain_http_on_a_non_loopback_address_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = start(
+        dir.path(),
+        &[
+            ("EDGEGW_HTTP_REQUEST_TIMEOUT", "1s"),
+            ("EDGEGW_HTTP_MAX_CONNECTIONS", "1"),
+        ],
+    );
+    let api = Api::new(&mut daemon, "http");
+    let port = api.base.rsplit(':').next().expect("port").to_owned();
+    let mut slow = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .expect("partial headers");
+    // The server closes it (header read timeout); the read returns instead of timing out.
+    slow.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let read = slow.read_to_end(&mut rest);
+    assert!(read.is_ok(), "connection still open after 15 s: {read:?}");
+    // With the only connection slot free again, a normal request is served.
+    assert_eq!(api.call("GET", "/health", None, None).status, 200);
+}
