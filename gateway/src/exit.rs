@@ -29,6 +29,9 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<crate::pki::PkiCommandError>() {
             return e.exit_code();
         }
+        if let Some(e) = cause.downcast_ref::<crate::http::HttpError>() {
+            return e.exit_code();
+        }
         if cause.is::<NotYet>() {
             return UNAVAILABLE;
         }

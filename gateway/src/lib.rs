@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod downlink;
 pub mod exit;
+pub mod http;
 pub mod logging;
 pub mod notify;
 pub mod outbox;

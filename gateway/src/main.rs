@@ -159,6 +159,15 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         );
         // CoAP / CoAPS adapters (issue 6): listeners bound before "ready".
         gateway::coap::start(config, &supervisor, &auth_store, &pipeline)?;
+        // Management API and HTTP adapter (issue 9): bound before "ready".
+        gateway::http::start(
+            config,
+            &supervisor,
+            auth_store.clone(),
+            pipeline.outbox.clone(),
+            Some(pipeline.status.clone()),
+        )
+        .await?;
         supervisor.spawn(
             Stage::Intake,
             gateway::pki::expiry_task(

@@ -605,3 +605,43 @@ pub async fn expiry_task(config: Config, token: CancellationToken, reloads: watc
 
 #[cfg(test)]
 mod tests;
+
+/// Issues a device certificate for `client` (id or identity) and records it, keeping the PEMs in
+/// memory (the management API's `POST /certs`). `csr_pem`: sign the device's CSR instead of
+/// generating a key. Errors as `certs issue` (`PkiCommandError::BadTtl`, `AuthError::NotFound`,
+/// `PkiCommandError::NoDeviceCa`).
+pub fn issue_in_memory(
+    config: &Config,
+    client: &str,
+    ttl_text: &str,
+    csr_pem: Option<&str>,
+) -> anyhow::Result<(CertificateRecord, certs::Issued)> {
+    let ttl = parse_ttl(ttl_text)?;
+    let ca = device_ca(config)?;
+    let mut registry = Registry::open(config)?;
+    let (client_id, identity) = registry.client(client)?;
+    let now = now_unix();
+    let issued = match csr_pem {
+        Some(pem) => ca.sign_device_csr(&identity, pem, ttl, now),
+        None => ca.issue_device(&identity, ttl, now),
+    }
+    .map_err(|e| match e {
+        PkiError::TtlBeyondCa { .. } | PkiError::ZeroTtl | PkiError::TtlOutOfRange => {
+            anyhow::Error::from(PkiCommandError::BadTtl {
+                ttl: ttl_text.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+        other => anyhow::Error::from(other),
+    })?;
+    let record = CertificateRecord {
+        serial_hex: issued.info.serial_hex.clone(),
+        client_id,
+        fingerprint_sha256_hex: issued.info.fingerprint_sha256_hex.clone(),
+        not_before: issued.info.not_before,
+        not_after: issued.info.not_after,
+        revoked_at: None,
+    };
+    registry.record(&record)?;
+    Ok((record, issued))
+}

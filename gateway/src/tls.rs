@@ -126,3 +126,25 @@ pub fn uplink_client(files: &UplinkTlsFiles) -> Result<UplinkTls, TlsError> {
         cert,
     })
 }
+
+/// Builds the HTTPS server config of the management API (`http.server_cert`/`server_key`):
+/// TLS 1.2/1.3 on aws-lc-rs, no client authentication, ALPN `http/1.1`.
+pub fn http_server(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certs::load_certificates(cert_path)?;
+    let key = certs::load_private_key(key_path)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::ClientAuth {
+            cert: cert_path.display().to_string(),
+            key: key_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

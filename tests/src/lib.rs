@@ -50,7 +50,8 @@ pub fn edgegw(cwd: &Path) -> Command {
     // Tests run many daemons at once: the CoAP listeners take ephemeral ports unless a test
     // sets its own (a later `.env` wins).
     cmd.env("EDGEGW_COAP_BIND", "127.0.0.1:0")
-        .env("EDGEGW_COAP_DTLS_BIND", "127.0.0.1:0");
+        .env("EDGEGW_COAP_DTLS_BIND", "127.0.0.1:0")
+        .env("EDGEGW_HTTP_BIND", "127.0.0.1:0");
     cmd
 }
 

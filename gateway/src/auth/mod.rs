@@ -467,6 +467,13 @@ impl AuthStore {
         Ok(created)
     }
 
+    /// Reloads the snapshot now, after this process changed `auth.db` through another
+    /// connection (the management API), instead of waiting for the watcher's next poll.
+    pub fn reload_now(&self) -> Result<(), AuthError> {
+        let mut db = lock(&self.inner.writer);
+        self.inner.reload(&mut db).map(drop)
+    }
+
     /// Audit events dropped because the queue was full.
     pub fn audit_dropped(&self) -> u64 {
         self.inner.audit.as_ref().map_or(0, audit::Audit::dropped)

@@ -465,6 +465,29 @@ impl Db {
         Ok(client)
     }
 
+    /// Changes a client's name and/or metadata (management API `PATCH /clients/{id}`).
+    pub fn update_client(
+        &mut self,
+        key: &str,
+        name: Option<&str>,
+        metadata: Option<&str>,
+    ) -> Result<Client, AuthError> {
+        let client = self.client(key)?;
+        let name = name.unwrap_or(&client.name);
+        validate_text("name", name, 256)?;
+        let metadata = match metadata {
+            Some(m) => parse_metadata(Some(m))?,
+            None => client.metadata.clone(),
+        };
+        self.conn
+            .execute(
+                "UPDATE clients SET name = ?2, metadata = ?3, updated_at = ?4 WHERE id = ?1",
+                params![client.id, name, metadata.to_string(), now_unix()],
+            )
+            .map_err(|e| self.err(e))?;
+        self.client(&client.id)
+    }
+
     /// Replaces a client's secret (generated when `secret` is `None`); returns the row with the
     /// new secret.
     pub fn rotate_secret(&mut self, key: &str, secret: Option<&str>) -> Result<Client, AuthError> {

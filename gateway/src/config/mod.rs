@@ -13,6 +13,7 @@ mod coap;
 mod coap_dtls;
 mod env;
 mod gateway;
+mod http;
 mod outbox;
 mod serial;
 mod standalone;
@@ -30,6 +31,7 @@ pub use certs::CertsConfig;
 pub use coap::CoapConfig;
 pub use coap_dtls::CoapDtlsConfig;
 pub use gateway::GatewayConfig;
+pub use http::HttpConfig;
 pub use outbox::{Durability, FullPolicy, OutboxConfig};
 pub use serial::{SerialConfig, SerialPortConfig};
 pub use standalone::StandaloneConfig;
@@ -50,6 +52,7 @@ const SECTIONS: &[&str] = &[
     "board",
     "coap",
     "coap_dtls",
+    "http",
 ];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
@@ -133,6 +136,7 @@ pub struct Config {
     pub board: BoardConfig,
     pub coap: CoapConfig,
     pub coap_dtls: CoapDtlsConfig,
+    pub http: HttpConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -156,6 +160,7 @@ struct RawConfig {
     board: board::RawBoard,
     coap: coap::RawCoap,
     coap_dtls: coap_dtls::RawCoapDtls,
+    http: http::RawHttp,
 }
 
 /// Where to read the configuration from.
@@ -248,6 +253,7 @@ pub fn load_from(
         board: raw.board.validate(&mut check),
         coap: raw.coap.validate(&profile, &mut check),
         coap_dtls: raw.coap_dtls.validate(&profile, &mut check),
+        http: raw.http.validate(&mut check),
         warnings: Vec::new(),
         source: path,
         profile,

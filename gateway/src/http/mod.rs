@@ -1,0 +1,291 @@
+//! The HTTP server: the SuperMQ-style management API (tokens, clients, channels, connections,
+//! certificates, audit, PATs, health, metrics) and the HTTP adapter, on one listener.
+//!
+//! `server.rs`-shaped (mini-redis): the listener is bound by [`bind`] before READY and served by
+//! [`serve`] on the intake stage. HTTPS when `http.server_cert`/`server_key` are set (config
+//! built by [`crate::tls::http_server`]); plain HTTP only on loopback (refused by the config
+//! check, exit 78). Bounded: connections (`max_connections`), bodies (`max_body` → 413),
+//! header read and request time (`request_timeout`). Handlers never log secrets or tokens.
+
+pub mod pats;
+mod routes;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::auth::AuthStore;
+use crate::config::Config;
+use crate::outbox::Outbox;
+
+pub use routes::{ROUTES, router};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot bind the HTTP listener on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTPS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokenError),
+    #[error(transparent)]
+    Pats(#[from] pats::PatError),
+}
+
+impl HttpError {
+    /// TLS files and key/PAT files are configuration problems (exit 78).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Bind { .. } => crate::exit::FAILURE,
+            _ => crate::exit::CONFIG,
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    pub messages_in: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub api_requests: AtomicU64,
+}
+
+impl HttpMetrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub auth: AuthStore,
+    pub outbox: Outbox,
+    pub auth_db: PathBuf,
+    pub tokens: tokens::Tokens,
+    pub pats: pats::PatStore,
+    pub config: Config,
+    pub metrics: HttpMetrics,
+    /// Uplink state and totals for `/metrics` (absent in unit tests).
+    pub status: Option<crate::control::StatusHandle>,
+}
+
+/// A bound listener, ready to serve.
+pub struct Listener {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<AppState>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("listener", &self.listener)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Loads the signing key and the PAT store, builds TLS, binds `http.bind`.
+pub async fn bind(
+    config: &Config,
+    auth: AuthStore,
+    outbox: Outbox,
+    status: Option<crate::control::StatusHandle>,
+) -> Result<Listener, HttpError> {
+    let http = &config.http;
+    let tls = match http.tls() {
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::http_server(
+            cert, key,
+        )?)),
+        None => None,
+    };
+    let key = tokens::load_or_create_key(&config.gateway.state_dir)?;
+    let state = Arc::new(AppState {
+        auth,
+        outbox,
+        auth_db: crate::auth::path_in(&config.gateway.state_dir),
+        tokens: tokens::Tokens::new(
+            &key,
+            http.access_token_ttl.get(),
+            http.refresh_token_ttl.get(),
+        ),
+        pats: pats::PatStore::open(&config.gateway.state_dir)?,
+        config: config.clone(),
+        metrics: HttpMetrics::default(),
+        status,
+    });
+    let listener = TcpListener::bind(http.bind)
+        .await
+        .map_err(|source| HttpError::Bind {
+            addr: http.bind,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| HttpError::Bind {
+        addr: http.bind,
+        source,
+    })?;
+    info!(
+        %addr,
+        scheme = if tls.is_some() { "https" } else { "http" },
+        "HTTP API listening"
+    );
+    Ok(Listener {
+        listener,
+        tls,
+        state,
+    })
+}
+
+/// Binds (when `http.enabled`) and spawns the server on the intake stage. In the development
+/// profile a port already in use is a warning (the API is then off), as for the CoAP
+/// listeners; in production it stops the daemon.
+pub async fn start(
+    config: &Config,
+    supervisor: &crate::supervisor::Supervisor,
+    auth: AuthStore,
+    outbox: Outbox,
+    status: Option<crate::control::StatusHandle>,
+) -> Result<(), HttpError> {
+    use crate::supervisor::Stage;
+    if !config.http.enabled {
+        info!("HTTP API disabled (http.enabled = false)");
+        return Ok(());
+    }
+    match bind(config, auth, outbox, status).await {
+        Ok(listener) => {
+            supervisor.spawn(
+                Stage::Intake,
+                serve(listener, supervisor.token(Stage::Intake)),
+            );
+            Ok(())
+        }
+        Err(e @ HttpError::Bind { .. }) if config.profile.is_dev() => {
+            warn!("{e}; development profile: continuing without the HTTP API");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Accepts connections until `token` is cancelled; at most `max_connections` at once.
+pub async fn serve(listener: Listener, token: CancellationToken) {
+    let Listener {
+        listener,
+        tls,
+        state,
+    } = listener;
+    let http = state.config.http.clone();
+    let permits = Arc::new(Semaphore::new(http.max_connections));
+    let app = router(state);
+    let timeout = http.request_timeout.get();
+    loop {
+        let permit = tokio::select! {
+            () = token.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            () = token.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("HTTP accept failed: {e}");
+                    // e.g. EMFILE: give the system a moment instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let tls = tls.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    let app = app.clone();
+                    async move {
+                        use tower::ServiceExt as _;
+                        match tokio::time::timeout(
+                            timeout,
+                            app.oneshot(req.map(axum::body::Body::new)),
+                        )
+                        .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Ok(routes::timeout_response()),
+                        }
+                    }
+                },
+            );
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .max_buf_size(64 * 1024);
+            let result = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_conn(&builder, TokioIo::new(s), service, &token).await,
+                        Ok(Err(e)) => {
+                            debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                None => serve_conn(&builder, TokioIo::new(stream), service, &token).await,
+            };
+            if let Err(e) = result {
+                debug!(%peer, "HTTP connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_conn<I, S>(
+    builder: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: S,
+    token: &CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
