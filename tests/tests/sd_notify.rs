@@ -107,6 +107,10 @@ fn start(dir: &Path, notify_socket: &Path, watchdog_pid: Option<u32>) -> Daemon 
     cmd.arg("-c")
         .arg(format!("WATCHDOG_PID={pid} exec \"$0\" run --dev"))
         .arg(edgegw_bin())
+        // Port 0 for every listener, as the harness does: parallel tests never collide.
+        .env("EDGEGW_COAP_BIND", "127.0.0.1:0")
+        .env("EDGEGW_COAP_DTLS_BIND", "127.0.0.1:0")
+        .env("EDGEGW_HTTP_BIND", "127.0.0.1:0")
         .env("NOTIFY_SOCKET", notify_socket)
         .env("WATCHDOG_USEC", WATCHDOG_USEC);
     Daemon::start(cmd)
