@@ -1,0 +1,660 @@
+//! Side-by-side benchmark (`scripts/bench`): the same sensor traffic into the same upstream
+//! (mosquitto with mTLS on loopback, started here), through
+//!
+//! (a) edgegw (`edgegw run --dev`, outbox durability `fsync`): simulated CoAP CON, CoAP NON and
+//!     CoAPS-PSK sensors, each waiting for its answer before the next message;
+//! (b) the usual pipeline: sensors publish MQTT QoS 1 (waiting for PUBACK) to a local
+//!     mosquitto with persistence, bridged over mTLS with QoS 1 to the upstream.
+//!
+//! For each: end-to-end msgs/s (counted at the upstream subscriber), ack latency p50/p99 at the
+//! sensor, CPU seconds and peak RSS (VmHWM) of the gateway-side process, messages
+//! acknowledged but not delivered. Also time to READY (sd_notify) and idle RSS with 10,000
+//! provisioned clients. Prints a table; asserts nothing about speed.
+//!
+//! usage: bench [SENSORS] [SECONDS]   (`$SYSTEM_TESTS_EDGEGW_BIN` picks the binary)
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use dimpl::{Config, Dtls, Output, PskResolver};
+use system_tests::mosquitto::{Mosquitto, Subscriber, free_port};
+use system_tests::pki::Pki;
+use system_tests::{Daemon, edgegw};
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// (CPU seconds so far, peak RSS KiB) of a process, from /proc.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are 11 and 12 after the `)`; clock ticks of 1/100 s.
+    let ticks: f64 = f.get(11..13).map_or(0.0, |v| {
+        v.iter().filter_map(|x| x.parse::<f64>().ok()).sum()
+    });
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (ticks / 100.0, kib("VmHWM:"))
+}
+
+fn current_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What one sensor saw.
+#[derive(Default)]
+struct Seen {
+    latencies: Vec<Duration>,
+    acked: Vec<u64>,
+    errors: u64,
+}
+
+fn merge(all: Vec<Seen>) -> Seen {
+    let mut out = Seen::default();
+    for s in all {
+        out.latencies.extend(s.latencies);
+        out.acked.extend(s.acked);
+        out.errors += s.errors;
+    }
+    out.latencies.sort();
+    out
+}
+
+fn coap_post(mid: u16, kind: MessageType, secret: Option<&str>, ch: &str, n: u64) -> Vec<u8> {
+    let mut p = Packet::new();
+    p.header.set_type(kind);
+    p.header.code = MessageClass::Request(RequestType::Post);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    for seg in ["m", "dom", "c", ch, "t"] {
+        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+    }
+    if let Some(s) = secret {
+        p.add_option(CoapOption::UriQuery, format!("auth={s}").into_bytes());
+    }
+    p.payload = n.to_string().into_bytes();
+    p.to_bytes().expect("encode")
+}
+
+/// The response code to the request with token `mid`, if `bytes` is one.
+fn answer(bytes: &[u8], mid: u16) -> Option<String> {
+    let p = Packet::from_bytes(bytes).ok()?;
+    (p.get_token() == mid.to_be_bytes()).then(|| p.header.code.to_string())
+}
+
+fn coap_sensor(
+    gw: SocketAddr,
+    secret: String,
+    kind: MessageType,
+    base: u64,
+    until: Instant,
+) -> Seen {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 1500];
+    let mut seen = Seen::default();
+    let mut mid = (base / 1_000_000) as u16;
+    let mut n = base;
+    while Instant::now() < until {
+        n += 1;
+        mid = mid.wrapping_add(1);
+        let start = Instant::now();
+        let _ = sock.send_to(&coap_post(mid, kind, Some(&secret), "ch0", n), gw);
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(len) => match answer(&buf[..len], mid).as_deref() {
+                    Some("2.04") => {
+                        seen.latencies.push(start.elapsed());
+                        seen.acked.push(n);
+                        break;
+                    }
+                    Some(_) => {
+                        seen.errors += 1;
+                        break;
+                    }
+                    None => {}
+                },
+                Err(_) => {
+                    seen.errors += 1;
+                    break;
+                }
+            }
+        }
+    }
+    seen
+}
+
+struct Key(Vec<u8>);
+impl PskResolver for Key {
+    fn resolve(&self, _: &[u8]) -> Option<Vec<u8>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Drives a DTLS client until `want` returns data or 5 s pass.
+fn dtls_until<T>(
+    dtls: &mut Dtls,
+    sock: &UdpSocket,
+    gw: SocketAddr,
+    mut want: impl FnMut(&Output<'_>) -> Option<T>,
+) -> Option<T> {
+    let mut out = vec![0u8; 16 * 1024];
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let _ = dtls.handle_timeout(Instant::now());
+        loop {
+            let o = dtls.poll_output(&mut out);
+            if let Some(t) = want(&o) {
+                return Some(t);
+            }
+            match o {
+                Output::Packet(p) => {
+                    let _ = sock.send_to(p, gw);
+                }
+                Output::Timeout(_) => break,
+                _ => {}
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        if let Ok(n) = sock.recv(&mut buf)
+            && dtls.handle_packet(&buf[..n]).is_err()
+        {
+            return None;
+        }
+    }
+}
+
+fn dtls_sensor(gw: SocketAddr, identity: String, key: Vec<u8>, base: u64, until: Instant) -> Seen {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let mut seen = Seen::default();
+    let cfg = Config::builder()
+        .with_psk_client(identity.into_bytes(), Arc::new(Key(key)))
+        .build()
+        .expect("config");
+    let mut dtls = Dtls::new_12_psk(Arc::new(cfg), Instant::now());
+    dtls.set_active(true);
+    if dtls_until(&mut dtls, &sock, gw, |o| {
+        matches!(o, Output::Connected).then_some(())
+    })
+    .is_none()
+    {
+        seen.errors += 1;
+        return seen;
+    }
+    let mut mid = (base / 1_000_000) as u16;
+    let mut n = base;
+    while Instant::now() < until {
+        n += 1;
+        mid = mid.wrapping_add(1);
+        let start = Instant::now();
+        let msg = coap_post(mid, MessageType::Confirmable, None, "ch0", n);
+        if dtls.send_application_data(&msg).is_err() {
+            seen.errors += 1;
+            break;
+        }
+        let code = dtls_until(&mut dtls, &sock, gw, |o| match o {
+            Output::ApplicationData(d) => answer(d, mid),
+            _ => None,
+        });
+        match code.as_deref() {
+            Some("2.04") => {
+                seen.latencies.push(start.elapsed());
+                seen.acked.push(n);
+            }
+            _ => seen.errors += 1,
+        }
+    }
+    seen
+}
+
+// ---- a minimal MQTT 3.1.1 QoS 1 publisher (the sensor of the usual pipeline) ----
+
+fn mqtt_len(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn mqtt_str(s: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn mqtt_sensor(port: u16, id: &str, base: u64, until: Instant) -> Seen {
+    let mut seen = Seen::default();
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        seen.errors += 1;
+        return seen;
+    };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut body = Vec::new();
+    mqtt_str("MQTT", &mut body);
+    body.extend_from_slice(&[4, 0x02, 0, 60]); // level 4, clean session, keepalive 60
+    mqtt_str(id, &mut body);
+    let mut pkt = vec![0x10];
+    mqtt_len(body.len(), &mut pkt);
+    pkt.extend_from_slice(&body);
+    let mut ack = [0u8; 4];
+    if s.write_all(&pkt).is_err() || s.read_exact(&mut ack).is_err() || ack[3] != 0 {
+        seen.errors += 1;
+        return seen;
+    }
+    let mut n = base;
+    let mut pid: u16 = 0;
+    while Instant::now() < until {
+        n += 1;
+        pid = pid.wrapping_add(1).max(1);
+        let payload = n.to_string();
+        let mut body = Vec::new();
+        mqtt_str("m/dom/c/ch0/t", &mut body);
+        body.extend_from_slice(&pid.to_be_bytes());
+        body.extend_from_slice(payload.as_bytes());
+        let mut pkt = vec![0x32]; // PUBLISH QoS 1
+        mqtt_len(body.len(), &mut pkt);
+        pkt.extend_from_slice(&body);
+        let start = Instant::now();
+        if s.write_all(&pkt).is_err() || s.read_exact(&mut ack).is_err() {
+            seen.errors += 1;
+            break;
+        }
+        if ack[0] == 0x40 && ack[2..4] == pid.to_be_bytes() {
+            seen.latencies.push(start.elapsed());
+            seen.acked.push(n);
+        } else {
+            seen.errors += 1;
+        }
+    }
+    seen
+}
+
+// ---- the runs ----
+
+struct Row {
+    name: String,
+    msgs: usize,
+    secs: f64,
+    delivered_rate: f64,
+    p50: Duration,
+    p99: Duration,
+    cpu: f64,
+    rss: u64,
+    lost: usize,
+    errors: u64,
+}
+
+fn run_sensors<F>(sensors: u64, seconds: u64, base: u64, f: F) -> (Seen, f64)
+where
+    F: Fn(u64, u64, Instant) -> Seen + Send + Sync + Clone + 'static,
+{
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..sensors)
+        .map(|k| {
+            let f = f.clone();
+            std::thread::spawn(move || f(k, base + k * 1_000_000, until))
+        })
+        .collect();
+    let seen = merge(
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect(),
+    );
+    (seen, start.elapsed().as_secs_f64())
+}
+
+/// Waits until every acknowledged number arrived (or 60 s); the time it took from `start`
+/// and how many were missing.
+fn delivered(sub: &mut Subscriber, acked: &[u64], start: Instant) -> (f64, usize) {
+    let want: HashSet<String> = acked.iter().map(u64::to_string).collect();
+    let count = |lines: &[String]| {
+        lines
+            .iter()
+            .filter_map(|l| l.split_once(' ').map(|(_, p)| p))
+            .filter(|p| want.contains(*p))
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    sub.wait_until(Duration::from_secs(60), |l| count(l) >= want.len());
+    let got = count(&sub.lines);
+    (start.elapsed().as_secs_f64(), want.len() - got)
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+fn row(name: &str, seen: &Seen, secs: f64, e2e: (f64, usize), usage: (f64, f64, u64)) -> Row {
+    Row {
+        name: name.to_owned(),
+        msgs: seen.acked.len(),
+        secs,
+        delivered_rate: (seen.acked.len() - e2e.1) as f64 / e2e.0,
+        p50: pct(&seen.latencies, 0.5),
+        p99: pct(&seen.latencies, 0.99),
+        cpu: usage.1 - usage.0,
+        rss: usage.2,
+        lost: e2e.1,
+        errors: seen.errors,
+    }
+}
+
+fn openssl_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args([
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=gw",
+            "-days",
+            "30",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("k.pem"))
+        .arg("-out")
+        .arg(dir.join("c.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl req failed");
+    (dir.join("c.pem"), dir.join("k.pem"))
+}
+
+struct Edgegw {
+    root: PathBuf,
+    vars: Vec<(String, String)>,
+    coap: u16,
+    coaps: u16,
+}
+
+impl Edgegw {
+    fn command(&self) -> Command {
+        let mut cmd = edgegw(&self.root);
+        cmd.arg("--dev").envs(self.vars.iter().cloned());
+        cmd
+    }
+    fn cli(&self, args: &[&str]) -> String {
+        let out = self.command().args(args).output().expect("edgegw");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// Starts `edgegw run` as systemd would (NOTIFY_SOCKET); returns it and the time to READY=1.
+    fn start(&self) -> (Daemon, Duration) {
+        let sock_path = self.root.join("notify.sock");
+        let _ = std::fs::remove_file(&sock_path);
+        let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut cmd = self.command();
+        cmd.arg("run").env("NOTIFY_SOCKET", &sock_path);
+        let start = Instant::now();
+        let d = Daemon::start(cmd);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = sock.recv(&mut buf).expect("READY=1 within 30 s");
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                return (d, start.elapsed());
+            }
+        }
+    }
+}
+
+fn main() {
+    if std::env::var_os(system_tests::BIN_OVERRIDE).is_none() {
+        let exe = std::env::current_exe().expect("invariant: a path");
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var(system_tests::BIN_OVERRIDE, exe.with_file_name("edgegw")) };
+    }
+    let mut args = std::env::args().skip(1);
+    let sensors: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&dir.path().join("pki"));
+    let upstream = Mosquitto::start(&dir.path().join("upstream"), &pki);
+    let mut sub = Subscriber::start(&upstream, &pki, "m/#");
+    let mut rows = Vec::new();
+
+    // (a) edgegw
+    let root = dir.path().join("edgegw");
+    std::fs::create_dir_all(&root).expect("dir");
+    let (cert, key) = openssl_cert(&root.join("dtls"));
+    let (coap, coaps) = (free_udp_port(), free_udp_port());
+    let s = |p: &Path| p.display().to_string();
+    let gw = Edgegw {
+        vars: vec![
+            ("EDGEGW_GATEWAY_STATE_DIR".into(), s(&root.join("state"))),
+            ("EDGEGW_GATEWAY_RUNTIME_DIR".into(), s(&root.join("run"))),
+            ("EDGEGW_GATEWAY_DOMAIN_ID".into(), "dom".into()),
+            ("EDGEGW_GATEWAY_LOG_LEVEL".into(), "warn".into()),
+            ("EDGEGW_OUTBOX_DURABILITY".into(), "fsync".into()),
+            ("EDGEGW_UPLINK_URL".into(), upstream.url()),
+            ("EDGEGW_UPLINK_CLIENT_CERT".into(), s(&pki.client.cert)),
+            ("EDGEGW_UPLINK_CLIENT_KEY".into(), s(&pki.client.key)),
+            ("EDGEGW_UPLINK_CA_CERTS".into(), s(&pki.ca.cert)),
+            ("EDGEGW_UPLINK_CLIENT_ID".into(), "gw-bench".into()),
+            ("EDGEGW_COAP_BIND".into(), format!("127.0.0.1:{coap}")),
+            ("EDGEGW_COAP_DTLS_BIND".into(), format!("127.0.0.1:{coaps}")),
+            ("EDGEGW_COAP_DTLS_CERT".into(), s(&cert)),
+            ("EDGEGW_COAP_DTLS_KEY".into(), s(&key)),
+            (
+                "EDGEGW_COAP_DTLS_MAX_HANDSHAKES".into(),
+                sensors.max(256).to_string(),
+            ),
+        ],
+        root,
+        coap,
+        coaps,
+    };
+    let added = gw.cli(&["--json", "client", "add", "sensor"]);
+    let v: serde_json::Value = serde_json::from_str(&added).expect("json");
+    let secret = v["secret"].as_str().expect("secret").to_owned();
+    gw.cli(&["channel", "add", "ch0"]);
+    gw.cli(&["connect", "sensor", "ch0"]);
+    let (mut daemon, ready) = gw.start();
+    let pid = daemon.pid();
+    let idle_rss = current_rss(pid);
+    let target: SocketAddr = ([127, 0, 0, 1], gw.coap).into();
+    let mut base = 0;
+    for (name, kind) in [
+        ("edgegw CoAP CON", MessageType::Confirmable),
+        ("edgegw CoAP NON", MessageType::NonConfirmable),
+    ] {
+        base += 1_000_000_000;
+        let c0 = proc_usage(pid).0;
+        let start = Instant::now();
+        let secret = secret.clone();
+        let (seen, secs) = run_sensors(sensors, seconds, base, move |_, b, until| {
+            coap_sensor(target, secret.clone(), kind, b, until)
+        });
+        let (c1, hwm) = proc_usage(pid);
+        let e2e = delivered(&mut sub, &seen.acked, start);
+        rows.push(row(name, &seen, secs, e2e, (c0, c1, hwm)));
+    }
+    base += 1_000_000_000;
+    let c0 = proc_usage(pid).0;
+    let start = Instant::now();
+    let dtarget: SocketAddr = ([127, 0, 0, 1], gw.coaps).into();
+    let key = secret.clone().into_bytes();
+    let (seen, secs) = run_sensors(sensors, seconds, base, move |_, b, until| {
+        dtls_sensor(dtarget, "sensor".into(), key.clone(), b, until)
+    });
+    let (c1, hwm) = proc_usage(pid);
+    let e2e = delivered(&mut sub, &seen.acked, start);
+    rows.push(row("edgegw CoAPS-PSK", &seen, secs, e2e, (c0, c1, hwm)));
+    daemon.signal("TERM");
+    let _ = daemon.wait_exit(Duration::from_secs(15));
+
+    // Idle RSS with 10,000 provisioned clients (written with the auth store API).
+    let many = {
+        let mut db = gateway::auth::store::Db::open(&gw.root.join("state").join("auth.db"))
+            .expect("auth.db");
+        for i in 0..10_000 {
+            db.add_client(&format!("dev-{i:05}"), None, None, None)
+                .expect("add client");
+        }
+        let (d, ready_10k) = gw.start();
+        // Let the first status/cache load settle: the idle figure, not the start-up peak.
+        std::thread::sleep(Duration::from_secs(2));
+        let r = (current_rss(d.pid()), proc_usage(d.pid()).1, ready_10k);
+        d.signal("TERM");
+        r
+    };
+
+    // (b) the usual pipeline: local mosquitto (persistence) bridged with mTLS QoS 1.
+    let local_dir = dir.path().join("local");
+    std::fs::create_dir_all(&local_dir).expect("dir");
+    let local_port = free_port();
+    let conf = local_dir.join("mosquitto.conf");
+    let user = String::from_utf8(Command::new("id").arg("-un").output().expect("id").stdout)
+        .unwrap_or_default();
+    std::fs::write(
+        &conf,
+        format!(
+            "user {user}\nlistener {local_port} 127.0.0.1\nallow_anonymous true\n\
+             persistence true\npersistence_location {d}/\nmax_queued_messages 0\n\
+             max_inflight_messages 100\nlog_dest file {d}/mosquitto.log\n\
+             connection bridge-up\naddress 127.0.0.1:{up}\ntopic m/# out 1\n\
+             bridge_cafile {ca}\nbridge_certfile {cert}\nbridge_keyfile {key}\n\
+             bridge_protocol_version mqttv311\ncleansession false\nremote_clientid bridge-bench\n\
+             bridge_max_packet_size 0\n",
+            user = user.trim(),
+            d = local_dir.display(),
+            up = upstream.port,
+            ca = pki.ca.cert.display(),
+            cert = pki.client.cert.display(),
+            key = pki.client.key.display(),
+        ),
+    )
+    .expect("conf");
+    let mut local: Child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", local_port)).is_err() && Instant::now() < deadline {
+        // Another process's listener has no readiness event.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The bridge is up once a message gets through.
+    let probe = mqtt_sensor(local_port, "probe", 999_000_000_000, Instant::now());
+    drop(probe);
+    let lpid = local.id();
+    let mosq_idle = current_rss(lpid);
+    base += 1_000_000_000;
+    let c0 = proc_usage(lpid).0;
+    let start = Instant::now();
+    let (seen, secs) = run_sensors(sensors, seconds, base, move |k, b, until| {
+        mqtt_sensor(local_port, &format!("s{k}"), b, until)
+    });
+    let (c1, hwm) = proc_usage(lpid);
+    let e2e = delivered(&mut sub, &seen.acked, start);
+    rows.push(row(
+        "mosquitto QoS1 bridge",
+        &seen,
+        secs,
+        e2e,
+        (c0, c1, hwm),
+    ));
+    let _ = local.kill();
+    let _ = local.wait();
+
+    println!(
+        "\n{} sensors per mode, {} s each, {} CPUs, payload ~10 B, upstream mosquitto mTLS on loopback",
+        sensors,
+        seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<22} {:>8} {:>9} {:>10} {:>9} {:>9} {:>7} {:>9} {:>5} {:>6}",
+        "pipeline",
+        "acked",
+        "acked/s",
+        "e2e msg/s",
+        "ack p50",
+        "ack p99",
+        "CPU s",
+        "peak RSS",
+        "lost",
+        "errors"
+    );
+    for r in &rows {
+        println!(
+            "{:<22} {:>8} {:>9.0} {:>10.0} {:>9.2?} {:>9.2?} {:>7.2} {:>6} KiB {:>5} {:>6}",
+            r.name,
+            r.msgs,
+            r.msgs as f64 / r.secs,
+            r.delivered_rate,
+            r.p50,
+            r.p99,
+            r.cpu,
+            r.rss,
+            r.lost,
+            r.errors
+        );
+    }
+    println!();
+    println!("edgegw time to READY=1 (sd_notify, 1 client): {ready:.2?}");
+    println!(
+        "edgegw with 10,000 provisioned clients: idle RSS {} KiB (peak {} KiB), READY in {:.2?}",
+        many.0, many.1, many.2
+    );
+    println!(
+        "edgegw idle RSS after start (1 client): {idle_rss} KiB; local mosquitto idle RSS: {mosq_idle} KiB"
+    );
+}
