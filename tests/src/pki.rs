@@ -36,6 +36,35 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("invariant: test paths are UTF-8")
 }
 
+/// A self-signed leaf certificate (ECDSA P-256, CN `cn`) and its key in `dir`, as `c.pem` /
+/// `k.pem`: a server identity where nothing has to verify the chain (the bench and fault
+/// suite's DTLS listener, whose clients use PSK).
+pub fn self_signed(dir: &Path, cn: &str, days: u32) -> Issued {
+    std::fs::create_dir_all(dir).expect("cannot create the certificate directory");
+    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-days",
+            &days.to_string(),
+            "-keyout",
+            path_str(&key),
+            "-out",
+            path_str(&cert),
+        ],
+        dir,
+    );
+    Issued { cert, key }
+}
+
 impl Ca {
     /// A new self-signed CA named `name` in `dir`.
     pub fn new(dir: &Path, name: &str) -> Self {

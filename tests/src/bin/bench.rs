@@ -381,30 +381,6 @@ fn row(name: &str, seen: &Seen, secs: f64, e2e: (f64, usize), usage: (f64, f64, 
     }
 }
 
-fn openssl_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).expect("dir");
-    let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args([
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=gw",
-            "-days",
-            "30",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("k.pem"))
-        .arg("-out")
-        .arg(dir.join("c.pem"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "openssl req failed");
-    (dir.join("c.pem"), dir.join("k.pem"))
-}
-
 struct Edgegw {
     root: PathBuf,
     vars: Vec<(String, String)>,
@@ -469,7 +445,8 @@ fn main() {
     // (a) edgegw
     let root = dir.path().join("edgegw");
     std::fs::create_dir_all(&root).expect("dir");
-    let (cert, key) = openssl_cert(&root.join("dtls"));
+    let system_tests::pki::Issued { cert, key } =
+        system_tests::pki::self_signed(&root.join("dtls"), "gw", 30);
     let (coap, coaps) = (free_udp_port(), free_udp_port());
     let s = |p: &Path| p.display().to_string();
     let gw = Edgegw {

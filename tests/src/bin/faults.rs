@@ -78,26 +78,7 @@ impl Gw {
         std::fs::create_dir_all(root).expect("root dir");
         let (coap, coaps) = (free_udp_port(), free_udp_port());
         let dtls = root.join("dtls");
-        std::fs::create_dir_all(&dtls).expect("dir");
-        let ok = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args([
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-subj",
-                "/CN=gw",
-                "-days",
-                "30",
-            ])
-            .arg("-keyout")
-            .arg(dtls.join("k.pem"))
-            .arg("-out")
-            .arg(dtls.join("c.pem"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "openssl req failed");
+        let dtls_id = system_tests::pki::self_signed(&dtls, "gw", 30);
         let s = |p: &Path| p.display().to_string();
         let vars = vec![
             ("EDGEGW_GATEWAY_STATE_DIR".into(), s(state)),
@@ -112,8 +93,8 @@ impl Gw {
             ("EDGEGW_UPLINK_RECONNECT_MAX".into(), "1s".into()),
             ("EDGEGW_COAP_BIND".into(), format!("127.0.0.1:{coap}")),
             ("EDGEGW_COAP_DTLS_BIND".into(), format!("127.0.0.1:{coaps}")),
-            ("EDGEGW_COAP_DTLS_CERT".into(), s(&dtls.join("c.pem"))),
-            ("EDGEGW_COAP_DTLS_KEY".into(), s(&dtls.join("k.pem"))),
+            ("EDGEGW_COAP_DTLS_CERT".into(), s(&dtls_id.cert)),
+            ("EDGEGW_COAP_DTLS_KEY".into(), s(&dtls_id.key)),
         ];
         let mut gw = Self {
             root: root.to_owned(),
