@@ -208,7 +208,10 @@ impl Db {
         db.conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| db.err(e))?;
         db.verify()?;
         db.conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
+                 PRAGMA journal_size_limit = 1048576; PRAGMA wal_autocheckpoint = 256;",
+            )
             .map_err(|e| db.err(e))?;
         db.migrate()?;
         Ok(db)

@@ -88,6 +88,9 @@ pub struct Writer {
     stats: StoreStats,
 }
 
+/// Bytes the write-ahead log is truncated to after a checkpoint (`journal_size_limit`).
+pub const WAL_SIZE_LIMIT: u64 = 1024 * 1024;
+
 fn configure(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| open_error(path, e))?;
@@ -100,6 +103,18 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
             source: rusqlite::Error::InvalidQuery,
         });
     }
+    // The write-ahead log is checkpointed once it holds about 1 MiB (SQLite's default is
+    // 1000 pages, ~4 MiB) and truncated back to 1 MiB after that instead of keeping its
+    // largest size: on a small state partition that space is what lets the outbox grow again
+    // once the upstream drains it.
+    let page_size: u32 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(|e| open_error(path, e))?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_size_limit={WAL_SIZE_LIMIT}; PRAGMA wal_autocheckpoint={};",
+        WAL_SIZE_LIMIT / u64::from(page_size.max(512))
+    ))
+    .map_err(|e| open_error(path, e))?;
     Ok(())
 }
 

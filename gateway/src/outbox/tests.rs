@@ -254,3 +254,37 @@ fn an_idle_writer_keeps_its_heartbeat_fresh_and_an_unbeaten_loop_is_stalled() {
     outbox.close();
     worker.join();
 }
+
+#[test]
+fn the_write_ahead_log_shrinks_back_after_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let mut cfg = config(64 << 20, FullPolicy::Reject);
+    cfg.durability = Durability::Os;
+    let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
+    let payload = "x".repeat(900);
+    let rt = rt();
+    // ~7 MB through the log: beyond SQLite's automatic checkpoint (1000 pages), so the log
+    // has grown well past the limit at least once.
+    for _ in 0..80 {
+        let pending: Vec<_> = (0..100)
+            .map(|_| outbox.accept(msg("c", &payload)).unwrap())
+            .collect();
+        let seqs: Vec<u64> = pending
+            .into_iter()
+            .map(|p| rt.block_on(p).unwrap())
+            .collect();
+        outbox.ack(&seqs);
+    }
+    outbox.close();
+    worker.join();
+    let wal = dir.path().join("outbox.db-wal");
+    let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    // One group commit may be appended before the checkpoint that follows it.
+    assert!(
+        size <= store::WAL_SIZE_LIMIT + 256 * 1024,
+        "{} is {size} bytes, limit {}",
+        wal.display(),
+        store::WAL_SIZE_LIMIT
+    );
+}

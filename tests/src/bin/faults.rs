@@ -408,7 +408,7 @@ impl Suite {
         let mnt = root.join("statefs");
         std::fs::create_dir_all(&mnt).expect("dir");
         let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "edgegw-faults"])
+            .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "edgegw-faults"])
             .arg(&mnt)
             .status()
             .is_ok_and(|s| s.success());
