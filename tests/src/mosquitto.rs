@@ -35,6 +35,24 @@ impl Mosquitto {
         Self::start_with(dir, &pki.ca.cert, &pki.broker)
     }
 
+    /// Starts mosquitto in `dir` with the broker certificate of `pki` and the access control
+    /// list `acl` (mosquitto's acl_file syntax; user names are certificate CNs).
+    pub fn start_with_acl(dir: &Path, pki: &Pki, acl: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("cannot create the broker directory");
+        std::fs::write(dir.join("acl"), acl).expect("cannot write the acl file");
+        Self::start_with(dir, &pki.ca.cert, &pki.broker)
+    }
+
+    /// Replaces the access control list and has the running broker reload it (SIGHUP).
+    pub fn reload_acl(&self, acl: &str) {
+        std::fs::write(self.dir.join("acl"), acl).expect("cannot write the acl file");
+        let child = self.child.as_ref().expect("mosquitto is running");
+        let _ = Command::new("kill")
+            .arg("-HUP")
+            .arg(child.id().to_string())
+            .status();
+    }
+
     /// Starts mosquitto trusting client certificates from `client_ca`, presenting `server`.
     pub fn start_with(dir: &Path, client_ca: &Path, server: &Issued) -> Self {
         std::fs::create_dir_all(dir).expect("cannot create the broker directory");
@@ -48,6 +66,15 @@ impl Mosquitto {
         )
         .expect("invariant: user names are UTF-8");
         let conf = dir.join("mosquitto.conf");
+        // max_queued_messages is large rather than 0 (unlimited): mosquitto 2.0.11 compares
+        // it with the client's queue after an ACL-denied QoS 1 publish and, with 0, drops the
+        // connection instead of answering PUBACK "not authorized".
+        let acl = dir.join("acl");
+        let acl = if acl.exists() {
+            format!("acl_file {}\n", acl.display())
+        } else {
+            String::new()
+        };
         let text = format!(
             "user {user}\n\
              listener {port} 127.0.0.1\n\
@@ -59,11 +86,12 @@ impl Mosquitto {
              allow_anonymous true\n\
              persistence true\n\
              persistence_location {dir}/\n\
-             max_queued_messages 0\n\
+             max_queued_messages 1000000\n\
              max_inflight_messages 100\n\
              log_dest file {dir}/mosquitto.log\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
-             connection_messages true\n",
+             connection_messages true\n\
+             {acl}",
             user = user.trim(),
             ca = client_ca.display(),
             cert = server.cert.display(),

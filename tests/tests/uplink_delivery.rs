@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use system_tests::mosquitto::{Mosquitto, Subscriber, publish};
 use system_tests::pki::Pki;
-use system_tests::uplink::{Gateway, check_delivery, config, env, message};
+use system_tests::uplink::{Gateway, all_arrived, check_delivery, config, env, message};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -229,5 +229,79 @@ fn mqtt_5_delivers_too() {
         "not MQTT 5:\n{}",
         broker.log()
     );
+    rt.block_on(gw.stop());
+}
+
+/// The broker's ACL admits channels ch0 and ch2 but not ch1 for the gateway (CN uplink-1).
+const ACL_WITHOUT_CH1: &str = "user uplink-1\n\
+    topic write m/dom/c/ch0/#\n\
+    topic write m/dom/c/ch2/#\n\
+    topic readwrite edgegw/#\n\
+    user subscriber\n\
+    topic read #\n\
+    topic readwrite probe/#\n";
+
+#[test]
+fn mqtt_5_messages_the_broker_refuses_stay_queued_do_not_stall_the_rest_and_are_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"));
+    let broker = Mosquitto::start_with_acl(&dir.path().join("broker"), &pki, ACL_WITHOUT_CH1);
+    let mut sub = Subscriber::start(&broker, &pki, "m/#");
+    let rt = runtime();
+    let mut vars = env(dir.path(), &broker, &pki);
+    vars.push(("EDGEGW_UPLINK_MQTT_VERSION".into(), "5".into()));
+    // A window smaller than the refused messages: were refused entries to keep their slot,
+    // ch0 and ch2 would stall behind them.
+    vars.push(("EDGEGW_UPLINK_INFLIGHT".into(), "4".into()));
+    vars.push(("EDGEGW_UPLINK_REFUSED_RETRY".into(), "2s".into()));
+    let cfg = config(dir.path(), &vars);
+    const N: u64 = 300;
+    let gw = rt.block_on(async {
+        let gw = Gateway::start(&cfg);
+        for i in 0..N {
+            gw.ingest(message(i, 3)).await;
+        }
+        gw
+    });
+    let admitted: Vec<u64> = (0..N).filter(|i| i % 3 != 1).collect();
+    let refused: Vec<u64> = (0..N).filter(|i| i % 3 == 1).collect();
+    assert!(
+        sub.wait_until(Duration::from_secs(30), |l| all_arrived(
+            l,
+            admitted.clone()
+        )),
+        "ch0/ch2 stalled behind refused ch1: {} missing; {:?}; broker log:\n{}",
+        check_delivery(&sub.lines, admitted.clone()).missing.len(),
+        gw.pipeline.status.report().uplink,
+        broker.log()
+    );
+    let d = check_delivery(&sub.lines, refused.clone());
+    assert_eq!(d.missing.len(), refused.len(), "the ACL let ch1 through");
+    let report = gw.pipeline.status.report();
+    assert!(
+        report.uplink.refused_total >= refused.len() as u64,
+        "{report:?}"
+    );
+    // Acks of the delivered ones are committed in batches: wait for the last batch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.pipeline.outbox.stats().queued > refused.len() as u64
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        gw.pipeline.outbox.stats().queued,
+        refused.len() as u64,
+        "refused messages must stay in the outbox, and only they"
+    );
+    // The broker admits ch1 now: the held messages go out on the next retry round, in order.
+    broker.reload_acl(&ACL_WITHOUT_CH1.replace("ch2/#\n", "ch2/#\ntopic write m/dom/c/ch1/#\n"));
+    assert!(
+        sub.wait_until(Duration::from_secs(30), |l| all_arrived(l, 0..N)),
+        "refused messages were not sent again: {:?} missing",
+        check_delivery(&sub.lines, 0..N).missing.len()
+    );
+    let d = check_delivery(&sub.lines, 0..N);
+    assert!(d.out_of_order.is_empty(), "{:?}", d.out_of_order);
     rt.block_on(gw.stop());
 }

@@ -34,6 +34,7 @@ pub struct RawUplink {
     reconnect_max: Option<Duration>,
     status_interval: Option<Duration>,
     connect_timeout: Option<Duration>,
+    refused_retry: Option<Duration>,
 }
 
 fn number_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
@@ -90,6 +91,9 @@ pub struct UplinkConfig {
     pub reconnect_max: Duration,
     /// How often the retained statistics are published.
     pub status_interval: Duration,
+    /// How long messages the broker refused (MQTT 5 PUBACK with an error reason) wait before
+    /// they are sent again.
+    pub refused_retry: Duration,
     /// TCP + TLS + CONNACK deadline.
     pub connect_timeout: Duration,
 }
@@ -218,6 +222,10 @@ impl RawUplink {
         if status_interval.get() < std::time::Duration::from_secs(1) {
             check.invalid("uplink.status_interval", "must be at least 1s");
         }
+        let refused_retry = self.refused_retry.unwrap_or(Duration::from_secs(30));
+        if refused_retry.get() < std::time::Duration::from_secs(1) {
+            check.invalid("uplink.refused_retry", "must be at least 1s");
+        }
         let connect_timeout = self.connect_timeout.unwrap_or(Duration::from_secs(10));
         if connect_timeout.get() < std::time::Duration::from_secs(1) {
             check.invalid("uplink.connect_timeout", "must be at least 1s");
@@ -234,6 +242,7 @@ impl RawUplink {
             reconnect_max,
             status_interval,
             connect_timeout,
+            refused_retry,
             url,
             client_cert: self.client_cert,
             client_key: self.client_key,

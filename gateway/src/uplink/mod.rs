@@ -77,6 +77,8 @@ pub struct UplinkStatus {
     pub connected_since_ms: Option<u64>,
     pub published_total: u64,
     pub delivered_total: u64,
+    /// PUBACKs with an error reason (MQTT 5): those messages stay queued and are retried.
+    pub refused_total: u64,
     pub connects_total: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert: Option<CertInfo>,
@@ -93,6 +95,7 @@ impl UplinkStatus {
             connected_since_ms: None,
             published_total: 0,
             delivered_total: 0,
+            refused_total: 0,
             connects_total: 0,
             cert: None,
             cert_warning: None,
@@ -384,6 +387,8 @@ impl Uplink {
         let mut leaving: Option<(bool, tokio::time::Instant)> = None;
         let mut channels_open = true;
         let mut reloads_open = true;
+        // When the messages the broker refused are sent again.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             let draining = leaving.is_some();
             if !draining && let Err(e) = self.fill(window, committed).await {
@@ -436,7 +441,15 @@ impl Uplink {
                         window.handle_puback(pkid);
                     }
                     Ok(mqtt::Event::PubAck { pkid, reason, .. }) => {
-                        error!(pkid, reason, "broker refused a message; it stays in the outbox and is sent again after the next reconnect");
+                        if window.handle_puback_refused(pkid).is_some() {
+                            self.status.send_modify(|s| s.refused_total += 1);
+                            if retry_at.is_none() {
+                                // Once per retry round, not once per message.
+                                let delay = self.config.refused_retry.get();
+                                error!(reason, retry_in = ?delay, "broker refused a message (MQTT 5 PUBACK); it stays in the outbox and is sent again");
+                                retry_at = Some(tokio::time::Instant::now() + delay);
+                            }
+                        }
                     }
                     Ok(mqtt::Event::Publish { topic, payload }) => self.handle_command(&topic, payload),
                     Ok(_) => {}
@@ -447,6 +460,11 @@ impl Uplink {
                     leaving = Some((true, tokio::time::Instant::now() + Duration::from_secs(86_400)));
                 }
                 () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() && !draining => {
+                    info!(messages = window.held(), "uplink: sending the messages the broker refused again");
+                    window.handle_retry();
+                    retry_at = None;
+                }
                 _ = committed.changed(), if !draining => {}
                 r = self.reloads.changed(), if reloads_open => {
                     if r.is_err() {

@@ -15,6 +15,9 @@ pub struct Window {
     cursor: u64,
     unsent: VecDeque<Entry>,
     inflight: BTreeMap<u64, Entry>,
+    /// Entries the broker refused (an MQTT 5 PUBACK with an error reason): out of the window,
+    /// still in the outbox, sent again by [`Window::handle_retry`] or after a reconnect.
+    held: BTreeMap<u64, Entry>,
     /// Publish requests handed to the MQTT client, in order, waiting for their packet id:
     /// `Some(seq)` for outbox entries, `None` for the uplink's own (status) publishes.
     awaiting_pkid: VecDeque<Option<u64>>,
@@ -29,6 +32,7 @@ impl Window {
             cursor: 0,
             unsent: VecDeque::new(),
             inflight: BTreeMap::new(),
+            held: BTreeMap::new(),
             awaiting_pkid: VecDeque::new(),
             pkids: HashMap::new(),
             acked: Vec::new(),
@@ -97,6 +101,29 @@ impl Window {
         Some(seq)
     }
 
+    /// The broker refused `pkid` (MQTT 5 PUBACK with an error reason). The entry leaves the
+    /// window, so refused messages cannot fill it and stall everything else, and waits in
+    /// `held` (it is still in the outbox) for [`Window::handle_retry`].
+    pub fn handle_puback_refused(&mut self, pkid: u16) -> Option<u64> {
+        let seq = self.pkids.remove(&pkid)?;
+        let entry = self.inflight.remove(&seq)?;
+        self.held.insert(seq, entry);
+        Some(seq)
+    }
+
+    /// Entries refused by the broker and waiting for a retry.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Time to try the refused entries again: they are sent next, oldest first.
+    pub fn handle_retry(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for (_, entry) in held.into_iter().rev() {
+            self.unsent.push_front(entry);
+        }
+    }
+
     /// Delivered entries since the last call (to delete from the outbox in one batch).
     pub fn poll_acks(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.acked)
@@ -104,7 +131,8 @@ impl Window {
 
     /// The connection is gone: everything in flight is sent again, first and in order.
     pub fn handle_disconnect(&mut self) {
-        let inflight = std::mem::take(&mut self.inflight);
+        let mut inflight = std::mem::take(&mut self.inflight);
+        inflight.append(&mut self.held);
         for (_, entry) in inflight.into_iter().rev() {
             self.unsent.push_front(entry);
         }
@@ -220,6 +248,48 @@ mod tests {
         // Old packet ids mean nothing on the new connection.
         assert_eq!(w.handle_puback(1), None);
         assert_eq!(w.cursor(), 6);
+    }
+
+    #[test]
+    fn refused_entries_leave_the_window_and_are_retried_in_order() {
+        let mut w = Window::new(2);
+        w.handle_fetched(entries(1..=5));
+        assert_eq!(publish_all(&mut w), vec![1, 2]);
+        w.handle_sent(1);
+        w.handle_sent(2);
+        assert_eq!(w.handle_puback_refused(1), Some(1));
+        assert_eq!(w.handle_puback_refused(7), None, "unknown packet id");
+        assert_eq!((w.inflight(), w.held()), (1, 1));
+        // The refused entry no longer takes a slot: the window moves on.
+        assert_eq!(publish_all(&mut w), vec![3]);
+        w.handle_sent(3);
+        assert_eq!(w.handle_puback_refused(3), Some(3));
+        assert_eq!(publish_all(&mut w), vec![4]);
+        assert!(
+            w.poll_acks().is_empty(),
+            "refused entries are not delivered"
+        );
+        w.handle_retry();
+        assert_eq!(w.held(), 0);
+        w.handle_sent(4);
+        w.handle_puback(2);
+        w.handle_puback(4);
+        assert_eq!(publish_all(&mut w), vec![1, 3]);
+        assert_eq!(w.poll_acks(), vec![2, 4]);
+    }
+
+    #[test]
+    fn a_disconnect_resends_refused_entries_too_in_order() {
+        let mut w = Window::new(3);
+        w.handle_fetched(entries(1..=4));
+        assert_eq!(publish_all(&mut w), vec![1, 2, 3]);
+        for pkid in 1..=3 {
+            w.handle_sent(pkid);
+        }
+        w.handle_puback_refused(2);
+        w.handle_disconnect();
+        assert_eq!((w.inflight(), w.held()), (0, 0));
+        assert_eq!(publish_all(&mut w), vec![1, 2, 3]);
     }
 
     #[test]
