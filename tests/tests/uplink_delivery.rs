@@ -305,3 +305,70 @@ fn mqtt_5_messages_the_broker_refuses_stay_queued_do_not_stall_the_rest_and_are_
     assert!(d.out_of_order.is_empty(), "{:?}", d.out_of_order);
     rt.block_on(gw.stop());
 }
+
+#[test]
+fn commands_sent_while_the_gateway_is_offline_arrive_when_it_is_back_mqtt_5() {
+    commands_sent_while_offline_arrive("5");
+}
+
+#[test]
+fn commands_sent_while_the_gateway_is_offline_arrive_when_it_is_back_mqtt_3() {
+    commands_sent_while_offline_arrive("3");
+}
+
+fn commands_sent_while_offline_arrive(mqtt_version: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&dir.path().join("pki"));
+    let mut broker = Mosquitto::start(&dir.path().join("broker"), &pki);
+    let rt = runtime();
+    let mut vars = env(dir.path(), &broker, &pki);
+    vars.push(("EDGEGW_UPLINK_MQTT_VERSION".into(), mqtt_version.into()));
+    let cfg = config(dir.path(), &vars);
+    let lights = || {
+        std::sync::Arc::new(vec![gateway::downlink::ChannelRef {
+            id: "ch1".into(),
+            name: "lights".into(),
+            domain_id: "dom".into(),
+        }])
+    };
+    // First run: the gateway subscribes for ch1's commands (the broker keeps that session).
+    let gw = rt.block_on(async { Gateway::start(&cfg) });
+    let mut sensor = gw.pipeline.downlink.subscribe("sensor-1", "ch1");
+    gw.pipeline.channels.send_replace(lights());
+    let subscribed = rt.block_on(async {
+        for _ in 0..50 {
+            publish(&broker, &pki, "m/dom/c/ch1/cmd/probe", "probe");
+            if let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(200), sensor.recv()).await
+            {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(subscribed, "the first run never got a command");
+    drop(sensor);
+    rt.block_on(gw.stop());
+    // Offline: a command is published upstream, then the broker restarts (its persistence
+    // keeps the session) so that the new gateway's sensor is ready before the uplink connects.
+    publish(&broker, &pki, "m/dom/c/ch1/cmd/lamp", "on");
+    broker.stop();
+    let gw = rt.block_on(async { Gateway::start(&cfg) });
+    let mut sensor = gw.pipeline.downlink.subscribe("sensor-1", "ch1");
+    gw.pipeline.channels.send_replace(lights());
+    broker.restart();
+    let cmd = rt
+        .block_on(async {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(20), sensor.recv()).await {
+                    Ok(Some(cmd)) if cmd.subtopic == "probe" => {}
+                    Ok(Some(cmd)) => return Some(cmd),
+                    _ => return None,
+                }
+            }
+        })
+        .expect("the command sent while the gateway was offline never arrived");
+    assert_eq!(cmd.subtopic, "lamp");
+    assert_eq!(&cmd.payload[..], b"on");
+    rt.block_on(gw.stop());
+}

@@ -35,6 +35,7 @@ pub struct RawUplink {
     status_interval: Option<Duration>,
     connect_timeout: Option<Duration>,
     refused_retry: Option<Duration>,
+    session_expiry: Option<Duration>,
 }
 
 fn number_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
@@ -94,6 +95,9 @@ pub struct UplinkConfig {
     /// How long messages the broker refused (MQTT 5 PUBACK with an error reason) wait before
     /// they are sent again.
     pub refused_retry: Duration,
+    /// How long the broker keeps the gateway's MQTT session (its command subscriptions and
+    /// the commands queued for them) while the gateway is away; zero: a clean session.
+    pub session_expiry: Duration,
     /// TCP + TLS + CONNACK deadline.
     pub connect_timeout: Duration,
 }
@@ -226,6 +230,13 @@ impl RawUplink {
         if refused_retry.get() < std::time::Duration::from_secs(1) {
             check.invalid("uplink.refused_retry", "must be at least 1s");
         }
+        let session_expiry = self.session_expiry.unwrap_or(Duration::from_secs(86_400));
+        if session_expiry.get() > std::time::Duration::from_secs(u64::from(u32::MAX)) {
+            check.invalid(
+                "uplink.session_expiry",
+                "must be at most 4294967295s (MQTT's limit)",
+            );
+        }
         let connect_timeout = self.connect_timeout.unwrap_or(Duration::from_secs(10));
         if connect_timeout.get() < std::time::Duration::from_secs(1) {
             check.invalid("uplink.connect_timeout", "must be at least 1s");
@@ -243,6 +254,7 @@ impl RawUplink {
             status_interval,
             connect_timeout,
             refused_retry,
+            session_expiry,
             url,
             client_cert: self.client_cert,
             client_key: self.client_key,

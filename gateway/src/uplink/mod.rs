@@ -252,6 +252,7 @@ impl Uplink {
             will_topic: self.config.status_topic.clone(),
             connect_timeout: self.config.connect_timeout.get(),
             max_packet: self.max_packet,
+            session_expiry: self.config.session_expiry.get(),
         }
     }
 

@@ -26,6 +26,9 @@ pub struct ConnectParams {
     pub will_topic: String,
     pub connect_timeout: Duration,
     pub max_packet: usize,
+    /// Zero: clean session. Otherwise the broker keeps the session (subscriptions, queued
+    /// QoS 1 commands) this long after a disconnect (MQTT 5; 3.1.1 brokers decide themselves).
+    pub session_expiry: Duration,
 }
 
 /// Events of the connection that the uplink acts on.
@@ -76,7 +79,7 @@ pub fn connect(p: &ConnectParams) -> (Client, EventLoop) {
             let mut o = rumqttc::MqttOptions::new(&p.client_id, &p.host, p.port);
             o.set_transport(transport)
                 .set_keep_alive(p.keep_alive)
-                .set_clean_session(true)
+                .set_clean_session(p.session_expiry.is_zero())
                 .set_inflight(p.inflight.saturating_add(8))
                 .set_max_packet_size(p.max_packet, p.max_packet)
                 .set_last_will(rumqttc::LastWill::new(
@@ -96,7 +99,7 @@ pub fn connect(p: &ConnectParams) -> (Client, EventLoop) {
             let mut o = rumqttc::v5::MqttOptions::new(&p.client_id, &p.host, p.port);
             o.set_transport(transport)
                 .set_keep_alive(p.keep_alive)
-                .set_clean_start(true)
+                .set_clean_start(p.session_expiry.is_zero())
                 .set_outgoing_inflight_upper_limit(p.inflight.saturating_add(8))
                 .set_max_packet_size(Some(u32::try_from(p.max_packet).unwrap_or(u32::MAX)))
                 .set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
@@ -107,6 +110,11 @@ pub fn connect(p: &ConnectParams) -> (Client, EventLoop) {
                     None,
                 ));
             o.set_connection_timeout(secs);
+            if !p.session_expiry.is_zero() {
+                o.set_session_expiry_interval(Some(
+                    u32::try_from(p.session_expiry.as_secs()).unwrap_or(u32::MAX),
+                ));
+            }
             if let Some(user) = &p.username {
                 o.set_credentials(user, &p.password);
             }
