@@ -11,7 +11,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::control::{self, StatusHandle};
-use crate::downlink::{ChannelSet, DownlinkHub, DownlinkLimits};
+use crate::downlink::{ChannelSet, DownlinkHub};
 use crate::outbox::{self, Outbox};
 use crate::supervisor::{Stage, Supervisor};
 use crate::uplink::{self, Uplink, UplinkStatus};
@@ -63,7 +63,7 @@ pub fn start(config: &Config, supervisor: &Supervisor) -> anyhow::Result<Pipelin
         "outbox open{}",
         if stats.queued > 0 { ": replaying queued messages" } else { "" }
     );
-    let downlink = DownlinkHub::new(DownlinkLimits::default());
+    let downlink = DownlinkHub::new(config.uplink.downlink_limits());
     let (status_tx, status_rx) = uplink::status_channel(config.uplink.url.is_some());
     outbox.watch_progress(
         supervisor.heartbeat("outbox writer"),

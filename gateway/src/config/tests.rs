@@ -373,3 +373,49 @@ fn serial_ports_are_validated_and_every_problem_is_named() {
     .unwrap_err();
     assert!(err.to_string().contains("speed"), "{err}");
 }
+
+#[test]
+fn uplink_session_retry_and_downlink_bounds_are_configurable_and_checked() {
+    let config = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[
+            ("EDGEGW_UPLINK_SESSION_EXPIRY", "0s"),
+            ("EDGEGW_UPLINK_REFUSED_RETRY", "5s"),
+            ("EDGEGW_UPLINK_DOWNLINK_QUEUE", "4"),
+            ("EDGEGW_UPLINK_DOWNLINK_BACKLOG", "0"),
+            ("EDGEGW_UPLINK_DOWNLINK_MAX_AGE", "10m"),
+        ]),
+    )
+    .unwrap();
+    assert!(config.uplink.session_expiry.get().is_zero());
+    assert_eq!(config.uplink.refused_retry.get().as_secs(), 5);
+    let limits = config.uplink.downlink_limits();
+    assert_eq!((limits.queue, limits.backlog), (4, 0));
+    assert_eq!(limits.max_age.as_secs(), 600);
+    let defaults = load_from(&Source::None, Profile::Production, env(&[])).unwrap();
+    assert_eq!(defaults.uplink.session_expiry.get().as_secs(), 86_400);
+    assert_eq!(defaults.uplink.downlink_limits().backlog, 32);
+    let err = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[
+            ("EDGEGW_UPLINK_REFUSED_RETRY", "0s"),
+            ("EDGEGW_UPLINK_DOWNLINK_QUEUE", "0"),
+            ("EDGEGW_UPLINK_DOWNLINK_BACKLOG", "5000"),
+            ("EDGEGW_UPLINK_DOWNLINK_MAX_AGE", "0s"),
+            ("EDGEGW_UPLINK_SESSION_EXPIRY", "50000d"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "uplink.refused_retry",
+        "uplink.downlink_queue",
+        "uplink.downlink_backlog",
+        "uplink.downlink_max_age",
+        "uplink.session_expiry",
+    ] {
+        assert!(err.contains(needle), "{needle} missing in: {err}");
+    }
+}

@@ -36,6 +36,11 @@ pub struct RawUplink {
     connect_timeout: Option<Duration>,
     refused_retry: Option<Duration>,
     session_expiry: Option<Duration>,
+    #[serde(deserialize_with = "number_opt")]
+    downlink_queue: Option<u16>,
+    #[serde(deserialize_with = "number_opt")]
+    downlink_backlog: Option<u16>,
+    downlink_max_age: Option<Duration>,
 }
 
 fn number_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
@@ -98,6 +103,10 @@ pub struct UplinkConfig {
     /// How long the broker keeps the gateway's MQTT session (its command subscriptions and
     /// the commands queued for them) while the gateway is away; zero: a clean session.
     pub session_expiry: Duration,
+    /// Bounds of the downlink command queues; see [`UplinkConfig::downlink_limits`].
+    pub downlink_queue: usize,
+    pub downlink_backlog: usize,
+    pub downlink_max_age: Duration,
     /// TCP + TLS + CONNACK deadline.
     pub connect_timeout: Duration,
 }
@@ -237,6 +246,21 @@ impl RawUplink {
                 "must be at most 4294967295s (MQTT's limit)",
             );
         }
+        let defaults = crate::downlink::DownlinkLimits::default();
+        let queue = self.downlink_queue.map_or(defaults.queue, usize::from);
+        if queue == 0 || queue > 1024 {
+            check.invalid("uplink.downlink_queue", "must be between 1 and 1024");
+        }
+        let backlog = self.downlink_backlog.map_or(defaults.backlog, usize::from);
+        if backlog > 1024 {
+            check.invalid("uplink.downlink_backlog", "must be between 0 and 1024");
+        }
+        let downlink_max_age = self
+            .downlink_max_age
+            .unwrap_or(Duration::from_secs(defaults.max_age.as_secs()));
+        if downlink_max_age.get() < std::time::Duration::from_secs(1) {
+            check.invalid("uplink.downlink_max_age", "must be at least 1s");
+        }
         let connect_timeout = self.connect_timeout.unwrap_or(Duration::from_secs(10));
         if connect_timeout.get() < std::time::Duration::from_secs(1) {
             check.invalid("uplink.connect_timeout", "must be at least 1s");
@@ -255,6 +279,9 @@ impl RawUplink {
             connect_timeout,
             refused_retry,
             session_expiry,
+            downlink_queue: queue.max(1),
+            downlink_backlog: backlog,
+            downlink_max_age,
             url,
             client_cert: self.client_cert,
             client_key: self.client_key,
@@ -263,6 +290,17 @@ impl RawUplink {
             username: self.username,
             password: self.password.unwrap_or_default(),
             refuse_expired: self.refuse_expired,
+        }
+    }
+}
+
+impl UplinkConfig {
+    /// The bounds of the downlink command queues these settings give.
+    pub fn downlink_limits(&self) -> crate::downlink::DownlinkLimits {
+        crate::downlink::DownlinkLimits {
+            queue: self.downlink_queue,
+            backlog: self.downlink_backlog,
+            max_age: self.downlink_max_age.get(),
         }
     }
 }
