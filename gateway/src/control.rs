@@ -64,6 +64,9 @@ pub struct StatusReport {
     /// Serial ports (issue 7).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub serial: Vec<crate::serial::status::PortStatus>,
+    /// Per-adapter counts (`adapters`) and the DTLS session table (`dtls`).
+    #[serde(flatten)]
+    pub metrics: crate::metrics::MetricsSnapshot,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,10 +85,12 @@ pub struct StatusHandle {
     started: Instant,
     board: Arc<crate::board::BoardStatus>,
     serial: crate::serial::SerialStatus,
+    metrics: crate::metrics::Metrics,
 }
 
 impl StatusHandle {
     pub fn new(outbox: Outbox, uplink: tokio::sync::watch::Receiver<UplinkStatus>) -> Self {
+        let metrics = crate::metrics::Metrics::new();
         let handle = Self {
             outbox,
             uplink,
@@ -95,7 +100,9 @@ impl StatusHandle {
             board: Arc::new(crate::board::BoardStatus::read(
                 &hal::identity::SysRoot::system(),
             )),
-            serial: crate::serial::SerialStatus::default(),
+            // The serial ports count into the shared metrics through their status handles.
+            serial: crate::serial::SerialStatus::with_metrics(metrics.clone()),
+            metrics,
         };
         handle.sample();
         handle
@@ -166,12 +173,18 @@ impl StatusHandle {
             warnings,
             board: (*self.board).clone(),
             serial: self.serial.snapshot(),
+            metrics: self.metrics.snapshot(),
         }
     }
 
     /// Where the serial adapter reports its ports.
     pub fn serial(&self) -> &crate::serial::SerialStatus {
         &self.serial
+    }
+
+    /// The counters every adapter shares (one instance per daemon).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 }
 
@@ -365,6 +378,7 @@ pub fn render(v: &serde_json::Value) -> String {
             );
         }
     }
+    crate::metrics::render_status(v, &mut line);
     if let Some(warnings) = v.get("warnings").and_then(|w| w.as_array()) {
         for w in warnings {
             line("WARNING", w.as_str().unwrap_or_default().to_owned());

@@ -12,6 +12,7 @@ pub mod downlink;
 pub mod exit;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod pipeline;

@@ -94,4 +94,11 @@ fn a_broker_command_reaches_an_observing_coap_sensor() {
         "no notification; log:\n{}",
         daemon.log().join("\n")
     );
+    // The delivery is counted for the adapter (metrics): `edgegw status --json`.
+    let status = cli(dir.path(), &vars, &["status"]);
+    let delivered = status["adapters"]["coap"]["downlink_delivered"]
+        .as_u64()
+        .expect("adapters.coap.downlink_delivered");
+    assert!(delivered >= 1, "{status}");
+    assert_eq!(status["adapters"]["coaps"]["downlink_delivered"], 0);
 }

@@ -157,6 +157,8 @@ pub struct Sessions {
     buf: Vec<u8>,
     wall_clock: Box<dyn Fn() -> SystemTime + Send + Sync>,
     panics: u64,
+    /// Handshakes completed / not completed (for metrics).
+    handshakes: crate::metrics::HandshakeCounts,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -209,6 +211,7 @@ impl Sessions {
             buf: vec![0; POLL_BUFFER],
             wall_clock: Box::new(SystemTime::now),
             panics: 0,
+            handshakes: crate::metrics::HandshakeCounts::default(),
         })
     }
 
@@ -225,6 +228,24 @@ impl Sessions {
     /// Panics contained so far (each dropped one session).
     pub fn panics(&self) -> u64 {
         self.panics
+    }
+
+    /// Handshakes completed, failed, and failed on authentication so far.
+    pub fn handshakes(&self) -> crate::metrics::HandshakeCounts {
+        self.handshakes
+    }
+
+    /// Counts a handshake that ends without completing. A PSK handshake whose identity was
+    /// already looked up failed on its key (or an unknown identity): an authentication failure.
+    fn handshake_failed(&mut self, conn: &Conn) {
+        self.handshakes.failed += 1;
+        if conn
+            .psk
+            .as_ref()
+            .is_some_and(|slot| slot.identity.lock().is_ok_and(|g| g.is_some()))
+        {
+            self.handshakes.auth_failed += 1;
+        }
     }
 
     pub fn principal(&self, peer: SocketAddr) -> Option<&Principal> {
@@ -339,7 +360,9 @@ impl Sessions {
             .collect();
         for peer in expired {
             debug!(%peer, "dtls handshake timed out");
-            self.pending.remove(&peer);
+            if let Some(conn) = self.pending.remove(&peer) {
+                self.handshake_failed(&conn);
+            }
         }
         let idle_peers: Vec<_> = self
             .live
@@ -431,6 +454,7 @@ impl Sessions {
         if !self.live.contains_key(&peer) && self.live.len() >= self.settings.max_sessions {
             warn!(%peer, "dtls handshake refused: session limit reached");
             self.send_alert(peer, 0, ALERT_INTERNAL_ERROR);
+            self.handshakes.failed += 1;
             return false;
         }
         let mode = if suites.contains(&PSK_AES128_CCM_8) {
@@ -462,6 +486,7 @@ impl Sessions {
             Err(e) => {
                 debug!(%peer, "dtls handshake refused: {e}");
                 self.send_alert(peer, 0, ALERT_HANDSHAKE_FAILURE);
+                self.handshakes.failed += 1;
                 return false;
             }
         };
@@ -518,6 +543,9 @@ impl Sessions {
                         })
                     };
                     debug!(%peer, mode = ?conn.mode, "dtls session failed: {e}");
+                    if pending {
+                        self.handshake_failed(&conn);
+                    }
                     if let Some(alert) = alert {
                         self.send_alert(peer, conn.epoch0_seq + 1, alert);
                     }
@@ -529,8 +557,10 @@ impl Sessions {
             Err(_) => {
                 self.panics += 1;
                 warn!(%peer, "dtls engine panicked; session dropped");
-                if self.table_mut(pending).remove(&peer).is_some() && !pending {
-                    self.events.push_back(SessionEvent::Closed { peer });
+                match self.table_mut(pending).remove(&peer) {
+                    Some(conn) if pending => self.handshake_failed(&conn),
+                    Some(_) => self.events.push_back(SessionEvent::Closed { peer }),
+                    None => {}
                 }
             }
         }
@@ -648,6 +678,10 @@ impl Sessions {
             if let Some(conn) = self.table_mut(pending).remove(&peer) {
                 info!(%peer, mode = ?conn.mode, "dtls authentication failed");
                 self.send_alert(peer, conn.epoch0_seq + 1, alert);
+                if pending {
+                    self.handshakes.failed += 1;
+                    self.handshakes.auth_failed += 1;
+                }
                 if !pending {
                     self.events.push_back(SessionEvent::Closed { peer });
                 }
@@ -655,8 +689,10 @@ impl Sessions {
             return;
         }
         if closed {
-            if self.table_mut(pending).remove(&peer).is_some() && !pending {
-                self.events.push_back(SessionEvent::Closed { peer });
+            match self.table_mut(pending).remove(&peer) {
+                Some(conn) if pending => self.handshake_failed(&conn),
+                Some(_) => self.events.push_back(SessionEvent::Closed { peer }),
+                None => {}
             }
             return;
         }
@@ -671,6 +707,7 @@ impl Sessions {
             if let Some(p) = &conn.principal {
                 info!(%peer, client = %p.identity, mode = ?conn.mode, "dtls session established");
             }
+            self.handshakes.completed += 1;
             if self.live.insert(peer, conn).is_some() {
                 // The replaced session's CoAP state belongs to the old session.
                 self.events.push_back(SessionEvent::Closed { peer });

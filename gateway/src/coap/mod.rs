@@ -136,8 +136,9 @@ pub fn start(
             backend.clone(),
             supervisor.token(Stage::Intake),
         );
+        let metrics = pipeline.status.metrics().clone();
         supervisor.spawn(Stage::Intake, async move {
-            if let Err(e) = task::serve_plain(socket, core, backend, token).await {
+            if let Err(e) = task::serve(socket, core, None, backend, metrics, token).await {
                 tracing::error!("coap listener failed: {e}");
             }
         });
@@ -160,8 +161,12 @@ pub fn start(
                 })?;
             if let Some(socket) = bind_or_skip(config, config.coap_dtls.bind, "CoAPS")? {
                 let (core, token) = (server_config(config), supervisor.token(Stage::Intake));
+                let metrics = pipeline.status.metrics().clone();
                 supervisor.spawn(Stage::Intake, async move {
-                    if let Err(e) = task::serve_dtls(socket, core, sessions, backend, token).await {
+                    let sessions = Some(sessions);
+                    if let Err(e) =
+                        task::serve(socket, core, sessions, backend, metrics, token).await
+                    {
                         tracing::error!("coaps listener failed: {e}");
                     }
                 });

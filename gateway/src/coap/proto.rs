@@ -194,6 +194,8 @@ pub struct Stats {
     pub pending: usize,
     pub block_transfers: usize,
     pub observers: usize,
+    /// Error answers sent (not counting repeats for duplicates), by reason class.
+    pub refused: crate::metrics::RefusalCounts,
 }
 
 #[derive(Debug)]
@@ -828,6 +830,7 @@ impl Server {
             }
             Failure::Internal => (ResponseType::InternalServerError, None, None),
         };
+        self.stats.refused.record_coap(code);
         let mut resp = self.response_to(p, code);
         if let Some(age) = max_age {
             resp.add_option(CoapOption::MaxAge, encode_uint(max_age_secs(age)));
@@ -849,6 +852,7 @@ impl Server {
         _now: Instant,
         extra: impl FnOnce(&mut Packet),
     ) {
+        self.stats.refused.record_coap(code);
         let mut resp = self.response_to_req(req, code);
         extra(&mut resp);
         let bytes = encode(&resp);

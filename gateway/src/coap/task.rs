@@ -19,6 +19,7 @@ use super::dtls::{SessionEvent, Sessions};
 use super::proto::{
     Credentials, Event, ExchangeId, Failure, Outcome, Server, ServerConfig, Target, Transmit,
 };
+use crate::metrics::{Adapter, Metrics};
 
 /// A sensor authenticated by its DTLS session (PSK identity or certificate CN).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +113,7 @@ pub async fn serve_plain(
     backend: Arc<dyn Backend>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    Shell::new(socket, config, backend, None).run(cancel).await
+    serve(socket, config, None, backend, Metrics::new(), cancel).await
 }
 
 /// Serves CoAP over DTLS on an already-bound socket until `cancel`.
@@ -123,9 +124,30 @@ pub async fn serve_dtls(
     backend: Arc<dyn Backend>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    Shell::new(socket, config, backend, Some(sessions))
-        .run(cancel)
-        .await
+    serve(
+        socket,
+        config,
+        Some(sessions),
+        backend,
+        Metrics::new(),
+        cancel,
+    )
+    .await
+}
+
+/// Serves CoAP (`sessions` = `None`) or CoAPS until `cancel`, counting into `metrics` as
+/// adapter `coap` or `coaps`.
+pub async fn serve(
+    socket: UdpSocket,
+    config: ServerConfig,
+    sessions: Option<Sessions>,
+    backend: Arc<dyn Backend>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let mut shell = Shell::new(socket, config, backend, sessions);
+    shell.metrics = metrics;
+    shell.run(cancel).await
 }
 
 struct Shell {
@@ -139,6 +161,11 @@ struct Shell {
     forwarders: std::collections::HashMap<ExchangeId, AbortHandle>,
     ended: Option<mpsc::Receiver<String>>,
     last_counts: (usize, usize),
+    metrics: Metrics,
+    adapter: Adapter,
+    /// What the cores' counters were when last added to `metrics`.
+    reported_refusals: crate::metrics::RefusalCounts,
+    reported_handshakes: crate::metrics::HandshakeCounts,
 }
 
 impl Shell {
@@ -154,6 +181,11 @@ impl Shell {
         } else {
             None
         };
+        let adapter = if sessions.is_some() {
+            Adapter::Coaps
+        } else {
+            Adapter::Coap
+        };
         Self {
             socket,
             server: Server::new(config),
@@ -163,8 +195,12 @@ impl Shell {
             notify_tx,
             notify_rx,
             forwarders: std::collections::HashMap::new(),
+            adapter,
             ended,
             last_counts: (0, 0),
+            metrics: Metrics::new(),
+            reported_refusals: Default::default(),
+            reported_handshakes: Default::default(),
         }
     }
 
@@ -201,8 +237,9 @@ impl Shell {
                     }
                 }
                 Some((observer, cmd)) = self.notify_rx.recv() => {
-                    if let Err(e) = self.server.notify(observer, cmd.payload, cmd.content_format, Instant::now()) {
-                        warn!(?observer, "{scheme}: command not delivered: {e}");
+                    match self.server.notify(observer, cmd.payload, cmd.content_format, Instant::now()) {
+                        Ok(_) => self.metrics.downlink_delivered(self.adapter),
+                        Err(e) => warn!(?observer, "{scheme}: command not delivered: {e}"),
                     }
                 }
                 ended = recv_opt(&mut self.ended) => match ended {
@@ -309,9 +346,17 @@ impl Shell {
                 break;
             }
         }
+        self.metrics.sync_refusals(
+            self.adapter,
+            &self.server.stats().refused,
+            &mut self.reported_refusals,
+        );
         if let Some(s) = self.sessions.as_ref() {
+            self.metrics
+                .sync_dtls(&s.handshakes(), &mut self.reported_handshakes);
             let counts = s.counts();
             if counts != self.last_counts {
+                self.metrics.set_dtls_sessions(counts.0, counts.1);
                 self.last_counts = counts;
                 debug!(
                     "coaps session table: sessions={} handshakes={}",
@@ -360,9 +405,13 @@ impl Shell {
                 let fut = self
                     .backend
                     .publish(peer, who, &target, content_format, payload);
+                let (metrics, adapter) = (self.metrics.clone(), self.adapter);
                 self.decisions.spawn(async move {
                     let outcome = match fut.await {
-                        Ok(()) => Outcome::Stored,
+                        Ok(()) => {
+                            metrics.message_in(adapter);
+                            Outcome::Stored
+                        }
                         Err(f) => Outcome::Refused(f),
                     };
                     (exchange, outcome)
@@ -423,10 +472,13 @@ impl Shell {
                     }
                 };
                 let outcome = match self.backend.poll(peer, who, &target) {
-                    Ok(Some(d)) => Outcome::Content {
-                        payload: d.payload,
-                        content_format: d.content_format,
-                    },
+                    Ok(Some(d)) => {
+                        self.metrics.downlink_delivered(self.adapter);
+                        Outcome::Content {
+                            payload: d.payload,
+                            content_format: d.content_format,
+                        }
+                    }
                     Ok(None) => Outcome::Content {
                         payload: Vec::new(),
                         content_format: None,

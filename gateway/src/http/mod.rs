@@ -80,6 +80,8 @@ pub struct AppState {
     pub metrics: HttpMetrics,
     /// Uplink state and totals for `/metrics` (absent in unit tests).
     pub status: Option<crate::control::StatusHandle>,
+    /// The daemon's shared per-adapter counters (adapter `http` is counted by a middleware).
+    pub adapters: crate::metrics::Metrics,
 }
 
 /// A bound listener, ready to serve.
@@ -119,6 +121,10 @@ pub async fn bind(
         None => None,
     };
     let key = tokens::load_or_create_key(&config.gateway.state_dir)?;
+    let adapters = status
+        .as_ref()
+        .map(|s| s.metrics().clone())
+        .unwrap_or_default();
     let state = Arc::new(AppState {
         auth,
         outbox,
@@ -132,6 +138,7 @@ pub async fn bind(
         config: config.clone(),
         metrics: HttpMetrics::default(),
         status,
+        adapters,
     });
     let listener = TcpListener::bind(http.bind)
         .await

@@ -228,6 +228,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/m/{domain}/c/{channel}/{*subtopic}",
             post(publish_subtopic),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.adapters.clone(),
+            crate::metrics::http_adapter,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -328,6 +332,11 @@ async fn metrics(State(state): St) -> Response {
             up.published_total, up.delivered_total, up.connects_total
         );
     }
+    // Per-adapter counts, DTLS session table, messages out (crate::metrics).
+    state
+        .adapters
+        .snapshot()
+        .render_prometheus(s.acked_total, &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -1256,6 +1265,7 @@ mod tests {
             config,
             metrics: HttpMetrics::default(),
             status: None,
+            adapters: crate::metrics::Metrics::new(),
         });
         let app = router(state);
         let call = |method: &str, path: &str| {

@@ -29,9 +29,14 @@ pub struct PortStatus {
 
 /// The serial adapter's ports. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct SerialStatus(Arc<Mutex<Vec<PortStatus>>>);
+pub struct SerialStatus(Arc<Mutex<Vec<PortStatus>>>, crate::metrics::Metrics);
 
 impl SerialStatus {
+    /// Ports that also count into the daemon's shared metrics (adapter `serial`).
+    pub fn with_metrics(metrics: crate::metrics::Metrics) -> Self {
+        Self(Arc::default(), metrics)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Vec<PortStatus>> {
         self.0
             .lock()
@@ -66,6 +71,11 @@ pub struct PortHandle {
 }
 
 impl PortHandle {
+    /// The shared metrics the port counts into.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.all.1
+    }
+
     pub fn update(&self, f: impl FnOnce(&mut PortStatus)) {
         if let Some(port) = self.all.lock().get_mut(self.index) {
             f(port);

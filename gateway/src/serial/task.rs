@@ -466,6 +466,7 @@ impl Shell {
                 continue;
             }
             if let Some(bytes) = session.poll_transmit() {
+                crate::metrics::record_serial_line(self.status.metrics(), &bytes);
                 if bytes.starts_with(b"OK ") {
                     self.status.update(|p| p.published += 1);
                 } else if bytes.starts_with(b"ERR ") {

@@ -154,6 +154,8 @@ fn psk_session_is_established_and_carries_data_both_ways() {
     assert!(connected);
     assert_eq!(alerts, 0);
     assert_eq!(s.counts(), (1, 0));
+    let hs = s.handshakes();
+    assert_eq!((hs.completed, hs.failed, hs.auth_failed), (1, 0, 0));
     assert_eq!(
         s.principal(peer(1)).map(|p| p.client_id.as_str()),
         Some("id-a")
@@ -192,6 +194,13 @@ fn wrong_key_and_unknown_identity_fail_alike_with_a_fatal_alert() {
         assert!(!connected, "{identity}");
         assert_eq!(alerts, 1, "{identity}: no fatal alert");
         assert_eq!(s.counts(), (0, 0), "{identity}");
+        // One failed handshake, counted as an authentication failure (metrics).
+        let hs = s.handshakes();
+        assert_eq!(
+            (hs.completed, hs.failed, hs.auth_failed),
+            (0, 1, 1),
+            "{identity}"
+        );
     }
 }
 
@@ -248,6 +257,9 @@ fn half_open_handshakes_are_capped_and_time_out() {
     assert_eq!(s.counts(), (0, 4), "expired before handshake_timeout");
     s.sweep(now + Duration::from_secs(10));
     assert_eq!(s.counts(), (0, 0));
+    // Timed out before any PSK identity was seen: failed, but not an authentication failure.
+    let hs = s.handshakes();
+    assert_eq!((hs.completed, hs.failed, hs.auth_failed), (0, 4, 0));
 }
 
 #[test]

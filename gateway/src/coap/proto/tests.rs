@@ -574,3 +574,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn refusals_are_counted_by_class_once_even_when_a_duplicate_repeats_them() {
+    use crate::metrics::Refusal;
+    let config = ServerConfig {
+        max_payload: 8,
+        ..ServerConfig::default()
+    };
+    let mut s = Server::new(config);
+    let now = Instant::now();
+    // Refused by the core itself: too large, then a malformed path.
+    let big = post(1, "m/d/c/ch", &["auth=x"], b"far too large");
+    s.handle_datagram(peer(1), &big, now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.13");
+    s.handle_datagram(peer(1), &big, now);
+    assert_eq!(
+        code(&only_transmit(&mut s)),
+        "4.13",
+        "duplicate answered again"
+    );
+    s.handle_datagram(peer(1), &post(2, "m/d/c/+", &["auth=x"], b"p"), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.00");
+    // Refused by the shell's decision; a stored message is no refusal.
+    s.handle_datagram(peer(1), &post(3, "m/d/c/ch", &["auth=x"], b"p"), now);
+    let (ex, ..) = publish_event(&mut s);
+    s.complete(ex, Outcome::Refused(Failure::Unauthenticated), now);
+    s.handle_datagram(peer(1), &post(4, "m/d/c/ch", &["auth=x"], b"p"), now);
+    let (ex, ..) = publish_event(&mut s);
+    s.complete(ex, Outcome::Stored, now);
+    let refused = s.stats().refused;
+    assert_eq!(refused.get(Refusal::TooLarge), 1);
+    assert_eq!(refused.get(Refusal::BadRequest), 1);
+    assert_eq!(refused.get(Refusal::Auth), 1);
+    assert_eq!(refused.total(), 3);
+}
