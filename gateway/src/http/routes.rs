@@ -328,8 +328,9 @@ async fn metrics(State(state): St) -> Response {
             out,
             "# HELP edgegw_uplink_published_total Messages published upstream.\n# TYPE edgegw_uplink_published_total counter\nedgegw_uplink_published_total {}\n\
              # HELP edgegw_uplink_delivered_total Messages acknowledged by the broker.\n# TYPE edgegw_uplink_delivered_total counter\nedgegw_uplink_delivered_total {}\n\
+             # HELP edgegw_uplink_refused_total Messages the broker refused (MQTT 5 PUBACK error); kept and resent.\n# TYPE edgegw_uplink_refused_total counter\nedgegw_uplink_refused_total {}\n\
              # HELP edgegw_uplink_connects_total Uplink connections made.\n# TYPE edgegw_uplink_connects_total counter\nedgegw_uplink_connects_total {}\n",
-            up.published_total, up.delivered_total, up.connects_total
+            up.published_total, up.delivered_total, up.refused_total, up.connects_total
         );
     }
     // Per-adapter counts, DTLS session table, messages out (crate::metrics).
