@@ -178,7 +178,7 @@ pub struct AuditEvent {
     pub entity_type: Option<String>,
     pub entity_id: Option<String>,
     /// Why a management action was refused or failed: `unauthenticated`, `forbidden`,
-    /// `invalid`, `not_found`, `conflict`, `throttled`, `error`.
+    /// `invalid`, `not_found`, `conflict`, `throttled`, `error`, `timeout`.
     pub reason: Option<String>,
 }
 

@@ -123,6 +123,20 @@ fn outcome(status: StatusCode) -> (&'static str, Option<&'static str>) {
     }
 }
 
+/// Queues its event when dropped before the handler answered.
+struct Unfinished {
+    auth: crate::auth::AuthStore,
+    event: Option<AuditEvent>,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(event) = self.event.take() {
+            self.auth.record_audit(event);
+        }
+    }
+}
+
 /// The middleware (`axum::middleware::from_fn_with_state`).
 pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let keep = state.config.auth.audit_max_events;
@@ -145,7 +159,21 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
     } else {
         Some(super::routes::actor(&state, req.headers()))
     };
+    // The server's request timeout drops this future mid-handler; the action may have been
+    // done, so that is audited too (`failed` / `timeout`: effect unknown).
+    let mut unfinished = Unfinished {
+        auth: state.auth.clone(),
+        event: Some({
+            let actor = actor.as_deref().unwrap_or("anonymous");
+            let mut e = AuditEvent::management("api", actor, action, entity_type, path_id.clone());
+            e.outcome = "failed";
+            e.reason = Some("timeout".to_owned());
+            e.remote = remote.clone();
+            e
+        }),
+    };
     let response = next.run(req).await;
+    unfinished.event = None;
     let status = response.status();
     let (outcome, reason) = outcome(status);
     let actor = actor.unwrap_or_else(|| {
@@ -242,6 +270,81 @@ mod tests {
             outcome(StatusCode::INTERNAL_SERVER_ERROR),
             ("failed", Some("error"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_by_the_timeout_is_audited() {
+        use axum::routing::post;
+        use tower::ServiceExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::load_from(
+            &crate::config::Source::None,
+            crate::config::Profile::Production,
+            Vec::<(std::ffi::OsString, std::ffi::OsString)>::new(),
+        )
+        .unwrap();
+        let auth_db = dir.path().join("auth.db");
+        let auth = crate::auth::AuthStore::open(&auth_db, &config.auth).unwrap();
+        let (outbox, _worker) =
+            crate::outbox::Outbox::open(&dir.path().join("outbox.db"), &config.outbox).unwrap();
+        let state = Arc::new(AppState {
+            auth,
+            outbox,
+            auth_db: auth_db.clone(),
+            tokens: super::super::tokens::Tokens::new(
+                &[1; 32],
+                std::time::Duration::from_secs(60),
+                std::time::Duration::from_secs(60),
+            ),
+            pats: super::super::pats::PatStore::open(dir.path()).unwrap(),
+            config,
+            metrics: super::super::HttpMetrics::default(),
+            status: None,
+        });
+        // A handler that never answers, as one stuck behind a slow disk.
+        let app: axum::Router = axum::Router::new()
+            .route(
+                "/clients/{id}/enable",
+                post(std::future::pending::<StatusCode>),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&state),
+                layer,
+            ));
+        let mut req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/clients/c-1/disable")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 1))));
+        // The route does not exist: the middleware still sees the request, the handler (404)
+        // answers at once. Then the stuck one, cut by a timeout as `http::serve` does.
+        let answered = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(answered.status(), StatusCode::NOT_FOUND);
+        let mut req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/clients/c-2/enable")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 1))));
+        let timed_out =
+            tokio::time::timeout(std::time::Duration::from_millis(50), app.oneshot(req)).await;
+        assert!(timed_out.is_err());
+        drop(state); // the last AuthStore clone: flushes the audit queue
+        let db = Db::open(&auth_db).unwrap();
+        let events = db.recent_audit(10).unwrap();
+        assert_eq!(events.len(), 2, "{events:?}");
+        // Newest first: the timed-out request, then the 404.
+        assert_eq!(events[0].outcome, "failed");
+        assert_eq!(events[0].reason.as_deref(), Some("timeout"));
+        assert_eq!(events[0].entity_id.as_deref(), Some("c-2"));
+        assert_eq!(events[0].actor.as_deref(), Some("anonymous"));
+        assert_eq!(events[0].remote.as_deref(), Some("192.0.2.7"));
+        assert_eq!(events[0].action.as_deref(), Some("client.enable"));
+        assert_eq!(events[1].action.as_deref(), Some("client.disable"));
+        assert_eq!(events[1].reason.as_deref(), Some("not_found"));
     }
 
     #[test]
