@@ -110,6 +110,7 @@ fn main() {
             client_id: Some("00000000-0000-4000-8000-000000000000".into()),
             remote: Some("192.0.2.1".into()),
             outcome: "ok",
+            ..AuditEvent::default()
         })
         .collect();
     let batches = 200u32;

@@ -293,6 +293,7 @@ fn issue(
         not_after: issued.info.not_after,
         revoked_at: None,
     })?;
+    registry.record_audit(config, "cert.issue", &issued.info.serial_hex);
     if !out.exists() {
         certs::files::ensure_private_dir(out).map_err(|source| PkiError::Io {
             path: out.display().to_string(),
@@ -416,6 +417,9 @@ fn revoke(config: &Config, target: &str, json: bool) -> anyhow::Result<u8> {
             target: target.to_owned(),
         }
         .into());
+    }
+    for r in &revoked {
+        registry.record_audit(config, "cert.revoke", &r.serial_hex);
     }
     print_records(&registry, &revoked, json)?;
     Ok(exit::OK)

@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests of the built `edgegw` binary: locate it, run it in a scratch
 //! directory with a clean environment, watch its log, signal it, and never leave it running.
 
+pub mod api;
 pub mod mosquitto;
 pub mod pki;
 pub mod uplink;

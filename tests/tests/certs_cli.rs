@@ -628,4 +628,26 @@ fn issue_is_recorded_then_revoke_shows_in_list_and_the_crl() {
         ],
     );
     assert!(text(&out).contains("certificate revoked"), "{}", text(&out));
+
+    // Each issue and revoke is in the audit table, actor `cli`; the failed revoke is not.
+    let db = rusqlite::Connection::open(dir.path().join("state/auth.db")).unwrap();
+    let mut st = db
+        .prepare(
+            "SELECT action, entity_id FROM audit_events
+             WHERE method = 'cli' AND actor = 'cli' AND entity_type = 'certs' ORDER BY id",
+        )
+        .unwrap();
+    let audited: Vec<(String, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        audited,
+        [
+            ("cert.issue".to_owned(), serials[0].clone()),
+            ("cert.issue".to_owned(), serials[1].clone()),
+            ("cert.revoke".to_owned(), serials[0].clone()),
+        ]
+    );
 }

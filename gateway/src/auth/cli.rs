@@ -7,13 +7,40 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::store::{Channel, Client, Db, Grant};
+use super::store::{AuditEvent, Channel, Client, Db, Grant};
 use crate::cli::{ChannelCommand, ClientCommand, ConnectArgs};
 use crate::config::Config;
 use crate::exit;
 
 fn open(config: &Config) -> anyhow::Result<Db> {
     Ok(Db::open(&super::path_in(&config.gateway.state_dir))?)
+}
+
+/// Records a management action made from the command line in the audit table, actor `cli`.
+/// Written directly (the CLI has no audit thread; WAL and the busy timeout let it write while
+/// the daemon runs). The change itself is already committed, so a failed audit write is a
+/// warning, not a failed command. No-op when `auth.audit_max_events = 0`.
+pub fn record_audit(
+    db: &mut Db,
+    config: &Config,
+    action: &str,
+    entity_type: &str,
+    entity_id: &str,
+) {
+    let keep = config.auth.audit_max_events;
+    if keep == 0 {
+        return;
+    }
+    let event = AuditEvent::management(
+        "cli",
+        "cli",
+        action,
+        entity_type,
+        Some(entity_id.to_owned()),
+    );
+    if let Err(e) = db.append_audit(&[event], keep) {
+        tracing::warn!("{action} {entity_id}: done, but the audit event was not written: {e}");
+    }
 }
 
 fn print_json(value: &serde_json::Value) {
@@ -71,6 +98,7 @@ pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Resul
                 secret.as_deref(),
                 metadata.as_deref(),
             )?;
+            record_audit(&mut db, config, "client.create", "clients", &c.id);
             if json {
                 print_json(&client_json(&c, true));
             } else {
@@ -144,6 +172,12 @@ pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Resul
         ClientCommand::Enable { client } | ClientCommand::Disable { client } => {
             let enable = matches!(cmd, ClientCommand::Enable { .. });
             let c = db.set_client_enabled(client, enable)?;
+            let action = if enable {
+                "client.enable"
+            } else {
+                "client.disable"
+            };
+            record_audit(&mut db, config, action, "clients", &c.id);
             if json {
                 print_json(&client_json(&c, false));
             } else {
@@ -152,6 +186,7 @@ pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Resul
         }
         ClientCommand::Remove { client } => {
             let c = db.remove_client(client)?;
+            record_audit(&mut db, config, "client.delete", "clients", &c.id);
             if json {
                 print_json(&client_json(&c, false));
             } else {
@@ -160,6 +195,7 @@ pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Resul
         }
         ClientCommand::RotateSecret { client, secret } => {
             let c = db.rotate_secret(client, secret.as_deref())?;
+            record_audit(&mut db, config, "client.rotate_secret", "clients", &c.id);
             if json {
                 print_json(&json!({"id": c.id, "identity": c.identity, "secret": c.secret}));
             } else {
@@ -191,6 +227,7 @@ pub fn channel(config: &Config, json: bool, cmd: &ChannelCommand) -> anyhow::Res
         } => {
             let domain = domain.as_deref().unwrap_or(&config.gateway.domain_id);
             let ch = db.add_channel(name, domain, metadata.as_deref())?;
+            record_audit(&mut db, config, "channel.create", "channels", &ch.id);
             if json {
                 print_json(&json!(ch));
             } else {
@@ -213,6 +250,7 @@ pub fn channel(config: &Config, json: bool, cmd: &ChannelCommand) -> anyhow::Res
         }
         ChannelCommand::Remove { channel } => {
             let ch = db.remove_channel(channel)?;
+            record_audit(&mut db, config, "channel.delete", "channels", &ch.id);
             if json {
                 print_json(&json!(ch));
             } else {
@@ -237,6 +275,17 @@ pub fn connect(config: &Config, json: bool, args: &ConnectArgs, grant: bool) -> 
     } else {
         db.disconnect(&client.id, &channel.id, publish, subscribe)?
     };
+    record_audit(
+        &mut db,
+        config,
+        if grant {
+            "connection.create"
+        } else {
+            "connection.delete"
+        },
+        "connections",
+        &format!("{}>{}", client.id, channel.id),
+    );
     let remaining = remaining.unwrap_or(Grant {
         client_id: client.id.clone(),
         channel_id: channel.id.clone(),

@@ -424,6 +424,7 @@ impl AuthStore {
                 client_id: result.as_ref().ok().map(|c| c.id.clone()),
                 remote: remote.map(|ip| ip.to_string()),
                 outcome,
+                ..AuditEvent::default()
             });
         }
     }
@@ -472,6 +473,14 @@ impl AuthStore {
     pub fn reload_now(&self) -> Result<(), AuthError> {
         let mut db = lock(&self.inner.writer);
         self.inner.reload(&mut db).map(drop)
+    }
+
+    /// Queues an audit event (a management action) for the audit writer without waiting; when
+    /// the queue is full it is counted as dropped. No-op when the audit table is disabled.
+    pub fn record_audit(&self, event: AuditEvent) {
+        if let Some(audit) = &self.inner.audit {
+            audit.record(event);
+        }
     }
 
     /// Audit events dropped because the queue was full.

@@ -21,7 +21,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
 /// Embedded migrations; `PRAGMA user_version` is the number applied. Append only.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE clients (
     id          TEXT PRIMARY KEY NOT NULL,
     identity    TEXT NOT NULL UNIQUE,
@@ -85,7 +86,18 @@ CREATE TRIGGER connections_delete AFTER DELETE ON connections BEGIN UPDATE gener
 CREATE TRIGGER certificates_insert AFTER INSERT ON certificates BEGIN UPDATE generation SET value = value + 1; END;
 CREATE TRIGGER certificates_update AFTER UPDATE ON certificates BEGIN UPDATE generation SET value = value + 1; END;
 CREATE TRIGGER certificates_delete AFTER DELETE ON certificates BEGIN UPDATE generation SET value = value + 1; END;
-"#];
+"#,
+    r#"
+-- Management actions (API and CLI) share the audit table with authentication decisions: who
+-- (`admin`, `pat:<id>`, `cli`, `anonymous`; never a secret), what, on which entity, and why
+-- it was refused or failed. NULL for authentication decisions.
+ALTER TABLE audit_events ADD COLUMN actor TEXT;
+ALTER TABLE audit_events ADD COLUMN action TEXT;
+ALTER TABLE audit_events ADD COLUMN entity_type TEXT;
+ALTER TABLE audit_events ADD COLUMN entity_id TEXT;
+ALTER TABLE audit_events ADD COLUMN reason TEXT;
+"#,
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -149,8 +161,9 @@ pub struct Tables {
     pub generation: i64,
 }
 
-/// One audit row (written by the audit thread).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One audit row: an authentication decision (written by the audit thread) or a management
+/// action (`method` `api` or `cli`, with actor, action, entity and reason).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AuditEvent {
     pub at_ms: i64,
     pub method: &'static str,
@@ -158,6 +171,44 @@ pub struct AuditEvent {
     pub client_id: Option<String>,
     pub remote: Option<String>,
     pub outcome: &'static str,
+    /// Management actions: `admin`, `pat:<id>`, `cli` or `anonymous`.
+    pub actor: Option<String>,
+    /// Management actions: e.g. `client.create`, `key.rotate`.
+    pub action: Option<String>,
+    pub entity_type: Option<String>,
+    pub entity_id: Option<String>,
+    /// Why a management action was refused or failed: `unauthenticated`, `forbidden`,
+    /// `invalid`, `not_found`, `conflict`, `throttled`, `error`, `timeout`.
+    pub reason: Option<String>,
+}
+
+impl AuditEvent {
+    /// A management action by `actor` through `method` (`api` or `cli`).
+    pub fn management(
+        method: &'static str,
+        actor: &str,
+        action: &str,
+        entity_type: &str,
+        entity_id: Option<String>,
+    ) -> Self {
+        Self {
+            at_ms: now_ms(),
+            method,
+            outcome: "ok",
+            actor: Some(actor.to_owned()),
+            action: Some(action.to_owned()),
+            entity_type: Some(entity_type.to_owned()),
+            entity_id,
+            ..Self::default()
+        }
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Unix seconds now.
@@ -790,8 +841,9 @@ impl Db {
         {
             let mut st = tx
                 .prepare_cached(
-                    "INSERT INTO audit_events (at_ms, method, identity, client_id, remote, outcome)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO audit_events (at_ms, method, identity, client_id, remote, outcome,
+                                               actor, action, entity_type, entity_id, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(e)?;
             for ev in events {
@@ -801,7 +853,12 @@ impl Db {
                     ev.identity,
                     ev.client_id,
                     ev.remote,
-                    ev.outcome
+                    ev.outcome,
+                    ev.actor,
+                    ev.action,
+                    ev.entity_type,
+                    ev.entity_id,
+                    ev.reason
                 ])
                 .map_err(e)?;
             }
@@ -819,7 +876,8 @@ impl Db {
         let mut st = self
             .conn
             .prepare(
-                "SELECT at_ms, method, identity, client_id, remote, outcome FROM audit_events
+                "SELECT at_ms, method, identity, client_id, remote, outcome,
+                        actor, action, entity_type, entity_id, reason FROM audit_events
                  ORDER BY id DESC LIMIT ?1",
             )
             .map_err(|e| self.err(e))?;
@@ -831,6 +889,11 @@ impl Db {
                 client_id: r.get(3)?,
                 remote: r.get(4)?,
                 outcome: intern(&r.get::<_, String>(5)?),
+                actor: r.get(6)?,
+                action: r.get(7)?,
+                entity_type: r.get(8)?,
+                entity_id: r.get(9)?,
+                reason: r.get(10)?,
             })
         })
         .map_err(|e| self.err(e))?
@@ -906,6 +969,10 @@ fn intern(s: &str) -> &'static str {
         "cert_revoked",
         "cert_expired",
         "throttled",
+        "api",
+        "cli",
+        "refused",
+        "failed",
     ];
     NAMES.iter().find(|n| **n == s).copied().unwrap_or("other")
 }

@@ -462,7 +462,7 @@ fn a_newer_schema_is_refused_untouched() {
             err,
             AuthError::SchemaTooNew {
                 found: 99,
-                supported: 1,
+                supported: super::store::SCHEMA_VERSION,
                 ..
             }
         ),

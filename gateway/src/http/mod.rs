@@ -7,6 +7,7 @@
 //! check, exit 78). Bounded: connections (`max_connections`), bodies (`max_body` → 413),
 //! header read and request time (`request_timeout`). Handlers never log secrets or tokens.
 
+pub mod audit;
 pub mod pats;
 mod routes;
 pub mod tokens;
@@ -120,7 +121,6 @@ pub async fn bind(
         )?)),
         None => None,
     };
-    let key = tokens::load_or_create_key(&config.gateway.state_dir)?;
     let adapters = status
         .as_ref()
         .map(|s| s.metrics().clone())
@@ -129,11 +129,11 @@ pub async fn bind(
         auth,
         outbox,
         auth_db: crate::auth::path_in(&config.gateway.state_dir),
-        tokens: tokens::Tokens::new(
-            &key,
+        tokens: tokens::Tokens::open(
+            &config.gateway.state_dir,
             http.access_token_ttl.get(),
             http.refresh_token_ttl.get(),
-        ),
+        )?,
         pats: pats::PatStore::open(&config.gateway.state_dir)?,
         config: config.clone(),
         metrics: HttpMetrics::default(),
@@ -181,6 +181,14 @@ pub async fn start(
         Ok(listener) => {
             supervisor.spawn(
                 Stage::Intake,
+                reload_keys_on_sighup(
+                    Arc::clone(&listener.state),
+                    supervisor.reloads(),
+                    supervisor.token(Stage::Intake),
+                ),
+            );
+            supervisor.spawn(
+                Stage::Intake,
                 serve(listener, supervisor.token(Stage::Intake)),
             );
             Ok(())
@@ -190,6 +198,31 @@ pub async fn start(
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Re-reads the JWT signing key file on every SIGHUP (an operator may have replaced it). A
+/// bad file is logged and the keys in use stay.
+async fn reload_keys_on_sighup(
+    state: Arc<AppState>,
+    mut reloads: tokio::sync::watch::Receiver<u64>,
+    token: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = token.cancelled() => break,
+            changed = reloads.changed() => if changed.is_err() { break },
+        }
+        let st = Arc::clone(&state);
+        match tokio::task::spawn_blocking(move || st.tokens.reload()).await {
+            Ok(Ok(ids)) => info!(
+                kid = %ids.kid,
+                previous_kid = ids.previous_kid.as_deref().unwrap_or("none"),
+                "JWT signing keys reloaded"
+            ),
+            Ok(Err(e)) => warn!("JWT signing keys not reloaded, the keys in use stay: {e}"),
+            Err(e) => warn!("JWT signing key reload task failed: {e}"),
+        }
     }
 }
 

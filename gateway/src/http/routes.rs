@@ -163,28 +163,40 @@ fn standalone_token_matches(state: &AppState, presented: &str) -> bool {
     !admin.is_empty() && crate::auth::secret::ct_eq(admin.expose().as_bytes(), presented.as_bytes())
 }
 
+/// Who the bearer credentials name, without counting failures.
+fn identify(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    if token.starts_with(super::pats::PREFIX) {
+        return state
+            .pats
+            .authenticate(token, crate::auth::store::now_unix())
+            .map(Principal::Pat)
+            .map_err(|_| ApiError::unauthorized());
+    }
+    if state.config.standalone.email.is_empty() {
+        return Err(ApiError::unauthorized());
+    }
+    if standalone_token_matches(state, token) {
+        return Ok(Principal::Admin);
+    }
+    state
+        .tokens
+        .verify(token, Kind::Access)
+        .map(|_| Principal::Admin)
+        .map_err(|_| ApiError::unauthorized())
+}
+
+/// The audit table's actor for these credentials: `admin`, `pat:<id>` or `anonymous`.
+pub(super) fn actor(state: &AppState, headers: &HeaderMap) -> String {
+    match identify(state, headers) {
+        Ok(Principal::Admin) => "admin".to_owned(),
+        Ok(Principal::Pat(p)) => format!("pat:{}", p.id),
+        Err(_) => "anonymous".to_owned(),
+    }
+}
+
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let result = (|| {
-        let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
-        if token.starts_with(super::pats::PREFIX) {
-            return state
-                .pats
-                .authenticate(token, crate::auth::store::now_unix())
-                .map(Principal::Pat)
-                .map_err(|_| ApiError::unauthorized());
-        }
-        if state.config.standalone.email.is_empty() {
-            return Err(ApiError::unauthorized());
-        }
-        if standalone_token_matches(state, token) {
-            return Ok(Principal::Admin);
-        }
-        state
-            .tokens
-            .verify(token, Kind::Access)
-            .map(|_| Principal::Admin)
-            .map_err(|_| ApiError::unauthorized())
-    })();
+    let result = identify(state, headers);
     if result.is_err() {
         HttpMetrics::inc(&state.metrics.auth_failures);
     }
@@ -201,6 +213,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/users/tokens/issue", post(issue_token))
         .route("/users/tokens/refresh", post(refresh_token))
+        .route("/users/tokens/rotate-key", post(rotate_key))
         .route("/clients", post(create_client).get(list_clients))
         .route(
             "/clients/{id}",
@@ -231,6 +244,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.adapters.clone(),
             crate::metrics::http_adapter,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            super::audit::layer,
         ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -393,6 +410,51 @@ async fn refresh_token(State(state): St, headers: HeaderMap) -> Result<Response,
     Ok((StatusCode::CREATED, Json(pair)).into_response())
 }
 
+#[derive(Debug, Deserialize, Default)]
+struct RotateKey {
+    #[serde(default)]
+    revoke_previous: bool,
+}
+
+/// Makes a new JWT signing key (administrator only: the standalone token or an access token).
+/// Tokens signed by the old key stay valid until they expire, unless `revoke_previous`.
+async fn rotate_key(
+    State(state): St,
+    headers: HeaderMap,
+    body: Option<Json<RotateKey>>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers)?.admin_only()?;
+    let revoke_previous = body.is_some_and(|Json(b)| b.revoke_previous);
+    let st = Arc::clone(&state);
+    let ids = tokio::task::spawn_blocking(move || st.tokens.rotate(revoke_previous))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "key rotation task failed",
+            )
+        })?
+        .map_err(|e| {
+            tracing::warn!("JWT signing key rotation failed, the keys in use stay: {e}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "key rotation failed")
+        })?;
+    tracing::info!(
+        kid = %ids.kid,
+        previous_kid = ids.previous_kid.as_deref().unwrap_or("none"),
+        revoke_previous,
+        "JWT signing key rotated"
+    );
+    Ok((
+        axum::Extension(super::audit::AuditEntity(ids.kid.clone())),
+        Json(json!({
+            "kid": ids.kid,
+            "previous_kid": ids.previous_kid,
+            "revoked_previous": revoke_previous,
+        })),
+    )
+        .into_response())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clients
 
@@ -471,7 +533,12 @@ async fn create_client(
         Ok(c)
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(client_json(&client, true))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Extension(super::audit::AuditEntity(client.id.clone())),
+        Json(client_json(&client, true)),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -645,7 +712,12 @@ async fn create_channel(
         db.add_channel(&req.name, &domain, metadata.as_deref())
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(ch)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Extension(super::audit::AuditEntity(ch.id.clone())),
+        Json(ch),
+    )
+        .into_response())
 }
 
 async fn list_channels(
@@ -730,6 +802,7 @@ async fn connect_or_not(
             }
         }
     }
+    let entity = format!("{}>{}", req.client_ids.join(","), req.channel_ids.join(","));
     with_db(&state, move |db| {
         for client in &req.client_ids {
             for channel in &req.channel_ids {
@@ -743,12 +816,12 @@ async fn connect_or_not(
         Ok(())
     })
     .await?;
-    Ok(if grant {
+    let status = if grant {
         StatusCode::CREATED
     } else {
         StatusCode::NO_CONTENT
-    }
-    .into_response())
+    };
+    Ok((status, axum::Extension(super::audit::AuditEntity(entity))).into_response())
 }
 
 async fn connect(
@@ -848,6 +921,7 @@ async fn issue_cert(
     })?;
     Ok((
         StatusCode::CREATED,
+        axum::Extension(super::audit::AuditEntity(record.serial_hex.clone())),
         Json(json!({
             "serial": record.serial_hex,
             "client_id": record.client_id,
@@ -876,7 +950,14 @@ async fn audit(
     let events = with_db(&state, move |db| db.recent_audit(limit)).await?;
     let items: Vec<Value> = events
         .into_iter()
-        .map(|e| json!({ "at_ms": e.at_ms, "method": e.method, "identity": e.identity, "client_id": e.client_id, "remote": e.remote, "outcome": e.outcome }))
+        .map(|e| {
+            json!({
+                "at_ms": e.at_ms, "method": e.method, "identity": e.identity,
+                "client_id": e.client_id, "remote": e.remote, "outcome": e.outcome,
+                "actor": e.actor, "action": e.action, "entity_type": e.entity_type,
+                "entity_id": e.entity_id, "reason": e.reason,
+            })
+        })
         .collect();
     Ok(Json(json!({ "total": items.len(), "events": items })))
 }
@@ -932,7 +1013,12 @@ async fn create_pat(
         s.create(&req.name, &req.description, duration, now)
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(pat_with_secret(&pat, &secret))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Extension(super::audit::AuditEntity(pat.id.clone())),
+        Json(pat_with_secret(&pat, &secret)),
+    )
+        .into_response())
 }
 
 async fn list_pats(State(state): St, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
@@ -1149,6 +1235,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("post", "/users/tokens/issue"),
     ("post", "/users/tokens/refresh"),
+    ("post", "/users/tokens/rotate-key"),
     ("post", "/clients"),
     ("get", "/clients"),
     ("get", "/clients/{id}"),

@@ -1,10 +1,17 @@
 //! JWT access and refresh tokens of the management API (HS256, aws-lc-rs via jsonwebtoken).
 //!
-//! The signing key is 32 random bytes in `<state_dir>/http-jwt.key` (0600), generated on first
-//! start. Rotating it (delete the file, restart) invalidates every issued token. Access and
-//! refresh tokens carry a `typ` claim and are not interchangeable. Never logs a token.
+//! The signing keys live in `<state_dir>/http-jwt.key` (0600, written atomically): 32 random
+//! bytes for the current key, optionally followed by 32 bytes of the previous one. The file is
+//! generated on first start. Every token carries a `kid` (a hash of its key, never the key);
+//! verification accepts the current and the previous key, so [`Tokens::rotate`] makes a new
+//! current key without invalidating tokens issued before (they stay valid until they expire),
+//! unless it is asked to drop the previous key at once (compromise: every older token → 401).
+//! [`Tokens::reload`] re-reads the file (SIGHUP), so an operator can replace it. Tokens without
+//! a `kid` (issued before kids existed) are checked against the current key. Access and refresh
+//! tokens carry a `typ` claim and are not interchangeable. Never logs a token or a key.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -21,7 +28,7 @@ pub enum TokenError {
         #[source]
         source: std::io::Error,
     },
-    #[error("JWT signing key {} has {len} bytes, expected {KEY_LEN}; delete it to make a new one", path.display())]
+    #[error("JWT signing key {} has {len} bytes, expected {KEY_LEN} (current key) or {} (current and previous); delete it to make a new one", path.display(), 2 * KEY_LEN)]
     KeyLength { path: PathBuf, len: usize },
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
@@ -63,17 +70,107 @@ struct Claims {
 
 const ISSUER: &str = "edgegw";
 
-/// Issues and verifies tokens.
-pub struct Tokens {
+/// One signing key with its id.
+struct SigningKey {
+    kid: String,
+    secret: Vec<u8>,
     encoding: EncodingKey,
     decoding: DecodingKey,
+}
+
+impl SigningKey {
+    fn new(secret: &[u8]) -> Self {
+        Self {
+            kid: key_id(secret),
+            secret: secret.to_vec(),
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+        }
+    }
+}
+
+impl Drop for SigningKey {
+    fn drop(&mut self) {
+        // Best effort: the key bytes do not outlive their use in this copy.
+        self.secret.iter_mut().for_each(|b| *b = 0);
+    }
+}
+
+/// The id of a key: the first 8 bytes of SHA-256 over a domain tag and the key, in hex. Public
+/// (it is in every token header and in logs); it reveals nothing usable about the key.
+fn key_id(secret: &[u8]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"edgegw-jwt-kid\0");
+    ctx.update(secret);
+    ctx.finish().as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The keys tokens are checked against.
+struct KeySet {
+    current: SigningKey,
+    previous: Option<SigningKey>,
+}
+
+impl KeySet {
+    fn ids(&self) -> KeyIds {
+        KeyIds {
+            kid: self.current.kid.clone(),
+            previous_kid: self.previous.as_ref().map(|k| k.kid.clone()),
+        }
+    }
+}
+
+/// The ids of the keys in use (what rotation and reload report; never the keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyIds {
+    pub kid: String,
+    pub previous_kid: Option<String>,
+}
+
+/// The key file's contents: the current key and, optionally, the previous one.
+pub struct KeyFile {
+    pub current: Vec<u8>,
+    pub previous: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFile")
+            .field("kid", &key_id(&self.current))
+            .field("previous_kid", &self.previous.as_deref().map(key_id))
+            .finish()
+    }
+}
+
+impl KeyFile {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.current.clone();
+        if let Some(p) = &self.previous {
+            out.extend_from_slice(p);
+        }
+        out
+    }
+}
+
+/// Issues and verifies tokens.
+pub struct Tokens {
+    keys: RwLock<Arc<KeySet>>,
+    /// Where rotations are written (None: in memory only, for tests).
+    path: Option<PathBuf>,
+    /// Serializes rotations and reloads (read-modify-write of the file).
+    rotating: Mutex<()>,
     access_ttl: std::time::Duration,
     refresh_ttl: std::time::Duration,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens").finish_non_exhaustive()
+        f.debug_struct("Tokens")
+            .field("keys", &self.key_ids())
+            .finish_non_exhaustive()
     }
 }
 
@@ -91,42 +188,157 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Reads the signing key, or creates it (0600, atomically) on first start.
-pub fn load_or_create_key(state_dir: &Path) -> Result<Vec<u8>, TokenError> {
+fn random_key() -> Result<Vec<u8>, TokenError> {
+    let mut key = vec![0u8; KEY_LEN];
+    getrandom::fill(&mut key).map_err(|e| TokenError::Random(e.to_string()))?;
+    Ok(key)
+}
+
+fn write_key_file(path: &Path, file: &KeyFile) -> Result<(), TokenError> {
+    certs::files::write_atomic(path, &file.encode(), 0o600).map_err(|source| TokenError::KeyFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads the key file, or creates it (a new current key, 0600, atomically) when it is missing.
+pub fn load_or_create_keys(state_dir: &Path) -> Result<KeyFile, TokenError> {
     let path = state_dir.join(KEY_FILE);
     match std::fs::read(&path) {
-        Ok(key) if key.len() == KEY_LEN => Ok(key),
-        Ok(key) => Err(TokenError::KeyLength {
+        Ok(bytes) if bytes.len() == KEY_LEN => Ok(KeyFile {
+            current: bytes,
+            previous: None,
+        }),
+        Ok(bytes) if bytes.len() == 2 * KEY_LEN => Ok(KeyFile {
+            current: bytes[..KEY_LEN].to_vec(),
+            previous: Some(bytes[KEY_LEN..].to_vec()),
+        }),
+        Ok(bytes) => Err(TokenError::KeyLength {
             path,
-            len: key.len(),
+            len: bytes.len(),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = vec![0u8; KEY_LEN];
-            getrandom::fill(&mut key).map_err(|e| TokenError::Random(e.to_string()))?;
-            certs::files::write_atomic(&path, &key, 0o600)
-                .map_err(|source| TokenError::KeyFile { path, source })?;
-            Ok(key)
+            let file = KeyFile {
+                current: random_key()?,
+                previous: None,
+            };
+            write_key_file(&path, &file)?;
+            Ok(file)
         }
         Err(source) => Err(TokenError::KeyFile { path, source }),
     }
 }
 
+/// The current signing key only (see [`load_or_create_keys`]).
+pub fn load_or_create_key(state_dir: &Path) -> Result<Vec<u8>, TokenError> {
+    load_or_create_keys(state_dir).map(|f| f.current)
+}
+
 impl Tokens {
+    /// Tokens signed with `key`, kept in memory only (rotation does not persist).
     pub fn new(
         key: &[u8],
         access_ttl: std::time::Duration,
         refresh_ttl: std::time::Duration,
     ) -> Self {
+        Self::with_keys(
+            &KeyFile {
+                current: key.to_vec(),
+                previous: None,
+            },
+            None,
+            access_ttl,
+            refresh_ttl,
+        )
+    }
+
+    /// Loads (or creates) `<state_dir>/http-jwt.key`; rotations are written back to it.
+    pub fn open(
+        state_dir: &Path,
+        access_ttl: std::time::Duration,
+        refresh_ttl: std::time::Duration,
+    ) -> Result<Self, TokenError> {
+        let file = load_or_create_keys(state_dir)?;
+        Ok(Self::with_keys(
+            &file,
+            Some(state_dir.join(KEY_FILE)),
+            access_ttl,
+            refresh_ttl,
+        ))
+    }
+
+    fn with_keys(
+        file: &KeyFile,
+        path: Option<PathBuf>,
+        access_ttl: std::time::Duration,
+        refresh_ttl: std::time::Duration,
+    ) -> Self {
         Self {
-            encoding: EncodingKey::from_secret(key),
-            decoding: DecodingKey::from_secret(key),
+            keys: RwLock::new(Arc::new(Self::key_set(file))),
+            path,
+            rotating: Mutex::new(()),
             access_ttl,
             refresh_ttl,
         }
     }
 
+    fn key_set(file: &KeyFile) -> KeySet {
+        KeySet {
+            current: SigningKey::new(&file.current),
+            previous: file.previous.as_deref().map(SigningKey::new),
+        }
+    }
+
+    fn keys(&self) -> Arc<KeySet> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn install(&self, set: KeySet) -> KeyIds {
+        let ids = set.ids();
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        ids
+    }
+
+    /// The ids of the keys in use.
+    pub fn key_ids(&self) -> KeyIds {
+        self.keys().ids()
+    }
+
+    /// Makes a new current key. The old current key becomes the previous one (tokens it
+    /// signed stay valid until they expire), or, with `revoke_previous`, is dropped at once
+    /// (every token issued before → invalid). The file is written before the new keys are
+    /// used, so a failed write changes nothing.
+    pub fn rotate(&self, revoke_previous: bool) -> Result<KeyIds, TokenError> {
+        let _guard = self.rotating.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.keys();
+        let file = KeyFile {
+            current: random_key()?,
+            previous: (!revoke_previous).then(|| old.current.secret.clone()),
+        };
+        if let Some(path) = &self.path {
+            write_key_file(path, &file)?;
+        }
+        Ok(self.install(Self::key_set(&file)))
+    }
+
+    /// Re-reads the key file (an operator may have replaced it; a missing file gets a new
+    /// key). On error the keys in use stay.
+    pub fn reload(&self) -> Result<KeyIds, TokenError> {
+        let _guard = self.rotating.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(path) = &self.path else {
+            return Ok(self.key_ids());
+        };
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let file = load_or_create_keys(dir)?;
+        Ok(self.install(Self::key_set(&file)))
+    }
+
     fn sign(
         &self,
+        keys: &KeySet,
         subject: &str,
         typ: Kind,
         ttl: std::time::Duration,
@@ -139,26 +351,41 @@ impl Tokens {
             exp: iat.saturating_add(ttl.as_secs().max(1)),
             iss: ISSUER.to_owned(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(keys.current.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &keys.current.encoding)
             .map_err(|e| TokenError::Sign(e.to_string()))
     }
 
-    /// A new access + refresh pair for `subject` (the administrator's email).
+    /// A new access + refresh pair for `subject` (the administrator's email), signed with the
+    /// current key.
     pub fn issue(&self, subject: &str) -> Result<TokenPair, TokenError> {
+        let keys = self.keys();
         Ok(TokenPair {
-            access_token: self.sign(subject, Kind::Access, self.access_ttl)?,
-            refresh_token: self.sign(subject, Kind::Refresh, self.refresh_ttl)?,
+            access_token: self.sign(&keys, subject, Kind::Access, self.access_ttl)?,
+            refresh_token: self.sign(&keys, subject, Kind::Refresh, self.refresh_ttl)?,
             access_type: "Bearer",
         })
     }
 
-    /// Verifies signature, issuer, expiry (no leeway) and kind; returns the subject.
+    /// Verifies key id, signature, issuer, expiry (no leeway) and kind; returns the subject.
     pub fn verify(&self, token: &str, expected: Kind) -> Result<String, TokenError> {
+        let keys = self.keys();
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        let key = match header.kid.as_deref() {
+            None => &keys.current,
+            Some(kid) if kid == keys.current.kid => &keys.current,
+            Some(kid) => keys
+                .previous
+                .as_ref()
+                .filter(|p| p.kid == kid)
+                .ok_or(TokenError::Invalid)?,
+        };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map_err(|_| TokenError::Invalid)?;
         if data.claims.typ != expected {
             return Err(TokenError::WrongKind {
@@ -231,5 +458,121 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn rotation_keeps_the_previous_key_until_the_next_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::open(dir.path(), Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        let first = t.key_ids();
+        assert_eq!(first.previous_kid, None);
+        let old = t.issue("a@b.c").unwrap();
+        let ids = t.rotate(false).unwrap();
+        assert_ne!(ids.kid, first.kid);
+        assert_eq!(ids.previous_kid.as_deref(), Some(first.kid.as_str()));
+        // Issued before: still valid; issued now: signed with the new key.
+        assert_eq!(t.verify(&old.access_token, Kind::Access).unwrap(), "a@b.c");
+        assert_eq!(
+            t.verify(&old.refresh_token, Kind::Refresh).unwrap(),
+            "a@b.c"
+        );
+        let new = t.issue("a@b.c").unwrap();
+        let header = jsonwebtoken::decode_header(&new.access_token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(ids.kid.as_str()));
+        // The file holds both, 0600, and a restart sees the same keys.
+        let path = dir.path().join(KEY_FILE);
+        assert_eq!(std::fs::read(&path).unwrap().len(), 2 * KEY_LEN);
+        assert_eq!(mode(&path), 0o600);
+        let again =
+            Tokens::open(dir.path(), Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        assert_eq!(again.key_ids(), ids);
+        assert!(again.verify(&old.access_token, Kind::Access).is_ok());
+        // A second rotation drops the first key.
+        t.rotate(false).unwrap();
+        assert!(matches!(
+            t.verify(&old.access_token, Kind::Access),
+            Err(TokenError::Invalid)
+        ));
+        assert!(t.verify(&new.access_token, Kind::Access).is_ok());
+    }
+
+    #[test]
+    fn rotation_with_revoke_previous_invalidates_every_older_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::open(dir.path(), Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        let old = t.issue("a@b.c").unwrap();
+        let ids = t.rotate(true).unwrap();
+        assert_eq!(ids.previous_kid, None);
+        assert!(t.verify(&old.access_token, Kind::Access).is_err());
+        assert!(t.verify(&old.refresh_token, Kind::Refresh).is_err());
+        let path = dir.path().join(KEY_FILE);
+        assert_eq!(std::fs::read(&path).unwrap().len(), KEY_LEN);
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn reload_picks_up_a_replaced_file_and_keeps_keys_on_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::open(dir.path(), Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        let old = t.issue("a@b.c").unwrap();
+        let path = dir.path().join(KEY_FILE);
+        // A broken file: refused, the keys in use stay.
+        std::fs::write(&path, b"short").unwrap();
+        assert!(matches!(
+            t.reload(),
+            Err(TokenError::KeyLength { len: 5, .. })
+        ));
+        assert!(t.verify(&old.access_token, Kind::Access).is_ok());
+        // Replaced by the operator: old tokens are refused after the reload.
+        std::fs::write(&path, [9u8; KEY_LEN]).unwrap();
+        let ids = t.reload().unwrap();
+        assert_eq!(ids.kid, key_id(&[9u8; KEY_LEN]));
+        assert!(t.verify(&old.access_token, Kind::Access).is_err());
+        // Deleted: a new key is made.
+        std::fs::remove_file(&path).unwrap();
+        let made = t.reload().unwrap();
+        assert_ne!(made.kid, ids.kid);
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn tokens_without_kid_are_checked_against_the_current_key_and_unknown_kids_refused() {
+        let key = [7u8; 32];
+        let t = tokens(3600);
+        let claims = Claims {
+            sub: "a@b.c".into(),
+            typ: Kind::Access,
+            iat: now_secs(),
+            exp: now_secs() + 60,
+            iss: ISSUER.into(),
+        };
+        let legacy = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&key),
+        )
+        .unwrap();
+        assert!(t.verify(&legacy, Kind::Access).is_ok());
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("0011223344556677".into());
+        let unknown =
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&key)).unwrap();
+        assert!(matches!(
+            t.verify(&unknown, Kind::Access),
+            Err(TokenError::Invalid)
+        ));
+    }
+
+    #[test]
+    fn debug_output_shows_key_ids_only() {
+        let t = tokens(60);
+        let shown = format!("{t:?}");
+        assert!(shown.contains(&key_id(&[7u8; 32])), "{shown}");
+        assert!(!shown.contains("7, 7"), "{shown}");
     }
 }

@@ -38,6 +38,11 @@ impl Registry {
         self.db.revoke_certificate(client_or_serial)
     }
 
+    /// Records a certificate action of the CLI in the audit table (actor `cli`).
+    pub fn record_audit(&mut self, config: &Config, action: &str, serial: &str) {
+        crate::auth::cli::record_audit(&mut self.db, config, action, "certs", serial);
+    }
+
     pub fn list(&self) -> Result<Vec<CertificateRecord>, RegistryError> {
         self.db.list_certificates()
     }

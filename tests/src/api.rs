@@ -1,0 +1,118 @@
+//! The management API through curl (a real HTTP client; proxies disabled), for end-to-end tests
+//! of a running `edgegw run --dev`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::Daemon;
+
+/// The development profile's administrator, as the tests start it.
+pub const EMAIL: &str = "admin@example.com";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+/// The API of one daemon.
+#[derive(Debug)]
+pub struct Api {
+    pub base: String,
+}
+
+/// Status and JSON body (`Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    /// The body as received.
+    pub text: String,
+}
+
+/// `Bearer <token>`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+impl Api {
+    /// Waits for the daemon's "HTTP API listening" line and takes the port from it.
+    pub fn from_log(daemon: &mut Daemon) -> Self {
+        let line = daemon.wait_for_log("HTTP API listening", Duration::from_secs(20));
+        let port = line
+            .split("addr=127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("port in log line");
+        Self {
+            base: format!("http://localhost:{port}"),
+        }
+    }
+
+    /// `auth` is a full Authorization header value; `body` is sent as JSON.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        for var in [
+            "http_proxy",
+            "https_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            cmd.env_remove(var);
+        }
+        if let Some(a) = auth {
+            cmd.arg("-H").arg(format!("authorization: {a}"));
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "content-type: application/json", "--data-binary"])
+                .arg(b.to_string());
+        }
+        cmd.arg(format!("{}{path}", self.base));
+        let out = cmd.output().expect("run curl");
+        let all = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (text, code) = all.rsplit_once('\n').unwrap_or(("", &all));
+        let status = code.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "curl failed: {all} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        Reply {
+            status,
+            body: serde_json::from_str(text).unwrap_or(Value::Null),
+            text: text.to_owned(),
+        }
+    }
+
+    /// Issues a token pair with the administrator's credentials: (access, refresh).
+    pub fn login(&self) -> (String, String) {
+        let r = self.call(
+            "POST",
+            "/users/tokens/issue",
+            None,
+            Some(&json!({ "email": EMAIL, "password": ADMIN_TOKEN })),
+        );
+        assert_eq!(r.status, 201, "{}", r.text);
+        let field = |name: &str| {
+            r.body[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} in {}", r.text))
+                .to_owned()
+        };
+        (field("access_token"), field("refresh_token"))
+    }
+}
