@@ -3,6 +3,7 @@
 
 pub mod mosquitto;
 pub mod pki;
+pub mod sensor;
 pub mod uplink;
 
 use std::io::{BufRead, BufReader};
