@@ -172,13 +172,21 @@ impl PskResolver for Key {
     }
 }
 
-/// How a DTLS sensor authenticates.
+/// How a DTLS sensor authenticates. Holds the client `Config`, built once: dimpl validates its
+/// crypto provider with known-answer tests in `Config::build` (milliseconds of CPU), which
+/// must not be charged to every handshake of the load generator.
 #[derive(Clone)]
 pub enum Credential {
     /// DTLS-PSK: identity = client identity, key = client secret.
-    Psk { identity: Vec<u8>, key: Vec<u8> },
+    Psk {
+        identity: String,
+        config: Arc<Config>,
+    },
     /// A device certificate (leaf DER) and its private key (DER).
-    Cert(DtlsCertificate),
+    Cert {
+        cert: DtlsCertificate,
+        config: Arc<Config>,
+    },
 }
 
 impl std::fmt::Debug for Credential {
@@ -186,52 +194,54 @@ impl std::fmt::Debug for Credential {
         match self {
             Self::Psk { identity, .. } => f
                 .debug_struct("Psk")
-                .field("identity", &String::from_utf8_lossy(identity))
+                .field("identity", identity)
                 .finish_non_exhaustive(),
-            Self::Cert(c) => f.debug_tuple("Cert").field(c).finish(),
+            Self::Cert { cert, .. } => f.debug_tuple("Cert").field(cert).finish(),
         }
     }
 }
 
 impl Credential {
     pub fn psk(identity: &str, secret: &str) -> Self {
+        let config = Config::builder()
+            .with_psk_client(
+                identity.as_bytes().to_vec(),
+                Arc::new(Key(secret.as_bytes().to_vec())),
+            )
+            .build()
+            .expect("invariant: a PSK client config builds");
         Self::Psk {
-            identity: identity.as_bytes().to_vec(),
-            key: secret.as_bytes().to_vec(),
+            identity: identity.to_owned(),
+            config: Arc::new(config),
         }
     }
 
-    /// A certificate and key from PEM files (e.g. written by `edgegw certs issue`).
+    /// A certificate and key from PEM files (e.g. written by `edgegw certs issue`). No PSK is
+    /// configured, so only certificate suites are offered. The server's certificate
+    /// (`Output::PeerCert`) is not checked: a benchmark, not a sensor.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Self {
         let chain = certs::load_certificates(cert).expect("device certificate PEM");
         let key = certs::load_private_key(key).expect("device key PEM");
-        Self::Cert(DtlsCertificate {
-            certificate: chain
-                .first()
-                .expect("a certificate in the device PEM")
-                .to_vec(),
-            private_key: key.secret_der().to_vec(),
-        })
+        let config = Config::builder()
+            .build()
+            .expect("invariant: a default config builds");
+        Self::Cert {
+            cert: DtlsCertificate {
+                certificate: chain
+                    .first()
+                    .expect("a certificate in the device PEM")
+                    .to_vec(),
+                private_key: key.secret_der().to_vec(),
+            },
+            config: Arc::new(config),
+        }
     }
 
     /// A client engine for one handshake.
     fn engine(&self, now: Instant) -> Dtls {
         let mut dtls = match self {
-            Self::Psk { identity, key } => {
-                let cfg = Config::builder()
-                    .with_psk_client(identity.clone(), Arc::new(Key(key.clone())))
-                    .build()
-                    .expect("invariant: a PSK client config builds");
-                Dtls::new_12_psk(Arc::new(cfg), now)
-            }
-            // No PSK configured: only certificate suites are offered. The server's
-            // certificate (Output::PeerCert) is not checked: a benchmark, not a sensor.
-            Self::Cert(cert) => {
-                let cfg = Config::builder()
-                    .build()
-                    .expect("invariant: a default config builds");
-                Dtls::new_12(Arc::new(cfg), cert.clone(), now)
-            }
+            Self::Psk { config, .. } => Dtls::new_12_psk(config.clone(), now),
+            Self::Cert { cert, config } => Dtls::new_12(config.clone(), cert.clone(), now),
         };
         dtls.set_active(true);
         dtls
