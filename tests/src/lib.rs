@@ -4,6 +4,7 @@
 pub mod api;
 pub mod mosquitto;
 pub mod pki;
+pub mod sensor;
 pub mod uplink;
 
 use std::io::{BufRead, BufReader};

@@ -1,15 +1,20 @@
 //! Side-by-side benchmark (`scripts/bench`): the same sensor traffic into the same upstream
 //! (mosquitto with mTLS on loopback, started here), through
 //!
-//! (a) edgegw (`edgegw run --dev`, outbox durability `fsync`): simulated CoAP CON, CoAP NON and
-//!     CoAPS-PSK sensors, each waiting for its answer before the next message;
+//! (a) edgegw (`edgegw run --dev`, outbox durability `fsync`): simulated CoAP CON, CoAP NON,
+//!     CoAPS-PSK and CoAPS-cert sensors (one device certificate per sensor, issued with
+//!     `edgegw certs issue` from the dev CA), each waiting for its answer before the next
+//!     message (`system_tests::sensor`);
 //! (b) the usual pipeline: sensors publish MQTT QoS 1 (waiting for PUBACK) to a local
 //!     mosquitto with persistence, bridged over mTLS with QoS 1 to the upstream.
 //!
 //! For each: end-to-end msgs/s (counted at the upstream subscriber), ack latency p50/p99 at the
 //! sensor, CPU seconds and peak RSS (VmHWM) of the gateway-side process, messages
-//! acknowledged but not delivered. Also time to READY (sd_notify) and idle RSS with 10,000
-//! provisioned clients. Prints a table; asserts nothing about speed.
+//! acknowledged but not delivered. Also DTLS handshakes/s (PSK and certificate, each
+//! separately: `SENSORS` clients doing full handshakes from a new source port each), sessions
+//! held per MiB (`BENCH_SESSIONS`, default 1000,5000 sessions, PSK and certificate, a fresh
+//! daemon each: RSS before and after), time to READY (sd_notify) and idle RSS with 10,000
+//! provisioned clients. Prints tables; asserts nothing about speed.
 //!
 //! usage: bench [SENSORS] [SECONDS]   (`$SYSTEM_TESTS_EDGEGW_BIN` picks the binary)
 
@@ -19,13 +24,14 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
-use dimpl::{Config, Dtls, Output, PskResolver};
+use coap_lite::MessageType;
 use system_tests::mosquitto::{Mosquitto, Subscriber, free_port};
 use system_tests::pki::Pki;
+use system_tests::sensor::{
+    Credential, DtlsClient, Handshakes, Seen, coap_sensor, dtls_sensor, handshake_loop, run_sensors,
+};
 use system_tests::{Daemon, edgegw};
 
 fn free_udp_port() -> u16 {
@@ -64,178 +70,6 @@ fn current_rss(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// What one sensor saw.
-#[derive(Default)]
-struct Seen {
-    latencies: Vec<Duration>,
-    acked: Vec<u64>,
-    errors: u64,
-}
-
-fn merge(all: Vec<Seen>) -> Seen {
-    let mut out = Seen::default();
-    for s in all {
-        out.latencies.extend(s.latencies);
-        out.acked.extend(s.acked);
-        out.errors += s.errors;
-    }
-    out.latencies.sort();
-    out
-}
-
-fn coap_post(mid: u16, kind: MessageType, secret: Option<&str>, ch: &str, n: u64) -> Vec<u8> {
-    let mut p = Packet::new();
-    p.header.set_type(kind);
-    p.header.code = MessageClass::Request(RequestType::Post);
-    p.header.message_id = mid;
-    p.set_token(mid.to_be_bytes().to_vec());
-    for seg in ["m", "dom", "c", ch, "t"] {
-        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
-    }
-    if let Some(s) = secret {
-        p.add_option(CoapOption::UriQuery, format!("auth={s}").into_bytes());
-    }
-    p.payload = n.to_string().into_bytes();
-    p.to_bytes().expect("encode")
-}
-
-/// The response code to the request with token `mid`, if `bytes` is one.
-fn answer(bytes: &[u8], mid: u16) -> Option<String> {
-    let p = Packet::from_bytes(bytes).ok()?;
-    (p.get_token() == mid.to_be_bytes()).then(|| p.header.code.to_string())
-}
-
-fn coap_sensor(
-    gw: SocketAddr,
-    secret: String,
-    kind: MessageType,
-    base: u64,
-    until: Instant,
-) -> Seen {
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    let mut buf = [0u8; 1500];
-    let mut seen = Seen::default();
-    let mut mid = (base / 1_000_000) as u16;
-    let mut n = base;
-    while Instant::now() < until {
-        n += 1;
-        mid = mid.wrapping_add(1);
-        let start = Instant::now();
-        let _ = sock.send_to(&coap_post(mid, kind, Some(&secret), "ch0", n), gw);
-        loop {
-            match sock.recv(&mut buf) {
-                Ok(len) => match answer(&buf[..len], mid).as_deref() {
-                    Some("2.04") => {
-                        seen.latencies.push(start.elapsed());
-                        seen.acked.push(n);
-                        break;
-                    }
-                    Some(_) => {
-                        seen.errors += 1;
-                        break;
-                    }
-                    None => {}
-                },
-                Err(_) => {
-                    seen.errors += 1;
-                    break;
-                }
-            }
-        }
-    }
-    seen
-}
-
-struct Key(Vec<u8>);
-impl PskResolver for Key {
-    fn resolve(&self, _: &[u8]) -> Option<Vec<u8>> {
-        Some(self.0.clone())
-    }
-}
-
-/// Drives a DTLS client until `want` returns data or 5 s pass.
-fn dtls_until<T>(
-    dtls: &mut Dtls,
-    sock: &UdpSocket,
-    gw: SocketAddr,
-    mut want: impl FnMut(&Output<'_>) -> Option<T>,
-) -> Option<T> {
-    let mut out = vec![0u8; 16 * 1024];
-    let mut buf = [0u8; 2048];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let _ = dtls.handle_timeout(Instant::now());
-        loop {
-            let o = dtls.poll_output(&mut out);
-            if let Some(t) = want(&o) {
-                return Some(t);
-            }
-            match o {
-                Output::Packet(p) => {
-                    let _ = sock.send_to(p, gw);
-                }
-                Output::Timeout(_) => break,
-                _ => {}
-            }
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        if let Ok(n) = sock.recv(&mut buf)
-            && dtls.handle_packet(&buf[..n]).is_err()
-        {
-            return None;
-        }
-    }
-}
-
-fn dtls_sensor(gw: SocketAddr, identity: String, key: Vec<u8>, base: u64, until: Instant) -> Seen {
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_millis(50)))
-        .expect("timeout");
-    let mut seen = Seen::default();
-    let cfg = Config::builder()
-        .with_psk_client(identity.into_bytes(), Arc::new(Key(key)))
-        .build()
-        .expect("config");
-    let mut dtls = Dtls::new_12_psk(Arc::new(cfg), Instant::now());
-    dtls.set_active(true);
-    if dtls_until(&mut dtls, &sock, gw, |o| {
-        matches!(o, Output::Connected).then_some(())
-    })
-    .is_none()
-    {
-        seen.errors += 1;
-        return seen;
-    }
-    let mut mid = (base / 1_000_000) as u16;
-    let mut n = base;
-    while Instant::now() < until {
-        n += 1;
-        mid = mid.wrapping_add(1);
-        let start = Instant::now();
-        let msg = coap_post(mid, MessageType::Confirmable, None, "ch0", n);
-        if dtls.send_application_data(&msg).is_err() {
-            seen.errors += 1;
-            break;
-        }
-        let code = dtls_until(&mut dtls, &sock, gw, |o| match o {
-            Output::ApplicationData(d) => answer(d, mid),
-            _ => None,
-        });
-        match code.as_deref() {
-            Some("2.04") => {
-                seen.latencies.push(start.elapsed());
-                seen.acked.push(n);
-            }
-            _ => seen.errors += 1,
-        }
-    }
-    seen
 }
 
 // ---- a minimal MQTT 3.1.1 QoS 1 publisher (the sensor of the usual pipeline) ----
@@ -322,27 +156,6 @@ struct Row {
     errors: u64,
 }
 
-fn run_sensors<F>(sensors: u64, seconds: u64, base: u64, f: F) -> (Seen, f64)
-where
-    F: Fn(u64, u64, Instant) -> Seen + Send + Sync + Clone + 'static,
-{
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let start = Instant::now();
-    let handles: Vec<_> = (0..sensors)
-        .map(|k| {
-            let f = f.clone();
-            std::thread::spawn(move || f(k, base + k * 1_000_000, until))
-        })
-        .collect();
-    let seen = merge(
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect(),
-    );
-    (seen, start.elapsed().as_secs_f64())
-}
-
 /// Waits until every acknowledged number arrived (or 60 s); the time it took from `start`
 /// and how many were missing.
 fn delivered(sub: &mut Subscriber, acked: &[u64], start: Instant) -> (f64, usize) {
@@ -360,20 +173,14 @@ fn delivered(sub: &mut Subscriber, acked: &[u64], start: Instant) -> (f64, usize
     (start.elapsed().as_secs_f64(), want.len() - got)
 }
 
-fn pct(v: &[Duration], p: f64) -> Duration {
-    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default()
-}
-
 fn row(name: &str, seen: &Seen, secs: f64, e2e: (f64, usize), usage: (f64, f64, u64)) -> Row {
     Row {
         name: name.to_owned(),
         msgs: seen.acked.len(),
         secs,
         delivered_rate: (seen.acked.len() - e2e.1) as f64 / e2e.0,
-        p50: pct(&seen.latencies, 0.5),
-        p99: pct(&seen.latencies, 0.99),
+        p50: seen.percentile(0.5),
+        p99: seen.percentile(0.99),
         cpu: usage.1 - usage.0,
         rss: usage.2,
         lost: e2e.1,
@@ -427,6 +234,107 @@ impl Edgegw {
     }
 }
 
+/// Where the sensors publish: the SuperMQ path, domain `dom`, channel `ch0`, subtopic `t`.
+const PATH: &[&str] = &["m", "dom", "c", "ch0", "t"];
+
+/// One sessions-per-MB figure.
+struct Held {
+    mode: &'static str,
+    wanted: usize,
+    held: usize,
+    failed: usize,
+    secs: f64,
+    before: u64,
+    after: u64,
+    alive: usize,
+}
+
+/// Starts a fresh daemon, establishes `n` DTLS sessions (8 threads, credentials round robin)
+/// and holds them; RSS before and after, then pings every session.
+fn hold_sessions(
+    gw: &Edgegw,
+    mode: &'static str,
+    creds: &[Credential],
+    n: usize,
+    at: SocketAddr,
+) -> Held {
+    const THREADS: usize = 8;
+    let (mut d, _) = gw.start();
+    let pid = d.pid();
+    // Warm-up: the first handshake of each kind builds state that every later one shares.
+    if let Some(mut c) = DtlsClient::connect(at, &creds[0], Duration::from_secs(10)) {
+        let _ = c.ping(1, Duration::from_secs(2));
+        c.close();
+    }
+    // Idle figure, not the tail of the warm-up.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = current_rss(pid);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let creds = creds.to_vec();
+            let mine = n / THREADS + usize::from(t < n % THREADS);
+            std::thread::spawn(move || {
+                let mut clients = Vec::with_capacity(mine);
+                let mut failed = 0;
+                for i in 0..mine {
+                    let cred = &creds[(i * THREADS + t) % creds.len()];
+                    match DtlsClient::connect(at, cred, Duration::from_secs(10)) {
+                        Some(c) => clients.push(c),
+                        None => failed += 1,
+                    }
+                }
+                (clients, failed)
+            })
+        })
+        .collect();
+    let mut groups = Vec::new();
+    let mut failed = 0;
+    for t in threads {
+        if let Ok((c, f)) = t.join() {
+            failed += f;
+            groups.push(c);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = current_rss(pid);
+    let held = groups.iter().map(Vec::len).sum();
+    let pings: Vec<_> = groups
+        .into_iter()
+        .map(|mut group| {
+            std::thread::spawn(move || {
+                let mut alive = 0;
+                for (i, c) in group.iter_mut().enumerate() {
+                    alive += usize::from(c.ping(i as u16, Duration::from_secs(5)));
+                }
+                (alive, group)
+            })
+        })
+        .collect();
+    let mut alive = 0;
+    let mut keep = Vec::new();
+    for p in pings {
+        if let Ok((a, g)) = p.join() {
+            alive += a;
+            keep.push(g);
+        }
+    }
+    d.signal("TERM");
+    let _ = d.wait_exit(Duration::from_secs(15));
+    drop(keep);
+    Held {
+        mode,
+        wanted: n,
+        held,
+        failed,
+        secs,
+        before,
+        after,
+        alive,
+    }
+}
+
 fn main() {
     if std::env::var_os(system_tests::BIN_OVERRIDE).is_none() {
         let exe = std::env::current_exe().expect("invariant: a path");
@@ -436,6 +344,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let sensors: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
+    // Sessions-per-MB figures (`BENCH_SESSIONS=1000,5000`); coap_dtls.max_sessions is raised
+    // above the largest for the run.
+    let counts: Vec<usize> = std::env::var("BENCH_SESSIONS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000, 5000]);
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&dir.path().join("pki"));
     let upstream = Mosquitto::start(&dir.path().join("upstream"), &pki);
@@ -469,6 +383,12 @@ fn main() {
                 "EDGEGW_COAP_DTLS_MAX_HANDSHAKES".into(),
                 sensors.max(256).to_string(),
             ),
+            (
+                "EDGEGW_COAP_DTLS_MAX_SESSIONS".into(),
+                (counts.iter().max().copied().unwrap_or(0) + 1024)
+                    .max(4096)
+                    .to_string(),
+            ),
         ],
         root,
         coap,
@@ -479,10 +399,35 @@ fn main() {
     let secret = v["secret"].as_str().expect("secret").to_owned();
     gw.cli(&["channel", "add", "ch0"]);
     gw.cli(&["connect", "sensor", "ch0"]);
+    // CoAPS-cert sensors: one client each, its device certificate (ECDSA P-256) issued by the
+    // dev CA with `edgegw certs issue` (recorded in the auth store, as in production).
+    let devices = gw.root.join("devices");
+    let certs: Vec<Credential> = (0..sensors)
+        .map(|k| {
+            let name = format!("cert-{k:03}");
+            gw.cli(&["client", "add", &name]);
+            gw.cli(&["connect", &name, "ch0"]);
+            gw.cli(&[
+                "certs",
+                "issue",
+                &name,
+                "--ttl",
+                "2d",
+                "--out",
+                &s(&devices),
+            ]);
+            Credential::from_pem_files(
+                &devices.join(format!("{name}.crt")),
+                &devices.join(format!("{name}.key")),
+            )
+        })
+        .collect();
+    let psk = Credential::psk("sensor", &secret);
     let (mut daemon, ready) = gw.start();
     let pid = daemon.pid();
     let idle_rss = current_rss(pid);
     let target: SocketAddr = ([127, 0, 0, 1], gw.coap).into();
+    let dtarget: SocketAddr = ([127, 0, 0, 1], gw.coaps).into();
     let mut base = 0;
     for (name, kind) in [
         ("edgegw CoAP CON", MessageType::Confirmable),
@@ -493,25 +438,67 @@ fn main() {
         let start = Instant::now();
         let secret = secret.clone();
         let (seen, secs) = run_sensors(sensors, seconds, base, move |_, b, until| {
-            coap_sensor(target, secret.clone(), kind, b, until)
+            coap_sensor(target, PATH, &secret, kind, b, until)
         });
         let (c1, hwm) = proc_usage(pid);
         let e2e = delivered(&mut sub, &seen.acked, start);
         rows.push(row(name, &seen, secs, e2e, (c0, c1, hwm)));
     }
-    base += 1_000_000_000;
-    let c0 = proc_usage(pid).0;
-    let start = Instant::now();
-    let dtarget: SocketAddr = ([127, 0, 0, 1], gw.coaps).into();
-    let key = secret.clone().into_bytes();
-    let (seen, secs) = run_sensors(sensors, seconds, base, move |_, b, until| {
-        dtls_sensor(dtarget, "sensor".into(), key.clone(), b, until)
-    });
-    let (c1, hwm) = proc_usage(pid);
-    let e2e = delivered(&mut sub, &seen.acked, start);
-    rows.push(row("edgegw CoAPS-PSK", &seen, secs, e2e, (c0, c1, hwm)));
+    for (name, creds) in [
+        ("edgegw CoAPS-PSK", vec![psk.clone()]),
+        ("edgegw CoAPS-cert", certs.clone()),
+    ] {
+        base += 1_000_000_000;
+        let c0 = proc_usage(pid).0;
+        let start = Instant::now();
+        let (seen, secs) = run_sensors(sensors, seconds, base, move |k, b, until| {
+            dtls_sensor(dtarget, &creds[k as usize % creds.len()], PATH, b, until)
+        });
+        let (c1, hwm) = proc_usage(pid);
+        let e2e = delivered(&mut sub, &seen.acked, start);
+        rows.push(row(name, &seen, secs, e2e, (c0, c1, hwm)));
+    }
+
+    // DTLS handshakes/s: `sensors` clients, each doing full handshakes (new source port each,
+    // close_notify once connected) for `seconds`, PSK and certificates measured separately.
+    let mut handshakes = Vec::new();
+    for (name, creds) in [("PSK", vec![psk.clone()]), ("cert", certs.clone())] {
+        let c0 = proc_usage(pid).0;
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let start = Instant::now();
+        let threads: Vec<_> = (0..sensors as usize)
+            .map(|k| {
+                let cred = creds[k % creds.len()].clone();
+                std::thread::spawn(move || handshake_loop(dtarget, &cred, until))
+            })
+            .collect();
+        let h = Handshakes::merge(
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join().unwrap_or_else(|_| Handshakes {
+                        failed: 1,
+                        ..Handshakes::default()
+                    })
+                })
+                .collect(),
+        );
+        let secs = start.elapsed().as_secs_f64();
+        let cpu = proc_usage(pid).0 - c0;
+        handshakes.push((name, h, secs, cpu));
+    }
     daemon.signal("TERM");
     let _ = daemon.wait_exit(Duration::from_secs(15));
+
+    // Sessions held per MB: a fresh daemon per figure; RSS after one warm-up handshake, then
+    // N sessions established and held (sockets open, no close), RSS again; every session then
+    // pinged (CoAP empty CON → RST over DTLS) to show it is alive.
+    let mut held = Vec::new();
+    for (name, creds) in [("PSK", vec![psk.clone()]), ("cert", certs.clone())] {
+        for &n in &counts {
+            held.push(hold_sessions(&gw, name, &creds, n, dtarget));
+        }
+    }
 
     // Idle RSS with 10,000 provisioned clients (written with the auth store API).
     let many = {
@@ -623,6 +610,58 @@ fn main() {
             r.rss,
             r.lost,
             r.errors
+        );
+    }
+    println!();
+    println!(
+        "DTLS 1.2 full handshakes, {sensors} concurrent clients, {seconds} s each, new source port per handshake, close_notify after"
+    );
+    println!(
+        "{:<6} {:>8} {:>8} {:>12} {:>9} {:>9} {:>11} {:>14}",
+        "mode", "ok", "failed", "handshakes/s", "p50", "p99", "gw CPU s", "gw CPU ms/hs"
+    );
+    for (name, h, secs, cpu) in &handshakes {
+        println!(
+            "{:<6} {:>8} {:>8} {:>12.0} {:>9.2?} {:>9.2?} {:>11.2} {:>14.3}",
+            name,
+            h.ok,
+            h.failed,
+            h.ok as f64 / secs,
+            system_tests::sensor::percentile(&h.latencies, 0.5),
+            system_tests::sensor::percentile(&h.latencies, 0.99),
+            cpu,
+            cpu * 1000.0 / (h.ok.max(1) as f64),
+        );
+    }
+    println!();
+    println!("DTLS sessions held (fresh daemon each; RSS after 1 warm-up session vs after N held)");
+    println!(
+        "{:<6} {:>7} {:>7} {:>7} {:>8} {:>12} {:>12} {:>7} {:>11} {:>8}",
+        "mode",
+        "N",
+        "held",
+        "failed",
+        "setup s",
+        "RSS before",
+        "RSS after",
+        "alive",
+        "sess/MiB",
+        "KiB/sess"
+    );
+    for h in &held {
+        let grown_kib = h.after.saturating_sub(h.before) as f64;
+        println!(
+            "{:<6} {:>7} {:>7} {:>7} {:>8.1} {:>8} KiB {:>8} KiB {:>7} {:>11.0} {:>8.2}",
+            h.mode,
+            h.wanted,
+            h.held,
+            h.failed,
+            h.secs,
+            h.before,
+            h.after,
+            h.alive,
+            h.held as f64 * 1024.0 / grown_kib.max(1.0),
+            grown_kib / (h.held.max(1) as f64),
         );
     }
     println!();

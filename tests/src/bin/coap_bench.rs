@@ -9,11 +9,13 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
-use dimpl::{Config, Dtls, Output, PskResolver};
+use coap_lite::MessageType;
+use system_tests::sensor::{Credential, Seen, coap_sensor, dtls_sensor, run_sensors};
+
+/// Where the sensors publish: the SuperMQ path, domain `bench`, channel `chan-bench`.
+const PATH: &[&str] = &["m", "bench", "c", "chan-bench"];
 
 fn edgegw_bin() -> PathBuf {
     if let Some(p) = std::env::var_os(system_tests::BIN_OVERRIDE) {
@@ -30,170 +32,6 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn post(mid: u16, token: u32, secret: Option<&str>, payload: &[u8]) -> Vec<u8> {
-    let mut p = Packet::new();
-    p.header.set_type(MessageType::Confirmable);
-    p.header.code = MessageClass::Request(RequestType::Post);
-    p.header.message_id = mid;
-    p.set_token(token.to_be_bytes().to_vec());
-    for seg in ["m", "bench", "c", "chan-bench"] {
-        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
-    }
-    if let Some(s) = secret {
-        p.add_option(CoapOption::UriQuery, format!("auth={s}").into_bytes());
-    }
-    p.payload = payload.to_vec();
-    p.to_bytes().expect("encode")
-}
-
-/// For the response to `mid`: whether it is 2.04 (otherwise the code is counted).
-fn is_changed_ack(bytes: &[u8], mid: u16) -> Option<bool> {
-    let p = Packet::from_bytes(bytes).ok()?;
-    (p.header.message_id == mid).then(|| {
-        let code = p.header.code.to_string();
-        if code != "2.04" {
-            eprintln!("response {code}");
-        }
-        code == "2.04"
-    })
-}
-
-struct Result {
-    latencies: Vec<Duration>,
-    errors: u64,
-}
-
-fn plain_sensor(gw: SocketAddr, secret: String, until: Instant, id: u32) -> Result {
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    let mut buf = [0u8; 1500];
-    let mut out = Result {
-        latencies: Vec::new(),
-        errors: 0,
-    };
-    let mut mid = (id as u16).wrapping_mul(4099);
-    while Instant::now() < until {
-        mid = mid.wrapping_add(1);
-        let msg = post(mid, id, Some(&secret), b"{\"t\":21.5,\"h\":40}");
-        let start = Instant::now();
-        sock.send_to(&msg, gw).expect("send");
-        loop {
-            match sock.recv(&mut buf) {
-                Ok(n) => match is_changed_ack(&buf[..n], mid) {
-                    Some(true) => {
-                        out.latencies.push(start.elapsed());
-                        break;
-                    }
-                    Some(false) => {
-                        out.errors += 1;
-                        break;
-                    }
-                    None => {}
-                },
-                Err(_) => {
-                    eprintln!("no response within 2 s");
-                    out.errors += 1;
-                    break;
-                }
-            }
-        }
-    }
-    out
-}
-
-struct Key(Vec<u8>);
-impl PskResolver for Key {
-    fn resolve(&self, _: &[u8]) -> Option<Vec<u8>> {
-        Some(self.0.clone())
-    }
-}
-
-/// Drives the client engine: sends its output, feeds datagrams until `done` says so.
-fn dtls_exchange(
-    dtls: &mut Dtls,
-    sock: &UdpSocket,
-    gw: SocketAddr,
-    mut done: impl FnMut(&Output<'_>) -> bool,
-) -> bool {
-    let mut out = vec![0u8; 16 * 1024];
-    let mut buf = [0u8; 2048];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let _ = dtls.handle_timeout(Instant::now());
-        loop {
-            let o = dtls.poll_output(&mut out);
-            if done(&o) {
-                return true;
-            }
-            match o {
-                Output::Packet(p) => {
-                    let _ = sock.send_to(p, gw);
-                }
-                Output::Timeout(_) => break,
-                _ => {}
-            }
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        if let Ok(n) = sock.recv(&mut buf)
-            && dtls.handle_packet(&buf[..n]).is_err()
-        {
-            return false;
-        }
-    }
-}
-
-fn dtls_sensor(gw: SocketAddr, identity: String, key: Vec<u8>, until: Instant, id: u32) -> Result {
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let mut out = Result {
-        latencies: Vec::new(),
-        errors: 0,
-    };
-    let cfg = Config::builder()
-        .with_psk_client(identity.into_bytes(), Arc::new(Key(key)))
-        .build()
-        .expect("config");
-    let mut dtls = Dtls::new_12_psk(Arc::new(cfg), Instant::now());
-    dtls.set_active(true);
-    if !dtls_exchange(&mut dtls, &sock, gw, |o| matches!(o, Output::Connected)) {
-        eprintln!("handshake failed");
-        out.errors += 1;
-        return out;
-    }
-    let mut mid = (id as u16).wrapping_mul(4099);
-    while Instant::now() < until {
-        mid = mid.wrapping_add(1);
-        let msg = post(mid, id, None, b"{\"t\":21.5,\"h\":40}");
-        let start = Instant::now();
-        if dtls.send_application_data(&msg).is_err() {
-            out.errors += 1;
-            break;
-        }
-        let mut ok = None;
-        let got = dtls_exchange(&mut dtls, &sock, gw, |o| {
-            if let Output::ApplicationData(d) = o {
-                ok = is_changed_ack(d, mid);
-                ok.is_some()
-            } else {
-                false
-            }
-        });
-        match (got, ok) {
-            (true, Some(true)) => out.latencies.push(start.elapsed()),
-            (false, _) => {
-                eprintln!("no response within 10 s");
-                out.errors += 1;
-            }
-            _ => out.errors += 1,
-        }
-    }
-    out
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -206,22 +44,14 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn report(label: &str, results: Vec<Result>, elapsed: Duration, pid: u32) {
-    let mut all: Vec<Duration> = results.iter().flat_map(|r| r.latencies.clone()).collect();
-    let errors: u64 = results.iter().map(|r| r.errors).sum();
-    all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+fn report(label: &str, sensors: u32, seen: &Seen, elapsed: f64, pid: u32) {
     println!(
-        "{label:<12} sensors={:<4} msgs={:<7} msgs/s={:<8.0} ack p50={:?} p99={:?} errors={errors} daemon RSS={} KiB",
-        results.len(),
-        all.len(),
-        all.len() as f64 / elapsed.as_secs_f64(),
-        pct(0.50),
-        pct(0.99),
+        "{label:<12} sensors={sensors:<4} msgs={:<7} msgs/s={:<8.0} ack p50={:?} p99={:?} errors={} daemon RSS={} KiB",
+        seen.acked.len(),
+        seen.acked.len() as f64 / elapsed,
+        seen.percentile(0.50),
+        seen.percentile(0.99),
+        seen.errors,
         rss_kib(pid),
     );
 }
@@ -256,29 +86,9 @@ fn main() {
         .expect("secret in output")
         .to_owned();
     cli(root, &["connect", "bench-sensor", "chan-bench"]);
-    // The DTLS server certificate is never used in PSK mode, but the listener needs one.
-    let pki = root.join("pki");
-    std::fs::create_dir_all(&pki).expect("dir");
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-subj", "/CN=bench", "-days", "2"])
-        .arg("-keyout")
-        .arg(pki.join("k.pem"))
-        .arg("-out")
-        .arg(pki.join("c.pem"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(status.success());
+    // The DTLS server certificate is never checked by the PSK clients, but the listener
+    // needs one.
+    let server = system_tests::pki::self_signed(&root.join("pki"), "bench", 2);
     let (coap, coaps) = (free_port(), free_port());
     let mut daemon = Command::new(edgegw_bin())
         .current_dir(root)
@@ -286,8 +96,8 @@ fn main() {
         .env("EDGEGW_GATEWAY_LOG_LEVEL", "warn")
         .env("EDGEGW_COAP_BIND", format!("127.0.0.1:{coap}"))
         .env("EDGEGW_COAP_DTLS_BIND", format!("127.0.0.1:{coaps}"))
-        .env("EDGEGW_COAP_DTLS_CERT", pki.join("c.pem"))
-        .env("EDGEGW_COAP_DTLS_KEY", pki.join("k.pem"))
+        .env("EDGEGW_COAP_DTLS_CERT", &server.cert)
+        .env("EDGEGW_COAP_DTLS_KEY", &server.key)
         .env(
             "EDGEGW_COAP_DTLS_MAX_HANDSHAKES",
             sensors.max(256).to_string(),
@@ -324,34 +134,25 @@ fn main() {
     );
 
     let gw_plain: SocketAddr = ([127, 0, 0, 1], coap).into();
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let start = Instant::now();
-    let handles: Vec<_> = (0..sensors)
-        .map(|i| {
-            let s = secret.clone();
-            std::thread::spawn(move || plain_sensor(gw_plain, s, until, i))
-        })
-        .collect();
-    let results = handles
-        .into_iter()
-        .map(|h| h.join().expect("sensor"))
-        .collect();
-    report("coap", results, start.elapsed(), pid);
+    let secret_psk = secret.clone();
+    let (seen, secs) = run_sensors(sensors.into(), seconds, 0, move |_, base, until| {
+        coap_sensor(
+            gw_plain,
+            PATH,
+            &secret,
+            MessageType::Confirmable,
+            base,
+            until,
+        )
+    });
+    report("coap", sensors, &seen, secs, pid);
 
     let gw_dtls: SocketAddr = ([127, 0, 0, 1], coaps).into();
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let start = Instant::now();
-    let handles: Vec<_> = (0..sensors)
-        .map(|i| {
-            let key = secret.clone().into_bytes();
-            std::thread::spawn(move || dtls_sensor(gw_dtls, "bench-sensor".into(), key, until, i))
-        })
-        .collect();
-    let results = handles
-        .into_iter()
-        .map(|h| h.join().expect("sensor"))
-        .collect();
-    report("coaps-psk", results, start.elapsed(), pid);
+    let cred = Credential::psk("bench-sensor", &secret_psk);
+    let (seen, secs) = run_sensors(sensors.into(), seconds, 0, move |_, base, until| {
+        dtls_sensor(gw_dtls, &cred, PATH, base, until)
+    });
+    report("coaps-psk", sensors, &seen, secs, pid);
 
     let _ = daemon.kill();
     let _ = daemon.wait();
