@@ -285,7 +285,10 @@ mod tests {
         assert_eq!(hub.take("a", "c1").unwrap().payload, Bytes::from("1"));
         assert_eq!(hub.kept("a", "c1"), 1, "the second command is still kept");
         assert_eq!(hub.take("a", "c1").unwrap().payload, Bytes::from("2"));
-        assert!(hub.take("a", "c1").is_none(), "each command handed out once");
+        assert!(
+            hub.take("a", "c1").is_none(),
+            "each command handed out once"
+        );
     }
 
     #[test]
@@ -298,7 +301,11 @@ mod tests {
         hub.deliver(&old);
         hub.deliver(&cmd("c1", "new"));
         assert_eq!(hub.take("a", "c1").unwrap().payload, Bytes::from("new"));
-        assert_eq!(hub.kept("b", "c1"), 1, "b keeps its own copy; the expired one is gone");
+        assert_eq!(
+            hub.kept("b", "c1"),
+            1,
+            "b keeps its own copy; the expired one is gone"
+        );
         assert_eq!(hub.take("b", "c1").unwrap().payload, Bytes::from("new"));
         assert!(hub.take("b", "c1").is_none());
     }

@@ -19,7 +19,13 @@ impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Self {
         std::fs::create_dir_all(dir).expect("mount point");
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir)
             .status()
             .expect("run mount");
@@ -66,7 +72,9 @@ fn post(socket: &UdpSocket, mid: u16, secret: &str, payload: &[u8]) -> Packet {
         .expect("send request");
     let mut buf = [0u8; 2048];
     loop {
-        let n = socket.recv(&mut buf).expect("a response within the timeout");
+        let n = socket
+            .recv(&mut buf)
+            .expect("a response within the timeout");
         let resp = Packet::from_bytes(&buf[..n]).expect("decode response");
         if resp.header.message_id == mid {
             return resp;
@@ -164,7 +172,10 @@ fn a_full_state_disk_answers_5_03_with_max_age_and_recovers_when_freed() {
         .count();
     assert_eq!(warnings, 1, "log:\n{}", daemon.log().join("\n"));
     assert!(
-        !daemon.log().iter().any(|l| l.contains("outbox commit failed")),
+        !daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("outbox commit failed")),
         "a full disk was logged as a failure"
     );
 

@@ -61,9 +61,8 @@ pub fn dtls_settings(config: &Config) -> anyhow::Result<Option<dtls::DtlsSetting
         None => Vec::new(),
     };
     let client_intermediates = match &c.client_intermediate_certs {
-        Some(path) => certs::load_certificates(path).map_err(|e| {
-            file_error("coap_dtls.client_intermediate_certs", path, e.to_string())
-        })?,
+        Some(path) => certs::load_certificates(path)
+            .map_err(|e| file_error("coap_dtls.client_intermediate_certs", path, e.to_string()))?,
         None => Vec::new(),
     };
     let leaf = chain

@@ -358,7 +358,9 @@ impl Server {
             return;
         };
         let (code, observe, payload, content_format) = match (&p.kind, outcome) {
-            (Kind::Publish, Outcome::Stored) => (ResponseType::Changed, None, Vec::new(), None::<u16>),
+            (Kind::Publish, Outcome::Stored) => {
+                (ResponseType::Changed, None, Vec::new(), None::<u16>)
+            }
             (Kind::Subscribe, Outcome::Subscribed) => {
                 if self.observers.len() >= self.config.max_observers {
                     self.respond_failure(

@@ -274,10 +274,7 @@ fn a_full_disk_is_refused_as_busy_with_a_retry_time_other_failures_as_storage() 
         rusqlite::ffi::SQLITE_CANTOPEN,
     ] {
         assert!(
-            matches!(
-                commit_refusal(&sqlite_error(code)),
-                IngestError::Storage(_)
-            ),
+            matches!(commit_refusal(&sqlite_error(code)), IngestError::Storage(_)),
             "code {code}"
         );
     }
