@@ -1,6 +1,6 @@
 //! A full state partition is back-pressure, not an internal error: CoAP answers 5.03 with
 //! Max-Age (not 5.00), the daemon logs the episode once, and accepts again once space is
-//! freed. Root only (it mounts a small tmpfs as the state directory): run with
+//! freed; the HTTP adapter answers 503 with Retry-After. Root only (it mounts a small tmpfs as the state directory): run with
 //! `cargo test -p system-tests --test coap_disk_full -- --ignored` as root.
 
 use std::io::Write;
@@ -56,7 +56,7 @@ fn cli(dir: &Path, state: &Path, args: &[&str]) -> String {
 }
 
 /// One CON POST over a real UDP socket; returns the response (code and options readable).
-fn post(socket: &UdpSocket, mid: u16, secret: &str, payload: &[u8]) -> Packet {
+fn post(daemon: &mut Daemon, socket: &UdpSocket, mid: u16, secret: &str, payload: &[u8]) -> Packet {
     let mut p = Packet::new();
     p.header.set_type(MessageType::Confirmable);
     p.header.code = MessageClass::Request(RequestType::Post);
@@ -72,14 +72,45 @@ fn post(socket: &UdpSocket, mid: u16, secret: &str, payload: &[u8]) -> Packet {
         .expect("send request");
     let mut buf = [0u8; 2048];
     loop {
-        let n = socket
-            .recv(&mut buf)
-            .expect("a response within the timeout");
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "message {mid}: no response ({e}); log:\n{}",
+                daemon.log().join("\n")
+            )
+        });
         let resp = Packet::from_bytes(&buf[..n]).expect("decode response");
         if resp.header.message_id == mid {
             return resp;
         }
     }
+}
+
+/// The HTTP adapter's publish with curl; (status, Retry-After header).
+fn http_publish(port: u16, secret: &str) -> (u16, Option<String>) {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--noproxy", "*", "-X", "POST", "-H"])
+        .arg(format!("authorization: Client {secret}"))
+        .args(["--data-binary", "21.5"])
+        .arg(format!("http://127.0.0.1:{port}/m/dom/c/chan-a"))
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status: {text}"));
+    let retry_after = text.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("retry-after")
+            .then(|| value.trim().to_owned())
+    });
+    (status, retry_after)
 }
 
 fn is_root() -> bool {
@@ -107,12 +138,19 @@ fn a_full_state_disk_answers_5_03_with_max_age_and_recovers_when_freed() {
         .and_then(|s| s.local_addr())
         .expect("free port")
         .port();
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free tcp port")
+        .port();
     let mut cmd = edgegw(dir.path());
     cmd.args(["--dev", "run"])
         .env("EDGEGW_GATEWAY_STATE_DIR", &state)
-        .env("EDGEGW_COAP_BIND", format!("127.0.0.1:{port}"));
+        .env("EDGEGW_COAP_BIND", format!("127.0.0.1:{port}"))
+        .env("EDGEGW_HTTP_BIND", format!("127.0.0.1:{http_port}"));
     let mut daemon = Daemon::start(cmd);
-    daemon.wait_for_log("coap listening", Duration::from_secs(20));
+    // Fully started (it writes its JWT key into the state directory before "ready"; a disk
+    // that is full by then is a start-up failure, not this test's subject).
+    daemon.wait_for_log("edgegw: ready", Duration::from_secs(20));
 
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket.connect(("127.0.0.1", port)).expect("connect");
@@ -120,7 +158,7 @@ fn a_full_state_disk_answers_5_03_with_max_age_and_recovers_when_freed() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let payload = vec![b'x'; 1000];
-    let first = post(&socket, 1, &secret, &payload);
+    let first = post(&mut daemon, &socket, 1, &secret, &payload);
     assert_eq!(
         first.header.code,
         MessageClass::Response(ResponseType::Changed)
@@ -138,7 +176,7 @@ fn a_full_state_disk_answers_5_03_with_max_age_and_recovers_when_freed() {
     // SQLite may still fit a few commits into pages it has: post until refused.
     let mut refused = None;
     for mid in 2..2000u16 {
-        let resp = post(&socket, mid, &secret, &payload);
+        let resp = post(&mut daemon, &socket, mid, &secret, &payload);
         match resp.header.code {
             MessageClass::Response(ResponseType::Changed) => {}
             MessageClass::Response(ResponseType::ServiceUnavailable) => {
@@ -159,7 +197,7 @@ fn a_full_state_disk_answers_5_03_with_max_age_and_recovers_when_freed() {
     assert_eq!(secs, 30, "Max-Age");
     // More refusals in the same episode: still 5.03, but one warning only.
     for m in mid + 1..mid + 6 {
-        let resp = post(&socket, m, &secret, &payload);
+        let resp = post(&mut daemon, &socket, m, &secret, &payload);
         assert_eq!(
             resp.header.code,
             MessageClass::Response(ResponseType::ServiceUnavailable)
@@ -178,10 +216,13 @@ fn a_full_state_disk_answers_5_03_with_max_age_and_recovers_when_freed() {
             .any(|l| l.contains("outbox commit failed")),
         "a full disk was logged as a failure"
     );
+    let (status, retry_after) = http_publish(http_port, &secret);
+    assert_eq!(status, 503, "HTTP adapter on a full disk");
+    assert_eq!(retry_after.as_deref(), Some("30"), "HTTP Retry-After");
 
     // Freed: accepted again.
     std::fs::remove_file(&filler).expect("remove filler");
-    let resp = post(&socket, mid + 10, &secret, &payload);
+    let resp = post(&mut daemon, &socket, mid + 10, &secret, &payload);
     assert_eq!(
         resp.header.code,
         MessageClass::Response(ResponseType::Changed),
