@@ -52,6 +52,7 @@ fuzz_target!(|data: &[u8]| {
             private_key: vec![0],
         },
         client_cas: Vec::new(),
+        client_intermediates: Vec::new(),
         max_sessions: 4,
         max_handshakes: 4,
         handshake_timeout: Duration::from_secs(5),

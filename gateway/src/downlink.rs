@@ -2,7 +2,10 @@
 //! handed to the adapters (CoAP Observe, serial `CMD`). The uplink delivers into the
 //! [`DownlinkHub`]; each (client, channel) that subscribed gets a bounded receiver. Commands for
 //! a client whose subscription is gone (sensor offline) are kept, bounded in count and age,
-//! and handed over when it subscribes again.
+//! and handed over when it subscribes again, or taken one at a time by a sensor that polls
+//! (CoAP `GET` without Observe). Commands are kept for every client the
+//! [`DownlinkHub::set_recipients`] function names for the channel (its subscribe-connected
+//! clients), so a sensor that only polls finds commands published before its first poll.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -55,11 +58,24 @@ struct Mailbox {
     backlog: VecDeque<Command>,
 }
 
+/// The client ids that may receive a channel's commands (given the channel id).
+pub type Recipients = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
 /// Where commands go. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct DownlinkHub {
     limits: DownlinkLimits,
     mailboxes: Arc<Mutex<HashMap<(String, String), Mailbox>>>,
+    recipients: Arc<std::sync::OnceLock<Recipients>>,
+}
+
+impl std::fmt::Debug for DownlinkHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownlinkHub")
+            .field("limits", &self.limits)
+            .field("recipients", &self.recipients.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A client's commands on one channel. Dropping it marks the client offline: later commands
@@ -84,7 +100,15 @@ impl DownlinkHub {
         Self {
             limits,
             mailboxes: Arc::default(),
+            recipients: Arc::default(),
         }
+    }
+
+    /// Sets who gets a mailbox for a channel's commands even before subscribing or polling
+    /// (the auth store's subscribe-connected clients). Set once, at start; later calls are
+    /// ignored. Without it only clients that subscribed or polled before are kept for.
+    pub fn set_recipients(&self, recipients: Recipients) {
+        let _ = self.recipients.set(recipients);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Mailbox>> {
@@ -108,8 +132,18 @@ impl DownlinkHub {
     /// Hands a command to every client known on its channel; returns how many got it at once.
     pub fn deliver(&self, cmd: &Command) -> usize {
         let now = SystemTime::now();
+        // Asked before taking the lock: it reads the auth snapshot.
+        let recipients = self
+            .recipients
+            .get()
+            .map(|f| f(&cmd.channel_id))
+            .unwrap_or_default();
+        let mut boxes = self.lock();
+        for client in recipients {
+            boxes.entry((client, cmd.channel_id.clone())).or_default();
+        }
         let mut delivered = 0;
-        for ((_, channel), mailbox) in self.lock().iter_mut() {
+        for ((_, channel), mailbox) in boxes.iter_mut() {
             if *channel != cmd.channel_id {
                 continue;
             }
@@ -122,6 +156,19 @@ impl DownlinkHub {
         delivered
     }
 
+    /// A poll (CoAP `GET` without Observe): removes and returns the oldest kept, unexpired
+    /// command for `client_id` on `channel_id`; the other kept commands stay, in order. The
+    /// caller hands it to the sensor at once: once taken it is the caller's (at most once).
+    /// Also marks the client as one to keep later commands for.
+    pub fn take(&self, client_id: &str, channel_id: &str) -> Option<Command> {
+        let mut boxes = self.lock();
+        let mailbox = boxes
+            .entry((client_id.to_owned(), channel_id.to_owned()))
+            .or_default();
+        expire(mailbox, &self.limits, SystemTime::now());
+        mailbox.backlog.pop_front()
+    }
+
     /// Commands kept for `client_id` on `channel_id` (offline), for status and tests.
     pub fn kept(&self, client_id: &str, channel_id: &str) -> usize {
         self.lock()
@@ -132,11 +179,7 @@ impl DownlinkHub {
 
 /// Moves what fits from the backlog into the live receiver; drops expired commands.
 fn flush(mailbox: &mut Mailbox, limits: &DownlinkLimits, now: SystemTime) -> usize {
-    mailbox.backlog.retain(|c| {
-        now.duration_since(c.received_at)
-            .is_ok_and(|age| age <= limits.max_age)
-            || c.received_at > now
-    });
+    expire(mailbox, limits, now);
     let mut moved = 0;
     if let Some(tx) = &mailbox.tx {
         while let Some(cmd) = mailbox.backlog.pop_front() {
@@ -155,6 +198,15 @@ fn flush(mailbox: &mut Mailbox, limits: &DownlinkLimits, now: SystemTime) -> usi
         }
     }
     moved
+}
+
+/// Drops kept commands older than `max_age`.
+fn expire(mailbox: &mut Mailbox, limits: &DownlinkLimits, now: SystemTime) {
+    mailbox.backlog.retain(|c| {
+        now.duration_since(c.received_at)
+            .is_ok_and(|age| age <= limits.max_age)
+            || c.received_at > now
+    });
 }
 
 #[cfg(test)]
@@ -220,5 +272,67 @@ mod tests {
         let mut a = hub.subscribe("a", "c1");
         assert!(a.try_recv().is_none(), "an expired command was delivered");
         assert_eq!(hub.kept("a", "c1"), 0);
+    }
+
+    #[test]
+    fn take_hands_out_the_oldest_kept_command_once_and_keeps_the_rest() {
+        let hub = DownlinkHub::new(limits());
+        assert!(hub.take("a", "c1").is_none(), "nothing kept yet");
+        // The first poll made "a" a client to keep for.
+        hub.deliver(&cmd("c1", "1"));
+        hub.deliver(&cmd("c1", "2"));
+        hub.deliver(&cmd("c2", "other channel"));
+        assert_eq!(hub.take("a", "c1").unwrap().payload, Bytes::from("1"));
+        assert_eq!(hub.kept("a", "c1"), 1, "the second command is still kept");
+        assert_eq!(hub.take("a", "c1").unwrap().payload, Bytes::from("2"));
+        assert!(
+            hub.take("a", "c1").is_none(),
+            "each command handed out once"
+        );
+    }
+
+    #[test]
+    fn take_does_not_touch_other_clients_or_hand_out_expired_commands() {
+        let hub = DownlinkHub::new(limits());
+        hub.take("a", "c1");
+        hub.take("b", "c1");
+        let mut old = cmd("c1", "old");
+        old.received_at = SystemTime::now() - Duration::from_secs(120);
+        hub.deliver(&old);
+        hub.deliver(&cmd("c1", "new"));
+        assert_eq!(hub.take("a", "c1").unwrap().payload, Bytes::from("new"));
+        assert_eq!(
+            hub.kept("b", "c1"),
+            1,
+            "b keeps its own copy; the expired one is gone"
+        );
+        assert_eq!(hub.take("b", "c1").unwrap().payload, Bytes::from("new"));
+        assert!(hub.take("b", "c1").is_none());
+    }
+
+    #[test]
+    fn recipients_get_commands_kept_before_they_ever_poll() {
+        let hub = DownlinkHub::new(limits());
+        hub.set_recipients(Arc::new(|channel: &str| {
+            if channel == "c1" {
+                vec!["a".to_owned()]
+            } else {
+                Vec::new()
+            }
+        }));
+        assert_eq!(hub.deliver(&cmd("c1", "on")), 0, "nobody subscribed");
+        hub.deliver(&cmd("c2", "not for a"));
+        assert_eq!(hub.take("a", "c1").unwrap().payload, Bytes::from("on"));
+        assert!(hub.take("a", "c2").is_none());
+        assert!(hub.take("b", "c1").is_none(), "b is not a recipient");
+    }
+
+    #[test]
+    fn a_live_subscription_still_gets_commands_first_hand() {
+        let hub = DownlinkHub::new(limits());
+        let mut a = hub.subscribe("a", "c1");
+        hub.deliver(&cmd("c1", "on"));
+        assert!(hub.take("a", "c1").is_none(), "already in the subscription");
+        assert_eq!(a.try_recv().unwrap().payload, Bytes::from("on"));
     }
 }

@@ -210,6 +210,15 @@ impl Snapshot {
             .map(|c| c.secret.to_vec())
     }
 
+    /// Ids of the enabled clients allowed to subscribe to `channel_id` (downlink recipients).
+    pub fn subscribers(&self, channel_id: &str) -> Vec<String> {
+        self.by_id
+            .values()
+            .filter(|c| c.enabled && c.grants.get(channel_id).is_some_and(|g| g.subscribe))
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
     /// May `client` (still present and enabled) do `op` on `channel` (id or local name)?
     pub fn authorize(
         &self,

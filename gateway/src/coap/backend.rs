@@ -162,6 +162,26 @@ impl Backend for StoreBackend {
         Ok(rx)
     }
 
+    /// A GET without Observe takes the oldest kept command of (client, channel) from the hub,
+    /// after the same checks as an Observe registration (subscribe permission). Like Observe
+    /// it is channel-wide: a subtopic in the path does not filter. The command leaves the hub
+    /// here and goes into this one response (at most once: see README "Polling for commands").
+    fn poll(
+        &self,
+        peer: SocketAddr,
+        who: Who<'_>,
+        target: &Target,
+    ) -> Result<Option<Downlink>, Failure> {
+        let (client, channel) = self.admit(peer, who, target, Op::Subscribe)?;
+        Ok(self
+            .downlink
+            .take(&client.id, &channel.id)
+            .map(|cmd| Downlink {
+                payload: cmd.payload.to_vec(),
+                content_format: None,
+            }))
+    }
+
     fn psk(&self, identity: &[u8]) -> Option<Vec<u8>> {
         let identity = std::str::from_utf8(identity).ok()?;
         self.auth.psk_for_identity(identity)

@@ -5,6 +5,8 @@
 //! (`Dtls::new_12`, certificate suites only, client certificate required), so a PSK offer can
 //! never skip the certificate checks. dimpl verifies handshake signatures but no PKI: the
 //! leaf certificate is verified here with rustls-webpki against `coap_dtls.client_ca_certs`,
+//! through the intermediates of `coap_dtls.client_intermediate_certs` (dimpl hands over the
+//! peer's leaf only, so a chain the client sends is not seen),
 //! then its CN and serial go to the [`Backend`]. Every dimpl call runs under `catch_unwind`,
 //! so a panic inside it drops only that session. The table is bounded (handshakes, sessions),
 //! handshakes time out, idle sessions are evicted, and a failed authentication is answered
@@ -56,6 +58,9 @@ pub struct DtlsSettings {
     pub certificate: DtlsCertificate,
     /// Device CA certificates (DER). Empty: certificate mode is refused.
     pub client_cas: Vec<CertificateDer<'static>>,
+    /// Intermediate CA certificates (DER) between the device CAs and device leaves: used to
+    /// build the chain, never trusted on their own.
+    pub client_intermediates: Vec<CertificateDer<'static>>,
     pub max_sessions: usize,
     pub max_handshakes: usize,
     pub handshake_timeout: Duration,
@@ -579,6 +584,7 @@ impl Sessions {
                 events,
                 buf,
                 anchors,
+                settings,
                 backend,
                 wall_clock,
                 panics,
@@ -631,7 +637,13 @@ impl Sessions {
                         connected = true;
                     }
                     Polled::PeerCert(der) => {
-                        match verify_certificate(&der, anchors, (wall_clock)(), backend.as_ref()) {
+                        match verify_certificate(
+                            &der,
+                            anchors,
+                            &settings.client_intermediates,
+                            (wall_clock)(),
+                            backend.as_ref(),
+                        ) {
                             Ok(p) => conn.cert_principal = Some(p),
                             Err(alert) => {
                                 outcome = Some(alert);
@@ -803,10 +815,12 @@ fn dummy_key() -> Vec<u8> {
     .clone()
 }
 
-/// Chain to a device CA, validity, clientAuth EKU; then CN + serial → a known enabled client.
+/// Chain to a device CA (through configured intermediates), validity of every certificate
+/// in the chain, clientAuth EKU; then CN + serial → a known enabled client.
 fn verify_certificate(
     der: &[u8],
     anchors: &[rustls_pki_types::TrustAnchor<'static>],
+    intermediates: &[CertificateDer<'static>],
     now: SystemTime,
     backend: &dyn Backend,
 ) -> Result<Principal, u8> {
@@ -829,7 +843,7 @@ fn verify_certificate(
     ee.verify_for_usage(
         algs,
         anchors,
-        &[],
+        intermediates,
         time,
         webpki::KeyUsage::client_auth(),
         None,

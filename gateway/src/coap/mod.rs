@@ -60,6 +60,11 @@ pub fn dtls_settings(config: &Config) -> anyhow::Result<Option<dtls::DtlsSetting
             .map_err(|e| file_error("coap_dtls.client_ca_certs", path, e.to_string()))?,
         None => Vec::new(),
     };
+    let client_intermediates = match &c.client_intermediate_certs {
+        Some(path) => certs::load_certificates(path)
+            .map_err(|e| file_error("coap_dtls.client_intermediate_certs", path, e.to_string()))?,
+        None => Vec::new(),
+    };
     let leaf = chain
         .first()
         .ok_or_else(|| file_error("coap_dtls.cert", cert_path, "no certificate".into()))?;
@@ -69,6 +74,7 @@ pub fn dtls_settings(config: &Config) -> anyhow::Result<Option<dtls::DtlsSetting
             private_key: key.secret_der().to_vec(),
         },
         client_cas,
+        client_intermediates,
         max_sessions: c.max_sessions,
         max_handshakes: c.max_handshakes,
         handshake_timeout: c.handshake_timeout.get(),
@@ -123,6 +129,14 @@ pub fn start(
     auth: &AuthStore,
     pipeline: &Pipeline,
 ) -> anyhow::Result<()> {
+    // Commands are kept for every subscribe-connected client, so that a sensor that polls
+    // with GET (no Observe) finds those published before its first poll.
+    let recipients_auth = auth.clone();
+    pipeline
+        .downlink
+        .set_recipients(Arc::new(move |channel: &str| {
+            recipients_auth.snapshot().subscribers(channel)
+        }));
     let backend: Arc<dyn task::Backend> = Arc::new(backend::StoreBackend {
         auth: auth.clone(),
         outbox: pipeline.outbox.clone(),

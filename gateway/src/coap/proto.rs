@@ -360,7 +360,9 @@ impl Server {
             return;
         };
         let (code, observe, payload, content_format) = match (&p.kind, outcome) {
-            (Kind::Publish, Outcome::Stored) => (ResponseType::Changed, None, Vec::new(), None),
+            (Kind::Publish, Outcome::Stored) => {
+                (ResponseType::Changed, None, Vec::new(), None::<u16>)
+            }
             (Kind::Subscribe, Outcome::Subscribed) => {
                 if self.observers.len() >= self.config.max_observers {
                     self.respond_failure(
@@ -396,7 +398,17 @@ impl Server {
                     payload,
                     content_format,
                 },
-            ) => (ResponseType::Content, None, payload, content_format),
+            ) => {
+                // A command is handed out once: no cache may answer a later poll with it.
+                let mut resp = self.response_to(&p, ResponseType::Content);
+                resp.add_option(CoapOption::MaxAge, encode_uint(0));
+                if let Some(cf) = content_format {
+                    resp.add_option(CoapOption::ContentFormat, encode_uint(u32::from(cf)));
+                }
+                resp.payload = payload;
+                self.finish(&p, resp, now);
+                return;
+            }
             (_, Outcome::Refused(failure)) => {
                 self.respond_failure(&p, failure, now);
                 return;

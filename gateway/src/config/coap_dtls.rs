@@ -19,6 +19,7 @@ pub struct RawCoapDtls {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     client_ca_certs: Option<PathBuf>,
+    client_intermediate_certs: Option<PathBuf>,
     #[serde(deserialize_with = "opt_number")]
     max_sessions: Option<usize>,
     #[serde(deserialize_with = "opt_number")]
@@ -40,6 +41,10 @@ pub struct CoapDtlsConfig {
     /// CA bundle that signs device certificates. Unset: certificate mode refused (PSK only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca_certs: Option<PathBuf>,
+    /// Intermediate CAs between `client_ca_certs` and the device certificates (chain
+    /// building only, not trusted by themselves). Unset: devices signed directly by a CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_intermediate_certs: Option<PathBuf>,
     pub max_sessions: usize,
     pub max_handshakes: usize,
     pub handshake_timeout: Duration,
@@ -82,6 +87,15 @@ impl RawCoapDtls {
         if let Some(ca) = &self.client_ca_certs {
             check.certificates("coap_dtls.client_ca_certs", ca);
         }
+        if let Some(intermediates) = &self.client_intermediate_certs {
+            check.certificates("coap_dtls.client_intermediate_certs", intermediates);
+            if self.client_ca_certs.is_none() {
+                check.warn(
+                    "coap_dtls.client_intermediate_certs is set but coap_dtls.client_ca_certs \
+                     is not: certificate mode stays off",
+                );
+            }
+        }
         let handshake_timeout = self.handshake_timeout.unwrap_or(Duration::from_secs(10));
         let idle_timeout = self.idle_timeout.unwrap_or(Duration::from_secs(600));
         if handshake_timeout.get().is_zero() {
@@ -95,6 +109,7 @@ impl RawCoapDtls {
             cert: self.cert,
             key: self.key,
             client_ca_certs: self.client_ca_certs,
+            client_intermediate_certs: self.client_intermediate_certs,
             max_sessions: positive(check, "coap_dtls.max_sessions", self.max_sessions, 4096),
             max_handshakes: positive(check, "coap_dtls.max_handshakes", self.max_handshakes, 256),
             handshake_timeout,

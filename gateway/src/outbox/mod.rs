@@ -72,6 +72,22 @@ pub enum IngestError {
     Storage(String),
 }
 
+/// How long a sensor is asked to wait when the state partition is full.
+pub const DISK_FULL_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The refusal for the appends of a failed commit. A full state disk is back-pressure like a
+/// full outbox (`Busy`: CoAP 5.03 + Max-Age, serial `ERR busy`, HTTP 503 + Retry-After): the
+/// sensor keeps the message and retries once space is freed. Anything else is a storage failure.
+fn commit_refusal(e: &rusqlite::Error) -> IngestError {
+    if store::is_disk_full(e) {
+        IngestError::Busy {
+            retry_after: DISK_FULL_RETRY_AFTER,
+        }
+    } else {
+        IngestError::Storage(e.to_string())
+    }
+}
+
 /// Why the outbox cannot be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -345,6 +361,8 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 
 fn writer_loop(mut writer: store::Writer, shared: &Shared) {
     let mut last_expiry = std::time::Instant::now();
+    // A full disk is logged once per episode (at its start and end), not per refused batch.
+    let mut disk_full = false;
     loop {
         let (appends, acks, closing) = {
             let mut pending = shared
@@ -401,6 +419,10 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
         shared.beat();
         match result {
             Ok(done) => {
+                if disk_full && !done.seqs.is_empty() {
+                    disk_full = false;
+                    tracing::info!("outbox: the state disk has room again, accepting messages");
+                }
                 c.commits_total.fetch_add(1, Ordering::Relaxed);
                 c.queued.store(done.stats.queued, Ordering::Relaxed);
                 c.queued_bytes
@@ -440,12 +462,21 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 }
             }
             Err(e) => {
-                tracing::error!(
-                    "outbox commit failed: {e}; the messages of this commit were refused"
-                );
-                let reason = e.to_string();
+                if !store::is_disk_full(&e) {
+                    tracing::error!(
+                        "outbox commit failed: {e}; the messages of this commit were refused"
+                    );
+                } else if !disk_full {
+                    disk_full = true;
+                    tracing::warn!(
+                        "outbox: the state disk is full ({e}); new messages are refused as busy \
+                         (retry after {}s) until space is freed",
+                        DISK_FULL_RETRY_AFTER.as_secs()
+                    );
+                }
+                let refusal = commit_refusal(&e);
                 for (_, _, reply) in appends {
-                    let _ = reply.send(Err(IngestError::Storage(reason.clone())));
+                    let _ = reply.send(Err(refusal.clone()));
                 }
                 // Acknowledgements are retried with the next commit.
                 let mut pending = shared

@@ -40,6 +40,12 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// SQLITE_FULL: the state partition has no room (SQLite's unix VFS reports a write's ENOSPC
+/// this way; `max_page_count` too). Not a broken store: it passes once space is freed.
+pub fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DiskFull))
+}
+
 fn open_error(path: &Path, source: rusqlite::Error) -> OutboxError {
     if is_corruption(&source) {
         OutboxError::Corrupt {
@@ -192,6 +198,13 @@ impl Writer {
             )
             .optional()?;
         Ok(oldest.and_then(|o| u64::try_from(o).ok()).unwrap_or(0))
+    }
+
+    /// Caps the database at `pages` pages, so that tests meet a real SQLITE_FULL.
+    #[cfg(test)]
+    pub fn set_max_page_count(&self, pages: u32) -> rusqlite::Result<()> {
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()))
     }
 
     /// Runs one group commit: acks, expiry, room for drop_oldest, appends; one transaction.

@@ -288,3 +288,54 @@ fn the_write_ahead_log_shrinks_back_after_a_checkpoint() {
         store::WAL_SIZE_LIMIT
     );
 }
+
+fn sqlite_error(code: std::os::raw::c_int) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+}
+
+#[test]
+fn a_full_disk_is_refused_as_busy_with_a_retry_time_other_failures_as_storage() {
+    assert_eq!(
+        commit_refusal(&sqlite_error(rusqlite::ffi::SQLITE_FULL)),
+        IngestError::Busy {
+            retry_after: DISK_FULL_RETRY_AFTER
+        }
+    );
+    for code in [
+        rusqlite::ffi::SQLITE_IOERR,
+        rusqlite::ffi::SQLITE_CORRUPT,
+        rusqlite::ffi::SQLITE_READONLY,
+        rusqlite::ffi::SQLITE_CANTOPEN,
+    ] {
+        assert!(
+            matches!(commit_refusal(&sqlite_error(code)), IngestError::Storage(_)),
+            "code {code}"
+        );
+    }
+    assert!(matches!(
+        commit_refusal(&rusqlite::Error::InvalidQuery),
+        IngestError::Storage(_)
+    ));
+}
+
+#[test]
+fn a_real_sqlite_full_from_the_writer_is_classified_as_disk_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, _) =
+        store::Writer::open(&dir.path().join("outbox.db"), Durability::Os).unwrap();
+    // A few pages beyond the schema: one commit of 64 KiB payloads cannot fit.
+    writer.set_max_page_count(8).unwrap();
+    let big = Message {
+        payload: Bytes::from(vec![7u8; 64 << 10]),
+        ..msg("c", "")
+    };
+    let batch = store::Batch {
+        appends: vec![(&big, 64 << 10), (&big, 64 << 10)],
+        acks: &[],
+        expire_before: None,
+        max_bytes: None,
+    };
+    let err = writer.commit(&batch).expect_err("the page cap must refuse");
+    assert!(store::is_disk_full(&err), "{err:?}");
+    assert!(matches!(commit_refusal(&err), IngestError::Busy { .. }));
+}

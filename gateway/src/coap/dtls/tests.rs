@@ -76,6 +76,7 @@ fn settings() -> DtlsSettings {
             private_key: vec![0],
         },
         client_cas: Vec::new(),
+        client_intermediates: Vec::new(),
         max_sessions: 8,
         max_handshakes: 4,
         handshake_timeout: Duration::from_secs(10),

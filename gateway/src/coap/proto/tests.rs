@@ -609,3 +609,56 @@ fn refusals_are_counted_by_class_once_even_when_a_duplicate_repeats_them() {
     assert_eq!(refused.get(Refusal::Auth), 1);
     assert_eq!(refused.total(), 3);
 }
+
+#[test]
+fn a_poll_answer_carries_the_command_once_with_max_age_0_and_a_retransmission_gets_the_same() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    let get = request(
+        MessageType::Confirmable,
+        RequestType::Get,
+        7,
+        "m/d/c/ch/cmd",
+        &["auth=k"],
+    )
+    .to_bytes()
+    .unwrap();
+    s.handle_datagram(peer(1), &get, now);
+    let exchange = match s.poll_event() {
+        Some(Event::Poll {
+            exchange, target, ..
+        }) => {
+            assert_eq!(target.subtopic, "cmd");
+            exchange
+        }
+        other => panic!("expected Poll, got {other:?}"),
+    };
+    assert!(s.poll_transmit().is_none(), "no answer before the decision");
+    s.complete(
+        exchange,
+        Outcome::Content {
+            payload: b"lamp-on".to_vec(),
+            content_format: Some(0),
+        },
+        now,
+    );
+    let resp = only_transmit(&mut s);
+    assert_eq!(resp.header.get_type(), MessageType::Acknowledgement);
+    assert_eq!(resp.header.message_id, 7);
+    assert_eq!(code(&resp), "2.05");
+    assert_eq!(resp.payload, b"lamp-on");
+    assert_eq!(
+        resp.get_first_option(CoapOption::MaxAge),
+        Some(&Vec::new()),
+        "Max-Age 0 (empty uint)"
+    );
+    assert_eq!(
+        resp.get_first_option(CoapOption::ContentFormat),
+        Some(&Vec::new()),
+        "Content-Format 0"
+    );
+    // The ACK was lost: the retransmitted CON GET gets the same answer, not a second poll.
+    s.handle_datagram(peer(1), &get, now + Duration::from_secs(2));
+    assert!(s.poll_event().is_none(), "a duplicate must not poll again");
+    assert_eq!(only_transmit(&mut s).payload, b"lamp-on");
+}
