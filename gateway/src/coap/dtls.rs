@@ -101,8 +101,14 @@ fn key_hash(key: &[u8]) -> u64 {
         .hash_one(key)
 }
 
+/// The slot of the PSK session whose datagram is being handled. One PSK config (and one
+/// resolver) serves every session: building a dimpl `Config` runs the provider's known-answer
+/// tests (milliseconds of CPU), too much to pay per handshake. The table handles one datagram
+/// at a time and points this at that session's slot around the dimpl call.
+type CurrentSlot = Arc<Mutex<Option<Arc<PskSlot>>>>;
+
 struct SlotResolver {
-    slot: Arc<PskSlot>,
+    current: CurrentSlot,
     backend: Arc<dyn Backend>,
     /// Key used for unknown identities, so they fail exactly like a wrong key.
     dummy: Vec<u8>,
@@ -110,16 +116,21 @@ struct SlotResolver {
 
 impl PskResolver for SlotResolver {
     fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        let slot = self.current.lock().ok().and_then(|g| g.clone());
+        let Some(slot) = slot else {
+            // Not inside a PSK session's call: nothing to attribute the identity to.
+            return Some(self.dummy.clone());
+        };
         let text = String::from_utf8_lossy(identity).into_owned();
-        if let Ok(mut slot) = self.slot.identity.lock() {
-            *slot = Some(text);
+        if let Ok(mut id) = slot.identity.lock() {
+            *id = Some(text);
         }
         let key = self
             .backend
             .psk(identity)
             .unwrap_or_else(|| self.dummy.clone());
-        if let Ok(mut slot) = self.slot.key_hash.lock() {
-            *slot = Some(key_hash(&key));
+        if let Ok(mut hash) = slot.key_hash.lock() {
+            *hash = Some(key_hash(&key));
         }
         Some(key)
     }
@@ -151,6 +162,9 @@ pub struct Sessions {
     settings: DtlsSettings,
     backend: Arc<dyn Backend>,
     cert_config: Option<Arc<DimplConfig>>,
+    /// The one PSK config, and the slot its resolver records into.
+    psk_config: Arc<DimplConfig>,
+    psk_current: CurrentSlot,
     anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
     live: HashMap<SocketAddr, Conn>,
     /// Handshakes in progress, including a re-handshake from an address with a live session.
@@ -200,13 +214,17 @@ impl Sessions {
                     .map_err(|e| DtlsSetupError::Engine(e.to_string()))?,
             ))
         };
-        // Fail at start, not on the first PSK client, if the PSK config cannot be built.
-        psk_config(&settings, Arc::new(PskSlot::default()), backend.clone())
-            .map_err(DtlsSetupError::Engine)?;
+        let psk_current = CurrentSlot::default();
+        let psk_config = Arc::new(
+            psk_config(&settings, psk_current.clone(), backend.clone())
+                .map_err(DtlsSetupError::Engine)?,
+        );
         Ok(Self {
             settings,
             backend,
             cert_config,
+            psk_config,
+            psk_current,
             anchors,
             live: HashMap::new(),
             pending: HashMap::new(),
@@ -339,6 +357,7 @@ impl Sessions {
             self.timers.pop();
             due.push((t, peer, pending));
         }
+        let current = self.psk_current.clone();
         for (t, peer, pending) in due {
             let Some(conn) = self.table_mut(pending).get_mut(&peer) else {
                 continue; // stale: the connection is gone
@@ -347,7 +366,9 @@ impl Sessions {
                 continue; // stale: the timer moved
             }
             conn.next_timer = None;
+            set_current(&current, conn.psk.clone());
             let result = catch_unwind(AssertUnwindSafe(|| conn.dtls.handle_timeout(now)));
+            set_current(&current, None);
             self.after_call(peer, pending, result, now);
         }
     }
@@ -469,12 +490,10 @@ impl Sessions {
         };
         let built = match mode {
             Mode::Psk => {
-                let slot = Arc::new(PskSlot::default());
-                psk_config(&self.settings, slot.clone(), self.backend.clone()).and_then(|cfg| {
-                    catch_unwind(AssertUnwindSafe(|| Dtls::new_12_psk(Arc::new(cfg), now)))
-                        .map(|d| (d, Some(slot)))
-                        .map_err(|_| "panic".to_owned())
-                })
+                let cfg = self.psk_config.clone();
+                catch_unwind(AssertUnwindSafe(|| Dtls::new_12_psk(cfg, now)))
+                    .map(|d| (d, Some(Arc::new(PskSlot::default()))))
+                    .map_err(|_| "panic".to_owned())
             }
             Mode::Certificate => match &self.cert_config {
                 Some(cfg) => {
@@ -515,14 +534,17 @@ impl Sessions {
     }
 
     fn feed(&mut self, peer: SocketAddr, pending: bool, datagram: &[u8], now: Instant) {
+        let current = self.psk_current.clone();
         let Some(conn) = self.table_mut(pending).get_mut(&peer) else {
             return;
         };
         conn.last_activity = now;
+        set_current(&current, conn.psk.clone());
         let result = catch_unwind(AssertUnwindSafe(|| {
             conn.dtls.handle_timeout(now)?;
             conn.dtls.handle_packet(datagram)
         }));
+        set_current(&current, None);
         self.after_call(peer, pending, result, now);
     }
 
@@ -783,13 +805,19 @@ fn base_config(settings: &DtlsSettings) -> dimpl::ConfigBuilder {
         .mtu(1150)
 }
 
+fn set_current(current: &CurrentSlot, slot: Option<Arc<PskSlot>>) {
+    if let Ok(mut g) = current.lock() {
+        *g = slot;
+    }
+}
+
 fn psk_config(
     settings: &DtlsSettings,
-    slot: Arc<PskSlot>,
+    current: CurrentSlot,
     backend: Arc<dyn Backend>,
 ) -> Result<DimplConfig, String> {
     let resolver = SlotResolver {
-        slot,
+        current,
         backend,
         dummy: dummy_key(),
     };

@@ -14,6 +14,7 @@ use crate::coap::proto::{Failure, Target};
 use crate::coap::task::{Backend, Downlink, PublishFuture, Who};
 
 const KEY: &[u8] = b"sensor-a-secret-0123456789";
+const KEY_B: &[u8] = b"sensor-b-secret-9876543210";
 
 #[derive(Default)]
 struct Fake {
@@ -51,11 +52,20 @@ impl Backend for Fake {
         } else {
             KEY
         };
-        (identity == b"sensor-a").then(|| key.to_vec())
+        match identity {
+            b"sensor-a" => Some(key.to_vec()),
+            b"sensor-b" => Some(KEY_B.to_vec()),
+            _ => None,
+        }
     }
     fn psk_principal(&self, identity: &str) -> Option<Principal> {
-        (identity == "sensor-a").then(|| Principal {
-            client_id: "id-a".into(),
+        let client_id = match identity {
+            "sensor-a" => "id-a",
+            "sensor-b" => "id-b",
+            _ => return None,
+        };
+        Some(Principal {
+            client_id: client_id.into(),
             identity: identity.into(),
             serial: None,
         })
@@ -114,36 +124,76 @@ fn peer(port: u16) -> SocketAddr {
 
 /// Client output → table, table output → client, until quiet. Returns (connected, alerts seen).
 fn pump(s: &mut Sessions, c: &mut Dtls, from: SocketAddr, now: Instant) -> (bool, usize) {
-    let mut buf = vec![0u8; 64 * 1024];
     let mut connected = false;
     let mut alerts = 0;
     for _ in 0..20 {
-        let _ = c.handle_timeout(now);
-        let mut to_server = Vec::new();
-        loop {
-            match c.poll_output(&mut buf) {
-                Output::Packet(p) => to_server.push(p.to_vec()),
-                Output::Connected => connected = true,
-                Output::Timeout(_) => break,
-                _ => {}
-            }
-        }
-        for p in &to_server {
-            s.handle_datagram(from, p, now);
-        }
-        let mut any = !to_server.is_empty();
-        while let Some(t) = s.poll_transmit() {
-            any = true;
-            if t.payload.first() == Some(&21) && only_epoch0(&t.payload) {
-                alerts += 1;
-            }
-            let _ = c.handle_packet(&t.payload);
-        }
-        if !any {
+        if !step(s, c, from, now, &mut connected, &mut alerts) {
             break;
         }
     }
     (connected, alerts)
+}
+
+/// One round trip of `pump`; false once nothing moved.
+fn step(
+    s: &mut Sessions,
+    c: &mut Dtls,
+    from: SocketAddr,
+    now: Instant,
+    connected: &mut bool,
+    alerts: &mut usize,
+) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    let _ = c.handle_timeout(now);
+    let mut to_server = Vec::new();
+    loop {
+        match c.poll_output(&mut buf) {
+            Output::Packet(p) => to_server.push(p.to_vec()),
+            Output::Connected => *connected = true,
+            Output::Timeout(_) => break,
+            _ => {}
+        }
+    }
+    for p in &to_server {
+        s.handle_datagram(from, p, now);
+    }
+    let mut any = !to_server.is_empty();
+    while let Some(t) = s.poll_transmit() {
+        any = true;
+        if t.payload.first() == Some(&21) && only_epoch0(&t.payload) {
+            *alerts += 1;
+        }
+        let _ = c.handle_packet(&t.payload);
+    }
+    any
+}
+
+#[test]
+fn interleaved_psk_handshakes_each_get_their_own_identity() {
+    // One PSK config serves every handshake; the identity each resolver call sees must land
+    // in the session whose datagram is being handled.
+    let now = Instant::now();
+    let (mut s, _) = table(Fake::default());
+    let mut a = client("sensor-a", KEY, now);
+    let mut b = client("sensor-b", KEY_B, now);
+    let (mut a_up, mut b_up, mut alerts) = (false, false, 0);
+    for _ in 0..20 {
+        let moved_b = step(&mut s, &mut b, peer(2), now, &mut b_up, &mut alerts);
+        let moved_a = step(&mut s, &mut a, peer(1), now, &mut a_up, &mut alerts);
+        if !moved_a && !moved_b {
+            break;
+        }
+    }
+    assert!(a_up && b_up, "both connect");
+    assert_eq!(alerts, 0);
+    assert_eq!(
+        s.principal(peer(1)).map(|p| p.client_id.as_str()),
+        Some("id-a")
+    );
+    assert_eq!(
+        s.principal(peer(2)).map(|p| p.client_id.as_str()),
+        Some("id-b")
+    );
 }
 
 #[test]
