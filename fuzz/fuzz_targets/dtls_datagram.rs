@@ -40,7 +40,7 @@ impl Backend for Deny {
     fn psk_principal(&self, _: &str) -> Option<Principal> {
         None
     }
-    fn certificate_principal(&self, _: &str, _: &str) -> Result<Principal, Failure> {
+    fn certificate_principal(&self, _: &str, _: &str, _: &str) -> Result<Principal, Failure> {
         Err(Failure::Unauthenticated)
     }
 }

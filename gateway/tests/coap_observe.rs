@@ -58,7 +58,7 @@ impl Backend for Fake {
         None
     }
 
-    fn certificate_principal(&self, _: &str, _: &str) -> Result<Principal, Failure> {
+    fn certificate_principal(&self, _: &str, _: &str, _: &str) -> Result<Principal, Failure> {
         Err(Failure::Unauthenticated)
     }
 }

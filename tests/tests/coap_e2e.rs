@@ -97,7 +97,9 @@ fn make_device(
         record: CertificateRecord {
             serial_hex: format!("70{serial:02x}01"),
             client_id: String::new(),
-            fingerprint_sha256_hex: format!("{:064x}", serial),
+            fingerprint_sha256_hex: certs::inspect_der(cert.der())
+                .expect("inspect device certificate")
+                .fingerprint_sha256_hex,
             not_before: params.not_before.unix_timestamp(),
             not_after: params.not_after.unix_timestamp(),
             revoked_at: None,
@@ -240,6 +242,11 @@ fn start_with(extra_env: &[(&str, &str)]) -> Gateway {
             "disabled",
             make_device(&pki, "disabled", "sensor-off", 8, (2020, 2099), Some(&ca)),
         ),
+        // Same CA, CN and serial as "good", another key: not the recorded certificate.
+        (
+            "twin",
+            make_device(&pki, "twin", "sensor-a", 1, (2020, 2099), Some(&ca)),
+        ),
     ];
     {
         let store = AuthStore::open(
@@ -248,10 +255,10 @@ fn start_with(extra_env: &[(&str, &str)]) -> Gateway {
         )
         .expect("open auth store");
         for (name, dev) in &devices {
-            // Every certificate is recorded (except the unknown CN's), so a refusal proves the
-            // chain / validity check, not a missing record.
+            // Every certificate is recorded (except the unknown CN's, and the twin whose serial is
+            // the good one's), so a refusal proves the chain / validity / fingerprint check.
             let cn_owner = match *name {
-                "unknown" => continue,
+                "unknown" | "twin" => continue,
                 "revoked" => "sensor-rev",
                 "disabled" => "sensor-off",
                 _ => "sensor-a",
@@ -455,7 +462,7 @@ fn dtls_certificates_only_ca_signed_valid_known_unrevoked_pass() {
         );
 
         for name in [
-            "self", "other", "expired", "notyet", "unknown", "revoked", "disabled",
+            "self", "other", "expired", "notyet", "unknown", "revoked", "disabled", "twin",
         ] {
             let dev = gw.device(name);
             let bad = format!("cert-bad-{client}-{name}");

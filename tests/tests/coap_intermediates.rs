@@ -94,7 +94,9 @@ fn make_device(dir: &Path, file: &str, cn: &str, serial: u8, issuer: &Ca) -> Dev
         record: CertificateRecord {
             serial_hex: format!("71{serial:02x}01"),
             client_id: String::new(),
-            fingerprint_sha256_hex: format!("{serial:064x}"),
+            fingerprint_sha256_hex: certs::inspect_der(cert.der())
+                .expect("inspect device certificate")
+                .fingerprint_sha256_hex,
             not_before: params.not_before.unix_timestamp(),
             not_after: params.not_after.unix_timestamp(),
             revoked_at: None,

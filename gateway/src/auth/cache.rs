@@ -169,12 +169,15 @@ impl Snapshot {
     }
 
     /// By a certificate the DTLS handshake already verified against the device CA: the CN must
-    /// be an enabled client, the serial recorded for that client, not revoked, and `now` (unix
+    /// be an enabled client, the serial recorded for that client, the certificate the very one
+    /// recorded (SHA-256 fingerprint, when given: a certificate with a recorded serial from
+    /// another CA in the bundle is not the same certificate), not revoked, and `now` (unix
     /// seconds) within its validity.
     pub fn authenticate_certificate(
         &self,
         cn: &str,
         serial_hex: &str,
+        fingerprint_sha256_hex: Option<&str>,
         now: i64,
     ) -> Result<ClientRef, AuthError> {
         let client = self.by_identity.get(cn).ok_or(AuthError::CertUnknown)?;
@@ -186,6 +189,11 @@ impl Snapshot {
                 .ok_or(AuthError::CertUnknown)?,
         };
         if cert.client_id != client.id {
+            return Err(AuthError::CertUnknown);
+        }
+        if let Some(fingerprint) = fingerprint_sha256_hex
+            && !fingerprint.eq_ignore_ascii_case(&cert.fingerprint_sha256_hex)
+        {
             return Err(AuthError::CertUnknown);
         }
         if cert.revoked_at.is_some() {

@@ -313,14 +313,16 @@ impl AuthStore {
         result
     }
 
-    /// By a verified client certificate: known enabled client (CN = identity), certificate
-    /// recorded for it, not revoked, within validity.
+    /// By a verified client certificate: known enabled client (CN = identity), this very
+    /// certificate (serial and SHA-256 fingerprint of the DER) recorded for it, not revoked,
+    /// within validity.
     pub fn authenticate_certificate(
         &self,
         cn: &str,
         serial_hex: &str,
+        fingerprint_sha256_hex: &str,
     ) -> Result<ClientRef, AuthError> {
-        self.authenticate_certificate_from(None, cn, serial_hex)
+        self.authenticate_certificate_from(None, cn, serial_hex, fingerprint_sha256_hex)
     }
 
     pub fn authenticate_certificate_from(
@@ -328,10 +330,14 @@ impl AuthStore {
         remote: Option<IpAddr>,
         cn: &str,
         serial_hex: &str,
+        fingerprint_sha256_hex: &str,
     ) -> Result<ClientRef, AuthError> {
-        let result = self
-            .snapshot()
-            .authenticate_certificate(cn, serial_hex, store::now_unix());
+        let result = self.snapshot().authenticate_certificate(
+            cn,
+            serial_hex,
+            Some(fingerprint_sha256_hex),
+            store::now_unix(),
+        );
         self.conclude("certificate", remote, Some(cn), &result);
         result
     }

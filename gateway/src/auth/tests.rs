@@ -57,6 +57,11 @@ fn creates_the_file_0600_in_a_0700_directory() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// SHA-256 fingerprints of the recorded test certificates (lowercase hex, as the DTLS
+/// listener computes them; records may be stored in either case).
+const FP_0ABC: &str = "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+const FP_01: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+
 #[test]
 fn authenticate_by_identity_secret_and_certificate() {
     let (_dir, path) = tmp();
@@ -66,7 +71,7 @@ fn authenticate_by_identity_secret_and_certificate() {
     db.record_certificate(&CertificateRecord {
         serial_hex: "0A:BC".into(),
         client_id: s1.id.clone(),
-        fingerprint_sha256_hex: "ff".repeat(32),
+        fingerprint_sha256_hex: FP_0ABC.to_ascii_uppercase(),
         not_before: now - 10,
         not_after: now + 3600,
         revoked_at: None,
@@ -75,7 +80,7 @@ fn authenticate_by_identity_secret_and_certificate() {
     db.record_certificate(&CertificateRecord {
         serial_hex: "01".into(),
         client_id: s1.id.clone(),
-        fingerprint_sha256_hex: "ee".repeat(32),
+        fingerprint_sha256_hex: FP_01.into(),
         not_before: now - 7200,
         not_after: now - 3600,
         revoked_at: None,
@@ -100,17 +105,28 @@ fn authenticate_by_identity_secret_and_certificate() {
         store.authenticate_secret(b"not-the-secret-at-all"),
         Err(AuthError::BadSecret)
     ));
-    assert_eq!(store.authenticate_certificate("s1", "0abc").unwrap(), me);
+    assert_eq!(
+        store
+            .authenticate_certificate("s1", "0abc", FP_0ABC)
+            .unwrap(),
+        me
+    );
     assert!(matches!(
-        store.authenticate_certificate("s1", "01"),
+        store.authenticate_certificate("s1", "01", FP_01),
         Err(AuthError::CertExpired)
     ));
     assert!(matches!(
-        store.authenticate_certificate("s1", "02"),
+        store.authenticate_certificate("s1", "02", FP_0ABC),
         Err(AuthError::CertUnknown)
     ));
     assert!(matches!(
-        store.authenticate_certificate("other", "0abc"),
+        store.authenticate_certificate("other", "0abc", FP_0ABC),
+        Err(AuthError::CertUnknown)
+    ));
+    // The recorded serial on a certificate that is not the recorded one (another CA in the
+    // bundle, same serial): refused.
+    assert!(matches!(
+        store.authenticate_certificate("s1", "0abc", &"ab".repeat(32)),
         Err(AuthError::CertUnknown)
     ));
     assert_eq!(
@@ -214,7 +230,7 @@ fn a_revocation_by_another_process_is_broadcast_and_refused() {
     })
     .unwrap();
     assert!(eventually(Duration::from_secs(1), || daemon
-        .authenticate_certificate("s1", "beef")
+        .authenticate_certificate("s1", "beef", &"aa".repeat(32))
         .is_ok()));
     let mut revocations = daemon.revocations();
     let revoked = cli.revoke_certificate("s1").unwrap();
@@ -235,7 +251,7 @@ fn a_revocation_by_another_process_is_broadcast_and_refused() {
     assert_eq!(event.serial_hex, "beef");
     assert!(event.revoked_at.is_some());
     assert!(matches!(
-        daemon.authenticate_certificate("s1", "beef"),
+        daemon.authenticate_certificate("s1", "beef", &"aa".repeat(32)),
         Err(AuthError::CertRevoked { serial }) if serial == "beef"
     ));
     // Revoking again finds nothing new; the list still shows it.

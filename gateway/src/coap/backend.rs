@@ -197,9 +197,14 @@ impl Backend for StoreBackend {
         })
     }
 
-    fn certificate_principal(&self, cn: &str, serial_hex: &str) -> Result<Principal, Failure> {
+    fn certificate_principal(
+        &self,
+        cn: &str,
+        serial_hex: &str,
+        fingerprint_sha256_hex: &str,
+    ) -> Result<Principal, Failure> {
         self.auth
-            .authenticate_certificate(cn, serial_hex)
+            .authenticate_certificate(cn, serial_hex, fingerprint_sha256_hex)
             .map(|c| Principal {
                 client_id: c.id,
                 identity: c.identity,
@@ -216,6 +221,8 @@ impl Backend for StoreBackend {
                 .authenticate_certificate(
                     &principal.identity,
                     serial,
+                    // Compared at the handshake; this re-check is for revocation and expiry.
+                    None,
                     crate::auth::store::now_unix(),
                 )
                 .is_ok(),

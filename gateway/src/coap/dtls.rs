@@ -889,8 +889,10 @@ fn verify_certificate(
     })?;
     let (cn, serial) = subject_cn_and_serial(der).ok_or(ALERT_BAD_CERTIFICATE)?;
     // Unknown CN, unrecorded or revoked certificate, disabled client: one answer for all.
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    let fingerprint: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     backend
-        .certificate_principal(&cn, &serial)
+        .certificate_principal(&cn, &serial, &fingerprint)
         .map_err(|_| ALERT_BAD_CERTIFICATE)
 }
 

@@ -83,7 +83,12 @@ pub trait Backend: Send + Sync + 'static {
     fn psk_principal(&self, identity: &str) -> Option<Principal>;
     /// DTLS certificate: the principal for a chain-verified certificate's CN and serial
     /// (known enabled client, not revoked).
-    fn certificate_principal(&self, cn: &str, serial_hex: &str) -> Result<Principal, Failure>;
+    fn certificate_principal(
+        &self,
+        cn: &str,
+        serial_hex: &str,
+        fingerprint_sha256_hex: &str,
+    ) -> Result<Principal, Failure>;
     /// Whether a live session's principal is still acceptable (client enabled, certificate
     /// not revoked). Checked periodically for every session; must be cheap (cached).
     fn still_valid(&self, principal: &Principal) -> bool {

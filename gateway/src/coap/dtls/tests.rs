@@ -70,7 +70,7 @@ impl Backend for Fake {
             serial: None,
         })
     }
-    fn certificate_principal(&self, _: &str, _: &str) -> Result<Principal, Failure> {
+    fn certificate_principal(&self, _: &str, _: &str, _: &str) -> Result<Principal, Failure> {
         Err(Failure::Unauthenticated)
     }
     fn still_valid(&self, _: &Principal) -> bool {
