@@ -277,31 +277,8 @@ mod tests {
         use axum::routing::post;
         use tower::ServiceExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::load_from(
-            &crate::config::Source::None,
-            crate::config::Profile::Production,
-            Vec::<(std::ffi::OsString, std::ffi::OsString)>::new(),
-        )
-        .unwrap();
-        let auth_db = dir.path().join("auth.db");
-        let auth = crate::auth::AuthStore::open(&auth_db, &config.auth).unwrap();
-        let (outbox, _worker) =
-            crate::outbox::Outbox::open(&dir.path().join("outbox.db"), &config.outbox).unwrap();
-        let state = Arc::new(AppState {
-            auth,
-            outbox,
-            auth_db: auth_db.clone(),
-            tokens: super::super::tokens::Tokens::new(
-                &[1; 32],
-                std::time::Duration::from_secs(60),
-                std::time::Duration::from_secs(60),
-            ),
-            pats: super::super::pats::PatStore::open(dir.path()).unwrap(),
-            config,
-            metrics: super::super::HttpMetrics::default(),
-            adapters: crate::metrics::Metrics::new(),
-            status: None,
-        });
+        let (state, _worker) = super::super::test_state(dir.path());
+        let auth_db = state.auth_db.clone();
         // A handler that never answers, as one stuck behind a slow disk.
         let app: axum::Router = axum::Router::new()
             .route(

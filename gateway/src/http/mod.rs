@@ -329,3 +329,35 @@ where
         }
     }
 }
+
+/// Handler state on fresh SQLite files in `dir`, for the unit tests of the router and its
+/// layers. Keep the worker alive as long as the state.
+#[cfg(test)]
+pub(crate) fn test_state(dir: &std::path::Path) -> (Arc<AppState>, crate::outbox::OutboxWorker) {
+    let config = crate::config::load_from(
+        &crate::config::Source::None,
+        crate::config::Profile::Production,
+        Vec::<(std::ffi::OsString, std::ffi::OsString)>::new(),
+    )
+    .unwrap();
+    let auth_db = dir.join("auth.db");
+    let auth = crate::auth::AuthStore::open(&auth_db, &config.auth).unwrap();
+    let (outbox, worker) =
+        crate::outbox::Outbox::open(&dir.join("outbox.db"), &config.outbox).unwrap();
+    let state = Arc::new(AppState {
+        auth,
+        outbox,
+        auth_db,
+        tokens: tokens::Tokens::new(
+            &[1; 32],
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(60),
+        ),
+        pats: pats::PatStore::open(dir).unwrap(),
+        config,
+        metrics: HttpMetrics::default(),
+        status: None,
+        adapters: crate::metrics::Metrics::new(),
+    });
+    (state, worker)
+}

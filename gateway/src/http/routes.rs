@@ -1270,13 +1270,12 @@ pub const ROUTES: &[(&str, &str)] = &[
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-    use std::ffi::OsString;
 
     use axum::body::Body;
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::config::{Profile, Source};
+    use crate::http::test_state;
 
     const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
 
@@ -1330,31 +1329,7 @@ mod tests {
     #[tokio::test]
     async fn router_serves_every_listed_route_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::load_from(
-            &Source::None,
-            Profile::Production,
-            Vec::<(OsString, OsString)>::new(),
-        )
-        .unwrap();
-        let auth_db = dir.path().join("auth.db");
-        let auth = crate::auth::AuthStore::open(&auth_db, &config.auth).unwrap();
-        let (outbox, _worker) =
-            crate::outbox::Outbox::open(&dir.path().join("outbox.db"), &config.outbox).unwrap();
-        let state = Arc::new(AppState {
-            auth,
-            outbox,
-            auth_db,
-            tokens: super::super::tokens::Tokens::new(
-                &[1; 32],
-                std::time::Duration::from_secs(60),
-                std::time::Duration::from_secs(60),
-            ),
-            pats: super::super::pats::PatStore::open(dir.path()).unwrap(),
-            config,
-            metrics: HttpMetrics::default(),
-            status: None,
-            adapters: crate::metrics::Metrics::new(),
-        });
+        let (state, _worker) = test_state(dir.path());
         let app = router(state);
         let call = |method: &str, path: &str| {
             let app = app.clone();
