@@ -2,6 +2,8 @@
 //! directory with a clean environment, watch its log, signal it, and never leave it running.
 
 pub mod api;
+pub mod devpki;
+pub mod downlink;
 pub mod mosquitto;
 pub mod pki;
 pub mod sensor;
@@ -191,4 +193,41 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released; the daemon binds it right after).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free udp port")
+        .port()
+}
+
+/// Runs `cmd` to completion, asserts it succeeded (showing its stderr if not) and returns its
+/// stdout.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run edgegw");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `edgegw --dev <args>` in `dir`: must succeed; its stdout.
+pub fn dev_cli(dir: &Path, args: &[&str]) -> String {
+    stdout_of(edgegw(dir).arg("--dev").args(args))
+}
+
+/// `edgegw --json <args>` in `dir` with the environment `vars`: must succeed; its stdout as
+/// JSON (`Null` when it prints none).
+pub fn json_cli(dir: &Path, vars: &[(String, String)], args: &[&str]) -> serde_json::Value {
+    let out = stdout_of(
+        edgegw(dir)
+            .arg("--json")
+            .args(args)
+            .envs(vars.iter().cloned()),
+    );
+    serde_json::from_str(&out).unwrap_or(serde_json::Value::Null)
 }

@@ -6,22 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
-use std::net::UdpSocket;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serialport::{SerialPort as _, TTYPort};
-use system_tests::{Daemon, edgegw};
+use system_tests::{Daemon, edgegw, free_udp_port};
 
 const WAIT: Duration = Duration::from_secs(20);
 const IDLE: &str = "4s";
-
-fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind port 0");
-    s.local_addr().expect("local addr").port()
-}
 
 /// The sensor's end of a pty pair; the daemon opens the slave through `link`.
 struct Sensor {
