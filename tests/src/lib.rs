@@ -6,6 +6,7 @@ pub mod devpki;
 pub mod downlink;
 pub mod mosquitto;
 pub mod pki;
+pub mod pty;
 pub mod sensor;
 pub mod uplink;
 

@@ -5,66 +5,14 @@
 //! session: the gauge shows it, and goes back to 0 after idle eviction.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serialport::{SerialPort as _, TTYPort};
+use system_tests::pty::{Sensor, WAIT};
 use system_tests::{Daemon, edgegw, free_udp_port};
 
-const WAIT: Duration = Duration::from_secs(20);
 const IDLE: &str = "4s";
-
-/// The sensor's end of a pty pair; the daemon opens the slave through `link`.
-struct Sensor {
-    master: TTYPort,
-    buf: Vec<u8>,
-}
-
-impl Sensor {
-    fn plug_in(link: &Path) -> Self {
-        let (master, slave) = TTYPort::pair().expect("cannot open a pty pair");
-        // SAFETY: fcntl on an fd this process owns; no memory is involved.
-        let rc = unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-        assert_eq!(rc, 0, "cannot set FD_CLOEXEC on the pty master");
-        let name = slave.name().expect("pty slave has a name");
-        drop(slave);
-        let mut master = master;
-        master
-            .set_timeout(Duration::from_millis(100))
-            .expect("pty timeout");
-        std::os::unix::fs::symlink(&name, link).expect("symlink");
-        Self {
-            master,
-            buf: Vec::new(),
-        }
-    }
-
-    fn ask(&mut self, line: &str) -> String {
-        self.master
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("write to pty");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                return String::from_utf8_lossy(&line[..pos]).into_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no serial answer within {WAIT:?}"
-            );
-            let mut chunk = [0u8; 256];
-            match self.master.read(&mut chunk) {
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(e) => panic!("pty read failed: {e}"),
-            }
-        }
-    }
-}
 
 struct Gateway {
     _tmp: tempfile::TempDir,
