@@ -62,11 +62,7 @@ impl Api {
     /// Like [`Api::from_log`], with `scheme` (`http` or `https`).
     pub fn new(daemon: &mut Daemon, scheme: &str) -> Self {
         let line = daemon.wait_for_log("HTTP API listening", Duration::from_secs(20));
-        let port = line
-            .split("addr=127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("port in log line");
+        let port = crate::http_port(&line);
         Self {
             base: format!("{scheme}://localhost:{port}"),
             cacert: None,

@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use gateway::auth::CertificateRecord;
+use gateway::auth::{AuthStore, CertificateRecord};
+use gateway::config::AuthConfig;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SerialNumber, date_time_ymd,
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, SerialNumber, date_time_ymd,
 };
 
 /// A CA: its parameters and key (to sign with) and its certificate as PEM.
@@ -43,6 +44,25 @@ impl Ca {
     }
 }
 
+/// `params` with `key`, signed by `issuer` or self-signed.
+fn sign(params: &CertificateParams, key: &KeyPair, issuer: Option<&Ca>) -> Certificate {
+    match issuer {
+        Some(ca) => params
+            .signed_by(key, &Issuer::from_params(&ca.params, &ca.key))
+            .expect("sign"),
+        None => params.self_signed(key).expect("self-sign"),
+    }
+}
+
+/// The auth store of a `--dev` daemon working in `root`, to record device certificates in.
+pub fn dev_auth_store(root: &Path) -> AuthStore {
+    AuthStore::open(
+        &root.join(".edgegw-dev/state/auth.db"),
+        &AuthConfig::default(),
+    )
+    .expect("open auth store")
+}
+
 /// A CA named `name`, valid from 1 January `years.0` to 1 January `years.1`, self-signed or
 /// signed by `issuer`.
 pub fn make_ca(name: &str, years: (i32, i32), issuer: Option<&Ca>) -> Ca {
@@ -52,12 +72,7 @@ pub fn make_ca(name: &str, years: (i32, i32), issuer: Option<&Ca>) -> Ca {
     params.not_before = date_time_ymd(years.0, 1, 1);
     params.not_after = date_time_ymd(years.1, 1, 1);
     let key = KeyPair::generate().expect("key");
-    let cert = match issuer {
-        Some(ca) => params
-            .signed_by(&key, &Issuer::from_params(&ca.params, &ca.key))
-            .expect("sign ca"),
-        None => params.self_signed(&key).expect("self-sign ca"),
-    };
+    let cert = sign(&params, &key, issuer);
     Ca {
         pem: cert.pem(),
         params,
@@ -91,12 +106,7 @@ pub fn make_device(
     params.not_before = date_time_ymd(years.0, 1, 1);
     params.not_after = date_time_ymd(years.1, 1, 1);
     let key = KeyPair::generate().expect("key");
-    let cert = match issuer {
-        Some(ca) => params
-            .signed_by(&key, &Issuer::from_params(&ca.params, &ca.key))
-            .expect("sign device"),
-        None => params.self_signed(&key).expect("self-sign device"),
-    };
+    let cert = sign(&params, &key, issuer);
     let cert_path = dir.join(format!("{file}.crt"));
     let key_path = dir.join(format!("{file}.key"));
     std::fs::write(&cert_path, cert.pem()).expect("write cert");

@@ -232,3 +232,21 @@ pub fn json_cli(dir: &Path, vars: &[(String, String)], args: &[&str]) -> serde_j
     );
     serde_json::from_str(&out).unwrap_or(serde_json::Value::Null)
 }
+
+/// The demo sensor's secret from the daemon's `demo sensor provisioned … secret `…`` line.
+pub fn demo_secret(line: &str) -> String {
+    line.split("secret `")
+        .nth(1)
+        .and_then(|s| s.split('`').next())
+        .expect("secret in the demo line")
+        .to_owned()
+}
+
+/// The port from the daemon's `HTTP API listening addr=127.0.0.1:<port>` line.
+pub fn http_port(line: &str) -> String {
+    line.split("addr=127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("port in log line")
+        .to_owned()
+}

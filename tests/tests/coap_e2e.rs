@@ -6,9 +6,8 @@ use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gateway::auth::{AuthStore, CertificateRecord};
-use gateway::config::AuthConfig;
-use system_tests::devpki::{Device, make_ca, make_device};
+use gateway::auth::CertificateRecord;
+use system_tests::devpki::{Device, dev_auth_store, make_ca, make_device};
 use system_tests::{Daemon, dev_cli, edgegw, free_udp_port};
 
 const CLIENTS: [&str; 2] = ["coap-client-openssl", "coap-client-gnutls"];
@@ -218,11 +217,7 @@ fn start_with(extra_env: &[(&str, &str)]) -> Gateway {
         ),
     ];
     {
-        let store = AuthStore::open(
-            &root.join(".edgegw-dev/state/auth.db"),
-            &AuthConfig::default(),
-        )
-        .expect("open auth store");
+        let store = dev_auth_store(root);
         for (name, dev) in &devices {
             // Every certificate is recorded (except the unknown CN's, and the twin whose serial is
             // the good one's), so a refusal proves the chain / validity / fingerprint check.
@@ -651,11 +646,7 @@ fn revoking_a_certificate_or_disabling_a_client_ends_live_sessions() {
     gw.daemon
         .wait_for_log("mode=Certificate", Duration::from_secs(15));
     {
-        let store = AuthStore::open(
-            &gw.dir.path().join(".edgegw-dev/state/auth.db"),
-            &AuthConfig::default(),
-        )
-        .expect("open auth store");
+        let store = dev_auth_store(gw.dir.path());
         store.revoke_certificate(&serial).expect("revoke");
     }
     gw.daemon

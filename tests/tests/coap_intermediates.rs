@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use gateway::auth::{AuthStore, CertificateRecord};
-use gateway::config::AuthConfig;
-use system_tests::devpki::{Device, make_ca, make_device};
+use gateway::auth::CertificateRecord;
+use system_tests::devpki::{Device, dev_auth_store, make_ca, make_device};
 use system_tests::{Daemon, dev_cli, edgegw, free_udp_port};
 
 const CLIENTS: [&str; 2] = ["coap-client-openssl", "coap-client-gnutls"];
@@ -66,11 +65,7 @@ impl Setup {
             (2020, 2099),
             Some(&expired),
         );
-        let store = AuthStore::open(
-            &root.join(".edgegw-dev/state/auth.db"),
-            &AuthConfig::default(),
-        )
-        .expect("open auth store");
+        let store = dev_auth_store(root);
         for dev in [&good, &under_expired] {
             // Recorded, so a refusal proves the chain check, not a missing record.
             let rec = CertificateRecord {

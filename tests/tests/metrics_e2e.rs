@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use system_tests::pty::{Sensor, WAIT};
-use system_tests::{Daemon, edgegw, free_udp_port};
+use system_tests::{Daemon, demo_secret, edgegw, free_udp_port, http_port};
 
 const IDLE: &str = "4s";
 
@@ -56,20 +56,8 @@ impl Gateway {
             .env("EDGEGW_HTTP_MAX_BODY", "1KiB")
             .env("EDGEGW_AUTH_FAILURE_BURST", "100000");
         let mut daemon = Daemon::start(cmd);
-        let demo = daemon.wait_for_log("demo sensor provisioned", WAIT);
-        let secret = demo
-            .split("secret `")
-            .nth(1)
-            .and_then(|s| s.split('`').next())
-            .expect("secret in the demo line")
-            .to_owned();
-        let line = daemon.wait_for_log("HTTP API listening", WAIT);
-        let port = line
-            .split("addr=127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("port in log line")
-            .to_owned();
+        let secret = demo_secret(&daemon.wait_for_log("demo sensor provisioned", WAIT));
+        let port = http_port(&daemon.wait_for_log("HTTP API listening", WAIT));
         daemon.wait_for_log("coaps listening", WAIT);
         daemon.wait_for_log("coap listening", WAIT);
         daemon.wait_for_log("serial port open", WAIT);

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use system_tests::pty::{FORK_LOCK, Sensor, WAIT};
-use system_tests::{Daemon, edgegw};
+use system_tests::{Daemon, demo_secret, edgegw};
 
 fn checksum(body: &str) -> String {
     format!("{body}*{:02X}", body.bytes().fold(0u8, |a, b| a ^ b))
@@ -46,13 +46,7 @@ fn start() -> (Gateway, Sensor) {
     let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let mut daemon = Daemon::start(cmd);
     drop(guard);
-    let demo = daemon.wait_for_log("demo sensor provisioned", WAIT);
-    let secret = demo
-        .split("secret `")
-        .nth(1)
-        .and_then(|s| s.split('`').next())
-        .expect("secret in the demo line")
-        .to_owned();
+    let secret = demo_secret(&daemon.wait_for_log("demo sensor provisioned", WAIT));
     daemon.wait_for_log("serial port open", WAIT);
     (
         Gateway {
