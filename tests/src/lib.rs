@@ -250,3 +250,21 @@ pub fn http_port(line: &str) -> String {
         .expect("port in log line")
         .to_owned()
 }
+
+/// Runs a libcoap client (`coap-client-openssl`, `coap-client-gnutls`) with `-B 10` under a
+/// 30 s `timeout`; returns stdout + stderr. The client's exit status says nothing (libcoap 4.3
+/// exits 0 on error responses), so callers look at the output.
+pub fn coap_client(client: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(client)
+        .args(["-B", "10"])
+        .args(args)
+        .output()
+        .expect("run libcoap client");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use gateway::auth::CertificateRecord;
 use system_tests::devpki::{Device, dev_auth_store, make_ca, make_device};
-use system_tests::{Daemon, dev_cli, edgegw, free_udp_port};
+use system_tests::{Daemon, coap_client, dev_cli, edgegw, free_udp_port};
 
 const CLIENTS: [&str; 2] = ["coap-client-openssl", "coap-client-gnutls"];
 
@@ -64,23 +64,6 @@ impl Gateway {
     fn is_stored(&self, payload: &str) -> bool {
         self.stored().iter().any(|p| p == payload)
     }
-}
-
-/// Runs a libcoap client; returns stdout + stderr. The client's exit status says nothing
-/// (libcoap 4.3 exits 0 on error responses), so callers look at the output and the outbox.
-fn coap_client(client: &str, args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .arg("30")
-        .arg(client)
-        .args(["-B", "10"])
-        .args(args)
-        .output()
-        .expect("run libcoap client");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn start() -> Gateway {

@@ -4,13 +4,12 @@
 //! `coap-client-gnutls` against the real `edgegw run --dev`; a publish counts as accepted only
 //! if it is in `outbox.db`.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gateway::auth::CertificateRecord;
 use system_tests::devpki::{Device, dev_auth_store, make_ca, make_device};
-use system_tests::{Daemon, dev_cli, edgegw, free_udp_port};
+use system_tests::{Daemon, coap_client, dev_cli, edgegw, free_udp_port};
 
 const CLIENTS: [&str; 2] = ["coap-client-openssl", "coap-client-gnutls"];
 
@@ -122,22 +121,18 @@ impl Setup {
 
     /// Publishes `payload` with `dev`'s certificate; returns the client's output.
     fn publish(&self, client: &str, port: u16, dev: &Device, payload: &str) -> String {
-        let out = Command::new("timeout")
-            .arg("30")
-            .arg(client)
-            .args(["-B", "10", "-m", "post", "-e", payload, "-c"])
-            .arg(&dev.cert)
-            .arg("-j")
-            .arg(&dev.key)
-            .arg("-C")
-            .arg(self.pki.join("root.crt"))
-            .arg(format!("coaps://127.0.0.1:{port}/m/dom/c/chan-a"))
-            .output()
-            .expect("run libcoap client");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let utf8 = |p: &Path| p.to_str().expect("test paths are UTF-8").to_owned();
+        let (cert, key, root) = (
+            utf8(&dev.cert),
+            utf8(&dev.key),
+            utf8(&self.pki.join("root.crt")),
+        );
+        let url = format!("coaps://127.0.0.1:{port}/m/dom/c/chan-a");
+        coap_client(
+            client,
+            &[
+                "-m", "post", "-e", payload, "-c", &cert, "-j", &key, "-C", &root, &url,
+            ],
         )
     }
 }

@@ -169,16 +169,7 @@ impl Gateway {
 
 /// A libcoap client run to completion; returns its output (its exit status says nothing).
 fn coap_client(args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .args(["30", "coap-client-openssl", "-B", "10"])
-        .args(args)
-        .output()
-        .expect("run coap-client-openssl");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    system_tests::coap_client("coap-client-openssl", args)
 }
 
 /// Ends a child this test started, by its own handle.
