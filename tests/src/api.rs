@@ -1,6 +1,7 @@
 //! The management API through curl (a real HTTP client; proxies disabled), for end-to-end tests
 //! of a running `edgegw run --dev`.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
 #[derive(Debug)]
 pub struct Api {
     pub base: String,
+    /// CA bundle curl verifies an HTTPS server with (`--cacert`).
+    pub cacert: Option<PathBuf>,
 }
 
 /// Status and JSON body (`Null` when the body is not JSON).
@@ -32,17 +35,37 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// Runs a curl command made by [`Api::curl`] and parses its reply.
+pub fn run(mut cmd: Command) -> Reply {
+    let out = cmd.output().expect("run curl");
+    let all = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (text, code) = all.rsplit_once('\n').unwrap_or(("", &all));
+    let status = code.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "curl failed: {all} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Reply {
+        status,
+        body: serde_json::from_str(text).unwrap_or(Value::Null),
+        text: text.to_owned(),
+    }
+}
+
 impl Api {
     /// Waits for the daemon's "HTTP API listening" line and takes the port from it.
     pub fn from_log(daemon: &mut Daemon) -> Self {
+        Self::new(daemon, "http")
+    }
+
+    /// Like [`Api::from_log`], with `scheme` (`http` or `https`).
+    pub fn new(daemon: &mut Daemon, scheme: &str) -> Self {
         let line = daemon.wait_for_log("HTTP API listening", Duration::from_secs(20));
-        let port = line
-            .split("addr=127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("port in log line");
+        let port = crate::http_port(&line);
         Self {
-            base: format!("http://localhost:{port}"),
+            base: format!("{scheme}://localhost:{port}"),
+            cacert: None,
         }
     }
 
@@ -54,6 +77,17 @@ impl Api {
         auth: Option<&str>,
         body: Option<&Value>,
     ) -> Reply {
+        let mut cmd = self.curl(method, path, auth);
+        if let Some(b) = body {
+            cmd.args(["-H", "content-type: application/json", "--data-binary"])
+                .arg(b.to_string());
+        }
+        run(cmd)
+    }
+
+    /// A curl command for `method` on `path` (proxies off; prints the status code on a last
+    /// line), for a test to add its own arguments to; run it with [`run`].
+    pub fn curl(&self, method: &str, path: &str, auth: Option<&str>) -> Command {
         let mut cmd = Command::new("curl");
         cmd.args([
             "-sS",
@@ -74,28 +108,14 @@ impl Api {
         ] {
             cmd.env_remove(var);
         }
+        if let Some(ca) = &self.cacert {
+            cmd.arg("--cacert").arg(ca);
+        }
         if let Some(a) = auth {
             cmd.arg("-H").arg(format!("authorization: {a}"));
         }
-        if let Some(b) = body {
-            cmd.args(["-H", "content-type: application/json", "--data-binary"])
-                .arg(b.to_string());
-        }
         cmd.arg(format!("{}{path}", self.base));
-        let out = cmd.output().expect("run curl");
-        let all = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (text, code) = all.rsplit_once('\n').unwrap_or(("", &all));
-        let status = code.trim().parse().unwrap_or_else(|_| {
-            panic!(
-                "curl failed: {all} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        Reply {
-            status,
-            body: serde_json::from_str(text).unwrap_or(Value::Null),
-            text: text.to_owned(),
-        }
+        cmd
     }
 
     /// Issues a token pair with the administrator's credentials: (access, refresh).

@@ -2,8 +2,11 @@
 //! directory with a clean environment, watch its log, signal it, and never leave it running.
 
 pub mod api;
+pub mod devpki;
+pub mod downlink;
 pub mod mosquitto;
 pub mod pki;
+pub mod pty;
 pub mod sensor;
 pub mod uplink;
 
@@ -191,4 +194,77 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released; the daemon binds it right after).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free udp port")
+        .port()
+}
+
+/// Runs `cmd` to completion, asserts it succeeded (showing its stderr if not) and returns its
+/// stdout.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run edgegw");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `edgegw --dev <args>` in `dir`: must succeed; its stdout.
+pub fn dev_cli(dir: &Path, args: &[&str]) -> String {
+    stdout_of(edgegw(dir).arg("--dev").args(args))
+}
+
+/// `edgegw --json <args>` in `dir` with the environment `vars`: must succeed; its stdout as
+/// JSON (`Null` when it prints none).
+pub fn json_cli(dir: &Path, vars: &[(String, String)], args: &[&str]) -> serde_json::Value {
+    let out = stdout_of(
+        edgegw(dir)
+            .arg("--json")
+            .args(args)
+            .envs(vars.iter().cloned()),
+    );
+    serde_json::from_str(&out).unwrap_or(serde_json::Value::Null)
+}
+
+/// The demo sensor's secret from the daemon's `demo sensor provisioned … secret `…`` line.
+pub fn demo_secret(line: &str) -> String {
+    line.split("secret `")
+        .nth(1)
+        .and_then(|s| s.split('`').next())
+        .expect("secret in the demo line")
+        .to_owned()
+}
+
+/// The port from the daemon's `HTTP API listening addr=127.0.0.1:<port>` line.
+pub fn http_port(line: &str) -> String {
+    line.split("addr=127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("port in log line")
+        .to_owned()
+}
+
+/// Runs a libcoap client (`coap-client-openssl`, `coap-client-gnutls`) with `-B 10` under a
+/// 30 s `timeout`; returns stdout + stderr. The client's exit status says nothing (libcoap 4.3
+/// exits 0 on error responses), so callers look at the output.
+pub fn coap_client(client: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(client)
+        .args(["-B", "10"])
+        .args(args)
+        .output()
+        .expect("run libcoap client");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -63,12 +63,7 @@ fn cli_provisions_while_the_daemon_runs_and_a_reader_holds_the_db() {
     let dir = dir.path();
     let mut daemon = start_dev(dir);
     let demo_line = daemon.wait_for_log("demo sensor provisioned", Duration::from_secs(1));
-    let demo_secret = demo_line
-        .split("secret `")
-        .nth(1)
-        .and_then(|s| s.split('`').next())
-        .expect("secret in the demo line")
-        .to_owned();
+    let demo_secret = system_tests::demo_secret(&demo_line);
     assert_eq!(demo_secret.len(), 43, "{demo_line}");
 
     // Another connection holds a read transaction open the whole time.

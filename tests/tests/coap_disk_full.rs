@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use system_tests::{Daemon, edgegw};
+use system_tests::{Daemon, edgegw, stdout_of};
 
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -41,18 +41,12 @@ impl Drop for Tmpfs {
 }
 
 fn cli(dir: &Path, state: &Path, args: &[&str]) -> String {
-    let out = edgegw(dir)
-        .arg("--dev")
-        .args(args)
-        .env("EDGEGW_GATEWAY_STATE_DIR", state)
-        .output()
-        .expect("run edgegw");
-    assert!(
-        out.status.success(),
-        "edgegw {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(
+        edgegw(dir)
+            .arg("--dev")
+            .args(args)
+            .env("EDGEGW_GATEWAY_STATE_DIR", state),
+    )
 }
 
 /// One CON POST over a real UDP socket; returns the response (code and options readable).

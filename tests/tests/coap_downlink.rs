@@ -6,46 +6,19 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use system_tests::mosquitto::{Mosquitto, free_port, publish};
-use system_tests::pki::Pki;
-use system_tests::uplink::env;
+use system_tests::downlink::Downlink;
+use system_tests::mosquitto::{free_port, publish};
 use system_tests::{Daemon, edgegw};
-
-fn cli(dir: &std::path::Path, vars: &[(String, String)], args: &[&str]) -> serde_json::Value {
-    let out = edgegw(dir)
-        .arg("--json")
-        .args(args)
-        .envs(vars.iter().cloned())
-        .output()
-        .expect("edgegw");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
 
 #[test]
 fn a_broker_command_reaches_an_observing_coap_sensor() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::new(&dir.path().join("pki"));
-    let broker = Mosquitto::start(&dir.path().join("broker"), &pki);
-    let vars = env(dir.path(), &broker, &pki);
-    let channel = cli(
-        dir.path(),
-        &vars,
-        &["channel", "add", "lamps", "--domain", "dom"],
-    );
-    let channel_id = channel["id"].as_str().expect("channel id").to_owned();
-    let client = cli(dir.path(), &vars, &["client", "add", "lamp-1"]);
-    let secret = client["secret"].as_str().expect("secret").to_owned();
-    cli(dir.path(), &vars, &["connect", "lamp-1", "lamps"]);
+    let setup = Downlink::new();
+    let (channel_id, secret) = (&setup.channel_id, &setup.secret);
 
     let port = free_port();
-    let mut cmd = edgegw(dir.path());
+    let mut cmd = edgegw(setup.path());
     cmd.arg("run")
-        .envs(vars.iter().cloned())
+        .envs(setup.vars.iter().cloned())
         .env("EDGEGW_COAP_BIND", format!("127.0.0.1:{port}"));
     let mut daemon = Daemon::start(cmd);
     daemon.wait_for_log("uplink connected", Duration::from_secs(30));
@@ -74,8 +47,8 @@ fn a_broker_command_reaches_an_observing_coap_sensor() {
     let mut got = None;
     while got.is_none() && Instant::now() < deadline {
         publish(
-            &broker,
-            &pki,
+            &setup.broker,
+            &setup.pki,
             &format!("m/dom/c/{channel_id}/cmd"),
             "lamp-on",
         );
@@ -95,7 +68,7 @@ fn a_broker_command_reaches_an_observing_coap_sensor() {
         daemon.log().join("\n")
     );
     // The delivery is counted for the adapter (metrics): `edgegw status --json`.
-    let status = cli(dir.path(), &vars, &["status"]);
+    let status = setup.cli(&["status"]);
     let delivered = status["adapters"]["coap"]["downlink_delivered"]
         .as_u64()
         .expect("adapters.coap.downlink_delivered");

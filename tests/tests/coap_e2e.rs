@@ -3,108 +3,18 @@
 //! got as 2.04 must be in `outbox.db` (read directly with SQLite); refused ones must not.
 
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gateway::auth::{AuthStore, CertificateRecord};
-use gateway::config::AuthConfig;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SerialNumber, date_time_ymd,
-};
-use system_tests::{Daemon, edgegw};
+use gateway::auth::CertificateRecord;
+use system_tests::devpki::{Device, dev_auth_store, make_ca, make_device};
+use system_tests::{Daemon, coap_client, dev_cli, edgegw, free_udp_port};
 
 const CLIENTS: [&str; 2] = ["coap-client-openssl", "coap-client-gnutls"];
-
-fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind port 0");
-    s.local_addr().expect("local addr").port()
-}
-
-fn cli(dir: &Path, args: &[&str]) -> String {
-    let out = edgegw(dir)
-        .arg("--dev")
-        .args(args)
-        .output()
-        .expect("run edgegw");
-    assert!(
-        out.status.success(),
-        "edgegw {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn json_field(json: &str, field: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(json).expect("json output");
     v[field].as_str().expect("string field").to_owned()
-}
-
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-}
-
-fn make_ca(dir: &Path, name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.not_before = date_time_ymd(2020, 1, 1);
-    params.not_after = date_time_ymd(2099, 1, 1);
-    let key = KeyPair::generate().expect("key");
-    let cert = params.self_signed(&key).expect("ca cert");
-    std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).expect("write ca");
-    Ca { params, key }
-}
-
-struct Device {
-    cert: PathBuf,
-    key: PathBuf,
-    record: CertificateRecord,
-}
-
-/// A device certificate with CN `cn`, serial `serial`, validity in whole years, signed by
-/// `issuer` (or self-signed).
-fn make_device(
-    dir: &Path,
-    file: &str,
-    cn: &str,
-    serial: u8,
-    years: (i32, i32),
-    issuer: Option<&Ca>,
-) -> Device {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.serial_number = Some(SerialNumber::from(vec![0x70, serial, 0x01]));
-    params.not_before = date_time_ymd(years.0, 1, 1);
-    params.not_after = date_time_ymd(years.1, 1, 1);
-    let key = KeyPair::generate().expect("key");
-    let cert = match issuer {
-        Some(ca) => params
-            .signed_by(&key, &Issuer::from_params(&ca.params, &ca.key))
-            .expect("sign"),
-        None => params.self_signed(&key).expect("self-sign"),
-    };
-    let cert_path = dir.join(format!("{file}.crt"));
-    let key_path = dir.join(format!("{file}.key"));
-    std::fs::write(&cert_path, cert.pem()).expect("write cert");
-    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-    Device {
-        cert: cert_path,
-        key: key_path,
-        record: CertificateRecord {
-            serial_hex: format!("70{serial:02x}01"),
-            client_id: String::new(),
-            fingerprint_sha256_hex: certs::inspect_der(cert.der())
-                .expect("inspect device certificate")
-                .fingerprint_sha256_hex,
-            not_before: params.not_before.unix_timestamp(),
-            not_after: params.not_after.unix_timestamp(),
-            revoked_at: None,
-        },
-    }
 }
 
 struct Gateway {
@@ -156,23 +66,6 @@ impl Gateway {
     }
 }
 
-/// Runs a libcoap client; returns stdout + stderr. The client's exit status says nothing
-/// (libcoap 4.3 exits 0 on error responses), so callers look at the output and the outbox.
-fn coap_client(client: &str, args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .arg("30")
-        .arg(client)
-        .args(["-B", "10"])
-        .args(args)
-        .output()
-        .expect("run libcoap client");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn start() -> Gateway {
     start_with(&[])
 }
@@ -186,74 +79,128 @@ fn start_with(extra_env: &[(&str, &str)]) -> Gateway {
     // Clients and channels, before the daemon starts (the CLI opens auth.db itself).
     let mut secrets = Vec::new();
     let mut ids = Vec::new();
-    cli(root, &["channel", "add", "chan-a"]);
+    dev_cli(root, &["channel", "add", "chan-a"]);
     for identity in ["sensor-a", "sensor-off", "sensor-nc", "sensor-rev"] {
-        let out = cli(root, &["--json", "client", "add", identity]);
+        let out = dev_cli(root, &["--json", "client", "add", identity]);
         secrets.push((identity.to_owned(), json_field(&out, "secret")));
         ids.push((identity, json_field(&out, "id")));
     }
     for identity in ["sensor-a", "sensor-off", "sensor-rev"] {
-        cli(root, &["connect", identity, "chan-a"]);
+        dev_cli(root, &["connect", identity, "chan-a"]);
     }
-    cli(root, &["client", "disable", "sensor-off"]);
+    dev_cli(root, &["client", "disable", "sensor-off"]);
 
     // PKI: device CA, another CA, DTLS server cert, device certificates.
-    let ca = make_ca(&pki, "device-ca");
-    let other = make_ca(&pki, "other-ca");
-    let mut server = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-    server.distinguished_name.push(DnType::CommonName, "edgegw");
-    let server_key = KeyPair::generate().expect("key");
-    let server_cert = server
-        .signed_by(&server_key, &Issuer::from_params(&ca.params, &ca.key))
-        .expect("server cert");
-    std::fs::write(pki.join("server.crt"), server_cert.pem()).expect("write");
-    std::fs::write(pki.join("server.key"), server_key.serialize_pem()).expect("write");
+    let ca = make_ca("device-ca", (2020, 2099), None);
+    ca.write(&pki, "device-ca");
+    let other = make_ca("other-ca", (2020, 2099), None);
+    other.write(&pki, "other-ca");
+    ca.write_server(&pki, "server", "localhost", "edgegw");
 
     let devices = vec![
         (
             "good",
-            make_device(&pki, "good", "sensor-a", 1, (2020, 2099), Some(&ca)),
+            make_device(
+                &pki,
+                "good",
+                "sensor-a",
+                [0x70, 1, 0x01],
+                (2020, 2099),
+                Some(&ca),
+            ),
         ),
         (
             "self",
-            make_device(&pki, "self", "sensor-a", 2, (2020, 2099), None),
+            make_device(
+                &pki,
+                "self",
+                "sensor-a",
+                [0x70, 2, 0x01],
+                (2020, 2099),
+                None,
+            ),
         ),
         (
             "other",
-            make_device(&pki, "other", "sensor-a", 3, (2020, 2099), Some(&other)),
+            make_device(
+                &pki,
+                "other",
+                "sensor-a",
+                [0x70, 3, 0x01],
+                (2020, 2099),
+                Some(&other),
+            ),
         ),
         (
             "expired",
-            make_device(&pki, "expired", "sensor-a", 4, (2020, 2021), Some(&ca)),
+            make_device(
+                &pki,
+                "expired",
+                "sensor-a",
+                [0x70, 4, 0x01],
+                (2020, 2021),
+                Some(&ca),
+            ),
         ),
         (
             "notyet",
-            make_device(&pki, "notyet", "sensor-a", 5, (2098, 2099), Some(&ca)),
+            make_device(
+                &pki,
+                "notyet",
+                "sensor-a",
+                [0x70, 5, 0x01],
+                (2098, 2099),
+                Some(&ca),
+            ),
         ),
         (
             "unknown",
-            make_device(&pki, "unknown", "nobody", 6, (2020, 2099), Some(&ca)),
+            make_device(
+                &pki,
+                "unknown",
+                "nobody",
+                [0x70, 6, 0x01],
+                (2020, 2099),
+                Some(&ca),
+            ),
         ),
         (
             "revoked",
-            make_device(&pki, "revoked", "sensor-rev", 7, (2020, 2099), Some(&ca)),
+            make_device(
+                &pki,
+                "revoked",
+                "sensor-rev",
+                [0x70, 7, 0x01],
+                (2020, 2099),
+                Some(&ca),
+            ),
         ),
         (
             "disabled",
-            make_device(&pki, "disabled", "sensor-off", 8, (2020, 2099), Some(&ca)),
+            make_device(
+                &pki,
+                "disabled",
+                "sensor-off",
+                [0x70, 8, 0x01],
+                (2020, 2099),
+                Some(&ca),
+            ),
         ),
         // Same CA, CN and serial as "good", another key: not the recorded certificate.
         (
             "twin",
-            make_device(&pki, "twin", "sensor-a", 1, (2020, 2099), Some(&ca)),
+            make_device(
+                &pki,
+                "twin",
+                "sensor-a",
+                [0x70, 1, 0x01],
+                (2020, 2099),
+                Some(&ca),
+            ),
         ),
     ];
     {
-        let store = AuthStore::open(
-            &root.join(".edgegw-dev/state/auth.db"),
-            &AuthConfig::default(),
-        )
-        .expect("open auth store");
+        let store = dev_auth_store(root);
         for (name, dev) in &devices {
             // Every certificate is recorded (except the unknown CN's, and the twin whose serial is
             // the good one's), so a refusal proves the chain / validity / fingerprint check.
@@ -682,11 +629,7 @@ fn revoking_a_certificate_or_disabling_a_client_ends_live_sessions() {
     gw.daemon
         .wait_for_log("mode=Certificate", Duration::from_secs(15));
     {
-        let store = AuthStore::open(
-            &gw.dir.path().join(".edgegw-dev/state/auth.db"),
-            &AuthConfig::default(),
-        )
-        .expect("open auth store");
+        let store = dev_auth_store(gw.dir.path());
         store.revoke_certificate(&serial).expect("revoke");
     }
     gw.daemon
@@ -699,7 +642,7 @@ fn revoking_a_certificate_or_disabling_a_client_ends_live_sessions() {
     let mut observer = observe_over_dtls(&gw, &["-u", "sensor-a", "-k", &secret]);
     gw.daemon.wait_for_log("mode=Psk", Duration::from_secs(15));
     let before = session_ends(&mut gw.daemon);
-    cli(gw.dir.path(), &["client", "disable", "sensor-a"]);
+    dev_cli(gw.dir.path(), &["client", "disable", "sensor-a"]);
     wait_for_another_session_end(&mut gw.daemon, before, "a disabled client");
     let _ = observer.kill();
     let _ = observer.wait();
@@ -710,7 +653,7 @@ fn revoking_a_certificate_or_disabling_a_client_ends_live_sessions() {
     gw.daemon
         .wait_for_log("client=sensor-rev mode=Psk", Duration::from_secs(15));
     let before = session_ends(&mut gw.daemon);
-    cli(gw.dir.path(), &["client", "rotate-secret", "sensor-rev"]);
+    dev_cli(gw.dir.path(), &["client", "rotate-secret", "sensor-rev"]);
     wait_for_another_session_end(&mut gw.daemon, before, "a rotated secret");
     let _ = observer.kill();
     let _ = observer.wait();

@@ -4,105 +4,14 @@
 //! `coap-client-gnutls` against the real `edgegw run --dev`; a publish counts as accepted only
 //! if it is in `outbox.db`.
 
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use gateway::auth::{AuthStore, CertificateRecord};
-use gateway::config::AuthConfig;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SerialNumber, date_time_ymd,
-};
-use system_tests::{Daemon, edgegw};
+use gateway::auth::CertificateRecord;
+use system_tests::devpki::{Device, dev_auth_store, make_ca, make_device};
+use system_tests::{Daemon, coap_client, dev_cli, edgegw, free_udp_port};
 
 const CLIENTS: [&str; 2] = ["coap-client-openssl", "coap-client-gnutls"];
-
-fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind port 0");
-    s.local_addr().expect("local addr").port()
-}
-
-fn cli(dir: &Path, args: &[&str]) -> String {
-    let out = edgegw(dir)
-        .arg("--dev")
-        .args(args)
-        .output()
-        .expect("run edgegw");
-    assert!(
-        out.status.success(),
-        "edgegw {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    pem: String,
-}
-
-/// A CA certificate valid from `years.0` to `years.1`, self-signed or signed by `issuer`.
-fn make_ca(name: &str, years: (i32, i32), issuer: Option<&Ca>) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.not_before = date_time_ymd(years.0, 1, 1);
-    params.not_after = date_time_ymd(years.1, 1, 1);
-    let key = KeyPair::generate().expect("key");
-    let cert = match issuer {
-        Some(ca) => params
-            .signed_by(&key, &Issuer::from_params(&ca.params, &ca.key))
-            .expect("sign ca"),
-        None => params.self_signed(&key).expect("self-sign ca"),
-    };
-    Ca {
-        pem: cert.pem(),
-        params,
-        key,
-    }
-}
-
-struct Device {
-    cert: PathBuf,
-    key: PathBuf,
-    record: CertificateRecord,
-}
-
-fn make_device(dir: &Path, file: &str, cn: &str, serial: u8, issuer: &Ca) -> Device {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.serial_number = Some(SerialNumber::from(vec![0x71, serial, 0x01]));
-    params.not_before = date_time_ymd(2020, 1, 1);
-    params.not_after = date_time_ymd(2099, 1, 1);
-    let key = KeyPair::generate().expect("key");
-    let cert = params
-        .signed_by(&key, &Issuer::from_params(&issuer.params, &issuer.key))
-        .expect("sign device");
-    let (cert_path, key_path) = (
-        dir.join(format!("{file}.crt")),
-        dir.join(format!("{file}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).expect("write cert");
-    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-    Device {
-        cert: cert_path,
-        key: key_path,
-        record: CertificateRecord {
-            serial_hex: format!("71{serial:02x}01"),
-            client_id: String::new(),
-            fingerprint_sha256_hex: certs::inspect_der(cert.der())
-                .expect("inspect device certificate")
-                .fingerprint_sha256_hex,
-            not_before: params.not_before.unix_timestamp(),
-            not_after: params.not_after.unix_timestamp(),
-            revoked_at: None,
-        },
-    }
-}
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -118,11 +27,11 @@ impl Setup {
         let root = dir.path();
         let pki = root.join("pki");
         std::fs::create_dir_all(&pki).expect("pki dir");
-        cli(root, &["channel", "add", "chan-a"]);
-        let out = cli(root, &["--json", "client", "add", "sensor-a"]);
+        dev_cli(root, &["channel", "add", "chan-a"]);
+        let out = dev_cli(root, &["--json", "client", "add", "sensor-a"]);
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         let client_id = v["id"].as_str().expect("id").to_owned();
-        cli(root, &["connect", "sensor-a", "chan-a"]);
+        dev_cli(root, &["connect", "sensor-a", "chan-a"]);
 
         let ca = make_ca("device-root", (2020, 2099), None);
         let other = make_ca("other-root", (2020, 2099), None);
@@ -137,22 +46,25 @@ impl Setup {
         )
         .expect("write");
 
-        let mut server = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-        server.distinguished_name.push(DnType::CommonName, "edgegw");
-        let server_key = KeyPair::generate().expect("key");
-        let server_cert = server
-            .signed_by(&server_key, &Issuer::from_params(&ca.params, &ca.key))
-            .expect("server cert");
-        std::fs::write(pki.join("server.crt"), server_cert.pem()).expect("write");
-        std::fs::write(pki.join("server.key"), server_key.serialize_pem()).expect("write");
+        ca.write_server(&pki, "server", "localhost", "edgegw");
 
-        let good = make_device(&pki, "good", "sensor-a", 1, &intermediate);
-        let under_expired = make_device(&pki, "under-expired", "sensor-a", 2, &expired);
-        let store = AuthStore::open(
-            &root.join(".edgegw-dev/state/auth.db"),
-            &AuthConfig::default(),
-        )
-        .expect("open auth store");
+        let good = make_device(
+            &pki,
+            "good",
+            "sensor-a",
+            [0x71, 1, 0x01],
+            (2020, 2099),
+            Some(&intermediate),
+        );
+        let under_expired = make_device(
+            &pki,
+            "under-expired",
+            "sensor-a",
+            [0x71, 2, 0x01],
+            (2020, 2099),
+            Some(&expired),
+        );
+        let store = dev_auth_store(root);
         for dev in [&good, &under_expired] {
             // Recorded, so a refusal proves the chain check, not a missing record.
             let rec = CertificateRecord {
@@ -209,22 +121,18 @@ impl Setup {
 
     /// Publishes `payload` with `dev`'s certificate; returns the client's output.
     fn publish(&self, client: &str, port: u16, dev: &Device, payload: &str) -> String {
-        let out = Command::new("timeout")
-            .arg("30")
-            .arg(client)
-            .args(["-B", "10", "-m", "post", "-e", payload, "-c"])
-            .arg(&dev.cert)
-            .arg("-j")
-            .arg(&dev.key)
-            .arg("-C")
-            .arg(self.pki.join("root.crt"))
-            .arg(format!("coaps://127.0.0.1:{port}/m/dom/c/chan-a"))
-            .output()
-            .expect("run libcoap client");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let utf8 = |p: &Path| p.to_str().expect("test paths are UTF-8").to_owned();
+        let (cert, key, root) = (
+            utf8(&dev.cert),
+            utf8(&dev.key),
+            utf8(&self.pki.join("root.crt")),
+        );
+        let url = format!("coaps://127.0.0.1:{port}/m/dom/c/chan-a");
+        coap_client(
+            client,
+            &[
+                "-m", "post", "-e", payload, "-c", &cert, "-j", &key, "-C", &root, &url,
+            ],
         )
     }
 }

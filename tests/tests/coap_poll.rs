@@ -6,32 +6,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use system_tests::mosquitto::{Mosquitto, publish};
-use system_tests::pki::{Pki, self_signed};
-use system_tests::uplink::env;
-use system_tests::{Daemon, edgegw};
-
-fn cli(dir: &std::path::Path, vars: &[(String, String)], args: &[&str]) -> serde_json::Value {
-    let out = edgegw(dir)
-        .arg("--json")
-        .args(args)
-        .envs(vars.iter().cloned())
-        .output()
-        .expect("edgegw");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free udp port")
-        .port()
-}
+use system_tests::downlink::Downlink;
+use system_tests::mosquitto::publish;
+use system_tests::pki::self_signed;
+use system_tests::{Daemon, edgegw, free_udp_port};
 
 /// One confirmable GET; (stdout = the payload, stderr = libcoap's diagnostics).
 fn get(args: &[&str]) -> (String, String) {
@@ -67,32 +45,17 @@ fn poll_until_command(args: &[&str]) -> Option<String> {
 
 #[test]
 fn a_sensor_without_observe_polls_each_command_once_over_coap_and_coaps_psk() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::new(&dir.path().join("pki"));
-    let broker = Mosquitto::start(&dir.path().join("broker"), &pki);
-    let vars = env(dir.path(), &broker, &pki);
-    let channel = cli(
-        dir.path(),
-        &vars,
-        &["channel", "add", "lamps", "--domain", "dom"],
-    );
-    let channel_id = channel["id"].as_str().expect("channel id").to_owned();
-    let client = cli(dir.path(), &vars, &["client", "add", "lamp-1"]);
-    let secret = client["secret"].as_str().expect("secret").to_owned();
-    cli(dir.path(), &vars, &["connect", "lamp-1", "lamps"]);
-    let other = cli(dir.path(), &vars, &["client", "add", "lamp-2"]);
+    let setup = Downlink::new();
+    let (channel_id, secret) = (&setup.channel_id, setup.secret.as_str());
+    let other = setup.cli(&["client", "add", "lamp-2"]);
     let other_secret = other["secret"].as_str().expect("secret").to_owned();
-    cli(
-        dir.path(),
-        &vars,
-        &["connect", "lamp-2", "lamps", "--publish"],
-    );
+    setup.cli(&["connect", "lamp-2", "lamps", "--publish"]);
 
-    let server = self_signed(&dir.path().join("dtls"), "edgegw", 30);
+    let server = self_signed(&setup.path().join("dtls"), "edgegw", 30);
     let (coap, coaps) = (free_udp_port(), free_udp_port());
-    let mut cmd = edgegw(dir.path());
+    let mut cmd = edgegw(setup.path());
     cmd.arg("run")
-        .envs(vars.iter().cloned())
+        .envs(setup.vars.iter().cloned())
         .env("EDGEGW_GATEWAY_LOG_LEVEL", "info,gateway::uplink=debug")
         .env("EDGEGW_COAP_BIND", format!("127.0.0.1:{coap}"))
         .env("EDGEGW_COAP_DTLS_BIND", format!("127.0.0.1:{coaps}"))
@@ -105,11 +68,11 @@ fn a_sensor_without_observe_polls_each_command_once_over_coap_and_coaps_psk() {
     let plain_url = format!("coap://127.0.0.1:{coap}/m/dom/c/lamps/cmd?auth={secret}");
     let plain: Vec<&str> = vec![&plain_url];
     let coaps_url = format!("coaps://127.0.0.1:{coaps}/m/dom/c/lamps/cmd");
-    let psk: Vec<&str> = vec!["-u", "lamp-1", "-k", &secret, &coaps_url];
+    let psk: Vec<&str> = vec!["-u", "lamp-1", "-k", secret, &coaps_url];
     let topic = format!("m/dom/c/{channel_id}/cmd");
 
     // Published before the sensor ever polled: kept for it (it is subscribe-connected).
-    publish(&broker, &pki, &topic, "plain-1");
+    publish(&setup.broker, &setup.pki, &topic, "plain-1");
     let got = poll_until_command(&plain);
     assert_eq!(
         got.as_deref(),
@@ -120,8 +83,8 @@ fn a_sensor_without_observe_polls_each_command_once_over_coap_and_coaps_psk() {
     let (again, err) = get(&plain);
     assert_eq!(again, "", "a command was handed out twice: {err}");
 
-    publish(&broker, &pki, &topic, "psk-1");
-    publish(&broker, &pki, &format!("{topic}/led"), "psk-2");
+    publish(&setup.broker, &setup.pki, &topic, "psk-1");
+    publish(&setup.broker, &setup.pki, &format!("{topic}/led"), "psk-2");
     let got = poll_until_command(&psk);
     assert_eq!(
         got.as_deref(),

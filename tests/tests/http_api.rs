@@ -3,102 +3,12 @@
 //! revocation, adapter publish → row in `outbox.db`, 413, HTTPS with the dev PKI, and the
 //! refusal of plain HTTP on a non-loopback address (exit 78).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
+use system_tests::api::{ADMIN_TOKEN, Api, EMAIL, bearer, run};
 use system_tests::{Daemon, edgegw};
-
-const EMAIL: &str = "admin@example.com";
-const ADMIN_TOKEN: &str = "admin-token-0123456789";
-
-struct Api {
-    base: String,
-    cacert: Option<PathBuf>,
-}
-
-struct Reply {
-    status: u16,
-    body: Value,
-}
-
-impl Api {
-    fn new(daemon: &mut Daemon, scheme: &str) -> Self {
-        let line = daemon.wait_for_log("HTTP API listening", Duration::from_secs(20));
-        let port = line
-            .split("addr=127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("port in log line");
-        Self {
-            base: format!("{scheme}://localhost:{port}"),
-            cacert: None,
-        }
-    }
-
-    /// `auth` is a full Authorization header value; `body` is sent as JSON.
-    fn call(&self, method: &str, path: &str, auth: Option<&str>, body: Option<&Value>) -> Reply {
-        let mut cmd = self.curl(method, path, auth);
-        if let Some(b) = body {
-            cmd.args(["-H", "content-type: application/json", "--data-binary"])
-                .arg(b.to_string());
-        }
-        run(cmd)
-    }
-
-    fn curl(&self, method: &str, path: &str, auth: Option<&str>) -> Command {
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "-X",
-            method,
-            "-w",
-            "\n%{http_code}",
-        ]);
-        for var in [
-            "http_proxy",
-            "https_proxy",
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "all_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
-        if let Some(ca) = &self.cacert {
-            cmd.arg("--cacert").arg(ca);
-        }
-        if let Some(a) = auth {
-            cmd.arg("-H").arg(format!("authorization: {a}"));
-        }
-        cmd.arg(format!("{}{path}", self.base));
-        cmd
-    }
-}
-
-fn run(mut cmd: Command) -> Reply {
-    let out = cmd.output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let status = code.trim().parse().unwrap_or_else(|_| {
-        panic!(
-            "curl failed: {} {}",
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    Reply {
-        status,
-        body: serde_json::from_str(body).unwrap_or(Value::Null),
-    }
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
 
 fn start(dir: &Path, extra: &[(&str, &str)]) -> Daemon {
     let mut cmd = edgegw(dir);
@@ -109,23 +19,6 @@ fn start(dir: &Path, extra: &[(&str, &str)]) -> Daemon {
         cmd.env(k, v);
     }
     Daemon::start(cmd)
-}
-
-fn login(api: &Api) -> (String, String) {
-    let r = api.call(
-        "POST",
-        "/users/tokens/issue",
-        None,
-        Some(&json!({ "email": EMAIL, "password": ADMIN_TOKEN })),
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
-    (
-        r.body["access_token"].as_str().expect("access").to_owned(),
-        r.body["refresh_token"]
-            .as_str()
-            .expect("refresh")
-            .to_owned(),
-    )
 }
 
 fn outbox_rows(dir: &Path) -> Vec<(String, String, String, Vec<u8>)> {
@@ -162,7 +55,7 @@ fn tokens_issue_refresh_and_kinds_are_checked() {
     );
     assert_eq!(wrong_user.status, 401);
 
-    let (access, refresh) = login(&api);
+    let (access, refresh) = api.login();
     assert_eq!(
         api.call("GET", "/clients", Some(&bearer(&access)), None)
             .status,
@@ -216,7 +109,7 @@ fn expired_access_token_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut daemon = start(dir.path(), &[("EDGEGW_HTTP_ACCESS_TOKEN_TTL", "1s")]);
     let api = Api::new(&mut daemon, "http");
-    let (access, _) = login(&api);
+    let (access, _) = api.login();
     // Valid when issued (unless this machine is very slow; then the loop below still proves it).
     let first = api
         .call("GET", "/clients", Some(&bearer(&access)), None)
@@ -244,7 +137,7 @@ fn crud_round_trips_and_adapter_publish_reach_the_outbox() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut daemon = start(dir.path(), &[("EDGEGW_HTTP_MAX_BODY", "4KiB")]);
     let api = Api::new(&mut daemon, "http");
-    let (access, _) = login(&api);
+    let (access, _) = api.login();
     let auth = bearer(&access);
     let auth = Some(auth.as_str());
 
@@ -488,7 +381,7 @@ fn pat_scopes_allow_and_deny_and_revoke() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut daemon = start(dir.path(), &[]);
     let api = Api::new(&mut daemon, "http");
-    let (access, _) = login(&api);
+    let (access, _) = api.login();
     let admin = bearer(&access);
     let admin = Some(admin.as_str());
 
@@ -609,7 +502,7 @@ fn https_with_the_dev_pki() {
     let health = api.call("GET", "/health", None, None);
     assert_eq!(health.status, 200);
     assert_eq!(health.body["status"], "pass");
-    let (access, _) = login(&api);
+    let (access, _) = api.login();
     assert_eq!(
         api.call("GET", "/clients", Some(&bearer(&access)), None)
             .status,

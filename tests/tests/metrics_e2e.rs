@@ -5,72 +5,14 @@
 //! session: the gauge shows it, and goes back to 0 after idle eviction.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::UdpSocket;
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serialport::{SerialPort as _, TTYPort};
-use system_tests::{Daemon, edgegw};
+use system_tests::pty::{Sensor, WAIT};
+use system_tests::{Daemon, demo_secret, edgegw, free_udp_port, http_port};
 
-const WAIT: Duration = Duration::from_secs(20);
 const IDLE: &str = "4s";
-
-fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind port 0");
-    s.local_addr().expect("local addr").port()
-}
-
-/// The sensor's end of a pty pair; the daemon opens the slave through `link`.
-struct Sensor {
-    master: TTYPort,
-    buf: Vec<u8>,
-}
-
-impl Sensor {
-    fn plug_in(link: &Path) -> Self {
-        let (master, slave) = TTYPort::pair().expect("cannot open a pty pair");
-        // SAFETY: fcntl on an fd this process owns; no memory is involved.
-        let rc = unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-        assert_eq!(rc, 0, "cannot set FD_CLOEXEC on the pty master");
-        let name = slave.name().expect("pty slave has a name");
-        drop(slave);
-        let mut master = master;
-        master
-            .set_timeout(Duration::from_millis(100))
-            .expect("pty timeout");
-        std::os::unix::fs::symlink(&name, link).expect("symlink");
-        Self {
-            master,
-            buf: Vec::new(),
-        }
-    }
-
-    fn ask(&mut self, line: &str) -> String {
-        self.master
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("write to pty");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                return String::from_utf8_lossy(&line[..pos]).into_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no serial answer within {WAIT:?}"
-            );
-            let mut chunk = [0u8; 256];
-            match self.master.read(&mut chunk) {
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(e) => panic!("pty read failed: {e}"),
-            }
-        }
-    }
-}
 
 struct Gateway {
     _tmp: tempfile::TempDir,
@@ -114,20 +56,8 @@ impl Gateway {
             .env("EDGEGW_HTTP_MAX_BODY", "1KiB")
             .env("EDGEGW_AUTH_FAILURE_BURST", "100000");
         let mut daemon = Daemon::start(cmd);
-        let demo = daemon.wait_for_log("demo sensor provisioned", WAIT);
-        let secret = demo
-            .split("secret `")
-            .nth(1)
-            .and_then(|s| s.split('`').next())
-            .expect("secret in the demo line")
-            .to_owned();
-        let line = daemon.wait_for_log("HTTP API listening", WAIT);
-        let port = line
-            .split("addr=127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("port in log line")
-            .to_owned();
+        let secret = demo_secret(&daemon.wait_for_log("demo sensor provisioned", WAIT));
+        let port = http_port(&daemon.wait_for_log("HTTP API listening", WAIT));
         daemon.wait_for_log("coaps listening", WAIT);
         daemon.wait_for_log("coap listening", WAIT);
         daemon.wait_for_log("serial port open", WAIT);
@@ -239,16 +169,7 @@ impl Gateway {
 
 /// A libcoap client run to completion; returns its output (its exit status says nothing).
 fn coap_client(args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .args(["30", "coap-client-openssl", "-B", "10"])
-        .args(args)
-        .output()
-        .expect("run coap-client-openssl");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    system_tests::coap_client("coap-client-openssl", args)
 }
 
 /// Ends a child this test started, by its own handle.

@@ -20,7 +20,7 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,14 +32,7 @@ use system_tests::pki::Pki;
 use system_tests::sensor::{
     Credential, DtlsClient, Handshakes, Seen, coap_sensor, dtls_sensor, handshake_loop, run_sensors,
 };
-use system_tests::{Daemon, edgegw};
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use system_tests::{Daemon, edgegw, free_udp_port};
 
 /// (CPU seconds so far, peak RSS KiB) of a process, from /proc.
 fn proc_usage(pid: u32) -> (f64, u64) {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use coap_lite::MessageType;
 use system_tests::sensor::{Credential, Seen, coap_sensor, dtls_sensor, run_sensors};
+use system_tests::{free_udp_port, stdout_of};
 
 /// Where the sensors publish: the SuperMQ path, domain `bench`, channel `chan-bench`.
 const PATH: &[&str] = &["m", "bench", "c", "chan-bench"];
@@ -23,13 +24,6 @@ fn edgegw_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("invariant: a path");
     exe.with_file_name("edgegw")
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -57,18 +51,12 @@ fn report(label: &str, sensors: u32, seen: &Seen, elapsed: f64, pid: u32) {
 }
 
 fn cli(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(edgegw_bin())
-        .current_dir(dir)
-        .arg("--dev")
-        .args(args)
-        .output()
-        .expect("edgegw");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(
+        Command::new(edgegw_bin())
+            .current_dir(dir)
+            .arg("--dev")
+            .args(args),
+    )
 }
 
 fn main() {
@@ -89,7 +77,7 @@ fn main() {
     // The DTLS server certificate is never checked by the PSK clients, but the listener
     // needs one.
     let server = system_tests::pki::self_signed(&root.join("pki"), "bench", 2);
-    let (coap, coaps) = (free_port(), free_port());
+    let (coap, coaps) = (free_udp_port(), free_udp_port());
     let mut daemon = Command::new(edgegw_bin())
         .current_dir(root)
         .args(["--dev", "run"])

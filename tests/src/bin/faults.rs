@@ -26,18 +26,11 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use system_tests::mosquitto::{Mosquitto, Subscriber};
 use system_tests::pki::Pki;
 use system_tests::uplink::check_delivery;
-use system_tests::{Daemon, edgegw};
+use system_tests::{Daemon, edgegw, free_udp_port};
 
 const SENSORS: u64 = 4;
 /// Sensor `k` numbers its messages from `k * STRIDE`.
 const STRIDE: u64 = 100_000_000;
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// A small xorshift generator; the seed is printed so a run can be replayed (`FAULTS_SEED`).
 struct Rng(u64);
