@@ -18,10 +18,34 @@ pub struct Grant {
     pub subscribe: bool,
 }
 
+/// A client secret held in the cache; its bytes are overwritten when the last copy goes (a
+/// snapshot is replaced, a client removed or its secret rotated).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SecretBytes(Box<[u8]>);
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut *self.0);
+    }
+}
+
+/// Never printed (a `Debug` of the snapshot must not show secrets).
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for SecretBytes {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 pub struct CachedClient {
     pub id: String,
     pub identity: String,
-    secret: Box<[u8]>,
+    secret: SecretBytes,
     pub enabled: bool,
     /// channel id → rights.
     pub grants: HashMap<String, Grant>,
@@ -51,7 +75,7 @@ impl CachedClient {
 pub struct Snapshot {
     by_identity: HashMap<String, Arc<CachedClient>>,
     by_id: HashMap<String, Arc<CachedClient>>,
-    by_secret: HashMap<Box<[u8]>, Arc<CachedClient>>,
+    by_secret: HashMap<SecretBytes, Arc<CachedClient>>,
     channels_by_id: HashMap<String, Arc<ChannelRef>>,
     channels_by_name: HashMap<String, Arc<ChannelRef>>,
     pub certificates: HashMap<String, CertificateRecord>,
@@ -89,7 +113,7 @@ impl Snapshot {
                 grants: grants.remove(&c.id).unwrap_or_default(),
                 id: c.id,
                 identity: c.identity,
-                secret: c.secret.into_bytes().into_boxed_slice(),
+                secret: SecretBytes(c.secret.into_bytes().into_boxed_slice()),
                 enabled: c.enabled,
             });
             s.by_identity
@@ -136,7 +160,7 @@ impl Snapshot {
     pub fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<ClientRef, AuthError> {
         match self.by_identity.get(identity) {
             Some(c) => {
-                if !secret::ct_eq(&c.secret, secret) {
+                if !secret::ct_eq(&c.secret.0, secret) {
                     Err(AuthError::BadSecret)
                 } else if !c.enabled {
                     Err(AuthError::ClientDisabled)
@@ -154,7 +178,7 @@ impl Snapshot {
     /// By secret alone (SuperMQ `auth=<secret>`): secrets are unique in the store.
     pub fn authenticate_secret(&self, secret: &[u8]) -> Result<ClientRef, AuthError> {
         match self.by_secret.get(secret) {
-            Some(c) if secret::ct_eq(&c.secret, secret) => {
+            Some(c) if secret::ct_eq(&c.secret.0, secret) => {
                 if c.enabled {
                     Ok(c.to_ref())
                 } else {
@@ -215,7 +239,7 @@ impl Snapshot {
         self.by_identity
             .get(identity)
             .filter(|c| c.enabled)
-            .map(|c| c.secret.to_vec())
+            .map(|c| c.secret.0.to_vec())
     }
 
     /// Ids of the enabled clients allowed to subscribe to `channel_id` (downlink recipients).

@@ -644,3 +644,22 @@ fn the_store_handle_is_send_sync_and_clones_share_state() {
     // Another clone sees this process's own write at once (no watcher delay).
     assert!(other.psk_for_identity(DEMO_IDENTITY).is_some());
 }
+
+#[test]
+fn a_debug_print_of_the_store_or_its_snapshot_shows_no_secret() {
+    let (_dir, path) = tmp();
+    drop(provisioned(&path));
+    let store = AuthStore::open(&path, &config()).unwrap();
+    assert!(store.authenticate_secret(SECRET.as_bytes()).is_ok());
+    let snapshot = format!("{:?}", store.snapshot());
+    assert!(
+        snapshot.contains("s1"),
+        "the snapshot is printed: {snapshot}"
+    );
+    assert!(!snapshot.contains(SECRET), "{snapshot}");
+    // Nor as the bytes a derived Debug of a byte slice would print.
+    let bytes = format!("{:?}", SECRET.as_bytes());
+    let bytes = bytes.trim_start_matches('[').trim_end_matches(']');
+    assert!(!snapshot.contains(bytes), "{snapshot}");
+    assert!(!format!("{store:?}").contains(SECRET));
+}

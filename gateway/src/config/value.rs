@@ -133,6 +133,13 @@ impl fmt::Display for ByteSize {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
+/// The value is overwritten when the last copy is dropped (a reload replaces the config).
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
