@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod ownership;
 pub mod pipeline;
 pub mod pki;
 pub mod serial;

@@ -27,15 +27,36 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run => run(&load_config(&cli)?),
         Command::CheckConfig => check_config(&cli),
-        Command::Client(ref cmd) => auth::cli::client(&load_config(&cli)?, cli.json, cmd),
-        Command::Channel(ref cmd) => auth::cli::channel(&load_config(&cli)?, cli.json, cmd),
-        Command::Connect(ref args) => auth::cli::connect(&load_config(&cli)?, cli.json, args, true),
-        Command::Disconnect(ref args) => {
-            auth::cli::connect(&load_config(&cli)?, cli.json, args, false)
+        Command::Client(ref cmd) => provision(&cli, |c| auth::cli::client(c, cli.json, cmd)),
+        Command::Channel(ref cmd) => provision(&cli, |c| auth::cli::channel(c, cli.json, cmd)),
+        Command::Connect(ref args) => {
+            provision(&cli, |c| auth::cli::connect(c, cli.json, args, true))
         }
-        Command::Certs(ref cmd) => gateway::pki::command(&load_config(&cli)?, cmd, cli.json),
+        Command::Disconnect(ref args) => {
+            provision(&cli, |c| auth::cli::connect(c, cli.json, args, false))
+        }
+        Command::Certs(ref cmd) => provision(&cli, |c| gateway::pki::command(c, cmd, cli.json)),
         Command::Status => status(&cli),
     }
+}
+
+/// A command that writes to the state directory. Run as root, what it created there is handed
+/// to the directory's owner afterwards (the service user), so the daemon can still open it.
+fn provision(cli: &Cli, command: impl FnOnce(&Config) -> anyhow::Result<u8>) -> anyhow::Result<u8> {
+    let config = load_config(cli)?;
+    let result = command(&config);
+    match gateway::ownership::hand_over_to_state_owner(&config.gateway.state_dir) {
+        Ok(0) => {}
+        Ok(n) => eprintln!(
+            "note: running as root; {n} file(s) created in {} handed to its owner",
+            config.gateway.state_dir.display()
+        ),
+        Err(e) => eprintln!(
+            "warning: running as root; could not hand files in {} to its owner: {e}",
+            config.gateway.state_dir.display()
+        ),
+    }
+    result
 }
 
 fn profile(cli: &Cli) -> Profile {

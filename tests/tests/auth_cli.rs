@@ -275,3 +275,69 @@ fn run_refuses_a_truncated_corrupt_or_newer_auth_db_and_leaves_it_unchanged() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Run as root against a state directory that belongs to the service user, a provisioning
+/// command hands the files it created to that user, so the daemon (as that user) can open
+/// them. Here the service user is `nobody` (65534); the check reads the store as `nobody`.
+#[test]
+fn provisioning_as_root_leaves_the_state_files_to_the_state_dirs_owner() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("id");
+    if uid.stdout.trim_ascii() != b"0" {
+        eprintln!("skipped: needs root (chown)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown");
+    let run = |args: &[&str]| {
+        edgegw(dir.path())
+            .env("EDGEGW_GATEWAY_STATE_DIR", &state)
+            .env("EDGEGW_GATEWAY_RUNTIME_DIR", dir.path().join("run"))
+            .args(args)
+            .output()
+            .expect("cannot run edgegw")
+    };
+    let out = run(&["channel", "add", "chan-a"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("handed to its owner"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for entry in std::fs::read_dir(&state).expect("read state") {
+        let entry = entry.expect("entry");
+        let meta = entry.metadata().expect("metadata");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (65534, 65534),
+            "{} still belongs to root",
+            entry.path().display()
+        );
+    }
+    // The service user can work with what root created.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(system_tests::edgegw_bin())
+        .args(["--json", "channel", "list"])
+        .env("EDGEGW_GATEWAY_STATE_DIR", &state)
+        .env("EDGEGW_GATEWAY_RUNTIME_DIR", dir.path().join("run"))
+        .output()
+        .expect("setpriv");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("chan-a"),
+        "as nobody: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
