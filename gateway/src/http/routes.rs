@@ -554,6 +554,13 @@ impl Page {
             self.limit.unwrap_or(10).clamp(1, 100),
         )
     }
+
+    /// `{total, offset, limit, <key>: [...]}`: this page of `all`, each item shown by `show`.
+    fn json<T>(&self, key: &str, all: &[T], show: impl Fn(&T) -> Value) -> Json<Value> {
+        let (offset, limit) = self.bounds();
+        let items: Vec<Value> = all.iter().skip(offset).take(limit).map(show).collect();
+        Json(json!({ "total": all.len(), "offset": offset, "limit": limit, key: items }))
+    }
 }
 
 async fn list_clients(
@@ -563,16 +570,7 @@ async fn list_clients(
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&state, &headers)?.require("clients", "read", None)?;
     let all = with_db(&state, |db| db.list_clients()).await?;
-    let (offset, limit) = page.bounds();
-    let items: Vec<Value> = all
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|c| client_json(c, false))
-        .collect();
-    Ok(Json(
-        json!({ "total": all.len(), "offset": offset, "limit": limit, "clients": items }),
-    ))
+    Ok(page.json("clients", &all, |c| client_json(c, false)))
 }
 
 async fn get_client(
@@ -727,11 +725,9 @@ async fn list_channels(
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&state, &headers)?.require("channels", "read", None)?;
     let all = with_db(&state, |db| db.list_channels()).await?;
-    let (offset, limit) = page.bounds();
-    let items: Vec<_> = all.iter().skip(offset).take(limit).collect();
-    Ok(Json(
-        json!({ "total": all.len(), "offset": offset, "limit": limit, "channels": items }),
-    ))
+    Ok(page.json("channels", &all, |ch| {
+        serde_json::to_value(ch).unwrap_or_default()
+    }))
 }
 
 async fn get_channel(
@@ -1088,9 +1084,7 @@ async fn add_scope(
     Path(id): Path<String>,
     Json(req): Json<Scopes>,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate(&state, &headers)?.admin_only()?;
-    let pat = pat_blocking(&state, move |s| s.add_scopes(&id, &req.scopes)).await?;
-    Ok(Json(serde_json::to_value(pat).unwrap_or_default()))
+    change_scopes(&state, &headers, id, req, true).await
 }
 
 async fn remove_scope(
@@ -1099,8 +1093,26 @@ async fn remove_scope(
     Path(id): Path<String>,
     Json(req): Json<Scopes>,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate(&state, &headers)?.admin_only()?;
-    let pat = pat_blocking(&state, move |s| s.remove_scopes(&id, &req.scopes)).await?;
+    change_scopes(&state, &headers, id, req, false).await
+}
+
+/// Adds (`add`) or removes the scopes of PAT `id`; the standalone admin only.
+async fn change_scopes(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    id: String,
+    req: Scopes,
+    add: bool,
+) -> Result<Json<Value>, ApiError> {
+    authenticate(state, headers)?.admin_only()?;
+    let pat = pat_blocking(state, move |s| {
+        if add {
+            s.add_scopes(&id, &req.scopes)
+        } else {
+            s.remove_scopes(&id, &req.scopes)
+        }
+    })
+    .await?;
     Ok(Json(serde_json::to_value(pat).unwrap_or_default()))
 }
 
