@@ -377,10 +377,24 @@ impl Shell {
         }
     }
 
-    fn principal(&self, peer: SocketAddr) -> Option<Principal> {
-        self.sessions
-            .as_ref()
-            .and_then(|s| s.principal(peer).cloned())
+    /// Who sent a request: on CoAPS the principal of the peer's DTLS session (`Some(Some(p))`),
+    /// on plain CoAP nobody yet (`Some(None)`: the query carries the credentials). `None`: a
+    /// CoAPS peer without an authenticated session, already answered 4.01.
+    fn caller(
+        &mut self,
+        exchange: ExchangeId,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Option<Option<Principal>> {
+        let Some(sessions) = &self.sessions else {
+            return Some(None);
+        };
+        if let Some(p) = sessions.principal(peer) {
+            return Some(Some(p.clone()));
+        }
+        self.server
+            .complete(exchange, Outcome::Refused(Failure::Unauthenticated), now);
+        None
     }
 
     fn handle_event(&mut self, ev: Event) {
@@ -394,19 +408,12 @@ impl Shell {
                 content_format,
                 payload,
             } => {
-                let principal = self.principal(peer);
-                let who = match (&self.sessions, &principal) {
-                    (None, _) => Who::Query(&credentials),
-                    (Some(_), Some(p)) => Who::Session(p),
-                    (Some(_), None) => {
-                        self.server.complete(
-                            exchange,
-                            Outcome::Refused(Failure::Unauthenticated),
-                            now,
-                        );
-                        return;
-                    }
+                let Some(principal) = self.caller(exchange, peer, now) else {
+                    return;
                 };
+                let who = principal
+                    .as_ref()
+                    .map_or(Who::Query(&credentials), Who::Session);
                 let fut = self
                     .backend
                     .publish(peer, who, &target, content_format, payload);
@@ -428,19 +435,12 @@ impl Shell {
                 target,
                 credentials,
             } => {
-                let principal = self.principal(peer);
-                let who = match (&self.sessions, &principal) {
-                    (None, _) => Who::Query(&credentials),
-                    (Some(_), Some(p)) => Who::Session(p),
-                    (Some(_), None) => {
-                        self.server.complete(
-                            exchange,
-                            Outcome::Refused(Failure::Unauthenticated),
-                            now,
-                        );
-                        return;
-                    }
+                let Some(principal) = self.caller(exchange, peer, now) else {
+                    return;
                 };
+                let who = principal
+                    .as_ref()
+                    .map_or(Who::Query(&credentials), Who::Session);
                 match self.backend.subscribe(peer, who, &target) {
                     Ok(mut rx) => {
                         let tx = self.notify_tx.clone();
@@ -463,19 +463,12 @@ impl Shell {
                 target,
                 credentials,
             } => {
-                let principal = self.principal(peer);
-                let who = match (&self.sessions, &principal) {
-                    (None, _) => Who::Query(&credentials),
-                    (Some(_), Some(p)) => Who::Session(p),
-                    (Some(_), None) => {
-                        self.server.complete(
-                            exchange,
-                            Outcome::Refused(Failure::Unauthenticated),
-                            now,
-                        );
-                        return;
-                    }
+                let Some(principal) = self.caller(exchange, peer, now) else {
+                    return;
                 };
+                let who = principal
+                    .as_ref()
+                    .map_or(Who::Query(&credentials), Who::Session);
                 let outcome = match self.backend.poll(peer, who, &target) {
                     Ok(Some(d)) => {
                         self.metrics.downlink_delivered(self.adapter);
