@@ -749,16 +749,7 @@ impl Server {
         if more {
             let mut resp = self.response_to_req(&req, ResponseType::Continue);
             resp.add_option(CoapOption::Block1, encode_uint(value));
-            let bytes = encode(&resp);
-            self.store_answer(
-                req.peer,
-                req.message_id,
-                DedupState::Continue(bytes.clone()),
-            );
-            self.transmits.push_back(Transmit {
-                peer: req.peer,
-                payload: bytes,
-            });
+            self.send_answer(req.peer, req.message_id, &resp, DedupState::Continue);
             return;
         }
         let Some(transfer) = self.blocks.remove(&key) else {
@@ -867,31 +858,29 @@ impl Server {
         self.stats.refused.record_coap(code);
         let mut resp = self.response_to_req(req, code);
         extra(&mut resp);
-        let bytes = encode(&resp);
-        self.store_answer(
-            req.peer,
-            req.message_id,
-            DedupState::Answered(bytes.clone()),
-        );
-        self.transmits.push_back(Transmit {
-            peer: req.peer,
-            payload: bytes,
-        });
+        self.send_answer(req.peer, req.message_id, &resp, DedupState::Answered);
     }
 
     fn finish(&mut self, p: &Pending, resp: Packet, _now: Instant) {
-        let bytes = encode(&resp);
-        self.store_answer(p.peer, p.message_id, DedupState::Answered(bytes.clone()));
-        self.transmits.push_back(Transmit {
-            peer: p.peer,
-            payload: bytes,
-        });
+        self.send_answer(p.peer, p.message_id, &resp, DedupState::Answered);
     }
 
-    fn store_answer(&mut self, peer: SocketAddr, mid: u16, state: DedupState) {
+    /// Sends `resp` to `peer` and keeps it (as `state`) for a duplicate of message `mid`.
+    fn send_answer(
+        &mut self,
+        peer: SocketAddr,
+        mid: u16,
+        resp: &Packet,
+        state: fn(Vec<u8>) -> DedupState,
+    ) {
+        let bytes = encode(resp);
         if let Some(entry) = self.dedup.get_mut(&(peer, mid)) {
-            entry.state = state;
+            entry.state = state(bytes.clone());
         }
+        self.transmits.push_back(Transmit {
+            peer,
+            payload: bytes,
+        });
     }
 
     fn response_to(&mut self, p: &Pending, code: ResponseType) -> Packet {
