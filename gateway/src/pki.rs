@@ -249,26 +249,15 @@ fn issue(
     // Only known clients get certificates; the CN is the client's identity.
     let mut registry = Registry::open(config)?;
     let (client_id, identity) = registry.client(client)?;
-    let now = now_unix();
-    let issued = match csr {
-        Some(path) => {
-            let pem = std::fs::read_to_string(path).map_err(|source| PkiCommandError::ReadCsr {
+    let csr_pem = csr
+        .map(|path| {
+            std::fs::read_to_string(path).map_err(|source| PkiCommandError::ReadCsr {
                 path: path.display().to_string(),
                 source,
-            })?;
-            ca.sign_device_csr(&identity, &pem, ttl, now)
-        }
-        None => ca.issue_device(&identity, ttl, now),
-    }
-    .map_err(|e| match e {
-        PkiError::TtlBeyondCa { .. } | PkiError::ZeroTtl | PkiError::TtlOutOfRange => {
-            anyhow::Error::from(PkiCommandError::BadTtl {
-                ttl: ttl_text.to_owned(),
-                reason: e.to_string(),
             })
-        }
-        other => anyhow::Error::from(other),
-    })?;
+        })
+        .transpose()?;
+    let issued = sign(&ca, &identity, ttl, ttl_text, csr_pem.as_deref())?;
 
     let stem = file_stem(&identity);
     let cert_path = out.join(format!("{stem}.crt"));
@@ -285,14 +274,7 @@ fn issue(
         }
     }
     // Record first: a certificate that exists must be revocable.
-    registry.record(&CertificateRecord {
-        serial_hex: issued.info.serial_hex.clone(),
-        client_id: client_id.clone(),
-        fingerprint_sha256_hex: issued.info.fingerprint_sha256_hex.clone(),
-        not_before: issued.info.not_before,
-        not_after: issued.info.not_after,
-        revoked_at: None,
-    })?;
+    registry.record(&record_of(&issued, &client_id))?;
     registry.record_audit(config, "cert.issue", &issued.info.serial_hex);
     if !out.exists() {
         certs::files::ensure_private_dir(out).map_err(|source| PkiError::Io {
@@ -624,10 +606,25 @@ pub fn issue_in_memory(
     let ca = device_ca(config)?;
     let mut registry = Registry::open(config)?;
     let (client_id, identity) = registry.client(client)?;
+    let issued = sign(&ca, &identity, ttl, ttl_text, csr_pem)?;
+    let record = record_of(&issued, &client_id);
+    registry.record(&record)?;
+    Ok((record, issued))
+}
+
+/// A device certificate for `identity` from `ca`, valid `ttl` from now: a new key, or the
+/// key of `csr_pem`. A TTL the CA cannot give is `PkiCommandError::BadTtl` (exit 64).
+fn sign(
+    ca: &Authority,
+    identity: &str,
+    ttl: Duration,
+    ttl_text: &str,
+    csr_pem: Option<&str>,
+) -> anyhow::Result<certs::Issued> {
     let now = now_unix();
-    let issued = match csr_pem {
-        Some(pem) => ca.sign_device_csr(&identity, pem, ttl, now),
-        None => ca.issue_device(&identity, ttl, now),
+    match csr_pem {
+        Some(pem) => ca.sign_device_csr(identity, pem, ttl, now),
+        None => ca.issue_device(identity, ttl, now),
     }
     .map_err(|e| match e {
         PkiError::TtlBeyondCa { .. } | PkiError::ZeroTtl | PkiError::TtlOutOfRange => {
@@ -637,15 +634,17 @@ pub fn issue_in_memory(
             })
         }
         other => anyhow::Error::from(other),
-    })?;
-    let record = CertificateRecord {
+    })
+}
+
+/// The auth store's record of `issued`, a certificate of client `client_id`.
+fn record_of(issued: &certs::Issued, client_id: &str) -> CertificateRecord {
+    CertificateRecord {
         serial_hex: issued.info.serial_hex.clone(),
-        client_id,
+        client_id: client_id.to_owned(),
         fingerprint_sha256_hex: issued.info.fingerprint_sha256_hex.clone(),
         not_before: issued.info.not_before,
         not_after: issued.info.not_after,
         revoked_at: None,
-    };
-    registry.record(&record)?;
-    Ok((record, issued))
+    }
 }
