@@ -195,13 +195,7 @@ impl Edgegw {
         cmd
     }
     fn cli(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().expect("edgegw");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        system_tests::stdout_of(self.command().args(args))
     }
     /// Starts `edgegw run` as systemd would (NOTIFY_SOCKET); returns it and the time to READY=1.
     fn start(&self) -> (Daemon, Duration) {
