@@ -110,7 +110,8 @@ pub fn serial_from_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+/// SHA-256 of `bytes`, lowercase hex: the fingerprint form the auth store records.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
 }
 

@@ -12,7 +12,7 @@ pub mod inspect;
 
 pub use authority::{Authority, Issued, Revoked};
 pub use dev::{DevPki, init_dev, open_or_init_dev};
-pub use inspect::{CertInfo, inspect_der, inspect_file, inspect_pem, serial_from_hex};
+pub use inspect::{CertInfo, inspect_der, inspect_file, inspect_pem, serial_from_hex, sha256_hex};
 
 use std::path::Path;
 

@@ -534,17 +534,23 @@ impl Sessions {
     }
 
     fn feed(&mut self, peer: SocketAddr, pending: bool, datagram: &[u8], now: Instant) {
-        let current = self.psk_current.clone();
+        // The PSK resolver runs only inside a handshake (the pending table): established
+        // sessions' datagrams skip pointing it at their slot.
+        let current = pending.then(|| self.psk_current.clone());
         let Some(conn) = self.table_mut(pending).get_mut(&peer) else {
             return;
         };
         conn.last_activity = now;
-        set_current(&current, conn.psk.clone());
+        if let Some(current) = &current {
+            set_current(current, conn.psk.clone());
+        }
         let result = catch_unwind(AssertUnwindSafe(|| {
             conn.dtls.handle_timeout(now)?;
             conn.dtls.handle_packet(datagram)
         }));
-        set_current(&current, None);
+        if let Some(current) = &current {
+            set_current(current, None);
+        }
         self.after_call(peer, pending, result, now);
     }
 
@@ -889,10 +895,8 @@ fn verify_certificate(
     })?;
     let (cn, serial) = subject_cn_and_serial(der).ok_or(ALERT_BAD_CERTIFICATE)?;
     // Unknown CN, unrecorded or revoked certificate, disabled client: one answer for all.
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-    let fingerprint: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     backend
-        .certificate_principal(&cn, &serial, &fingerprint)
+        .certificate_principal(&cn, &serial, &certs::sha256_hex(der))
         .map_err(|_| ALERT_BAD_CERTIFICATE)
 }
 
