@@ -161,6 +161,14 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
         let pipeline = gateway::pipeline::start(config, &supervisor)?;
         pipeline.follow_subscriptions(&supervisor, auth_store.subscribed_channels());
+        // Commands are kept for every subscribe-connected client (CoAP, serial), so that a
+        // sensor that polls with GET or comes back later finds those published meanwhile.
+        let recipients = auth_store.clone();
+        pipeline
+            .downlink
+            .set_recipients(std::sync::Arc::new(move |channel: &str| {
+                recipients.snapshot().subscribers(channel)
+            }));
         if let Some(heartbeat) = board.heartbeat(
             config.board.watchdog_interval.get(),
             supervisor.token(gateway::supervisor::Stage::Pipeline),

@@ -129,14 +129,6 @@ pub fn start(
     auth: &AuthStore,
     pipeline: &Pipeline,
 ) -> anyhow::Result<()> {
-    // Commands are kept for every subscribe-connected client, so that a sensor that polls
-    // with GET (no Observe) finds those published before its first poll.
-    let recipients_auth = auth.clone();
-    pipeline
-        .downlink
-        .set_recipients(Arc::new(move |channel: &str| {
-            recipients_auth.snapshot().subscribers(channel)
-        }));
     let backend: Arc<dyn task::Backend> = Arc::new(backend::StoreBackend {
         auth: auth.clone(),
         outbox: pipeline.outbox.clone(),
