@@ -55,12 +55,11 @@ impl HttpError {
     }
 }
 
-/// Counters for `/metrics`.
+/// Counters for `/metrics` of the whole HTTP server (the HTTP adapter's own are in
+/// [`crate::metrics::Metrics`]).
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    pub messages_in: AtomicU64,
     pub auth_failures: AtomicU64,
-    pub api_requests: AtomicU64,
 }
 
 impl HttpMetrics {

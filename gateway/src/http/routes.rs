@@ -260,6 +260,7 @@ async fn health() -> Json<Value> {
 async fn metrics(State(state): St) -> Response {
     use std::fmt::Write as _;
     use std::sync::atomic::Ordering::Relaxed;
+    let adapters = state.adapters.snapshot();
     let s = state.outbox.stats();
     let m = &state.metrics;
     let now_ms = SystemTime::now()
@@ -281,7 +282,11 @@ async fn metrics(State(state): St) -> Response {
         "edgegw_http_messages_in_total",
         "counter",
         "Messages accepted by the HTTP adapter.",
-        m.messages_in.load(Relaxed).to_string(),
+        adapters
+            .adapters
+            .get(crate::metrics::Adapter::Http.label())
+            .map_or(0, |a| a.messages_in)
+            .to_string(),
     );
     metric(
         "edgegw_http_auth_failures_total",
@@ -351,10 +356,7 @@ async fn metrics(State(state): St) -> Response {
         );
     }
     // Per-adapter counts, DTLS session table, messages out (crate::metrics).
-    state
-        .adapters
-        .snapshot()
-        .render_prometheus(s.acked_total, &mut out);
+    adapters.render_prometheus(s.acked_total, &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -1236,7 +1238,7 @@ async fn accept_message(
     };
     let receipt = state.outbox.accept(msg).map_err(|e| ingest_error(&e))?;
     receipt.await.map_err(|e| ingest_error(&e))?;
-    HttpMetrics::inc(&state.metrics.messages_in);
+    // Counted as accepted by crate::metrics::http_adapter (the 202).
     Ok(StatusCode::ACCEPTED)
 }
 
