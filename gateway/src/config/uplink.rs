@@ -279,7 +279,7 @@ impl RawUplink {
             connect_timeout,
             refused_retry,
             session_expiry,
-            downlink_queue: queue.max(1),
+            downlink_queue: queue,
             downlink_backlog: backlog,
             downlink_max_age,
             url,
