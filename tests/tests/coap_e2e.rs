@@ -835,9 +835,15 @@ fn a_hello_offering_no_usable_suite_gets_handshake_failure_at_once() {
     sock.send_to(&client_hello(0x00A8, 3), ("127.0.0.1", gw.coaps))
         .expect("send");
     let mut buf = [0u8; 2048];
-    let n = sock.recv(&mut buf).expect("a HelloVerifyRequest, not silence");
+    let n = sock
+        .recv(&mut buf)
+        .expect("a HelloVerifyRequest, not silence");
     let hvr = &buf[..n];
-    assert_eq!((hvr[0], hvr[13]), (22, 3), "not a HelloVerifyRequest: {hvr:02x?}");
+    assert_eq!(
+        (hvr[0], hvr[13]),
+        (22, 3),
+        "not a HelloVerifyRequest: {hvr:02x?}"
+    );
     let cookie = hvr[13 + 12 + 3..13 + 12 + 3 + usize::from(hvr[13 + 12 + 2])].to_vec();
     let sent = Instant::now();
     sock.send_to(
@@ -936,7 +942,9 @@ fn a_flood_of_spoofed_hellos_does_not_stop_a_real_psk_handshake() {
         let payload = format!("during-flood-{i}");
         let out = coap_client(
             client,
-            &["-m", "post", "-e", &payload, "-u", "sensor-a", "-k", &secret, &url],
+            &[
+                "-m", "post", "-e", &payload, "-u", "sensor-a", "-k", &secret, &url,
+            ],
         );
         outs.push((payload, out));
     }
