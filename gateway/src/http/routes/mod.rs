@@ -22,8 +22,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 
 use super::AppState;
-use crate::auth::store::Db;
 use crate::auth::AuthError;
+use crate::auth::store::Db;
 
 pub(super) use caller::actor;
 use certs::*;
