@@ -308,6 +308,7 @@ fn half_open_handshakes_are_capped_and_time_out() {
     assert_eq!((hs.completed, hs.failed, hs.auth_failed), (0, 2, 0));
 }
 
+#[test]
 fn idle_sessions_are_evicted_and_invalid_principals_ended() {
     let now = Instant::now();
     let (mut s, backend) = table(Fake::default());
