@@ -1,5 +1,6 @@
 //! Process-wide counters of the sensor-facing adapters (`coap`, `coaps`, `serial`, `http`) and
-//! the DTLS session table, for `GET /metrics` (Prometheus text) and `edgegw status`.
+//! the DTLS session table, for `GET /metrics` and `edgegw status` (both rendered by
+//! [`crate::status`]: this module counts, it does not present).
 //!
 //! One [`Metrics`] (an `Arc` of atomics, no lock) lives in the status handle and is handed to
 //! every adapter. Labels are fixed, small sets ([`Adapter`], [`Refusal`]): nothing a peer sends
@@ -8,7 +9,6 @@
 //! `stats()`), and their shells add the differences here.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -353,122 +353,6 @@ pub struct MetricsSnapshot {
     pub dtls: DtlsSnapshot,
 }
 
-impl MetricsSnapshot {
-    /// Appends the Prometheus text exposition (HELP and TYPE once per family). `delivered_out`
-    /// is the outbox's acknowledged total: the messages out through the (one) MQTT uplink.
-    pub fn render_prometheus(&self, delivered_out: u64, out: &mut String) {
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-        };
-        let ordered = || {
-            Adapter::ALL
-                .iter()
-                .filter_map(|a| self.adapters.get(a.label()).map(|s| (a.label(), s)))
-        };
-        family(
-            out,
-            "edgegw_messages_in_total",
-            "counter",
-            "Messages accepted (durable, acknowledged to the sensor), per adapter.",
-        );
-        for (a, s) in ordered() {
-            let _ = writeln!(
-                out,
-                "edgegw_messages_in_total{{adapter=\"{a}\"}} {}",
-                s.messages_in
-            );
-        }
-        family(
-            out,
-            "edgegw_messages_refused_total",
-            "counter",
-            "Sensor requests refused, per adapter and reason class.",
-        );
-        for (a, s) in ordered() {
-            for r in Refusal::ALL {
-                let n = s.refused.get(r.label()).copied().unwrap_or(0);
-                let _ = writeln!(
-                    out,
-                    "edgegw_messages_refused_total{{adapter=\"{a}\",reason=\"{}\"}} {n}",
-                    r.label()
-                );
-            }
-        }
-        family(
-            out,
-            "edgegw_auth_failures_total",
-            "counter",
-            "Failed sensor authentications (refused credentials; for coaps also DTLS handshakes refused on authentication), per adapter.",
-        );
-        for (a, s) in ordered() {
-            let _ = writeln!(
-                out,
-                "edgegw_auth_failures_total{{adapter=\"{a}\"}} {}",
-                s.auth_failures
-            );
-        }
-        family(
-            out,
-            "edgegw_downlink_delivered_total",
-            "counter",
-            "Downlink commands handed to sensors, per adapter.",
-        );
-        for (a, s) in ordered() {
-            if let Some(n) = s.downlink_delivered {
-                let _ = writeln!(
-                    out,
-                    "edgegw_downlink_delivered_total{{adapter=\"{a}\"}} {n}"
-                );
-            }
-        }
-        family(
-            out,
-            "edgegw_messages_out_total",
-            "counter",
-            "Messages delivered upstream (acknowledged by the broker), per uplink.",
-        );
-        let _ = writeln!(
-            out,
-            "edgegw_messages_out_total{{uplink=\"mqtt\"}} {delivered_out}"
-        );
-        let d = &self.dtls;
-        family(
-            out,
-            "edgegw_dtls_sessions",
-            "gauge",
-            "Established DTLS sessions on the CoAPS listener.",
-        );
-        let _ = writeln!(out, "edgegw_dtls_sessions {}", d.sessions);
-        family(
-            out,
-            "edgegw_dtls_handshakes_in_progress",
-            "gauge",
-            "Half-open DTLS handshakes on the CoAPS listener.",
-        );
-        let _ = writeln!(
-            out,
-            "edgegw_dtls_handshakes_in_progress {}",
-            d.handshakes_in_progress
-        );
-        family(
-            out,
-            "edgegw_dtls_handshakes_total",
-            "counter",
-            "DTLS handshakes by result (failed: errors, timeouts, refusals, authentication).",
-        );
-        let _ = writeln!(
-            out,
-            "edgegw_dtls_handshakes_total{{result=\"completed\"}} {}",
-            d.handshakes_completed
-        );
-        let _ = writeln!(
-            out,
-            "edgegw_dtls_handshakes_total{{result=\"failed\"}} {}",
-            d.handshakes_failed
-        );
-    }
-}
-
 /// Middleware for the HTTP server: counts the HTTP adapter's answers (`POST /m/…`) by status.
 /// Outside the handler so refusals made by extractors (413 body limit) are counted too.
 pub async fn http_adapter(
@@ -511,154 +395,9 @@ pub fn record_serial_line(metrics: &Metrics, line: &[u8]) {
     }
 }
 
-/// The human lines of `edgegw status` for a report's `adapters` and `dtls` (JSON values).
-pub fn render_status(v: &serde_json::Value, line: &mut dyn FnMut(&str, String)) {
-    let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64);
-    if let Some(adapters) = v.get("adapters").and_then(|a| a.as_object()) {
-        for a in Adapter::ALL {
-            let Some(s) = adapters.get(a.label()) else {
-                continue;
-            };
-            let reasons: Vec<String> = s
-                .get("refused")
-                .and_then(|r| r.as_object())
-                .map(|r| {
-                    Refusal::ALL
-                        .iter()
-                        .filter_map(|c| {
-                            let k = c.label();
-                            r.get(k)
-                                .and_then(serde_json::Value::as_u64)
-                                .filter(|n| *n > 0)
-                                .map(|n| format!("{k} {n}"))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut text = format!(
-                "{} in, {} refused",
-                n(s, "messages_in").unwrap_or(0),
-                n(s, "refused_total").unwrap_or(0)
-            );
-            if !reasons.is_empty() {
-                let _ = write!(text, " ({})", reasons.join(", "));
-            }
-            let _ = write!(
-                text,
-                ", {} auth failures",
-                n(s, "auth_failures").unwrap_or(0)
-            );
-            if let Some(d) = n(s, "downlink_delivered") {
-                let _ = write!(text, ", {d} commands delivered");
-            }
-            line(&format!("adapter {}", a.label()), text);
-        }
-    }
-    if let Some(d) = v.get("dtls") {
-        line(
-            "dtls sessions",
-            format!(
-                "{} established, {} handshaking (handshakes: {} completed, {} failed)",
-                n(d, "sessions").unwrap_or(0),
-                n(d, "handshakes_in_progress").unwrap_or(0),
-                n(d, "handshakes_completed").unwrap_or(0),
-                n(d, "handshakes_failed").unwrap_or(0)
-            ),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Parses `name{labels} value` lines into (name{labels}, value).
-    fn samples(text: &str) -> BTreeMap<String, String> {
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.rsplit_once(' ').expect("sample line");
-                (k.to_owned(), v.to_owned())
-            })
-            .collect()
-    }
-
-    #[test]
-    fn counts_render_with_labels_and_one_help_and_type_per_family() {
-        let m = Metrics::new();
-        m.message_in(Adapter::Coap);
-        m.message_in(Adapter::Coap);
-        m.message_in(Adapter::Http);
-        m.refused(Adapter::Coaps, Refusal::TooLarge);
-        m.refused(Adapter::Serial, Refusal::Auth);
-        m.downlink_delivered(Adapter::Serial);
-        m.set_dtls_sessions(3, 1);
-        let mut reported = HandshakeCounts::default();
-        m.sync_dtls(
-            &HandshakeCounts {
-                completed: 5,
-                failed: 2,
-                auth_failed: 1,
-            },
-            &mut reported,
-        );
-        let mut out = String::new();
-        m.snapshot().render_prometheus(7, &mut out);
-        let s = samples(&out);
-        let get = |k: &str| {
-            s.get(k)
-                .map(String::as_str)
-                .unwrap_or_else(|| panic!("{k} missing:\n{out}"))
-        };
-        assert_eq!(get("edgegw_messages_in_total{adapter=\"coap\"}"), "2");
-        assert_eq!(get("edgegw_messages_in_total{adapter=\"coaps\"}"), "0");
-        assert_eq!(get("edgegw_messages_in_total{adapter=\"http\"}"), "1");
-        assert_eq!(
-            get("edgegw_messages_refused_total{adapter=\"coaps\",reason=\"too_large\"}"),
-            "1"
-        );
-        assert_eq!(
-            get("edgegw_messages_refused_total{adapter=\"serial\",reason=\"auth\"}"),
-            "1"
-        );
-        // An auth refusal is an auth failure; a DTLS handshake auth failure too (coaps).
-        assert_eq!(get("edgegw_auth_failures_total{adapter=\"serial\"}"), "1");
-        assert_eq!(get("edgegw_auth_failures_total{adapter=\"coaps\"}"), "1");
-        assert_eq!(get("edgegw_auth_failures_total{adapter=\"coap\"}"), "0");
-        assert_eq!(
-            get("edgegw_downlink_delivered_total{adapter=\"serial\"}"),
-            "1"
-        );
-        assert!(!s.contains_key("edgegw_downlink_delivered_total{adapter=\"http\"}"));
-        assert_eq!(get("edgegw_messages_out_total{uplink=\"mqtt\"}"), "7");
-        assert_eq!(get("edgegw_dtls_sessions"), "3");
-        assert_eq!(get("edgegw_dtls_handshakes_in_progress"), "1");
-        assert_eq!(
-            get("edgegw_dtls_handshakes_total{result=\"completed\"}"),
-            "5"
-        );
-        assert_eq!(get("edgegw_dtls_handshakes_total{result=\"failed\"}"), "2");
-        // 4 adapters × 6 classes, all present.
-        assert_eq!(
-            s.keys()
-                .filter(|k| k.starts_with("edgegw_messages_refused_total{"))
-                .count(),
-            24
-        );
-        // HELP and TYPE exactly once per family, before its samples.
-        let mut seen = std::collections::BTreeSet::new();
-        for l in out.lines() {
-            if let Some(rest) = l.strip_prefix("# TYPE ") {
-                let name = rest.split(' ').next().unwrap();
-                assert!(seen.insert(name.to_owned()), "TYPE twice for {name}");
-            } else if !l.starts_with('#') {
-                let name = l.split(['{', ' ']).next().unwrap();
-                assert!(seen.contains(name), "{name} sample before its TYPE");
-            }
-        }
-        assert_eq!(out.matches("# HELP ").count(), seen.len());
-        assert_eq!(seen.len(), 8);
-    }
 
     #[test]
     fn syncing_a_core_adds_only_the_difference() {
@@ -735,33 +474,5 @@ mod tests {
         assert_eq!(s.refused["too_large"], 1);
         assert_eq!(s.auth_failures, 1);
         assert_eq!(s.downlink_delivered, Some(1));
-    }
-
-    #[test]
-    fn status_lines_show_counts_and_dtls() {
-        let m = Metrics::new();
-        m.message_in(Adapter::Coap);
-        m.refused(Adapter::Coap, Refusal::Auth);
-        m.set_dtls_sessions(2, 0);
-        let v = serde_json::to_value(m.snapshot()).unwrap();
-        let mut lines = Vec::new();
-        render_status(&v, &mut |k, val| lines.push(format!("{k}: {val}")));
-        assert!(
-            lines.contains(
-                &"adapter coap: 1 in, 1 refused (auth 1), 1 auth failures, 0 commands delivered"
-                    .to_owned()
-            ),
-            "{lines:?}"
-        );
-        assert!(
-            lines.contains(&"adapter http: 0 in, 0 refused, 0 auth failures".to_owned()),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("dtls sessions: 2 established")),
-            "{lines:?}"
-        );
     }
 }
