@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::control;
-use crate::downlink::{ChannelSet, DownlinkHub};
+use crate::downlink::{ChannelSet, DownlinkHub, Recipients};
 use crate::outbox::{self, Outbox};
 use crate::status::{BoardStatus, StatusHandle, UplinkStatus};
 use crate::supervisor::{Stage, Supervisor};
@@ -64,10 +64,13 @@ impl Pipeline {
 
 /// Starts the pipeline stage on `supervisor` (call inside the runtime), serving `control` (the
 /// control socket, bound by the composition root: [`control::bind`]) and reporting `board`
-/// (read once by the caller). Errors: a corrupt outbox, unusable uplink TLS files.
+/// (read once by the caller). `recipients` names a channel's downlink recipients (the auth
+/// store's subscribe-connected clients; `None` in harnesses without one). Errors: a corrupt
+/// outbox, unusable uplink TLS files.
 pub fn start(
     config: &Config,
     supervisor: &Supervisor,
+    recipients: Option<Recipients>,
     control: UnixListener,
     board: BoardStatus,
 ) -> Result<Pipeline, PipelineError> {
@@ -80,7 +83,10 @@ pub fn start(
         "outbox open{}",
         if stats.queued > 0 { ": replaying queued messages" } else { "" }
     );
-    let downlink = DownlinkHub::new(config.uplink.downlink_limits());
+    let downlink = match recipients {
+        Some(r) => DownlinkHub::with_recipients(config.uplink.downlink_limits(), r),
+        None => DownlinkHub::new(config.uplink.downlink_limits()),
+    };
     let (status_tx, status_rx) = uplink::status_channel(config.uplink.url.is_some());
     outbox.watch_progress(
         supervisor.heartbeat("outbox writer"),

@@ -81,6 +81,7 @@ impl Gateway {
         let pipeline = gateway::pipeline::start(
             config,
             &supervisor,
+            None,
             gateway::control::bind(&config.gateway.runtime_dir).expect("control socket binds"),
             gateway::status::BoardStatus::default(),
         )

@@ -251,7 +251,8 @@ fn adapter_families(snap: &MetricsSnapshot, delivered_out: u64, out: &mut String
         out,
         "edgegw_dtls_handshakes_total",
         "counter",
-        "DTLS handshakes by result (failed: errors, timeouts, refusals, authentication).",
+        "DTLS handshakes by result (failed: errors, timeouts, refusals, authentication; \
+         no_common_suite: refused at once, no usable cipher suite offered).",
     );
     let _ = writeln!(
         out,
@@ -262,6 +263,11 @@ fn adapter_families(snap: &MetricsSnapshot, delivered_out: u64, out: &mut String
         out,
         "edgegw_dtls_handshakes_total{{result=\"failed\"}} {}",
         d.handshakes_failed
+    );
+    let _ = writeln!(
+        out,
+        "edgegw_dtls_handshakes_total{{result=\"no_common_suite\"}} {}",
+        d.handshakes_no_common_suite
     );
 }
 
@@ -290,7 +296,7 @@ mod tests {
         m.message_in(Adapter::Coap);
         m.message_in(Adapter::Http);
         m.refused(Adapter::Coaps, Refusal::TooLarge);
-        m.refused(Adapter::Serial, Refusal::Auth);
+        m.refused(Adapter::Serial, Refusal::Unauthenticated);
         m.downlink_delivered(Adapter::Serial);
         m.set_dtls_sessions(3, 1);
         let mut reported = HandshakeCounts::default();
@@ -299,6 +305,7 @@ mod tests {
                 completed: 5,
                 failed: 2,
                 auth_failed: 1,
+                no_common_suite: 0,
             },
             &mut reported,
         );
@@ -349,12 +356,12 @@ mod tests {
             "5"
         );
         assert_eq!(get("edgegw_dtls_handshakes_total{result=\"failed\"}"), "2");
-        // 4 adapters × 6 classes, all present.
+        // 4 adapters × 8 kinds, all present.
         assert_eq!(
             s.keys()
                 .filter(|k| k.starts_with("edgegw_messages_refused_total{"))
                 .count(),
-            24
+            32
         );
         // HELP and TYPE exactly once per family, before its samples.
         let mut seen = std::collections::BTreeSet::new();

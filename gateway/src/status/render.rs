@@ -176,7 +176,7 @@ mod tests {
     fn status_lines_show_counts_and_dtls() {
         let m = Metrics::new();
         m.message_in(Adapter::Coap);
-        m.refused(Adapter::Coap, Refusal::Auth);
+        m.refused(Adapter::Coap, Refusal::Unauthenticated);
         m.set_dtls_sessions(2, 0);
         let v = serde_json::to_value(m.snapshot()).unwrap();
         let mut lines = Vec::new();

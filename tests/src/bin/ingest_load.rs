@@ -41,6 +41,7 @@ fn main() -> std::process::ExitCode {
         let pipeline = gateway::pipeline::start(
             &config,
             &supervisor,
+            None,
             gateway::control::bind(&config.gateway.runtime_dir).expect("control socket binds"),
             gateway::status::BoardStatus::default(),
         )
