@@ -183,11 +183,14 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         // Serial sensors (issue 7): intake stage, one task per configured port.
         gateway::serial::start(
             &config.serial,
-            gateway::serial::GatewayBackend::new(gateway::intake::Intake::new(
-                auth_store.clone(),
-                pipeline.outbox.clone(),
-                pipeline.downlink.clone(),
-            )),
+            gateway::serial::GatewayBackend::new(
+                gateway::intake::Intake::new(
+                    auth_store.clone(),
+                    pipeline.outbox.clone(),
+                    pipeline.downlink.clone(),
+                )
+                .with_gateway_domain(&config.gateway.domain_id),
+            ),
             pipeline.status.serial(),
             &supervisor,
         );
@@ -248,15 +251,23 @@ fn run(config: &Config) -> anyhow::Result<u8> {
 /// profile, provisions the demo sensor on first start.
 fn open_auth_store(config: &Config) -> anyhow::Result<AuthStore> {
     let store = AuthStore::open(&auth::path_in(&config.gateway.state_dir), &config.auth)?;
+    let demo_domain = if config.gateway.domain_id.is_empty() {
+        auth::DEV_DOMAIN
+    } else {
+        &config.gateway.domain_id
+    };
     if config.profile.is_dev()
-        && let Some(secret) = store.ensure_demo(&config.gateway.domain_id)?
+        && let Some(secret) = store.ensure_demo(demo_domain)?
     {
         // The documented exception to "secrets are never logged": dev profile, first start.
         info!(
-            "dev profile: demo sensor provisioned: identity `{}`, channel `{}` (publish, \
-             subscribe), secret `{secret}`. Shown only now; `edgegw --dev client rotate-secret \
-             {}` makes a new one",
+            "dev profile: demo sensor provisioned: identity `{}`, channel `{}` in domain `{}` \
+             (publish, subscribe; CoAP/HTTP path m/{}/c/{}), secret `{secret}`. Shown only now; \
+             `edgegw --dev client rotate-secret {}` makes a new one",
             auth::DEMO_IDENTITY,
+            auth::DEMO_CHANNEL,
+            demo_domain,
+            demo_domain,
             auth::DEMO_CHANNEL,
             auth::DEMO_IDENTITY
         );

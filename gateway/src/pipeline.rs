@@ -99,16 +99,19 @@ pub fn start(
         .unwrap_or(usize::MAX)
         .saturating_add(64 << 10);
     let uplink = match &config.uplink.url {
-        Some(_) => Some(Uplink::new(
-            config.uplink.clone(),
-            outbox.clone(),
-            downlink.clone(),
-            channels_rx,
-            supervisor.reloads(),
-            status_tx,
-            status.clone(),
-            max_packet,
-        )?),
+        Some(_) => Some(
+            Uplink::new(
+                config.uplink.clone(),
+                outbox.clone(),
+                downlink.clone(),
+                channels_rx,
+                supervisor.reloads(),
+                status_tx,
+                status.clone(),
+                max_packet,
+            )?
+            .with_gateway_domain(&config.gateway.domain_id),
+        ),
         None => None,
     };
     let token = supervisor.token(Stage::Pipeline);

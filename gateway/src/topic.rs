@@ -137,6 +137,17 @@ impl fmt::Display for TopicTemplate {
     }
 }
 
+/// The one upstream domain of a channel, whichever adapter a message came in on and for the
+/// downlink subscription alike: the channel's own domain, else `gateway.domain_id` (possibly
+/// empty). A sensor's path never chooses it (issues 20.13, 21.4).
+pub fn effective_domain<'a>(channel_domain: &'a str, gateway_domain: &'a str) -> &'a str {
+    if channel_domain.is_empty() {
+        gateway_domain
+    } else {
+        channel_domain
+    }
+}
+
 /// Whether `topic` matches the MQTT filter `filter` (`+` one level, `#` the rest).
 pub fn matches_filter(filter: &str, topic: &str) -> bool {
     let mut t = topic.split('/');

@@ -4,6 +4,7 @@
 //! `edgegw status --json` must move by exactly those amounts. A CoAPS Observe client holds a
 //! session: the gauge shows it, and goes back to 0 after idle eviction.
 
+use gateway::auth::DEV_DOMAIN;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -191,14 +192,19 @@ fn every_adapter_moves_its_counters_and_the_dtls_gauge_follows_sessions() {
     assert_eq!(base.get("edgegw_dtls_sessions"), Some(&0.0));
 
     // Plain CoAP: one accepted, one wrong secret (4.01).
-    let url = |q: &str| format!("coap://127.0.0.1:{}/m/dom/c/demo?auth={q}", gw.coap);
+    let url = |q: &str| {
+        format!(
+            "coap://127.0.0.1:{}/m/{DEV_DOMAIN}/c/demo?auth={q}",
+            gw.coap
+        )
+    };
     let out = coap_client(&["-m", "post", "-e", "coap-ok", &url(&secret)]);
     assert!(!out.contains("4.01"), "{out}");
     let out = coap_client(&["-m", "post", "-e", "coap-bad", &url("wrong-secret")]);
     assert!(out.contains("4.01"), "wrong secret not refused: {out}");
 
     // CoAPS-PSK: one accepted, one wrong key (the handshake fails on authentication).
-    let coaps = format!("coaps://127.0.0.1:{}/m/dom/c/demo", gw.coaps);
+    let coaps = format!("coaps://127.0.0.1:{}/m/{DEV_DOMAIN}/c/demo", gw.coaps);
     coap_client(&[
         "-m",
         "post",
@@ -242,7 +248,7 @@ fn every_adapter_moves_its_counters_and_the_dtls_gauge_follows_sessions() {
                 "--data-binary",
                 body,
             ],
-            "/m/dom/c/demo",
+            &format!("/m/{DEV_DOMAIN}/c/demo"),
         )
         .0
     };

@@ -499,6 +499,9 @@ impl AuthStore {
 /// The development profile's demo sensor and channel.
 pub const DEMO_IDENTITY: &str = "demo-sensor";
 pub const DEMO_CHANNEL: &str = "demo";
+/// The domain of the dev profile's demo channel when `gateway.domain_id` is unset, so the demo
+/// channel has one upstream topic `m/<domain>/c/<id>/…` on every adapter.
+pub const DEV_DOMAIN: &str = "00000000-0000-4000-8000-00000000d0e0";
 
 impl Throttled {
     fn max_by_retry(self, other: Throttled) -> Throttled {

@@ -135,7 +135,8 @@ pub fn start(
         auth.clone(),
         pipeline.outbox.clone(),
         pipeline.downlink.clone(),
-    );
+    )
+    .with_gateway_domain(&config.gateway.domain_id);
     if !config.coap.enabled {
         info!("coap listener disabled (coap.enabled = false)");
     } else if let Some(socket) = bind_or_skip(config, config.coap.bind, "CoAP")? {

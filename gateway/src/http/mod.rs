@@ -123,7 +123,8 @@ pub async fn bind(
         auth.clone(),
         outbox.clone(),
         crate::downlink::DownlinkHub::default(),
-    );
+    )
+    .with_gateway_domain(&config.gateway.domain_id);
     let state = Arc::new(AppState {
         intake,
         auth,

@@ -86,7 +86,7 @@ impl std::fmt::Debug for Credentials<'_> {
 pub struct Admitted {
     pub client: ClientRef,
     pub channel: ChannelRef,
-    /// The upstream domain: the channel's, else the one in the request's path.
+    /// The upstream domain: `topic::effective_domain` of the channel (never the request's path).
     pub domain_id: String,
     /// Validated and normalised (`room.1` → `room/1`).
     pub subtopic: String,
@@ -112,6 +112,8 @@ pub struct Intake {
     auth: AuthStore,
     outbox: Outbox,
     downlink: DownlinkHub,
+    /// `gateway.domain_id`: the domain of channels that have none.
+    gateway_domain: String,
 }
 
 impl Intake {
@@ -120,7 +122,19 @@ impl Intake {
             auth,
             outbox,
             downlink,
+            gateway_domain: String::new(),
         }
+    }
+
+    /// Sets `gateway.domain_id`, the upstream domain of channels without one.
+    #[must_use]
+    pub fn with_gateway_domain(mut self, domain: &str) -> Self {
+        self.gateway_domain = domain.to_owned();
+        self
+    }
+
+    fn domain_of(&self, channel: &ChannelRef) -> String {
+        crate::topic::effective_domain(&channel.domain_id, &self.gateway_domain).to_owned()
     }
 
     pub fn auth(&self) -> &AuthStore {
@@ -190,19 +204,18 @@ impl Intake {
             .auth
             .authorize(&client, &target.channel, op)
             .map_err(|e| auth_refusal(&e))?;
+        // One channel, one upstream domain: a path naming another domain is refused. With no
+        // domain at all (channel and gateway), any path domain is accepted but the message
+        // still goes upstream with the one (empty) effective domain.
+        let domain_id = self.domain_of(&channel);
         if let Some(domain) = &target.domain
-            && !channel.domain_id.is_empty()
-            && *domain != channel.domain_id
+            && !domain_id.is_empty()
+            && *domain != domain_id
         {
             return Err(Refusal::Forbidden);
         }
         let subtopic =
             crate::topic::validate_subtopic(&target.subtopic).map_err(|_| Refusal::BadRequest)?;
-        let domain_id = if channel.domain_id.is_empty() {
-            target.domain.clone().unwrap_or_default()
-        } else {
-            channel.domain_id.clone()
-        };
         Ok(Admitted {
             client,
             channel,
@@ -256,7 +269,7 @@ impl Intake {
                 let channel = self.auth.authorize(client, &ch.id, Op::Subscribe).ok()?;
                 Some(Admitted {
                     client: client.clone(),
-                    domain_id: channel.domain_id.clone(),
+                    domain_id: self.domain_of(&channel),
                     channel,
                     subtopic: String::new(),
                 })

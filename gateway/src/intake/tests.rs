@@ -186,3 +186,39 @@ fn a_bound_port_needs_an_enabled_client() {
         Some(Refusal::Unauthenticated)
     );
 }
+
+/// Issues 20.13 / 21.4: a channel without a domain goes upstream in `gateway.domain_id`
+/// whichever path a sensor used; a path naming another domain is refused, and with no domain
+/// at all the path's domain is accepted but never becomes the upstream domain.
+#[test]
+fn the_upstream_domain_is_the_channels_effective_domain_never_the_paths() {
+    let f = Fixture::new(OutboxState::Open);
+    let demo_secret = f.auth.ensure_demo("").unwrap().expect("demo created");
+    f.auth.reload_now().unwrap();
+    let at = |domain: Option<&str>| Target {
+        domain: domain.map(str::to_owned),
+        channel: crate::auth::DEMO_CHANNEL.into(),
+        subtopic: String::new(),
+    };
+    let with_gw =
+        Intake::new(f.auth.clone(), f.outbox.clone(), f.hub.clone()).with_gateway_domain("gw-dom");
+    let admit =
+        |intake: &Intake, t: &Target| intake.admit(PEER, secret(&demo_secret), t, Op::Publish);
+    assert_eq!(
+        admit(&with_gw, &at(Some("gw-dom"))).unwrap().domain_id,
+        "gw-dom"
+    );
+    assert_eq!(admit(&with_gw, &at(None)).unwrap().domain_id, "gw-dom");
+    assert_eq!(
+        admit(&with_gw, &at(Some("other-tenant"))),
+        Err(Refusal::Forbidden)
+    );
+    let no_domain = Intake::new(f.auth.clone(), f.outbox.clone(), f.hub.clone());
+    assert_eq!(
+        admit(&no_domain, &at(Some("other-tenant")))
+            .unwrap()
+            .domain_id,
+        ""
+    );
+    assert_eq!(admit(&no_domain, &at(None)).unwrap().domain_id, "");
+}

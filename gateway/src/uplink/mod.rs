@@ -80,6 +80,8 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), UplinkError> {
 #[derive(Debug)]
 pub struct Uplink {
     config: UplinkConfig,
+    /// `gateway.domain_id`: the domain of channels that have none (`topic::effective_domain`).
+    gateway_domain: String,
     host: String,
     port: u16,
     files: UplinkTlsFiles,
@@ -140,6 +142,7 @@ impl Uplink {
             reloads,
             status,
             report,
+            gateway_domain: String::new(),
         };
         uplink.status.send_modify(|s| {
             s.state = UplinkState::Connecting;
@@ -491,7 +494,15 @@ impl Uplink {
         info!("uplink disconnected");
     }
 
+    /// Sets `gateway.domain_id`, the upstream domain of channels without one.
+    #[must_use]
+    pub fn with_gateway_domain(mut self, domain: &str) -> Self {
+        self.gateway_domain = domain.to_owned();
+        self
+    }
+
     fn command_prefix(&self, domain: &str, channel: &str) -> String {
+        let domain = crate::topic::effective_domain(domain, &self.gateway_domain);
         format!(
             "{}/{}",
             self.config.topic_template.channel_filter(domain, channel),
@@ -528,7 +539,8 @@ impl Uplink {
             let levels = prefix.split('/').count();
             let subtopic = topic.split('/').skip(levels).collect::<Vec<_>>().join("/");
             let cmd = Command {
-                domain_id: c.domain_id.clone(),
+                domain_id: crate::topic::effective_domain(&c.domain_id, &self.gateway_domain)
+                    .to_owned(),
                 channel_id: c.id.clone(),
                 subtopic,
                 payload,
