@@ -16,10 +16,26 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => exit::report(&err),
+    }
+}
+
+/// glibc gives every thread that allocates its own malloc arena (up to 8 per core), each
+/// keeping freed memory resident; two arenas serve a daemon of a few threads and keep idle
+/// RSS down (docs/benchmarks.md, "Footprint"). A `MALLOC_ARENA_MAX` in the environment wins
+/// (then this does nothing).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a tunable of the allocator; called before any thread
+        // other than main exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
     }
 }
 

@@ -261,7 +261,8 @@ impl Db {
         db.conn
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
-                 PRAGMA journal_size_limit = 1048576; PRAGMA wal_autocheckpoint = 256;",
+                 PRAGMA journal_size_limit = 1048576; PRAGMA wal_autocheckpoint = 256; \
+                 PRAGMA cache_size = -512;",
             )
             .map_err(|e| db.err(e))?;
         db.migrate()?;
