@@ -5,10 +5,11 @@
 //! every adapter. Labels are fixed, small sets ([`Adapter`], [`Refusal`]): nothing a peer sends
 //! (client ids, addresses, topics) ever becomes a label, so the output stays bounded. The
 //! sans-IO cores do not touch atomics: they keep plain counts ([`RefusalCounts`], their own
-//! `stats()`), and their shells add the differences here.
+//! `stats()`), and their shells add the differences here. This module knows no wire
+//! protocol: refusals arrive as intake's [`Refusal`] kinds, counted by the adapter that
+//! answered them.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -50,124 +51,11 @@ impl Adapter {
     }
 }
 
-/// Why a sensor's request was refused (the `reason` label): one class per kind of answer, the
-/// same for every adapter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Missing, wrong or unknown credentials; disabled client (4.01, 401, `ERR auth`,
-    /// `ERR not-authenticated`).
-    Auth,
-    /// Authenticated but not connected to the channel (4.03, 403, `ERR not-connected`).
-    Forbidden,
-    /// Payload or line too large (4.13, 413, `ERR too-large`, `ERR too-long`).
-    TooLarge,
-    /// The gateway cannot take it now: outbox full, shutting down, storage error (5.xx, 503,
-    /// `ERR busy`, `ERR unavailable`).
-    Busy,
-    /// Malformed request: path, query, options, subtopic, content type, checksum (other 4.xx).
-    BadRequest,
-    /// Too many failed authentications from that address or identity (4.29, 429,
-    /// `ERR throttled`).
-    Throttled,
-}
+/// Why a sensor's request was refused (the `reason` label): intake's refusal kinds, the same
+/// for every adapter. Each adapter counts a refusal once, where it maps it to its wire answer.
+pub use crate::intake::{RefusalCounts, RefusalKind as Refusal};
 
-const REFUSALS: usize = 6;
-
-impl Refusal {
-    pub const ALL: [Refusal; REFUSALS] = [
-        Refusal::Auth,
-        Refusal::Forbidden,
-        Refusal::TooLarge,
-        Refusal::Busy,
-        Refusal::BadRequest,
-        Refusal::Throttled,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::Auth => "auth",
-            Refusal::Forbidden => "forbidden",
-            Refusal::TooLarge => "too_large",
-            Refusal::Busy => "busy",
-            Refusal::BadRequest => "bad_request",
-            Refusal::Throttled => "throttled",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The class of a CoAP response code (`class << 5 | detail`, e.g. 0x81 = 4.01); `None`
-    /// for success codes.
-    pub fn from_coap_code(code: u8) -> Option<Self> {
-        match (code >> 5, code & 0x1f) {
-            (4, 1) => Some(Refusal::Auth),
-            (4, 3) => Some(Refusal::Forbidden),
-            (4, 13) => Some(Refusal::TooLarge),
-            (4, 29) => Some(Refusal::Throttled),
-            (4, _) => Some(Refusal::BadRequest),
-            (5, _) => Some(Refusal::Busy),
-            _ => None,
-        }
-    }
-
-    /// The class of a CoAP response.
-    pub fn from_coap(code: coap_lite::ResponseType) -> Option<Self> {
-        Self::from_coap_code(u8::from(coap_lite::MessageClass::Response(code)))
-    }
-
-    /// The class of an HTTP status; `None` below 400.
-    pub fn from_http_status(status: u16) -> Option<Self> {
-        match status {
-            401 => Some(Refusal::Auth),
-            403 => Some(Refusal::Forbidden),
-            413 => Some(Refusal::TooLarge),
-            429 => Some(Refusal::Throttled),
-            400..=499 => Some(Refusal::BadRequest),
-            500..=599 => Some(Refusal::Busy),
-            _ => None,
-        }
-    }
-
-    /// The class of a serial `ERR <word>` (the words of `serial::codec::Reason`).
-    pub fn from_serial_word(word: &str) -> Option<Self> {
-        Some(match word {
-            "auth" | "not-authenticated" => Refusal::Auth,
-            "not-connected" => Refusal::Forbidden,
-            "too-long" | "too-large" => Refusal::TooLarge,
-            "busy" | "unavailable" => Refusal::Busy,
-            "throttled" => Refusal::Throttled,
-            "checksum" | "unknown-command" | "bad-request" => Refusal::BadRequest,
-            _ => return None,
-        })
-    }
-}
-
-/// Plain (non-atomic) refusal counts, kept by the sans-IO cores in their stats.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RefusalCounts([u64; REFUSALS]);
-
-impl RefusalCounts {
-    pub fn record(&mut self, refusal: Refusal) {
-        self.0[refusal.index()] += 1;
-    }
-
-    /// Records a CoAP response if it is a refusal.
-    pub fn record_coap(&mut self, code: coap_lite::ResponseType) {
-        if let Some(r) = Refusal::from_coap(code) {
-            self.record(r);
-        }
-    }
-
-    pub fn get(&self, refusal: Refusal) -> u64 {
-        self.0[refusal.index()]
-    }
-
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-}
+const REFUSALS: usize = Refusal::ALL.len();
 
 /// DTLS handshake counts kept by the session table (plain numbers; see [`Metrics::sync_dtls`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -178,6 +66,9 @@ pub struct HandshakeCounts {
     /// Of `failed`: refused on authentication (wrong PSK, unknown identity, rejected
     /// certificate or CN).
     pub auth_failed: u64,
+    /// Refused at once (after the cookie exchange) because the ClientHello offered no cipher
+    /// suite the listener can use; not part of `failed`.
+    pub no_common_suite: u64,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +85,7 @@ struct DtlsCounters {
     half_open: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
+    no_common_suite: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -220,7 +112,7 @@ impl Metrics {
         self.adapter(adapter).messages_in.fetch_add(1, Relaxed);
     }
 
-    /// A request refused. An [`Refusal::Auth`] refusal is also an authentication failure.
+    /// A request refused. An [`Refusal::Unauthenticated`] refusal is also an authentication failure.
     pub fn refused(&self, adapter: Adapter, refusal: Refusal) {
         self.refused_n(adapter, refusal, 1);
     }
@@ -231,7 +123,7 @@ impl Metrics {
         }
         let a = self.adapter(adapter);
         a.refused[refusal.index()].fetch_add(n, Relaxed);
-        if refusal == Refusal::Auth {
+        if refusal == Refusal::Unauthenticated {
             a.auth_failures.fetch_add(n, Relaxed);
         }
     }
@@ -278,6 +170,12 @@ impl Metrics {
         );
         d.failed
             .fetch_add(current.failed.saturating_sub(reported.failed), Relaxed);
+        d.no_common_suite.fetch_add(
+            current
+                .no_common_suite
+                .saturating_sub(reported.no_common_suite),
+            Relaxed,
+        );
         self.auth_failures(
             Adapter::Coaps,
             current.auth_failed.saturating_sub(reported.auth_failed),
@@ -316,6 +214,7 @@ impl Metrics {
                 handshakes_in_progress: d.half_open.load(Relaxed),
                 handshakes_completed: d.completed.load(Relaxed),
                 handshakes_failed: d.failed.load(Relaxed),
+                handshakes_no_common_suite: d.no_common_suite.load(Relaxed),
             },
         }
     }
@@ -343,6 +242,8 @@ pub struct DtlsSnapshot {
     pub handshakes_in_progress: u64,
     pub handshakes_completed: u64,
     pub handshakes_failed: u64,
+    /// ClientHellos refused at once for offering no usable cipher suite.
+    pub handshakes_no_common_suite: u64,
 }
 
 /// Everything at one moment (part of the status report).
@@ -353,324 +254,20 @@ pub struct MetricsSnapshot {
     pub dtls: DtlsSnapshot,
 }
 
-impl MetricsSnapshot {
-    /// Appends the Prometheus text exposition (HELP and TYPE once per family). `delivered_out`
-    /// is the outbox's acknowledged total: the messages out through the (one) MQTT uplink.
-    pub fn render_prometheus(&self, delivered_out: u64, out: &mut String) {
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-        };
-        let ordered = || {
-            Adapter::ALL
-                .iter()
-                .filter_map(|a| self.adapters.get(a.label()).map(|s| (a.label(), s)))
-        };
-        family(
-            out,
-            "edgegw_messages_in_total",
-            "counter",
-            "Messages accepted (durable, acknowledged to the sensor), per adapter.",
-        );
-        for (a, s) in ordered() {
-            let _ = writeln!(
-                out,
-                "edgegw_messages_in_total{{adapter=\"{a}\"}} {}",
-                s.messages_in
-            );
-        }
-        family(
-            out,
-            "edgegw_messages_refused_total",
-            "counter",
-            "Sensor requests refused, per adapter and reason class.",
-        );
-        for (a, s) in ordered() {
-            for r in Refusal::ALL {
-                let n = s.refused.get(r.label()).copied().unwrap_or(0);
-                let _ = writeln!(
-                    out,
-                    "edgegw_messages_refused_total{{adapter=\"{a}\",reason=\"{}\"}} {n}",
-                    r.label()
-                );
-            }
-        }
-        family(
-            out,
-            "edgegw_auth_failures_total",
-            "counter",
-            "Failed sensor authentications (refused credentials; for coaps also DTLS handshakes refused on authentication), per adapter.",
-        );
-        for (a, s) in ordered() {
-            let _ = writeln!(
-                out,
-                "edgegw_auth_failures_total{{adapter=\"{a}\"}} {}",
-                s.auth_failures
-            );
-        }
-        family(
-            out,
-            "edgegw_downlink_delivered_total",
-            "counter",
-            "Downlink commands handed to sensors, per adapter.",
-        );
-        for (a, s) in ordered() {
-            if let Some(n) = s.downlink_delivered {
-                let _ = writeln!(
-                    out,
-                    "edgegw_downlink_delivered_total{{adapter=\"{a}\"}} {n}"
-                );
-            }
-        }
-        family(
-            out,
-            "edgegw_messages_out_total",
-            "counter",
-            "Messages delivered upstream (acknowledged by the broker), per uplink.",
-        );
-        let _ = writeln!(
-            out,
-            "edgegw_messages_out_total{{uplink=\"mqtt\"}} {delivered_out}"
-        );
-        let d = &self.dtls;
-        family(
-            out,
-            "edgegw_dtls_sessions",
-            "gauge",
-            "Established DTLS sessions on the CoAPS listener.",
-        );
-        let _ = writeln!(out, "edgegw_dtls_sessions {}", d.sessions);
-        family(
-            out,
-            "edgegw_dtls_handshakes_in_progress",
-            "gauge",
-            "Half-open DTLS handshakes on the CoAPS listener.",
-        );
-        let _ = writeln!(
-            out,
-            "edgegw_dtls_handshakes_in_progress {}",
-            d.handshakes_in_progress
-        );
-        family(
-            out,
-            "edgegw_dtls_handshakes_total",
-            "counter",
-            "DTLS handshakes by result (failed: errors, timeouts, refusals, authentication).",
-        );
-        let _ = writeln!(
-            out,
-            "edgegw_dtls_handshakes_total{{result=\"completed\"}} {}",
-            d.handshakes_completed
-        );
-        let _ = writeln!(
-            out,
-            "edgegw_dtls_handshakes_total{{result=\"failed\"}} {}",
-            d.handshakes_failed
-        );
-    }
-}
-
-/// Middleware for the HTTP server: counts the HTTP adapter's answers (`POST /m/…`) by status.
-/// Outside the handler so refusals made by extractors (413 body limit) are counted too.
-pub async fn http_adapter(
-    axum::extract::State(metrics): axum::extract::State<Metrics>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let adapter =
-        request.method() == axum::http::Method::POST && request.uri().path().starts_with("/m/");
-    let response = next.run(request).await;
-    if adapter {
-        let status = response.status().as_u16();
-        match Refusal::from_http_status(status) {
-            Some(r) => metrics.refused(Adapter::Http, r),
-            None if status == 202 => metrics.message_in(Adapter::Http),
-            None => {}
-        }
-    }
-    response
-}
-
-/// Counts one line the serial adapter writes to a sensor: `OK <seq>` (a durable PUB),
-/// `ERR <word>` (a refusal) or `CMD …` (a downlink command).
-pub fn record_serial_line(metrics: &Metrics, line: &[u8]) {
-    if line.starts_with(b"OK ") {
-        metrics.message_in(Adapter::Serial);
-    } else if let Some(rest) = line.strip_prefix(b"ERR ") {
-        let word = rest
-            .split(|b| b.is_ascii_whitespace() || *b == b'*')
-            .next()
-            .unwrap_or_default();
-        if let Some(r) = std::str::from_utf8(word)
-            .ok()
-            .and_then(Refusal::from_serial_word)
-        {
-            metrics.refused(Adapter::Serial, r);
-        }
-    } else if line.starts_with(b"CMD ") {
-        metrics.downlink_delivered(Adapter::Serial);
-    }
-}
-
-/// The human lines of `edgegw status` for a report's `adapters` and `dtls` (JSON values).
-pub fn render_status(v: &serde_json::Value, line: &mut dyn FnMut(&str, String)) {
-    let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64);
-    if let Some(adapters) = v.get("adapters").and_then(|a| a.as_object()) {
-        for a in Adapter::ALL {
-            let Some(s) = adapters.get(a.label()) else {
-                continue;
-            };
-            let reasons: Vec<String> = s
-                .get("refused")
-                .and_then(|r| r.as_object())
-                .map(|r| {
-                    Refusal::ALL
-                        .iter()
-                        .filter_map(|c| {
-                            let k = c.label();
-                            r.get(k)
-                                .and_then(serde_json::Value::as_u64)
-                                .filter(|n| *n > 0)
-                                .map(|n| format!("{k} {n}"))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut text = format!(
-                "{} in, {} refused",
-                n(s, "messages_in").unwrap_or(0),
-                n(s, "refused_total").unwrap_or(0)
-            );
-            if !reasons.is_empty() {
-                let _ = write!(text, " ({})", reasons.join(", "));
-            }
-            let _ = write!(
-                text,
-                ", {} auth failures",
-                n(s, "auth_failures").unwrap_or(0)
-            );
-            if let Some(d) = n(s, "downlink_delivered") {
-                let _ = write!(text, ", {d} commands delivered");
-            }
-            line(&format!("adapter {}", a.label()), text);
-        }
-    }
-    if let Some(d) = v.get("dtls") {
-        line(
-            "dtls sessions",
-            format!(
-                "{} established, {} handshaking (handshakes: {} completed, {} failed)",
-                n(d, "sessions").unwrap_or(0),
-                n(d, "handshakes_in_progress").unwrap_or(0),
-                n(d, "handshakes_completed").unwrap_or(0),
-                n(d, "handshakes_failed").unwrap_or(0)
-            ),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Parses `name{labels} value` lines into (name{labels}, value).
-    fn samples(text: &str) -> BTreeMap<String, String> {
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.rsplit_once(' ').expect("sample line");
-                (k.to_owned(), v.to_owned())
-            })
-            .collect()
-    }
-
-    #[test]
-    fn counts_render_with_labels_and_one_help_and_type_per_family() {
-        let m = Metrics::new();
-        m.message_in(Adapter::Coap);
-        m.message_in(Adapter::Coap);
-        m.message_in(Adapter::Http);
-        m.refused(Adapter::Coaps, Refusal::TooLarge);
-        m.refused(Adapter::Serial, Refusal::Auth);
-        m.downlink_delivered(Adapter::Serial);
-        m.set_dtls_sessions(3, 1);
-        let mut reported = HandshakeCounts::default();
-        m.sync_dtls(
-            &HandshakeCounts {
-                completed: 5,
-                failed: 2,
-                auth_failed: 1,
-            },
-            &mut reported,
-        );
-        let mut out = String::new();
-        m.snapshot().render_prometheus(7, &mut out);
-        let s = samples(&out);
-        let get = |k: &str| {
-            s.get(k)
-                .map(String::as_str)
-                .unwrap_or_else(|| panic!("{k} missing:\n{out}"))
-        };
-        assert_eq!(get("edgegw_messages_in_total{adapter=\"coap\"}"), "2");
-        assert_eq!(get("edgegw_messages_in_total{adapter=\"coaps\"}"), "0");
-        assert_eq!(get("edgegw_messages_in_total{adapter=\"http\"}"), "1");
-        assert_eq!(
-            get("edgegw_messages_refused_total{adapter=\"coaps\",reason=\"too_large\"}"),
-            "1"
-        );
-        assert_eq!(
-            get("edgegw_messages_refused_total{adapter=\"serial\",reason=\"auth\"}"),
-            "1"
-        );
-        // An auth refusal is an auth failure; a DTLS handshake auth failure too (coaps).
-        assert_eq!(get("edgegw_auth_failures_total{adapter=\"serial\"}"), "1");
-        assert_eq!(get("edgegw_auth_failures_total{adapter=\"coaps\"}"), "1");
-        assert_eq!(get("edgegw_auth_failures_total{adapter=\"coap\"}"), "0");
-        assert_eq!(
-            get("edgegw_downlink_delivered_total{adapter=\"serial\"}"),
-            "1"
-        );
-        assert!(!s.contains_key("edgegw_downlink_delivered_total{adapter=\"http\"}"));
-        assert_eq!(get("edgegw_messages_out_total{uplink=\"mqtt\"}"), "7");
-        assert_eq!(get("edgegw_dtls_sessions"), "3");
-        assert_eq!(get("edgegw_dtls_handshakes_in_progress"), "1");
-        assert_eq!(
-            get("edgegw_dtls_handshakes_total{result=\"completed\"}"),
-            "5"
-        );
-        assert_eq!(get("edgegw_dtls_handshakes_total{result=\"failed\"}"), "2");
-        // 4 adapters × 6 classes, all present.
-        assert_eq!(
-            s.keys()
-                .filter(|k| k.starts_with("edgegw_messages_refused_total{"))
-                .count(),
-            24
-        );
-        // HELP and TYPE exactly once per family, before its samples.
-        let mut seen = std::collections::BTreeSet::new();
-        for l in out.lines() {
-            if let Some(rest) = l.strip_prefix("# TYPE ") {
-                let name = rest.split(' ').next().unwrap();
-                assert!(seen.insert(name.to_owned()), "TYPE twice for {name}");
-            } else if !l.starts_with('#') {
-                let name = l.split(['{', ' ']).next().unwrap();
-                assert!(seen.contains(name), "{name} sample before its TYPE");
-            }
-        }
-        assert_eq!(out.matches("# HELP ").count(), seen.len());
-        assert_eq!(seen.len(), 8);
-    }
 
     #[test]
     fn syncing_a_core_adds_only_the_difference() {
         let m = Metrics::new();
         let mut core = RefusalCounts::default();
         let mut reported = RefusalCounts::default();
-        core.record_coap(coap_lite::ResponseType::Unauthorized);
-        core.record_coap(coap_lite::ResponseType::RequestEntityTooLarge);
-        core.record_coap(coap_lite::ResponseType::Changed);
+        core.record(Refusal::Unauthenticated);
+        core.record(Refusal::TooLarge);
         m.sync_refusals(Adapter::Coap, &core, &mut reported);
         m.sync_refusals(Adapter::Coap, &core, &mut reported);
-        core.record_coap(coap_lite::ResponseType::ServiceUnavailable);
+        core.record(Refusal::Busy);
         m.sync_refusals(Adapter::Coap, &core, &mut reported);
         let snap = m.snapshot();
         let coap = &snap.adapters["coap"];
@@ -680,88 +277,5 @@ mod tests {
         assert_eq!(coap.refused_total, 3);
         assert_eq!(coap.auth_failures, 1);
         assert_eq!(snap.adapters["coaps"].refused_total, 0);
-    }
-
-    #[test]
-    fn answers_map_to_their_reason_class() {
-        use coap_lite::ResponseType as R;
-        for (code, class) in [
-            (R::Changed, None),
-            (R::Content, None),
-            (R::Unauthorized, Some(Refusal::Auth)),
-            (R::Forbidden, Some(Refusal::Forbidden)),
-            (R::RequestEntityTooLarge, Some(Refusal::TooLarge)),
-            (R::TooManyRequests, Some(Refusal::Throttled)),
-            (R::BadRequest, Some(Refusal::BadRequest)),
-            (R::NotFound, Some(Refusal::BadRequest)),
-            (R::ServiceUnavailable, Some(Refusal::Busy)),
-            (R::InternalServerError, Some(Refusal::Busy)),
-        ] {
-            assert_eq!(Refusal::from_coap(code), class, "{code:?}");
-        }
-        for (status, class) in [
-            (202, None),
-            (401, Some(Refusal::Auth)),
-            (403, Some(Refusal::Forbidden)),
-            (413, Some(Refusal::TooLarge)),
-            (415, Some(Refusal::BadRequest)),
-            (429, Some(Refusal::Throttled)),
-            (503, Some(Refusal::Busy)),
-        ] {
-            assert_eq!(Refusal::from_http_status(status), class, "{status}");
-        }
-        // Every serial reason word has a class.
-        for reason in crate::serial::codec::Reason::ALL {
-            assert!(
-                Refusal::from_serial_word(reason.word()).is_some(),
-                "serial word {} has no class",
-                reason.word()
-            );
-        }
-    }
-
-    #[test]
-    fn serial_answer_lines_are_counted_by_kind() {
-        let m = Metrics::new();
-        record_serial_line(&m, b"OK 17");
-        record_serial_line(&m, b"OK");
-        record_serial_line(&m, b"ERR auth");
-        record_serial_line(&m, b"ERR too-long*3A");
-        record_serial_line(&m, b"CMD demo/cmd reboot");
-        let snap = m.snapshot();
-        let s = &snap.adapters["serial"];
-        assert_eq!(s.messages_in, 1, "AUTH's bare OK is not a message");
-        assert_eq!(s.refused["auth"], 1);
-        assert_eq!(s.refused["too_large"], 1);
-        assert_eq!(s.auth_failures, 1);
-        assert_eq!(s.downlink_delivered, Some(1));
-    }
-
-    #[test]
-    fn status_lines_show_counts_and_dtls() {
-        let m = Metrics::new();
-        m.message_in(Adapter::Coap);
-        m.refused(Adapter::Coap, Refusal::Auth);
-        m.set_dtls_sessions(2, 0);
-        let v = serde_json::to_value(m.snapshot()).unwrap();
-        let mut lines = Vec::new();
-        render_status(&v, &mut |k, val| lines.push(format!("{k}: {val}")));
-        assert!(
-            lines.contains(
-                &"adapter coap: 1 in, 1 refused (auth 1), 1 auth failures, 0 commands delivered"
-                    .to_owned()
-            ),
-            "{lines:?}"
-        );
-        assert!(
-            lines.contains(&"adapter http: 0 in, 0 refused, 0 auth failures".to_owned()),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("dtls sessions: 2 established")),
-            "{lines:?}"
-        );
     }
 }

@@ -148,15 +148,6 @@ impl AuthError {
         matches!(self, Self::NotConnected | Self::UnknownChannel)
     }
 
-    /// The process exit status for this error at the CLI or at start.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Corrupt { .. } | Self::SchemaTooNew { .. } => crate::exit::CONFIG,
-            Self::Invalid(_) => crate::exit::USAGE,
-            _ => crate::exit::FAILURE,
-        }
-    }
-
     fn outcome(&self) -> &'static str {
         match self {
             Self::UnknownIdentity => "unknown_identity",
@@ -192,6 +183,8 @@ struct Inner {
     /// Held while loading and installing a snapshot, so installs happen in load order.
     install: Mutex<()>,
     subscribed: watch::Sender<Arc<Vec<ChannelRef>>>,
+    /// The generation of every installed snapshot: adapters re-check live subscriptions.
+    changes: watch::Sender<i64>,
     revocations: broadcast::Sender<CertificateRecord>,
     throttle: Mutex<Throttles>,
     audit: Option<audit::Audit>,
@@ -236,6 +229,7 @@ impl AuthStore {
             keep => Some(audit::Audit::start(path, keep)?),
         };
         let (subscribed, _) = watch::channel(Arc::new(snapshot.subscribed.clone()));
+        let (changes, _) = watch::channel(snapshot.generation);
         let (revocations, _) = broadcast::channel(64);
         let (stop_tx, stop_rx) = std::sync::mpsc::channel();
         let max_tracked = config.throttle_max_tracked as usize;
@@ -245,6 +239,7 @@ impl AuthStore {
             writer: Mutex::new(db),
             install: Mutex::new(()),
             subscribed,
+            changes,
             revocations,
             throttle: Mutex::new(Throttles {
                 by_remote: throttle::Buckets::new(
@@ -364,6 +359,12 @@ impl AuthStore {
         self.inner.subscribed.subscribe()
     }
 
+    /// Fires on every change of the store (a new snapshot): live downlink subscriptions are
+    /// re-checked against it, so a revoked grant stops deliveries at once.
+    pub fn changes(&self) -> watch::Receiver<i64> {
+        self.inner.changes.subscribe()
+    }
+
     /// Ok unless `remote` or `identity` used up its failed-authentication budget.
     pub fn throttle_check(
         &self,
@@ -419,19 +420,19 @@ impl AuthStore {
                 e.outcome()
             }
         };
-        if let Some(audit) = &self.inner.audit {
-            audit.record(AuditEvent {
+        match (&self.inner.audit, result) {
+            (None, _) => {}
+            // Aggregated per client × remote × method and interval (see `audit`).
+            (Some(audit), Ok(c)) => audit.record_success(method, &c.id, &c.identity, remote),
+            (Some(audit), Err(_)) => audit.record(AuditEvent {
                 at_ms: now_ms(),
                 method,
-                identity: match result {
-                    Ok(c) => Some(c.identity.clone()),
-                    Err(_) => identity.map(shown),
-                },
-                client_id: result.as_ref().ok().map(|c| c.id.clone()),
+                identity: identity.map(shown),
+                client_id: None,
                 remote: remote.map(|ip| ip.to_string()),
                 outcome,
                 ..AuditEvent::default()
-            });
+            }),
         }
     }
 
@@ -529,6 +530,7 @@ impl Inner {
             info!(serial = %rec.serial_hex, client_id = %rec.client_id, "certificate revoked");
             let _ = self.revocations.send(rec);
         }
+        self.changes.send_replace(current.generation);
         self.subscribed.send_if_modified(|list| {
             if **list == current.subscribed {
                 false

@@ -7,30 +7,84 @@
 //! leaf certificate is verified here with rustls-webpki against `coap_dtls.client_ca_certs`,
 //! through the intermediates of `coap_dtls.client_intermediate_certs` (dimpl hands over the
 //! peer's leaf only, so a chain the client sends is not seen),
-//! then its CN and serial go to the [`Backend`]. Every dimpl call runs under `catch_unwind`,
+//! then its CN and serial go to the [`DtlsCredentials`] port the table declares (no tokio,
+//! no shell type here). Every dimpl call runs under `catch_unwind`,
 //! so a panic inside it drops only that session. The table is bounded (handshakes, sessions),
 //! handshakes time out, idle sessions are evicted, and a failed authentication is answered
 //! with a fatal alert (dimpl sends none) so clients fail fast.
 //!
 //! Like the CoAP core it owns no socket or clock: datagrams in, [`Transmit`]s and
-//! [`SessionEvent`]s out.
+//! [`SessionEvent`]s out. Under a flood of ClientHellos it answers with stateless cookies
+//! (see [`Sessions::handle_datagram`]). Files: `record` (record layer bytes), `cookie`
+//! (stateless HelloVerifyRequest keys), `psk` (the shared resolver), `verify` (device
+//! certificates), this file (the table).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use dimpl::{Config as DimplConfig, Dtls, DtlsCertificate, Output, PskResolver};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use dimpl::{Config as DimplConfig, Dtls, DtlsCertificate, Output};
+use rustls_pki_types::CertificateDer;
 use tracing::{debug, info, warn};
 
 use super::proto::Transmit;
-use super::task::{Backend, Principal};
+
+mod admission;
+mod cookie;
+mod psk;
+mod record;
+mod verify;
+
+use psk::{CurrentSlot, PskSlot, key_hash, psk_config, set_current};
+pub use record::client_hello_suites;
+use record::{epoch0_max_seq, has_ccs, only_epoch0};
+pub use verify::subject_cn_and_serial;
+use verify::verify_certificate;
+
+/// A sensor authenticated by its DTLS session (PSK identity or certificate CN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub client_id: String,
+    pub identity: String,
+    /// Certificate serial (lowercase hex) for certificate sessions; `None` for PSK.
+    pub serial: Option<String>,
+}
+
+/// What the session table needs to know about credentials: the port it declares, with plain
+/// types (the shell adapts its backend to it). Called synchronously from inside handshakes,
+/// so implementations must be cheap (cached).
+pub trait DtlsCredentials: Send + Sync + 'static {
+    /// DTLS-PSK: the key for an identity (an enabled client's secret), or `None`.
+    fn psk(&self, identity: &[u8]) -> Option<Vec<u8>>;
+    /// DTLS-PSK: the principal of an identity whose key just proved right.
+    fn psk_principal(&self, identity: &str) -> Option<Principal>;
+    /// A chain-verified certificate's CN, serial (lowercase hex) and SHA-256 fingerprint →
+    /// the principal of a known enabled client whose unrevoked certificate it is.
+    fn principal_for_certificate(
+        &self,
+        cn: &str,
+        serial_hex: &str,
+        fingerprint_sha256_hex: &str,
+    ) -> Option<Principal>;
+    /// Whether a live session's principal is still acceptable (client enabled, certificate
+    /// not revoked). Checked about once a second for every session.
+    fn still_valid(&self, principal: &Principal) -> bool;
+}
 
 /// TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655), the CoAP mandatory PSK suite.
 const PSK_AES128_CCM_8: u16 = 0xC0A8;
+/// The ECDHE-ECDSA suites dimpl implements (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305).
+const ECDHE_ECDSA_SUITES: [u16; 3] = [0xC02B, 0xC02C, 0xCCA9];
+/// Handshakes in progress from one IP address (any port); the oldest is evicted beyond it.
+const HANDSHAKES_PER_ADDRESS: usize = 8;
+/// A ClientHello without a valid cookie from the address of a live session is answered only
+/// once that session has been quiet this long (a rebooted sensor retransmits its hello), and
+/// then at most once per this period: a spoofed hello must not push HelloVerifyRequests into a
+/// working session.
+const LIVE_HELLO_QUIET: Duration = Duration::from_secs(5);
 /// Largest DTLS output dimpl may hand us in one poll (a peer certificate is copied into it).
 const POLL_BUFFER: usize = 64 * 1024;
 
@@ -49,6 +103,8 @@ pub enum DtlsSetupError {
     Engine(String),
     #[error("client CA certificate {index} is not a usable trust anchor: {reason}")]
     TrustAnchor { index: usize, reason: String },
+    #[error(transparent)]
+    Cookie(#[from] cookie::NoRandomness),
 }
 
 /// Limits and identity of the DTLS listener.
@@ -82,64 +138,6 @@ enum Mode {
     Certificate,
 }
 
-/// The identity the PSK resolver saw, recorded inside `handle_packet` (dimpl never reports it).
-#[derive(Debug, Default)]
-struct PskSlot {
-    identity: Mutex<Option<String>>,
-    /// Keyed hash of the key the handshake used (never the key itself): a rotated secret
-    /// ends the session at the next sweep.
-    key_hash: Mutex<Option<u64>>,
-}
-
-/// A per-process keyed hash (SipHash with random keys) for comparing keys without keeping them.
-fn key_hash(key: &[u8]) -> u64 {
-    use std::hash::BuildHasher as _;
-    use std::sync::OnceLock;
-    static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    STATE
-        .get_or_init(std::collections::hash_map::RandomState::new)
-        .hash_one(key)
-}
-
-/// The slot of the PSK session whose datagram is being handled. One PSK config (and one
-/// resolver) serves every session: building a dimpl `Config` runs the provider's known-answer
-/// tests (milliseconds of CPU), too much to pay per handshake. The table handles one datagram
-/// at a time and points this at that session's slot around the dimpl call.
-type CurrentSlot = Arc<Mutex<Option<Arc<PskSlot>>>>;
-
-struct SlotResolver {
-    current: CurrentSlot,
-    backend: Arc<dyn Backend>,
-    /// Key used for unknown identities, so they fail exactly like a wrong key.
-    dummy: Vec<u8>,
-}
-
-impl PskResolver for SlotResolver {
-    fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
-        let slot = self.current.lock().ok().and_then(|g| g.clone());
-        let Some(slot) = slot else {
-            // Not inside a PSK session's call: nothing to attribute the identity to.
-            return Some(self.dummy.clone());
-        };
-        let text = String::from_utf8_lossy(identity).into_owned();
-        if let Ok(mut id) = slot.identity.lock() {
-            *id = Some(text);
-        }
-        let key = self
-            .backend
-            .psk(identity)
-            .unwrap_or_else(|| self.dummy.clone());
-        if let Ok(mut hash) = slot.key_hash.lock() {
-            *hash = Some(key_hash(&key));
-        }
-        Some(key)
-    }
-}
-
-// The resolver only reads the backend and writes a Mutex slot; a panic leaves nothing torn.
-impl std::panic::UnwindSafe for SlotResolver {}
-impl std::panic::RefUnwindSafe for SlotResolver {}
-
 struct Conn {
     dtls: Dtls,
     mode: Mode,
@@ -155,12 +153,16 @@ struct Conn {
     epoch0_seq: u64,
     /// The peer sent ChangeCipherSpec to this (pending) handshake.
     saw_ccs: bool,
+    /// The peer proved it receives at its address: it returned a cookie (ours, or dimpl's
+    /// once dimpl answered with a ServerHello). Handshakes not yet proven never evict
+    /// proven ones.
+    proven: bool,
 }
 
 /// Per-peer DTLS sessions. See the module docs.
 pub struct Sessions {
     settings: DtlsSettings,
-    backend: Arc<dyn Backend>,
+    backend: Arc<dyn DtlsCredentials>,
     cert_config: Option<Arc<DimplConfig>>,
     /// The one PSK config, and the slot its resolver records into.
     psk_config: Arc<DimplConfig>,
@@ -178,6 +180,10 @@ pub struct Sessions {
     panics: u64,
     /// Handshakes completed / not completed (for metrics).
     handshakes: crate::metrics::HandshakeCounts,
+    /// The server-wide key of stateless HelloVerifyRequest cookies.
+    cookies: cookie::CookieKeys,
+    /// Last stateless HelloVerifyRequest sent to a live session's address.
+    live_hvr: HashMap<SocketAddr, Instant>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -190,7 +196,10 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    pub fn new(settings: DtlsSettings, backend: Arc<dyn Backend>) -> Result<Self, DtlsSetupError> {
+    pub fn new(
+        settings: DtlsSettings,
+        backend: Arc<dyn DtlsCredentials>,
+    ) -> Result<Self, DtlsSetupError> {
         let anchors = settings
             .client_cas
             .iter()
@@ -235,6 +244,8 @@ impl Sessions {
             wall_clock: Box::new(SystemTime::now),
             panics: 0,
             handshakes: crate::metrics::HandshakeCounts::default(),
+            cookies: cookie::CookieKeys::new()?,
+            live_hvr: HashMap::new(),
         })
     }
 
@@ -291,8 +302,16 @@ impl Sessions {
     }
 
     /// Feeds one datagram received from `peer`.
+    ///
+    /// A ClientHello from an address without a handshake in progress is answered in one of
+    /// two ways. Normally dimpl answers it (its own HelloVerifyRequest) from a new, not yet
+    /// proven handshake. When not-proven handshakes hold half of `max_handshakes` (a flood of
+    /// spoofed hellos), or the hello offers no suite we could use, the table answers with a
+    /// stateless HelloVerifyRequest instead, keeping nothing: only a hello that returns that
+    /// cookie gets a handshake (then dimpl's own cookie exchange follows, one more round
+    /// trip), like TCP SYN cookies under a SYN flood.
     pub fn handle_datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
-        let hello = client_hello_suites(datagram);
+        let hello = record::client_hello(datagram);
         if self.pending.contains_key(&peer) {
             let to_pending = hello.is_some()
                 || !self.live.contains_key(&peer)
@@ -310,13 +329,10 @@ impl Sessions {
                 self.feed(peer, true, datagram, now);
                 return;
             }
-        } else if let Some(suites) = hello {
+        } else if let Some(hello) = hello {
             // A ClientHello from a new address, or a new handshake from a live one: the live
             // session stays until the new handshake completes.
-            if !self.start_handshake(peer, &suites, now) {
-                return;
-            }
-            self.feed(peer, true, datagram, now);
+            self.handle_hello(peer, &hello, datagram, now);
             return;
         }
         if self.live.contains_key(&peer) {
@@ -376,6 +392,9 @@ impl Sessions {
     /// Housekeeping, about once a second: handshakes past `handshake_timeout`, sessions idle
     /// past `idle_timeout`, and sessions whose principal is no longer valid.
     pub fn sweep(&mut self, now: Instant) {
+        self.cookies.rotate(now);
+        self.live_hvr
+            .retain(|_, t| now.saturating_duration_since(*t) < LIVE_HELLO_QUIET);
         let hs = self.settings.handshake_timeout;
         let idle = self.settings.idle_timeout;
         let expired: Vec<_> = self
@@ -469,68 +488,6 @@ impl Sessions {
         } else {
             &mut self.live
         }
-    }
-
-    /// Creates the engine for a new ClientHello; false if refused (caps, no shared mode).
-    fn start_handshake(&mut self, peer: SocketAddr, suites: &[u16], now: Instant) -> bool {
-        if self.pending.len() >= self.settings.max_handshakes {
-            debug!(%peer, "dtls handshake refused: too many in progress");
-            return false;
-        }
-        if !self.live.contains_key(&peer) && self.live.len() >= self.settings.max_sessions {
-            warn!(%peer, "dtls handshake refused: session limit reached");
-            self.send_alert(peer, 0, ALERT_INTERNAL_ERROR);
-            self.handshakes.failed += 1;
-            return false;
-        }
-        let mode = if suites.contains(&PSK_AES128_CCM_8) {
-            Mode::Psk
-        } else {
-            Mode::Certificate
-        };
-        let built = match mode {
-            Mode::Psk => {
-                let cfg = self.psk_config.clone();
-                catch_unwind(AssertUnwindSafe(|| Dtls::new_12_psk(cfg, now)))
-                    .map(|d| (d, Some(Arc::new(PskSlot::default()))))
-                    .map_err(|_| "panic".to_owned())
-            }
-            Mode::Certificate => match &self.cert_config {
-                Some(cfg) => {
-                    let cert = self.settings.certificate.clone();
-                    catch_unwind(AssertUnwindSafe(|| Dtls::new_12(cfg.clone(), cert, now)))
-                        .map(|d| (d, None))
-                        .map_err(|_| "panic".to_owned())
-                }
-                None => Err("certificate mode is off (no coap_dtls.client_ca_certs)".to_owned()),
-            },
-        };
-        let (dtls, psk) = match built {
-            Ok(x) => x,
-            Err(e) => {
-                debug!(%peer, "dtls handshake refused: {e}");
-                self.send_alert(peer, 0, ALERT_HANDSHAKE_FAILURE);
-                self.handshakes.failed += 1;
-                return false;
-            }
-        };
-        self.pending.insert(
-            peer,
-            Conn {
-                dtls,
-                mode,
-                psk,
-                cert_principal: None,
-                principal: None,
-                established: false,
-                next_timer: None,
-                started: now,
-                last_activity: now,
-                epoch0_seq: 0,
-                saw_ccs: false,
-            },
-        );
-        true
     }
 
     fn feed(&mut self, peer: SocketAddr, pending: bool, datagram: &[u8], now: Instant) {
@@ -645,6 +602,8 @@ impl Sessions {
                         if let Some(seq) = epoch0_max_seq(&p) {
                             conn.epoch0_seq = conn.epoch0_seq.max(seq);
                         }
+                        // dimpl answers with a ServerHello only to a hello with its cookie.
+                        conn.proven |= record::has_server_hello(&p);
                         transmits.push_back(Transmit { peer, payload: p });
                     }
                     Polled::TooSmall(needed) => {
@@ -785,11 +744,10 @@ impl Sessions {
 
     /// A plaintext fatal alert in epoch 0 (no keys are shared with a peer that failed).
     fn send_alert(&mut self, peer: SocketAddr, seq: u64, description: u8) {
-        let mut rec = Vec::with_capacity(15);
-        rec.extend_from_slice(&[21, 0xFE, 0xFD, 0, 0]);
-        rec.extend_from_slice(&seq.to_be_bytes()[2..]);
-        rec.extend_from_slice(&[0, 2, 2, description]);
-        self.transmits.push_back(Transmit { peer, payload: rec });
+        self.transmits.push_back(Transmit {
+            peer,
+            payload: record::fatal_alert(seq, description),
+        });
     }
 }
 
@@ -804,190 +762,11 @@ enum Polled {
     Other,
 }
 
-fn base_config(settings: &DtlsSettings) -> dimpl::ConfigBuilder {
+pub(super) fn base_config(settings: &DtlsSettings) -> dimpl::ConfigBuilder {
     DimplConfig::builder()
         .use_server_cookie(true)
         .handshake_timeout(settings.handshake_timeout)
         .mtu(1150)
-}
-
-fn set_current(current: &CurrentSlot, slot: Option<Arc<PskSlot>>) {
-    if let Ok(mut g) = current.lock() {
-        *g = slot;
-    }
-}
-
-fn psk_config(
-    settings: &DtlsSettings,
-    current: CurrentSlot,
-    backend: Arc<dyn Backend>,
-) -> Result<DimplConfig, String> {
-    let resolver = SlotResolver {
-        current,
-        backend,
-        dummy: dummy_key(),
-    };
-    base_config(settings)
-        .with_psk_server(None, Arc::new(resolver))
-        .build()
-        .map_err(|e| e.to_string())
-}
-
-/// A per-process random key for unknown identities (never matches a client's secret).
-fn dummy_key() -> Vec<u8> {
-    use std::sync::OnceLock;
-    static KEY: OnceLock<Vec<u8>> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let mut k = vec![0u8; 32];
-        let provider = rustls::crypto::aws_lc_rs::default_provider();
-        if provider.secure_random.fill(&mut k).is_err() {
-            // No randomness: a fixed key still cannot be guessed from the wire, but log it.
-            warn!("no randomness for the DTLS dummy PSK");
-        }
-        k
-    })
-    .clone()
-}
-
-/// Chain to a device CA (through configured intermediates), validity of every certificate
-/// in the chain, clientAuth EKU; then CN + serial → a known enabled client.
-fn verify_certificate(
-    der: &[u8],
-    anchors: &[rustls_pki_types::TrustAnchor<'static>],
-    intermediates: &[CertificateDer<'static>],
-    now: SystemTime,
-    backend: &dyn Backend,
-) -> Result<Principal, u8> {
-    if anchors.is_empty() {
-        return Err(ALERT_UNKNOWN_CA);
-    }
-    let cert = CertificateDer::from(der);
-    let ee = webpki::EndEntityCert::try_from(&cert).map_err(|_| ALERT_BAD_CERTIFICATE)?;
-    let time = UnixTime::since_unix_epoch(
-        now.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default(),
-    );
-    let algs: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
-        webpki::aws_lc_rs::ECDSA_P256_SHA256,
-        webpki::aws_lc_rs::ECDSA_P256_SHA384,
-        webpki::aws_lc_rs::ECDSA_P384_SHA256,
-        webpki::aws_lc_rs::ECDSA_P384_SHA384,
-        webpki::aws_lc_rs::ED25519,
-    ];
-    ee.verify_for_usage(
-        algs,
-        anchors,
-        intermediates,
-        time,
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .map_err(|e| {
-        debug!("device certificate refused: {e}");
-        match e {
-            webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
-                ALERT_CERTIFICATE_EXPIRED
-            }
-            webpki::Error::UnknownIssuer => ALERT_UNKNOWN_CA,
-            _ => ALERT_BAD_CERTIFICATE,
-        }
-    })?;
-    let (cn, serial) = subject_cn_and_serial(der).ok_or(ALERT_BAD_CERTIFICATE)?;
-    // Unknown CN, unrecorded or revoked certificate, disabled client: one answer for all.
-    backend
-        .certificate_principal(&cn, &serial, &certs::sha256_hex(der))
-        .map_err(|_| ALERT_BAD_CERTIFICATE)
-}
-
-/// The subject CN and the serial (lowercase hex, no colons, no leading zero bytes).
-pub fn subject_cn_and_serial(der: &[u8]) -> Option<(String, String)> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    let raw = cert.raw_serial();
-    let trimmed: &[u8] = match raw.iter().position(|b| *b != 0) {
-        Some(i) => &raw[i..],
-        None => &raw[raw.len().saturating_sub(1)..],
-    };
-    let serial = trimmed.iter().map(|b| format!("{b:02x}")).collect();
-    Some((cn, serial))
-}
-
-/// Record iterator over a datagram: (content type, epoch, sequence number).
-fn records(datagram: &[u8]) -> impl Iterator<Item = (u8, u16, u64, &[u8])> {
-    let mut rest = datagram;
-    std::iter::from_fn(move || {
-        if rest.len() < 13 {
-            return None;
-        }
-        let ct = rest[0];
-        let epoch = u16::from_be_bytes([rest[3], rest[4]]);
-        let mut seq = [0u8; 8];
-        seq[2..].copy_from_slice(&rest[5..11]);
-        let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
-        let body = rest.get(13..13 + len)?;
-        rest = &rest[13 + len..];
-        Some((ct, epoch, u64::from_be_bytes(seq), body))
-    })
-}
-
-fn only_epoch0(datagram: &[u8]) -> bool {
-    let mut any = false;
-    for (_, epoch, _, _) in records(datagram) {
-        if epoch != 0 {
-            return false;
-        }
-        any = true;
-    }
-    any
-}
-
-fn has_ccs(datagram: &[u8]) -> bool {
-    records(datagram).any(|(ct, ..)| ct == 20)
-}
-
-fn epoch0_max_seq(datagram: &[u8]) -> Option<u64> {
-    records(datagram)
-        .filter(|(_, epoch, ..)| *epoch == 0)
-        .map(|(_, _, seq, _)| seq)
-        .max()
-}
-
-/// If the datagram starts with an epoch-0 ClientHello (first fragment), its cipher suites.
-pub fn client_hello_suites(datagram: &[u8]) -> Option<Vec<u16>> {
-    let (ct, epoch, _, body) = records(datagram).next()?;
-    if ct != 22 || epoch != 0 || body.len() < 12 || body[0] != 1 {
-        return None;
-    }
-    let frag_off = u32::from_be_bytes([0, body[6], body[7], body[8]]);
-    if frag_off != 0 {
-        return None;
-    }
-    let frag_len = usize::try_from(u32::from_be_bytes([0, body[9], body[10], body[11]])).ok()?;
-    let hello = body.get(12..12 + frag_len)?;
-    let mut pos = 2 + 32;
-    let sid = usize::from(*hello.get(pos)?);
-    pos += 1 + sid;
-    let cookie = usize::from(*hello.get(pos)?);
-    pos += 1 + cookie;
-    let len = usize::from(u16::from_be_bytes([*hello.get(pos)?, *hello.get(pos + 1)?]));
-    pos += 2;
-    let suites = hello.get(pos..pos + len)?;
-    if len % 2 != 0 {
-        return None;
-    }
-    Some(
-        suites
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .collect(),
-    )
 }
 
 #[cfg(test)]
