@@ -67,6 +67,9 @@ pub struct HandshakeCounts {
     /// Of `failed`: refused on authentication (wrong PSK, unknown identity, rejected
     /// certificate or CN).
     pub auth_failed: u64,
+    /// Refused at once (after the cookie exchange) because the ClientHello offered no cipher
+    /// suite the listener can use; not part of `failed`.
+    pub no_common_suite: u64,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +86,7 @@ struct DtlsCounters {
     half_open: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
+    no_common_suite: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +171,12 @@ impl Metrics {
         );
         d.failed
             .fetch_add(current.failed.saturating_sub(reported.failed), Relaxed);
+        d.no_common_suite.fetch_add(
+            current
+                .no_common_suite
+                .saturating_sub(reported.no_common_suite),
+            Relaxed,
+        );
         self.auth_failures(
             Adapter::Coaps,
             current.auth_failed.saturating_sub(reported.auth_failed),
@@ -205,6 +215,7 @@ impl Metrics {
                 handshakes_in_progress: d.half_open.load(Relaxed),
                 handshakes_completed: d.completed.load(Relaxed),
                 handshakes_failed: d.failed.load(Relaxed),
+                handshakes_no_common_suite: d.no_common_suite.load(Relaxed),
             },
         }
     }
@@ -232,6 +243,8 @@ pub struct DtlsSnapshot {
     pub handshakes_in_progress: u64,
     pub handshakes_completed: u64,
     pub handshakes_failed: u64,
+    /// ClientHellos refused at once for offering no usable cipher suite.
+    pub handshakes_no_common_suite: u64,
 }
 
 /// Everything at one moment (part of the status report).
@@ -343,7 +356,8 @@ impl MetricsSnapshot {
             out,
             "edgegw_dtls_handshakes_total",
             "counter",
-            "DTLS handshakes by result (failed: errors, timeouts, refusals, authentication).",
+            "DTLS handshakes by result (failed: errors, timeouts, refusals, authentication; \
+             no_common_suite: refused at once, no usable cipher suite offered).",
         );
         let _ = writeln!(
             out,
@@ -354,6 +368,11 @@ impl MetricsSnapshot {
             out,
             "edgegw_dtls_handshakes_total{{result=\"failed\"}} {}",
             d.handshakes_failed
+        );
+        let _ = writeln!(
+            out,
+            "edgegw_dtls_handshakes_total{{result=\"no_common_suite\"}} {}",
+            d.handshakes_no_common_suite
         );
     }
 }
@@ -446,6 +465,7 @@ mod tests {
                 completed: 5,
                 failed: 2,
                 auth_failed: 1,
+                no_common_suite: 0,
             },
             &mut reported,
         );
