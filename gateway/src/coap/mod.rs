@@ -157,17 +157,20 @@ pub fn start(
             if settings.client_cas.is_empty() {
                 warn!("coap_dtls.client_ca_certs is not set: CoAPS accepts DTLS-PSK only");
             }
-            let sessions =
-                dtls::Sessions::new(settings, backend.clone()).map_err(|e| ConfigFileError {
-                    what: "coap_dtls",
-                    path: config
-                        .coap_dtls
-                        .cert
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    reason: e.to_string(),
-                })?;
+            let sessions = dtls::Sessions::new(
+                settings,
+                Arc::new(task::BackendCredentials(backend.clone())),
+            )
+            .map_err(|e| ConfigFileError {
+                what: "coap_dtls",
+                path: config
+                    .coap_dtls
+                    .cert
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                reason: e.to_string(),
+            })?;
             if let Some(socket) = bind_or_skip(config, config.coap_dtls.bind, "CoAPS")? {
                 let (core, token) = (server_config(config), supervisor.token(Stage::Intake));
                 let metrics = pipeline.status.metrics().clone();

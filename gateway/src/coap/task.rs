@@ -24,14 +24,7 @@ use crate::downlink::{Command, Subscription};
 use crate::intake::{self, Admitted, Intake};
 use crate::metrics::{Adapter, Metrics};
 
-/// A sensor authenticated by its DTLS session (PSK identity or certificate CN).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub client_id: String,
-    pub identity: String,
-    /// Certificate serial (lowercase hex) for certificate sessions; `None` for PSK.
-    pub serial: Option<String>,
-}
+pub use super::dtls::Principal;
 
 /// What the DTLS session table asks of the auth store: PSK keys, principals, revocation.
 /// Implemented over the auth store in `coap::backend`; tests use fakes. Sensor requests do
@@ -58,6 +51,37 @@ pub trait Backend: Send + Sync + 'static {
     /// Client ids whose live sessions must end at once (revoked certificate).
     fn ended_clients(&self) -> Option<mpsc::Receiver<String>> {
         None
+    }
+}
+
+/// The DTLS session table's credentials port, answered by a [`Backend`].
+pub struct BackendCredentials(pub Arc<dyn Backend>);
+
+impl std::fmt::Debug for BackendCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendCredentials")
+    }
+}
+
+impl super::dtls::DtlsCredentials for BackendCredentials {
+    fn psk(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        self.0.psk(identity)
+    }
+    fn psk_principal(&self, identity: &str) -> Option<Principal> {
+        self.0.psk_principal(identity)
+    }
+    fn principal_for_certificate(
+        &self,
+        cn: &str,
+        serial_hex: &str,
+        fingerprint_sha256_hex: &str,
+    ) -> Option<Principal> {
+        self.0
+            .certificate_principal(cn, serial_hex, fingerprint_sha256_hex)
+            .ok()
+    }
+    fn still_valid(&self, principal: &Principal) -> bool {
+        self.0.still_valid(principal)
     }
 }
 

@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::*;
-use crate::coap::proto::Refusal;
-use crate::coap::task::Backend;
 use dimpl::{Config as DimplConfig, Dtls, DtlsCertificate, Output, PskResolver};
 use proptest::prelude::*;
+
+use super::*;
 
 const KEY: &[u8] = b"sensor-a-secret-0123456789";
 const KEY_B: &[u8] = b"sensor-b-secret-9876543210";
@@ -21,7 +20,7 @@ struct Fake {
     rotated: AtomicBool,
 }
 
-impl Backend for Fake {
+impl DtlsCredentials for Fake {
     fn psk(&self, identity: &[u8]) -> Option<Vec<u8>> {
         assert!(
             !self.panic_in_psk,
@@ -50,8 +49,8 @@ impl Backend for Fake {
             serial: None,
         })
     }
-    fn certificate_principal(&self, _: &str, _: &str, _: &str) -> Result<Principal, Refusal> {
-        Err(Refusal::Unauthenticated)
+    fn principal_for_certificate(&self, _: &str, _: &str, _: &str) -> Option<Principal> {
+        None
     }
     fn still_valid(&self, _: &Principal) -> bool {
         self.valid.load(Ordering::SeqCst)

@@ -1,4 +1,4 @@
-//! Routes of the management API and the HTTP adapter (`super::adapter`): the router and the route table here,
+//! Routes of the management API (the HTTP adapter's handler is `http::adapter`): the router and the route table here,
 //! the handlers per entity family beside it (`clients`, `channels` with connections, `certs`
 //! with audit, `pats`, `users` for tokens, `health` with metrics), who calls (`caller`) and the
 //! error answer (`error`). Store access goes through `auth::store::Db` (the same functions as
