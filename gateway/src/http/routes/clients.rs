@@ -57,12 +57,22 @@ pub(super) async fn create_client(
         Some(c) => (c.identity.or(req.identity), c.secret),
         None => (req.identity, None),
     };
-    let identity = identity.or_else(|| req.name.clone()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "credentials.identity (or name) is required",
-        )
-    })?;
+    // SuperMQ generates what is missing: without an identity the name serves when it is a
+    // valid identity, otherwise one is generated (`client-<uuid>`, returned in the answer).
+    let identity = match identity.or_else(|| {
+        req.name
+            .clone()
+            .filter(|n| crate::auth::store::validate_identity(n).is_ok())
+    }) {
+        Some(i) => i,
+        None if req.name.is_some() => format!("client-{}", crate::auth::secret::new_uuid()?),
+        None => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "credentials.identity (or name) is required",
+            ));
+        }
+    };
     let disabled = match req.status.as_deref() {
         None | Some("enabled") => false,
         Some("disabled") => true,

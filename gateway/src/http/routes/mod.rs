@@ -20,9 +20,13 @@ use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::Request;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::Uri;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::{get, patch, post};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, delete, get, patch, post};
+use tower::ServiceExt as _;
 
 use super::{AppState, HttpMetrics};
 use crate::auth::store::Db;
@@ -65,7 +69,7 @@ pub(super) async fn with_db<T: Send + 'static>(
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = usize::try_from(state.config.http.max_body.0).unwrap_or(usize::MAX);
-    Router::new()
+    let api = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/users/tokens/issue", post(issue_token))
@@ -82,15 +86,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/clients/{id}/connections", get(client_connections))
         .route("/channels", post(create_channel).get(list_channels))
         .route("/channels/{id}", get(get_channel).delete(delete_channel))
+        .route("/channels/connect", post(connect))
+        .route("/channels/disconnect", post(disconnect))
+        .route("/channels/{id}/connect", post(connect_channel))
+        .route("/channels/{id}/disconnect", post(disconnect_channel))
         .route("/connect", post(connect))
         .route("/disconnect", post(disconnect))
         .route("/certs", get(list_certs).post(issue_cert))
-        .route("/certs/{serial}", axum::routing::delete(revoke_cert))
+        .route("/certs/{serial}", delete(revoke_cert))
+        .route("/certs/revoke", delete(revoke_certs_of))
+        .route("/certs/issue/{entity_id}", post(issue_cert_for))
+        .route("/certs/{serial}/revoke", patch(revoke_cert_patch))
         .route("/audit", get(audit))
-        .route("/pats", post(create_pat).get(list_pats))
+        .route(
+            "/pats",
+            post(create_pat).get(list_pats).delete(delete_all_pats),
+        )
         .route("/pats/{id}", get(get_pat).delete(delete_pat))
+        .route("/pats/{id}/name", patch(rename_pat))
+        .route("/pats/{id}/description", patch(describe_pat))
         .route("/pats/{id}/secret/revoke", patch(revoke_pat))
         .route("/pats/{id}/secret/reset", patch(reset_pat))
+        .route("/pats/{id}/revoke", patch(revoke_pat))
+        .route("/pats/{id}/reset", patch(reset_pat))
+        .route("/pats/{id}/scope", get(list_scopes).delete(clear_scopes))
         .route("/pats/{id}/scope/add", patch(add_scope))
         .route("/pats/{id}/scope/remove", patch(remove_scope))
         .route("/m/{domain}/c/{channel}", post(publish))
@@ -107,7 +126,67 @@ pub fn router(state: Arc<AppState>) -> Router {
             super::audit::layer,
         ))
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .with_state(Arc::clone(&state));
+    // SuperMQ's paths carry the domain first (`/{domainID}/clients…`,
+    // `clients/api/http/clients.go`; `/{domainID}/channels…`, `channels/api/http/transport.go`;
+    // `/{domainID}/certs…`, `certs/api/http/transport.go`): the same handlers, reached by
+    // checking the domain and dropping the segment.
+    let inner = api.clone();
+    let alias = any(move |req: Request| domain_alias(inner.clone(), Arc::clone(&state), req));
+    let mut router = Router::new();
+    for family in ["clients", "channels", "certs"] {
+        router = router
+            .route(&format!("/{{domain}}/{family}"), alias.clone())
+            .route(&format!("/{{domain}}/{family}/{{*rest}}"), alias.clone());
+    }
+    router.merge(api)
+}
+
+/// The domain segment of a SuperMQ path, for handlers that check an entity's domain.
+#[derive(Debug, Clone)]
+pub(super) struct PathDomain(pub(super) String);
+
+/// `/{domainID}/<rest>`: a domain other than the gateway's (`gateway.domain_id`; any when that
+/// is empty) is refused as SuperMQ refuses a domain the caller has no rights in — after
+/// authentication (401 without valid credentials), 403 (`api/http/common.go`, `EncodeError`:
+/// authorization errors → 403). Otherwise the request goes on as `/<rest>`, with the domain
+/// attached for the entity checks.
+async fn domain_alias(inner: Router, state: Arc<AppState>, req: Request) -> Response {
+    let uri = req.uri().clone();
+    let Some((domain, rest)) = uri.path().strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let gateway = &state.config.gateway.domain_id;
+    if !gateway.is_empty() && domain != gateway {
+        return match caller::authenticate(&state, req.headers()) {
+            Err(e) => e.into_response(),
+            Ok(_) => ApiError::forbidden().into_response(),
+        };
+    }
+    let target = match uri.query() {
+        Some(q) => format!("/{rest}?{q}"),
+        None => format!("/{rest}"),
+    };
+    let Ok(target) = target.parse::<Uri>() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    // A fresh request: the outer route's path parameters (kept in the extensions) must not
+    // reach the inner handlers' `Path` extractors; the peer address is carried over.
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().copied();
+    let (parts, body) = req.into_parts();
+    let mut fresh = Request::new(body);
+    *fresh.method_mut() = parts.method;
+    *fresh.uri_mut() = target;
+    *fresh.version_mut() = parts.version;
+    *fresh.headers_mut() = parts.headers;
+    if let Some(peer) = peer {
+        fresh.extensions_mut().insert(peer);
+    }
+    fresh.extensions_mut().insert(PathDomain(domain.to_owned()));
+    match inner.oneshot(fresh).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -255,22 +334,60 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/channels"),
     ("get", "/channels/{id}"),
     ("delete", "/channels/{id}"),
+    ("post", "/channels/connect"),
+    ("post", "/channels/disconnect"),
+    ("post", "/channels/{id}/connect"),
+    ("post", "/channels/{id}/disconnect"),
     ("post", "/connect"),
     ("post", "/disconnect"),
     ("get", "/certs"),
     ("post", "/certs"),
     ("delete", "/certs/{serial}"),
+    ("delete", "/certs/revoke"),
+    ("post", "/certs/issue/{entity_id}"),
+    ("patch", "/certs/{serial}/revoke"),
     ("get", "/audit"),
     ("post", "/pats"),
     ("get", "/pats"),
+    ("delete", "/pats"),
     ("get", "/pats/{id}"),
     ("delete", "/pats/{id}"),
+    ("patch", "/pats/{id}/name"),
+    ("patch", "/pats/{id}/description"),
     ("patch", "/pats/{id}/secret/revoke"),
     ("patch", "/pats/{id}/secret/reset"),
+    ("patch", "/pats/{id}/revoke"),
+    ("patch", "/pats/{id}/reset"),
+    ("get", "/pats/{id}/scope"),
+    ("delete", "/pats/{id}/scope"),
     ("patch", "/pats/{id}/scope/add"),
     ("patch", "/pats/{id}/scope/remove"),
     ("post", "/m/{domain}/c/{channel}"),
     ("post", "/m/{domain}/c/{channel}/{subtopic}"),
+    // SuperMQ's domain-first forms of the clients, channels and certs routes.
+    ("post", "/{domainID}/clients"),
+    ("get", "/{domainID}/clients"),
+    ("get", "/{domainID}/clients/{id}"),
+    ("patch", "/{domainID}/clients/{id}"),
+    ("delete", "/{domainID}/clients/{id}"),
+    ("post", "/{domainID}/clients/{id}/enable"),
+    ("post", "/{domainID}/clients/{id}/disable"),
+    ("patch", "/{domainID}/clients/{id}/secret"),
+    ("get", "/{domainID}/clients/{id}/connections"),
+    ("post", "/{domainID}/channels"),
+    ("get", "/{domainID}/channels"),
+    ("get", "/{domainID}/channels/{id}"),
+    ("delete", "/{domainID}/channels/{id}"),
+    ("post", "/{domainID}/channels/connect"),
+    ("post", "/{domainID}/channels/disconnect"),
+    ("post", "/{domainID}/channels/{id}/connect"),
+    ("post", "/{domainID}/channels/{id}/disconnect"),
+    ("get", "/{domainID}/certs"),
+    ("post", "/{domainID}/certs"),
+    ("delete", "/{domainID}/certs/{serial}"),
+    ("delete", "/{domainID}/certs/revoke"),
+    ("post", "/{domainID}/certs/issue/{entity_id}"),
+    ("patch", "/{domainID}/certs/{serial}/revoke"),
 ];
 
 #[cfg(test)]
