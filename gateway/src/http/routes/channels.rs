@@ -75,7 +75,10 @@ pub(super) async fn get_channel(
     path_domain: Option<Extension<PathDomain>>,
 ) -> Result<Json<Value>, ApiError> {
     let p = authenticate(&state, &headers)?;
-    let ch = with_db(&state, move |db| db.channel(&id)).await?;
+    let key = id.clone();
+    let ch = with_db(&state, move |db| db.channel(&key))
+        .await
+        .map_err(|e| p.hide_missing("channels", "read", &id, e))?;
     p.require("channels", "read", Some(&ch.id))?;
     same_domain(path_domain, &ch.domain_id)?;
     Ok(Json(serde_json::to_value(ch).unwrap_or_default()))
@@ -88,7 +91,10 @@ pub(super) async fn delete_channel(
     path_domain: Option<Extension<PathDomain>>,
 ) -> Result<StatusCode, ApiError> {
     let p = authenticate(&state, &headers)?;
-    let ch = with_db(&state, move |db| db.channel(&id)).await?;
+    let key = id.clone();
+    let ch = with_db(&state, move |db| db.channel(&key))
+        .await
+        .map_err(|e| p.hide_missing("channels", "delete", &id, e))?;
     p.require("channels", "delete", Some(&ch.id))?;
     same_domain(path_domain, &ch.domain_id)?;
     with_db(&state, move |db| db.remove_channel(&ch.id)).await?;

@@ -479,4 +479,140 @@ mod tests {
             StatusCode::METHOD_NOT_ALLOWED
         );
     }
+
+    /// A PAT with `scopes` and a request helper answering (status, body text).
+    async fn pat_call(
+        app: &Router,
+        secret: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, String) {
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {secret}"));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let mut req = req
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+        let r = app.clone().oneshot(req).await.unwrap();
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn scope(t: &str, op: &str, id: &str) -> crate::http::pats::Scope {
+        crate::http::pats::Scope {
+            entity_type: t.into(),
+            operation: op.into(),
+            entity_id: id.into(),
+        }
+    }
+
+    /// Issue 20 item 11: a PAT learns nothing about entities outside its scopes, cannot attach
+    /// any client to the channel it may connect, and cannot probe other clients' secrets.
+    #[tokio::test]
+    async fn pat_scopes_leak_no_existence_secrets_or_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _worker) = test_state(dir.path());
+        let (a, b, ch) = {
+            let mut db = Db::open(&state.auth_db).unwrap();
+            let a = db.add_client("sensor-a", None, None, None).unwrap();
+            let b = db
+                .add_client("sensor-b", None, Some("b-secret-0123456789"), None)
+                .unwrap();
+            let ch = db.add_channel("kitchen", "", None).unwrap();
+            (a, b, ch)
+        };
+        let now = crate::auth::store::now_unix();
+        let (pat, secret) = state
+            .pats
+            .create("t", "", std::time::Duration::from_secs(3600), now)
+            .unwrap();
+        state
+            .pats
+            .add_scopes(
+                &pat.id,
+                &[
+                    scope("clients", "read", &a.id),
+                    scope("clients", "update", &a.id),
+                    scope("connections", "create", &ch.id),
+                ],
+            )
+            .unwrap();
+        let app = router(Arc::clone(&state));
+
+        // Existence: an unknown id and another client's id answer alike (403).
+        let (unknown, _) = pat_call(&app, &secret, "GET", "/clients/no-such-client", None).await;
+        let (other, _) = pat_call(&app, &secret, "GET", &format!("/clients/{}", b.id), None).await;
+        assert_eq!(
+            (unknown, other),
+            (StatusCode::FORBIDDEN, StatusCode::FORBIDDEN)
+        );
+        let (mine, _) = pat_call(&app, &secret, "GET", &format!("/clients/{}", a.id), None).await;
+        assert_eq!(mine, StatusCode::OK);
+        let (no_channel, _) = pat_call(&app, &secret, "GET", "/channels/nope", None).await;
+        assert_eq!(no_channel, StatusCode::FORBIDDEN);
+
+        // Connections: the channel scope alone does not let client B be attached.
+        let connect = |client: &str| serde_json::json!({ "client_ids": [client], "channel_ids": [ch.id.clone()] });
+        let (status, text) =
+            pat_call(&app, &secret, "POST", "/connect", Some(connect(&b.id))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+        state
+            .pats
+            .add_scopes(&pat.id, &[scope("connections", "create", &a.id)])
+            .unwrap();
+        let (status, text) =
+            pat_call(&app, &secret, "POST", "/connect", Some(connect(&a.id))).await;
+        assert_eq!(status, StatusCode::CREATED, "{text}");
+
+        // Secrets: choosing one (e.g. B's) is the administrator's; no "already uses" answer.
+        let (status, text) = pat_call(
+            &app,
+            &secret,
+            "PATCH",
+            &format!("/clients/{}/secret", a.id),
+            Some(serde_json::json!({ "secret": "b-secret-0123456789" })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+        assert!(!text.contains("already"), "{text}");
+        let (status, _) = pat_call(
+            &app,
+            &secret,
+            "PATCH",
+            &format!("/clients/{}/secret", a.id),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    /// Issue 20 item 15: more than 1024 pairs are refused (the count is a checked product, so
+    /// it cannot wrap on 32-bit targets either).
+    #[tokio::test]
+    async fn connect_pair_count_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _worker) = test_state(dir.path());
+        let now = crate::auth::store::now_unix();
+        let (pat, secret) = state
+            .pats
+            .create("t", "", std::time::Duration::from_secs(3600), now)
+            .unwrap();
+        state
+            .pats
+            .add_scopes(&pat.id, &[scope("connections", "*", "*")])
+            .unwrap();
+        let app = router(Arc::clone(&state));
+        let ids: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        let body = serde_json::json!({ "client_ids": ids, "channel_ids": ids });
+        let (status, text) = pat_call(&app, &secret, "POST", "/connect", Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    }
 }
