@@ -192,6 +192,8 @@ struct Inner {
     /// Held while loading and installing a snapshot, so installs happen in load order.
     install: Mutex<()>,
     subscribed: watch::Sender<Arc<Vec<ChannelRef>>>,
+    /// The generation of every installed snapshot: adapters re-check live subscriptions.
+    changes: watch::Sender<i64>,
     revocations: broadcast::Sender<CertificateRecord>,
     throttle: Mutex<Throttles>,
     audit: Option<audit::Audit>,
@@ -236,6 +238,7 @@ impl AuthStore {
             keep => Some(audit::Audit::start(path, keep)?),
         };
         let (subscribed, _) = watch::channel(Arc::new(snapshot.subscribed.clone()));
+        let (changes, _) = watch::channel(snapshot.generation);
         let (revocations, _) = broadcast::channel(64);
         let (stop_tx, stop_rx) = std::sync::mpsc::channel();
         let max_tracked = config.throttle_max_tracked as usize;
@@ -245,6 +248,7 @@ impl AuthStore {
             writer: Mutex::new(db),
             install: Mutex::new(()),
             subscribed,
+            changes,
             revocations,
             throttle: Mutex::new(Throttles {
                 by_remote: throttle::Buckets::new(
@@ -362,6 +366,12 @@ impl AuthStore {
     /// downlink topics); updated whenever the store changes.
     pub fn subscribed_channels(&self) -> watch::Receiver<Arc<Vec<ChannelRef>>> {
         self.inner.subscribed.subscribe()
+    }
+
+    /// Fires on every change of the store (a new snapshot): live downlink subscriptions are
+    /// re-checked against it, so a revoked grant stops deliveries at once.
+    pub fn changes(&self) -> watch::Receiver<i64> {
+        self.inner.changes.subscribe()
     }
 
     /// Ok unless `remote` or `identity` used up its failed-authentication budget.
@@ -529,6 +539,7 @@ impl Inner {
             info!(serial = %rec.serial_hex, client_id = %rec.client_id, "certificate revoked");
             let _ = self.revocations.send(rec);
         }
+        self.changes.send_replace(current.generation);
         self.subscribed.send_if_modified(|list| {
             if **list == current.subscribed {
                 false
