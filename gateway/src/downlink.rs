@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 /// A channel the uplink subscribes to for commands (it has at least one subscribe-connected
 /// client): the auth store's own type, whose `subscribed_channels()` watch feeds the uplink.
 pub use crate::auth::ChannelRef;
+/// Validated in `[uplink]` (a config type: the config does not import this module).
+pub use crate::config::DownlinkLimits;
 
 /// The channels to subscribe to for commands.
 pub type ChannelSet = Arc<Vec<ChannelRef>>;
@@ -30,27 +32,6 @@ pub struct Command {
     pub subtopic: String,
     pub payload: Bytes,
     pub received_at: SystemTime,
-}
-
-/// Bounds of the downlink queues.
-#[derive(Debug, Clone, Copy)]
-pub struct DownlinkLimits {
-    /// Commands waiting in a live subscription's receiver.
-    pub queue: usize,
-    /// Commands kept for a client that is not subscribed right now.
-    pub backlog: usize,
-    /// Kept commands older than this are dropped.
-    pub max_age: Duration,
-}
-
-impl Default for DownlinkLimits {
-    fn default() -> Self {
-        Self {
-            queue: 16,
-            backlog: 32,
-            max_age: Duration::from_secs(3600),
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -233,6 +214,8 @@ fn expire(mailbox: &mut Mailbox, limits: &DownlinkLimits, now: SystemTime) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn cmd(channel: &str, payload: &str) -> Command {

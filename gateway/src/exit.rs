@@ -1,7 +1,21 @@
-//! Process exit statuses (sysexits.h) and how errors map to them. 78 (EX_CONFIG) tells systemd
-//! (`RestartPreventExitStatus=78`) that restarting a broken install will not help.
+//! Process exit statuses (sysexits.h) and the one table from error to exit status. 78
+//! (EX_CONFIG) tells systemd (`RestartPreventExitStatus=78`) that restarting a broken install
+//! will not help.
+//!
+//! This module belongs to the binary (`main.rs` declares it), not to the `gateway` library:
+//! no domain module can import it. Domain errors stay typed; this table matches on them.
 
+use std::error::Error as StdError;
 use std::process::ExitCode;
+
+use gateway::auth::AuthError;
+use gateway::config::{ConfigError, ConfigFileError};
+use gateway::control::ControlError;
+use gateway::http::HttpError;
+use gateway::outbox::OutboxError;
+use gateway::pipeline::PipelineError;
+use gateway::pki::PkiCommandError;
+use gateway::uplink::UplinkError;
 
 pub const OK: u8 = 0;
 pub const FAILURE: u8 = 1;
@@ -9,59 +23,64 @@ pub const USAGE: u8 = 64;
 pub const UNAVAILABLE: u8 = 69;
 pub const CONFIG: u8 = 78;
 
-/// A command whose feature has not landed in this build yet.
-#[derive(Debug, thiserror::Error)]
-#[error("`edgegw {command}` is not available in this build yet (tracked in issue #{issue})")]
-pub struct NotYet {
-    pub command: &'static str,
-    pub issue: u32,
-}
-
 /// The exit status for an error: the first cause in the chain that has a known status decides.
 pub fn code_for(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if cause.is::<crate::config::ConfigError>() || cause.is::<ConfigFileError>() {
-            return CONFIG;
-        }
-        if let Some(e) = cause.downcast_ref::<crate::auth::AuthError>() {
-            return e.exit_code();
-        }
-        if let Some(e) = cause.downcast_ref::<crate::pki::PkiCommandError>() {
-            return e.exit_code();
-        }
-        if let Some(e) = cause.downcast_ref::<crate::http::HttpError>() {
-            return e.exit_code();
-        }
-        if cause.is::<NotYet>() {
-            return UNAVAILABLE;
-        }
-        // A corrupt outbox or unusable uplink TLS files: restarting will not help.
-        if matches!(
-            cause.downcast_ref::<crate::outbox::OutboxError>(),
-            Some(crate::outbox::OutboxError::Corrupt { .. })
-        ) || cause.is::<crate::uplink::UplinkError>()
-        {
-            return CONFIG;
-        }
-        // `edgegw status` without a running daemon.
-        if matches!(
-            cause.downcast_ref::<crate::control::ControlError>(),
-            Some(crate::control::ControlError::NotRunning { .. })
-        ) {
-            return UNAVAILABLE;
-        }
-    }
-    FAILURE
+    err.chain().find_map(status_of).unwrap_or(FAILURE)
 }
 
-/// A file named by the configuration that exists but cannot be used at start (a state
-/// directory that is a file, a key that does not parse). Exits 78 like a config error.
-#[derive(Debug, thiserror::Error)]
-#[error("{what} {path}: {reason}")]
-pub struct ConfigFileError {
-    pub what: &'static str,
-    pub path: String,
-    pub reason: String,
+/// The table. `None`: this cause does not decide; look further down the chain.
+fn status_of(cause: &(dyn StdError + 'static)) -> Option<u8> {
+    if cause.is::<ConfigError>() || cause.is::<ConfigFileError>() {
+        return Some(CONFIG);
+    }
+    if let Some(e) = cause.downcast_ref::<AuthError>() {
+        return Some(match e {
+            // A store the operator must restore or move away.
+            AuthError::Corrupt { .. } | AuthError::SchemaTooNew { .. } => CONFIG,
+            AuthError::Invalid(_) => USAGE,
+            _ => FAILURE,
+        });
+    }
+    if let Some(e) = cause.downcast_ref::<PkiCommandError>() {
+        return Some(match e {
+            PkiCommandError::BadTtl { .. } => USAGE,
+            PkiCommandError::NoDeviceCa | PkiCommandError::DeviceCa { .. } => CONFIG,
+            PkiCommandError::OutputExists { .. }
+            | PkiCommandError::ReadCsr { .. }
+            | PkiCommandError::NothingToRevoke { .. } => FAILURE,
+        });
+    }
+    if let Some(e) = cause.downcast_ref::<HttpError>() {
+        // TLS files and key/PAT files are configuration problems; a port in use is not.
+        return Some(match e {
+            HttpError::Bind { .. } => FAILURE,
+            _ => CONFIG,
+        });
+    }
+    // A corrupt outbox or unusable uplink TLS files: restarting will not help.
+    if let Some(e) = cause.downcast_ref::<PipelineError>() {
+        return match e {
+            PipelineError::Outbox(OutboxError::Corrupt { .. }) | PipelineError::Uplink(_) => {
+                Some(CONFIG)
+            }
+            PipelineError::Outbox(_) => None,
+        };
+    }
+    if matches!(
+        cause.downcast_ref::<OutboxError>(),
+        Some(OutboxError::Corrupt { .. })
+    ) || cause.is::<UplinkError>()
+    {
+        return Some(CONFIG);
+    }
+    // `edgegw status` without a running daemon.
+    if matches!(
+        cause.downcast_ref::<ControlError>(),
+        Some(ControlError::NotRunning { .. })
+    ) {
+        return Some(UNAVAILABLE);
+    }
+    None
 }
 
 /// Prints `error: …` and the cause chain one per line on stderr, and returns the status.
@@ -71,4 +90,76 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         eprintln!("  caused by: {cause}");
     }
     ExitCode::from(code_for(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use anyhow::Context as _;
+
+    use super::*;
+
+    fn code(e: impl StdError + Send + Sync + 'static) -> u8 {
+        code_for(&anyhow::Error::from(e))
+    }
+
+    #[test]
+    fn configuration_problems_exit_78() {
+        let file = ConfigFileError {
+            what: "uplink client certificate",
+            path: "/x.crt".into(),
+            reason: "expired".into(),
+        };
+        assert_eq!(code(file), CONFIG);
+        let corrupt = AuthError::Corrupt {
+            path: PathBuf::from("/x/auth.db"),
+            reason: "not a database".into(),
+        };
+        assert_eq!(code(corrupt), CONFIG);
+        let too_new = AuthError::SchemaTooNew {
+            path: PathBuf::from("/x/auth.db"),
+            found: 9,
+            supported: 1,
+        };
+        assert_eq!(code(too_new), CONFIG);
+        assert_eq!(code(PkiCommandError::NoDeviceCa), CONFIG);
+        assert_eq!(code(UplinkError::BadUrl("x".into())), CONFIG);
+    }
+
+    #[test]
+    fn usage_unavailable_and_plain_failures() {
+        let ttl = PkiCommandError::BadTtl {
+            ttl: "30".into(),
+            reason: "no unit".into(),
+        };
+        assert_eq!(code(ttl), USAGE);
+        assert_eq!(code(AuthError::Invalid("bad name".into())), USAGE);
+        let not_running = ControlError::NotRunning {
+            path: PathBuf::from("/run/edgegw/control.sock"),
+            reason: "no such file".into(),
+        };
+        assert_eq!(code(not_running), UNAVAILABLE);
+        let bind = HttpError::Bind {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        assert_eq!(code(bind), FAILURE);
+        assert_eq!(
+            code(AuthError::NotFound {
+                what: "client",
+                value: "x".into()
+            }),
+            FAILURE
+        );
+        assert_eq!(code_for(&anyhow::anyhow!("something else")), FAILURE);
+    }
+
+    #[test]
+    fn the_first_known_cause_in_the_chain_decides() {
+        let err = Err::<(), _>(PkiCommandError::NoDeviceCa)
+            .context("certs issue")
+            .unwrap_err();
+        assert_eq!(code_for(&err), CONFIG);
+    }
 }

@@ -1,6 +1,8 @@
 //! `edgegw`: the composition root. Parses the command line, loads the configuration, opens the
 //! stores, builds the tasks and hands them to the supervisor.
 
+mod exit;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,8 +10,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use gateway::auth::{self, AuthStore};
 use gateway::cli::{Cli, Command};
-use gateway::config::{self, Config, Profile, Source};
-use gateway::exit::{self, ConfigFileError};
+use gateway::config::{self, Config, ConfigFileError, Profile, Source};
 use gateway::notify::Notifier;
 use gateway::supervisor::{Shutdown, Signal, Stage, Supervisor};
 use tokio::sync::mpsc;
@@ -42,9 +43,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 
 /// A command that writes to the state directory. Run as root, what it created there is handed
 /// to the directory's owner afterwards (the service user), so the daemon can still open it.
-fn provision(cli: &Cli, command: impl FnOnce(&Config) -> anyhow::Result<u8>) -> anyhow::Result<u8> {
+fn provision(cli: &Cli, command: impl FnOnce(&Config) -> anyhow::Result<()>) -> anyhow::Result<u8> {
     let config = load_config(cli)?;
-    let result = command(&config);
+    let result = command(&config).map(|()| exit::OK);
     match gateway::ownership::hand_over_to_state_owner(&config.gateway.state_dir) {
         Ok(0) => {}
         Ok(n) => eprintln!(
@@ -101,7 +102,7 @@ fn status(cli: &Cli) -> anyhow::Result<u8> {
     if cli.json {
         println!("{report}");
     } else {
-        print!("{}", gateway::control::render(&report));
+        print!("{}", gateway::status::render(&report));
     }
     Ok(exit::OK)
 }
@@ -145,7 +146,10 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     let auth_store = open_auth_store(config)?;
     let config = &gateway::pki::with_dev_pki(config)?;
     // Optional hardware watchdog and status LED ([board], both off by default).
-    let board = gateway::board::start(&config.board, &hal::identity::SysRoot::system())?;
+    let sysroot = hal::identity::SysRoot::system();
+    let board = gateway::board::start(&config.board, &sysroot)?;
+    // Read once: board identity does not change while the daemon runs.
+    let board_status = gateway::status::BoardStatus::read(&sysroot);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -158,13 +162,17 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         let signals = forward_signals().context("cannot install signal handlers")?;
         let notifier = Notifier::from_env();
         let supervisor = Supervisor::with_notifier(notifier.clone());
+        // Bound before anything starts: a second daemon on the same runtime directory stops here.
+        let control = gateway::control::bind(&config.gateway.runtime_dir)
+            .context("cannot open the control socket")?;
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
         // Commands are kept for every subscribe-connected client (CoAP, serial), so that a
         // sensor that polls with GET or comes back later finds those published meanwhile.
         let recipients = auth_store.clone();
         let recipients: gateway::downlink::Recipients =
             std::sync::Arc::new(move |channel: &str| recipients.snapshot().subscribers(channel));
-        let pipeline = gateway::pipeline::start(config, &supervisor, Some(recipients))?;
+        let pipeline =
+            gateway::pipeline::start(config, &supervisor, Some(recipients), control, board_status)?;
         pipeline.follow_subscriptions(&supervisor, auth_store.subscribed_channels());
         if let Some(heartbeat) = board.heartbeat(
             config.board.watchdog_interval.get(),

@@ -1,21 +1,32 @@
 //! Wiring of the pipeline stage: opens the outbox, starts the uplink (if `uplink.url` is set),
-//! the control socket and the rate sampler, and closes the outbox last on shutdown. Used by
-//! `main.rs` and by test harnesses that need the same composition without adapters.
+//! serves the control socket (bound by the caller) and runs the rate sampler, and closes the
+//! outbox last on shutdown. Used by `main.rs` and by test harnesses that need the same
+//! composition without adapters.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::Config;
-use crate::control::{self, StatusHandle};
+use crate::control;
 use crate::downlink::{ChannelSet, DownlinkHub, Recipients};
 use crate::outbox::{self, Outbox};
+use crate::status::{BoardStatus, StatusHandle, UplinkStatus};
 use crate::supervisor::{Stage, Supervisor};
-use crate::uplink::{self, Uplink, UplinkStatus};
+use crate::uplink::{self, Uplink};
 use crate::watchdog;
+
+/// Why the pipeline cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Outbox(#[from] outbox::OutboxError),
+    #[error(transparent)]
+    Uplink(#[from] uplink::UplinkError),
+}
 
 /// What the adapters and the auth store use from the pipeline.
 #[derive(Debug)]
@@ -51,15 +62,18 @@ impl Pipeline {
     }
 }
 
-/// Starts the pipeline stage on `supervisor` (call inside the runtime). `recipients` names a
-/// channel's downlink recipients (the auth store's subscribe-connected clients; `None` in
-/// harnesses without one). Errors: a corrupt outbox, unusable uplink TLS files, a control
-/// socket in use.
+/// Starts the pipeline stage on `supervisor` (call inside the runtime), serving `control` (the
+/// control socket, bound by the composition root: [`control::bind`]) and reporting `board`
+/// (read once by the caller). `recipients` names a channel's downlink recipients (the auth
+/// store's subscribe-connected clients; `None` in harnesses without one). Errors: a corrupt
+/// outbox, unusable uplink TLS files.
 pub fn start(
     config: &Config,
     supervisor: &Supervisor,
     recipients: Option<Recipients>,
-) -> anyhow::Result<Pipeline> {
+    control: UnixListener,
+    board: BoardStatus,
+) -> Result<Pipeline, PipelineError> {
     let path = outbox::default_path(&config.gateway.state_dir);
     let (outbox, worker) = Outbox::open(&path, &config.outbox)?;
     let stats = outbox.stats();
@@ -79,7 +93,7 @@ pub fn start(
         supervisor.beat_interval(),
     );
     report_mode_changes(supervisor, status_tx.subscribe(), outbox.clone());
-    let status = StatusHandle::new(outbox.clone(), status_rx);
+    let status = StatusHandle::new(outbox.clone(), status_rx, board);
     let (channels, channels_rx) = watch::channel::<ChannelSet>(Arc::new(Vec::new()));
     let max_packet = usize::try_from(config.outbox.max_message_size.0)
         .unwrap_or(usize::MAX)
@@ -97,13 +111,15 @@ pub fn start(
         )?),
         None => None,
     };
-    let listener =
-        control::bind(&config.gateway.runtime_dir).context("cannot open the control socket")?;
-
     let token = supervisor.token(Stage::Pipeline);
     supervisor.spawn(
         Stage::Pipeline,
-        control::serve(listener, status.clone(), token.clone()),
+        control::serve(
+            control,
+            status.clone(),
+            supervisor.tracker(Stage::Pipeline),
+            token.clone(),
+        ),
     );
     let sampler = status.clone();
     let sampler_token = token.clone();
@@ -200,9 +216,9 @@ mod tests {
         // Counters alone are not a mode change; each state change is reported once.
         for change in [
             |s: &mut UplinkStatus| s.published_total += 1,
-            |s: &mut UplinkStatus| s.state = uplink::UplinkState::Connected,
+            |s: &mut UplinkStatus| s.state = crate::status::UplinkState::Connected,
             |s: &mut UplinkStatus| s.delivered_total += 1,
-            |s: &mut UplinkStatus| s.state = uplink::UplinkState::Backoff,
+            |s: &mut UplinkStatus| s.state = crate::status::UplinkState::Backoff,
         ] {
             tx.send_modify(change);
             // Let the reporter see each value (watch keeps only the latest).

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::cli::CertsCommand;
+use crate::config::ConfigFileError;
 use crate::config::{Config, Profile, value};
-use crate::exit::{self, ConfigFileError};
 use registry::{CertificateRecord, Registry};
 
 /// How often the daemon re-checks certificate expiry.
@@ -33,7 +33,8 @@ pub fn dev_pki_dir(root: &Path) -> PathBuf {
     root.join("pki")
 }
 
-/// Errors of the `certs` commands that are the operator's to fix; each has its exit status.
+/// Errors of the `certs` commands that are the operator's to fix (the exit status for each is
+/// decided at the edge, main.rs's exit table).
 #[derive(Debug, thiserror::Error)]
 pub enum PkiCommandError {
     #[error("--ttl {ttl}: {reason}")]
@@ -58,18 +59,6 @@ pub enum PkiCommandError {
     },
     #[error("no unrevoked certificate matches `{target}` (give a client id, identity or serial)")]
     NothingToRevoke { target: String },
-}
-
-impl PkiCommandError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::BadTtl { .. } => exit::USAGE,
-            Self::NoDeviceCa | Self::DeviceCa { .. } => exit::CONFIG,
-            Self::OutputExists { .. } | Self::ReadCsr { .. } | Self::NothingToRevoke { .. } => {
-                exit::FAILURE
-            }
-        }
-    }
 }
 
 pub fn now_unix() -> i64 {
@@ -155,8 +144,8 @@ fn device_ca(config: &Config) -> anyhow::Result<Authority> {
 // ---------------------------------------------------------------------------------------------
 // Commands
 
-/// Runs one `edgegw certs …` command; returns the exit status.
-pub fn command(config: &Config, cmd: &CertsCommand, json: bool) -> anyhow::Result<u8> {
+/// Runs one `edgegw certs …` command.
+pub fn command(config: &Config, cmd: &CertsCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         CertsCommand::InitDev { dir } => init_dev(dir, json),
         CertsCommand::Issue {
@@ -178,7 +167,7 @@ pub fn command(config: &Config, cmd: &CertsCommand, json: bool) -> anyhow::Resul
     }
 }
 
-fn init_dev(dir: &Path, json: bool) -> anyhow::Result<u8> {
+fn init_dev(dir: &Path, json: bool) -> anyhow::Result<()> {
     let pki = certs::init_dev(dir, now_unix())?;
     let files: Vec<PathBuf> = certs::dev::DEV_FILES
         .iter()
@@ -192,7 +181,7 @@ fn init_dev(dir: &Path, json: bool) -> anyhow::Result<u8> {
             println!("  {}", file.display());
         }
     }
-    Ok(exit::OK)
+    Ok(())
 }
 
 /// What `certs issue` prints.
@@ -243,7 +232,7 @@ fn issue(
     out: &Path,
     csr: Option<&Path>,
     json: bool,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<()> {
     let ttl = parse_ttl(ttl_text)?;
     let ca = device_ca(config)?;
     // Only known clients get certificates; the CN is the client's identity.
@@ -319,7 +308,7 @@ fn issue(
             None => println!("  key          stays with the device (CSR signed)"),
         }
     }
-    Ok(exit::OK)
+    Ok(())
 }
 
 /// A certificate as `certs list` / `certs revoke` show it.
@@ -391,7 +380,7 @@ fn print_records(
     Ok(())
 }
 
-fn revoke(config: &Config, target: &str, json: bool) -> anyhow::Result<u8> {
+fn revoke(config: &Config, target: &str, json: bool) -> anyhow::Result<()> {
     let mut registry = Registry::open(config)?;
     let revoked = registry.revoke(target)?;
     if revoked.is_empty() {
@@ -404,16 +393,16 @@ fn revoke(config: &Config, target: &str, json: bool) -> anyhow::Result<u8> {
         registry.record_audit(config, "cert.revoke", &r.serial_hex);
     }
     print_records(&registry, &revoked, json)?;
-    Ok(exit::OK)
+    Ok(())
 }
 
-fn list(config: &Config, json: bool) -> anyhow::Result<u8> {
+fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     let registry = Registry::open(config)?;
     print_records(&registry, &registry.list()?, json)?;
-    Ok(exit::OK)
+    Ok(())
 }
 
-fn crl(config: &Config, out: &Path, json: bool) -> anyhow::Result<u8> {
+fn crl(config: &Config, out: &Path, json: bool) -> anyhow::Result<()> {
     let ca = device_ca(config)?;
     let registry = Registry::open(config)?;
     let revoked: Vec<Revoked> = registry
@@ -443,7 +432,7 @@ fn crl(config: &Config, out: &Path, json: bool) -> anyhow::Result<u8> {
             out.display()
         );
     }
-    Ok(exit::OK)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

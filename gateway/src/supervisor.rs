@@ -1,5 +1,8 @@
-//! The supervisor: owns every long-running task, restarts failed adapter tasks with backoff,
-//! forwards SIGHUP as a reload generation, and shuts down in order.
+//! The supervisor: owns every task of the daemon (long-running ones and those they spawn per
+//! connection or delivery, through [`Supervisor::tracker`]), forwards SIGHUP as a reload
+//! generation, and shuts down in order. It does not restart tasks: listeners handle their own
+//! transient errors (an accept error backs off inside the loop), and restarting the whole
+//! daemon is systemd's (`Restart=on-failure`, the watchdog).
 //!
 //! Tasks run in one of two stages. Shutdown: stop the **intake** stage (adapters stop
 //! accepting), wait for it, then cancel the **pipeline** stage (outbox and uplink flush and
@@ -10,10 +13,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::notify::Notifier;
 use crate::watchdog::{self, Heartbeat, Watchdog};
@@ -43,25 +45,6 @@ pub enum Shutdown {
     DrainTimeout,
     /// A second terminate signal arrived during the drain.
     Forced,
-}
-
-/// Restart policy for a supervised task: exponential from `initial` to `max`, reset once a run
-/// lasted `healthy_after`.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-    pub healthy_after: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-            healthy_after: Duration::from_secs(60),
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +119,12 @@ impl Supervisor {
         self.group(stage).token.clone()
     }
 
+    /// The tracker of `stage`, for tasks a stage's task spawns itself (one per connection, one
+    /// per delivery): shutdown waits for them like for the stage's own tasks.
+    pub fn tracker(&self, stage: Stage) -> TaskTracker {
+        self.group(stage).tracker.clone()
+    }
+
     /// Reload requests (SIGHUP): the value is a generation counter that increments per request.
     pub fn reloads(&self) -> watch::Receiver<u64> {
         self.reload.subscribe()
@@ -147,50 +136,6 @@ impl Supervisor {
         F: Future<Output = ()> + Send + 'static,
     {
         self.group(stage).tracker.spawn(task);
-    }
-
-    /// Runs a task built by `make` in `stage`, restarting it with `backoff` whenever it fails,
-    /// panics or returns while the stage is still running.
-    pub fn spawn_restarting<F, Fut>(
-        &self,
-        stage: Stage,
-        name: &'static str,
-        backoff: Backoff,
-        mut make: F,
-    ) where
-        F: FnMut(CancellationToken) -> Fut + Send + 'static,
-        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let token = self.token(stage);
-        self.group(stage).tracker.spawn(async move {
-            let mut delay = backoff.initial;
-            loop {
-                let started = Instant::now();
-                // A separate task, so a panic inside it is caught here as a JoinError.
-                let outcome = tokio::spawn(make(token.clone())).await;
-                if token.is_cancelled() {
-                    if let Ok(Err(e)) = outcome {
-                        warn!(task = name, "stopped with an error during shutdown: {e:#}");
-                    }
-                    break;
-                }
-                match outcome {
-                    Ok(Ok(())) => warn!(task = name, "stopped unexpectedly"),
-                    Ok(Err(e)) => error!(task = name, "failed: {e:#}"),
-                    Err(e) if e.is_panic() => error!(task = name, "panicked"),
-                    Err(e) => error!(task = name, "ended: {e}"),
-                }
-                if started.elapsed() >= backoff.healthy_after {
-                    delay = backoff.initial;
-                }
-                info!(task = name, "restarting in {delay:?}");
-                tokio::select! {
-                    () = token.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(backoff.max);
-            }
-        });
     }
 
     /// Serves until a terminate signal (or the signal source closes), answering reload signals
@@ -282,45 +227,11 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::time::Instant;
 
     use super::*;
-
-    fn fast() -> Backoff {
-        Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(4),
-            healthy_after: Duration::from_secs(60),
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failing_and_panicking_tasks_are_restarted_with_growing_backoff() {
-        let sup = Supervisor::new();
-        let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let record = starts.clone();
-        sup.spawn_restarting(Stage::Intake, "flaky", fast(), move |_token| {
-            let record = record.clone();
-            async move {
-                let n = {
-                    let mut starts = record.lock().unwrap();
-                    starts.push(Instant::now());
-                    starts.len()
-                };
-                match n {
-                    1 => anyhow::bail!("first run fails"),
-                    2 => panic!("second run panics"),
-                    3 | 4 => Ok(()),
-                    _ => std::future::pending().await,
-                }
-            }
-        });
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        let starts = starts.lock().unwrap().clone();
-        assert_eq!(starts.len(), 5, "expected 5 starts, got {}", starts.len());
-        let gaps: Vec<u64> = starts.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
-        assert_eq!(gaps, vec![1, 2, 4, 4], "backoff doubles and caps at max");
-    }
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_stops_intake_before_cancelling_the_pipeline() {

@@ -611,11 +611,8 @@ fn count_loop(
         }
         let now = Instant::now();
         let mut at = 0;
-        loop {
-            // Fixed header: type/flags, remaining length (varint).
-            let Some((len, hdr)) = remaining_length(&buf[at..have]) else {
-                break;
-            };
+        // Fixed header: type/flags, remaining length (varint).
+        while let Some((len, hdr)) = remaining_length(&buf[at..have]) {
             if have - at < hdr + len {
                 break;
             }

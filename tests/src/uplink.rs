@@ -78,8 +78,14 @@ impl Gateway {
             certs::files::ensure_private_dir(dir).expect("cannot create the gateway dirs");
         }
         let supervisor = Supervisor::new();
-        let pipeline =
-            gateway::pipeline::start(config, &supervisor, None).expect("pipeline starts");
+        let pipeline = gateway::pipeline::start(
+            config,
+            &supervisor,
+            None,
+            gateway::control::bind(&config.gateway.runtime_dir).expect("control socket binds"),
+            gateway::status::BoardStatus::default(),
+        )
+        .expect("pipeline starts");
         let (signals, rx) = mpsc::channel(4);
         let drain = config.gateway.drain_timeout.get();
         let run = tokio::spawn(supervisor.run(rx, drain));

@@ -10,7 +10,6 @@ use serde_json::json;
 use super::store::{AuditEvent, Channel, Client, Db, Grant};
 use crate::cli::{ChannelCommand, ClientCommand, ConnectArgs};
 use crate::config::Config;
-use crate::exit;
 
 fn open(config: &Config) -> anyhow::Result<Db> {
     Ok(Db::open(&super::path_in(&config.gateway.state_dir))?)
@@ -83,7 +82,7 @@ fn client_text(c: &Client) -> String {
 }
 
 /// `edgegw client …`
-pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Result<u8> {
+pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Result<()> {
     let mut db = open(config)?;
     match cmd {
         ClientCommand::Add {
@@ -206,7 +205,7 @@ pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Resul
             }
         }
     }
-    Ok(exit::OK)
+    Ok(())
 }
 
 fn channel_text(ch: &Channel) -> String {
@@ -217,7 +216,7 @@ fn channel_text(ch: &Channel) -> String {
 }
 
 /// `edgegw channel …`
-pub fn channel(config: &Config, json: bool, cmd: &ChannelCommand) -> anyhow::Result<u8> {
+pub fn channel(config: &Config, json: bool, cmd: &ChannelCommand) -> anyhow::Result<()> {
     let mut db = open(config)?;
     match cmd {
         ChannelCommand::Add {
@@ -258,11 +257,11 @@ pub fn channel(config: &Config, json: bool, cmd: &ChannelCommand) -> anyhow::Res
             }
         }
     }
-    Ok(exit::OK)
+    Ok(())
 }
 
 /// `edgegw connect` (`grant`) and `edgegw disconnect`: neither flag means both.
-pub fn connect(config: &Config, json: bool, args: &ConnectArgs, grant: bool) -> anyhow::Result<u8> {
+pub fn connect(config: &Config, json: bool, args: &ConnectArgs, grant: bool) -> anyhow::Result<()> {
     let mut db = open(config)?;
     let (publish, subscribe) = match (args.publish, args.subscribe) {
         (false, false) => (true, true),
@@ -309,5 +308,5 @@ pub fn connect(config: &Config, json: bool, args: &ConnectArgs, grant: bool) -> 
             rights(&remaining)
         );
     }
-    Ok(exit::OK)
+    Ok(())
 }

@@ -148,15 +148,6 @@ impl AuthError {
         matches!(self, Self::NotConnected | Self::UnknownChannel)
     }
 
-    /// The process exit status for this error at the CLI or at start.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Corrupt { .. } | Self::SchemaTooNew { .. } => crate::exit::CONFIG,
-            Self::Invalid(_) => crate::exit::USAGE,
-            _ => crate::exit::FAILURE,
-        }
-    }
-
     fn outcome(&self) -> &'static str {
         match self {
             Self::UnknownIdentity => "unknown_identity",

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::auth::AuthStore;
 use crate::config::Config;
-use crate::exit::ConfigFileError;
+use crate::config::ConfigFileError;
 use crate::pipeline::Pipeline;
 use crate::supervisor::{Stage, Supervisor};
 

@@ -35,7 +35,7 @@ pub use http::HttpConfig;
 pub use outbox::{Durability, FullPolicy, OutboxConfig};
 pub use serial::{SerialConfig, SerialPortConfig};
 pub use standalone::StandaloneConfig;
-pub use uplink::{MqttVersion, UplinkConfig};
+pub use uplink::{DownlinkLimits, MqttVersion, UplinkConfig};
 
 /// The production config path.
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";
@@ -77,6 +77,17 @@ pub enum ConfigError {
     },
     #[error("{count} problems in the configuration:\n{}", list.join("\n"))]
     Several { count: usize, list: Vec<String> },
+}
+
+/// A file named by the configuration that exists but cannot be used at start (a state
+/// directory that is a file, a key that does not parse, a configured watchdog device that will
+/// not open). The edge maps it to exit status 78 like a [`ConfigError`].
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {reason}")]
+pub struct ConfigFileError {
+    pub what: &'static str,
+    pub path: String,
+    pub reason: String,
 }
 
 /// Which defaults apply: the installed daemon, or `--dev` (everything local, unprivileged).

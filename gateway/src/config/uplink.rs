@@ -246,7 +246,7 @@ impl RawUplink {
                 "must be at most 4294967295s (MQTT's limit)",
             );
         }
-        let defaults = crate::downlink::DownlinkLimits::default();
+        let defaults = DownlinkLimits::default();
         let queue = self.downlink_queue.map_or(defaults.queue, usize::from);
         if queue == 0 || queue > 1024 {
             check.invalid("uplink.downlink_queue", "must be between 1 and 1024");
@@ -296,11 +296,32 @@ impl RawUplink {
 
 impl UplinkConfig {
     /// The bounds of the downlink command queues these settings give.
-    pub fn downlink_limits(&self) -> crate::downlink::DownlinkLimits {
-        crate::downlink::DownlinkLimits {
+    pub fn downlink_limits(&self) -> DownlinkLimits {
+        DownlinkLimits {
             queue: self.downlink_queue,
             backlog: self.downlink_backlog,
             max_age: self.downlink_max_age.get(),
+        }
+    }
+}
+
+/// Bounds of the downlink queues.
+#[derive(Debug, Clone, Copy)]
+pub struct DownlinkLimits {
+    /// Commands waiting in a live subscription's receiver.
+    pub queue: usize,
+    /// Commands kept for a client that is not subscribed right now.
+    pub backlog: usize,
+    /// Kept commands older than this are dropped.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for DownlinkLimits {
+    fn default() -> Self {
+        Self {
+            queue: 16,
+            backlog: 32,
+            max_age: std::time::Duration::from_secs(3600),
         }
     }
 }

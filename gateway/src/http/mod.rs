@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::auth::AuthStore;
@@ -44,16 +45,6 @@ pub enum HttpError {
     Tokens(#[from] tokens::TokenError),
     #[error(transparent)]
     Pats(#[from] pats::PatError),
-}
-
-impl HttpError {
-    /// TLS files and key/PAT files are configuration problems (exit 78).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Bind { .. } => crate::exit::FAILURE,
-            _ => crate::exit::CONFIG,
-        }
-    }
 }
 
 /// Counters for `/metrics` of the whole HTTP server (the HTTP adapter's own are in
@@ -80,7 +71,7 @@ pub struct AppState {
     pub config: Config,
     pub metrics: HttpMetrics,
     /// Uplink state and totals for `/metrics` (absent in unit tests).
-    pub status: Option<crate::control::StatusHandle>,
+    pub status: Option<crate::status::StatusHandle>,
     /// The daemon's shared per-adapter counters (adapter `http` is counted by `adapter`).
     pub adapters: crate::metrics::Metrics,
     /// Where the HTTP adapter hands sensor messages (it carries no downlink, so its hub is
@@ -115,7 +106,7 @@ pub async fn bind(
     config: &Config,
     auth: AuthStore,
     outbox: Outbox,
-    status: Option<crate::control::StatusHandle>,
+    status: Option<crate::status::StatusHandle>,
 ) -> Result<Listener, HttpError> {
     let http = &config.http;
     let tls = match http.tls() {
@@ -179,7 +170,7 @@ pub async fn start(
     supervisor: &crate::supervisor::Supervisor,
     auth: AuthStore,
     outbox: Outbox,
-    status: Option<crate::control::StatusHandle>,
+    status: Option<crate::status::StatusHandle>,
 ) -> Result<(), HttpError> {
     use crate::supervisor::Stage;
     if !config.http.enabled {
@@ -198,7 +189,11 @@ pub async fn start(
             );
             supervisor.spawn(
                 Stage::Intake,
-                serve(listener, supervisor.token(Stage::Intake)),
+                serve(
+                    listener,
+                    supervisor.tracker(Stage::Intake),
+                    supervisor.token(Stage::Intake),
+                ),
             );
             Ok(())
         }
@@ -235,8 +230,11 @@ async fn reload_keys_on_sighup(
     }
 }
 
-/// Accepts connections until `token` is cancelled; at most `max_connections` at once.
-pub async fn serve(listener: Listener, token: CancellationToken) {
+/// Accepts connections until `token` is cancelled; at most `max_connections` at once. Each
+/// connection runs on `tracker` (the supervisor's intake stage), so shutdown waits for the
+/// requests in flight (an HTTP publish waits for its message to be durable) before the
+/// pipeline stops; a cancelled connection finishes its current request and closes.
+pub async fn serve(listener: Listener, tracker: TaskTracker, token: CancellationToken) {
     let Listener {
         listener,
         tls,
@@ -266,7 +264,7 @@ pub async fn serve(listener: Listener, token: CancellationToken) {
         let app = app.clone();
         let tls = tls.clone();
         let token = token.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -411,4 +409,93 @@ pub(crate) fn test_state(dir: &std::path::Path) -> (Arc<AppState>, crate::outbox
         adapters: crate::metrics::Metrics::new(),
     });
     (state, worker)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::supervisor::{Shutdown, Signal, Stage, Supervisor};
+
+    /// A publish whose body is still arriving when SIGTERM comes is answered (202, durable),
+    /// and the pipeline stage is not cancelled while it is open: the connection task is tracked by the
+    /// supervisor's intake stage, so the ordered shutdown waits for it.
+    #[tokio::test]
+    async fn shutdown_waits_for_an_http_publish_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _worker) = test_state(dir.path());
+        let secret = state
+            .auth
+            .ensure_demo(&state.config.gateway.domain_id)
+            .unwrap()
+            .expect("demo sensor created");
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let listener = Listener {
+            listener: tcp,
+            tls: None,
+            state: Arc::clone(&state),
+        };
+        let supervisor = Supervisor::new();
+        let (intake, pipeline) = (
+            supervisor.token(Stage::Intake),
+            supervisor.token(Stage::Pipeline),
+        );
+        supervisor.spawn(
+            Stage::Intake,
+            serve(listener, supervisor.tracker(Stage::Intake), intake.clone()),
+        );
+        let (signals, rx) = tokio::sync::mpsc::channel(4);
+        let run = tokio::spawn(supervisor.run(rx, Duration::from_secs(30)));
+
+        let body = b"{\"t\":21.5}";
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /m/{}/c/demo HTTP/1.1\r\nHost: gw\r\nAuthorization: Client {secret}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            state.config.gateway.domain_id,
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        // `100 Continue` comes once the handler reads the body: the request is in flight (a
+        // request whose head the server has not read yet is not, and may be refused).
+        let mut continued = Vec::new();
+        while !continued.ends_with(b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            let n = conn.read(&mut byte).await.unwrap();
+            assert!(n > 0, "closed before 100 Continue");
+            continued.push(byte[0]);
+        }
+        assert!(
+            continued.starts_with(b"HTTP/1.1 100"),
+            "{}",
+            String::from_utf8_lossy(&continued)
+        );
+        conn.write_all(&body[..4]).await.unwrap();
+        signals.send(Signal::Terminate).await.unwrap();
+        intake.cancelled().await;
+        // The request is open: the pipeline must not be cancelled while it is. Without
+        // tracking it is cancelled at once (the accept loop has ended); a second is ample.
+        let cancelled_early = tokio::time::timeout(Duration::from_secs(1), pipeline.cancelled())
+            .await
+            .is_ok();
+        if cancelled_early {
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.read_to_end(&mut got)).await;
+            panic!(
+                "pipeline cancelled with a publish in flight; the connection got: {}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        conn.write_all(&body[4..]).await.unwrap();
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+        assert_eq!(run.await.unwrap(), Shutdown::Clean);
+        assert_eq!(state.outbox.stats().queued, 1, "the message is durable");
+    }
 }

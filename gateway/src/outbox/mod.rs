@@ -582,10 +582,13 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 }
                 let last = done.seqs.last().copied();
                 let mut fed = Vec::with_capacity(appends.len());
+                let mut replies = Vec::with_capacity(appends.len());
                 for ((message, _, reply), seq) in appends.into_iter().zip(done.seqs) {
-                    let _ = reply.send(Ok(seq));
+                    replies.push((reply, seq));
                     fed.push(Entry { seq, message });
                 }
+                // Fed and published before any receipt resolves: whoever learns that a
+                // message is durable finds it in the feed and in `last_seq`.
                 if let Some(last) = last {
                     shared
                         .feed
@@ -594,6 +597,9 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                         .push(fed);
                     c.last_seq.store(last, Ordering::Release);
                     shared.committed.send_replace(last);
+                }
+                for (reply, seq) in replies {
+                    let _ = reply.send(Ok(seq));
                 }
             }
             Err(e) => {

@@ -50,12 +50,9 @@ fn ttls_take_hours_or_days_and_a_bare_number_is_a_usage_error() {
     assert_eq!(parse_ttl("8760h").unwrap().as_secs(), 8760 * 3600);
     assert_eq!(parse_ttl("30d").unwrap().as_secs(), 30 * 86_400);
     let err = parse_ttl("30").unwrap_err();
-    assert_eq!(err.exit_code(), exit::USAGE);
+    // A usage error at the edge (exit 64, main.rs's exit table).
+    assert!(matches!(err, PkiCommandError::BadTtl { .. }), "{err:?}");
     assert!(err.to_string().contains("--ttl 30"), "{err}");
-    assert_eq!(
-        crate::exit::code_for(&anyhow::Error::from(PkiCommandError::NoDeviceCa)),
-        exit::CONFIG
-    );
 }
 
 #[test]
@@ -107,10 +104,8 @@ fn an_expired_uplink_certificate_stops_the_start_only_with_refuse_expired() {
     let strict = uplink_config(&cert, &key, Some(Path::new("true")));
     let err = check_expiry(&strict, now, true).unwrap_err();
     assert!(err.to_string().contains("refuse_expired"), "{err}");
-    assert_eq!(
-        crate::exit::code_for(&anyhow::Error::from(err)),
-        exit::CONFIG
-    );
+    // A ConfigFileError: exit 78 at the edge.
+    assert_eq!(err.what, "uplink client certificate");
     // The daily check while running never stops the daemon.
     check_expiry(&strict, now, false).unwrap();
 }

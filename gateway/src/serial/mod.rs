@@ -7,7 +7,8 @@
 pub mod backend;
 pub mod codec;
 pub mod proto;
-pub mod status;
+/// Per-port status lives in the status layer (it is read by the control socket).
+pub use crate::status::serial as status;
 pub mod task;
 
 use std::sync::Arc;

@@ -38,8 +38,14 @@ fn main() -> std::process::ExitCode {
         .expect("runtime");
     runtime.block_on(async move {
         let supervisor = Supervisor::new();
-        let pipeline =
-            gateway::pipeline::start(&config, &supervisor, None).expect("pipeline starts");
+        let pipeline = gateway::pipeline::start(
+            &config,
+            &supervisor,
+            None,
+            gateway::control::bind(&config.gateway.runtime_dir).expect("control socket binds"),
+            gateway::status::BoardStatus::default(),
+        )
+        .expect("pipeline starts");
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(forward_signals(tx));
         let outbox = pipeline.outbox.clone();
