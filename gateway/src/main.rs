@@ -159,7 +159,11 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         let notifier = Notifier::from_env();
         let supervisor = Supervisor::with_notifier(notifier.clone());
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
-        let pipeline = gateway::pipeline::start(config, &supervisor)?;
+        let pipeline = gateway::pipeline::start_with(
+            config,
+            &supervisor,
+            Some(auth_store.channel_directory()),
+        )?;
         pipeline.follow_subscriptions(&supervisor, auth_store.subscribed_channels());
         // Commands are kept for every subscribe-connected client (CoAP, serial), so that a
         // sensor that polls with GET or comes back later finds those published meanwhile.

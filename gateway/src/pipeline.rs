@@ -54,6 +54,16 @@ impl Pipeline {
 /// Starts the pipeline stage on `supervisor` (call inside the runtime). Errors: a corrupt
 /// outbox, unusable uplink TLS files, a control socket in use.
 pub fn start(config: &Config, supervisor: &Supervisor) -> anyhow::Result<Pipeline> {
+    start_with(config, supervisor, None)
+}
+
+/// [`start`] with the auth store's channel directory (each channel's upstream domain and
+/// id), which the uplink's topics are made from; without it local ids are used upstream.
+pub fn start_with(
+    config: &Config,
+    supervisor: &Supervisor,
+    directory: Option<watch::Receiver<ChannelSet>>,
+) -> anyhow::Result<Pipeline> {
     let path = outbox::default_path(&config.gateway.state_dir);
     let (outbox, worker) = Outbox::open(&path, &config.outbox)?;
     let stats = outbox.stats();
@@ -81,6 +91,7 @@ pub fn start(config: &Config, supervisor: &Supervisor) -> anyhow::Result<Pipelin
             outbox.clone(),
             downlink.clone(),
             channels_rx,
+            directory,
             supervisor.reloads(),
             status_tx,
             status.clone(),

@@ -52,6 +52,8 @@ pub struct ChannelRef {
     pub id: String,
     pub name: String,
     pub domain_id: String,
+    /// The channel's id on the upstream platform: what uplink topics carry.
+    pub upstream_id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,6 +194,8 @@ struct Inner {
     /// Held while loading and installing a snapshot, so installs happen in load order.
     install: Mutex<()>,
     subscribed: watch::Sender<Arc<Vec<ChannelRef>>>,
+    /// Every channel (local id → upstream identity for uplink topics).
+    directory: watch::Sender<Arc<Vec<ChannelRef>>>,
     revocations: broadcast::Sender<CertificateRecord>,
     throttle: Mutex<Throttles>,
     audit: Option<audit::Audit>,
@@ -236,6 +240,7 @@ impl AuthStore {
             keep => Some(audit::Audit::start(path, keep)?),
         };
         let (subscribed, _) = watch::channel(Arc::new(snapshot.subscribed.clone()));
+        let (directory, _) = watch::channel(Arc::new(snapshot.directory()));
         let (revocations, _) = broadcast::channel(64);
         let (stop_tx, stop_rx) = std::sync::mpsc::channel();
         let max_tracked = config.throttle_max_tracked as usize;
@@ -245,6 +250,7 @@ impl AuthStore {
             writer: Mutex::new(db),
             install: Mutex::new(()),
             subscribed,
+            directory,
             revocations,
             throttle: Mutex::new(Throttles {
                 by_remote: throttle::Buckets::new(
@@ -362,6 +368,11 @@ impl AuthStore {
     /// downlink topics); updated whenever the store changes.
     pub fn subscribed_channels(&self) -> watch::Receiver<Arc<Vec<ChannelRef>>> {
         self.inner.subscribed.subscribe()
+    }
+
+    /// Every channel with its upstream domain and id; updated whenever the store changes.
+    pub fn channel_directory(&self) -> watch::Receiver<Arc<Vec<ChannelRef>>> {
+        self.inner.directory.subscribe()
     }
 
     /// Ok unless `remote` or `identity` used up its failed-authentication budget.
@@ -537,6 +548,15 @@ impl Inner {
                 true
             }
         });
+        let directory = current.directory();
+        self.directory.send_if_modified(|list| {
+            if **list == directory {
+                false
+            } else {
+                *list = Arc::new(directory);
+                true
+            }
+        });
         Ok(current)
     }
 }
@@ -592,6 +612,22 @@ fn watch_loop(inner: &Weak<Inner>, mut db: Db, stop: &std::sync::mpsc::Receiver<
 }
 
 /// `<state_dir>/auth.db`.
+/// With `uplink.platform = "supermq"` every channel needs a domain: SuperMQ topics are
+/// `m/<domain>/c/<channel>` and an empty level is never published or subscribed.
+pub fn check_upstream_domain(
+    config: &crate::config::Config,
+    domain: &str,
+) -> Result<(), AuthError> {
+    if config.uplink.platform == crate::config::Platform::Supermq && domain.trim().is_empty() {
+        return Err(AuthError::Invalid(
+            "with uplink.platform = \"supermq\" a channel needs its SuperMQ domain id: pass \
+             --domain <domain id> (API: \"domain_id\") or set gateway.domain_id"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 pub fn path_in(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE_NAME)
 }

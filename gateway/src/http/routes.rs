@@ -696,6 +696,10 @@ struct CreateChannel {
     name: String,
     domain_id: Option<String>,
     metadata: Option<Value>,
+    /// Caller-chosen local id (e.g. the SuperMQ channel id it mirrors).
+    id: Option<String>,
+    /// The channel's id upstream [default: the local id].
+    upstream_id: Option<String>,
 }
 
 async fn create_channel(
@@ -707,9 +711,16 @@ async fn create_channel(
     let domain = req
         .domain_id
         .unwrap_or_else(|| state.config.gateway.domain_id.clone());
+    crate::auth::check_upstream_domain(&state.config, &domain)?;
     let metadata = metadata_text(req.metadata);
     let ch = with_db(&state, move |db| {
-        db.add_channel(&req.name, &domain, metadata.as_deref())
+        db.add_channel_as(&crate::auth::store::NewChannel {
+            name: &req.name,
+            domain_id: &domain,
+            metadata: metadata.as_deref(),
+            id: req.id.as_deref(),
+            upstream_id: req.upstream_id.as_deref(),
+        })
     })
     .await?;
     Ok((
