@@ -178,6 +178,9 @@ pub struct HandshakeCounts {
     /// Of `failed`: refused on authentication (wrong PSK, unknown identity, rejected
     /// certificate or CN).
     pub auth_failed: u64,
+    /// Refused at once (after the cookie exchange) because the ClientHello offered no cipher
+    /// suite the listener can use; not part of `failed`.
+    pub no_common_suite: u64,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +197,7 @@ struct DtlsCounters {
     half_open: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
+    no_common_suite: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -278,6 +282,12 @@ impl Metrics {
         );
         d.failed
             .fetch_add(current.failed.saturating_sub(reported.failed), Relaxed);
+        d.no_common_suite.fetch_add(
+            current
+                .no_common_suite
+                .saturating_sub(reported.no_common_suite),
+            Relaxed,
+        );
         self.auth_failures(
             Adapter::Coaps,
             current.auth_failed.saturating_sub(reported.auth_failed),
@@ -316,6 +326,7 @@ impl Metrics {
                 handshakes_in_progress: d.half_open.load(Relaxed),
                 handshakes_completed: d.completed.load(Relaxed),
                 handshakes_failed: d.failed.load(Relaxed),
+                handshakes_no_common_suite: d.no_common_suite.load(Relaxed),
             },
         }
     }
@@ -343,6 +354,8 @@ pub struct DtlsSnapshot {
     pub handshakes_in_progress: u64,
     pub handshakes_completed: u64,
     pub handshakes_failed: u64,
+    /// ClientHellos refused at once for offering no usable cipher suite.
+    pub handshakes_no_common_suite: u64,
 }
 
 /// Everything at one moment (part of the status report).
@@ -454,7 +467,8 @@ impl MetricsSnapshot {
             out,
             "edgegw_dtls_handshakes_total",
             "counter",
-            "DTLS handshakes by result (failed: errors, timeouts, refusals, authentication).",
+            "DTLS handshakes by result (failed: errors, timeouts, refusals, authentication; \
+             no_common_suite: refused at once, no usable cipher suite offered).",
         );
         let _ = writeln!(
             out,
@@ -465,6 +479,11 @@ impl MetricsSnapshot {
             out,
             "edgegw_dtls_handshakes_total{{result=\"failed\"}} {}",
             d.handshakes_failed
+        );
+        let _ = writeln!(
+            out,
+            "edgegw_dtls_handshakes_total{{result=\"no_common_suite\"}} {}",
+            d.handshakes_no_common_suite
         );
     }
 }
@@ -599,6 +618,7 @@ mod tests {
                 completed: 5,
                 failed: 2,
                 auth_failed: 1,
+                no_common_suite: 0,
             },
             &mut reported,
         );

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod devpki;
 pub mod downlink;
+pub mod hotpath;
 pub mod mosquitto;
 pub mod pki;
 pub mod pty;
@@ -42,7 +43,12 @@ pub fn edgegw_bin() -> PathBuf {
 
 /// An `edgegw` command with a clean environment (no inherited `EDGEGW_*`), run in `cwd`.
 pub fn edgegw(cwd: &Path) -> Command {
-    let mut cmd = Command::new(edgegw_bin());
+    edgegw_with(&edgegw_bin(), cwd)
+}
+
+/// [`edgegw`] with an explicit binary (the hot-path benchmark runs two builds side by side).
+pub fn edgegw_with(bin: &Path, cwd: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.current_dir(cwd);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("EDGEGW_")

@@ -430,3 +430,92 @@ pub fn handshake_loop(gw: SocketAddr, cred: &Credential, until: Instant) -> Hand
     }
     h
 }
+
+/// A CoAPS sensor with up to `window` CON POSTs in flight (closed loop): one handshake, then
+/// requests to the pre-encoded `options` ([`crate::hotpath::coap_options`]) carrying
+/// [`crate::hotpath::senml`] payloads numbered from `base + 1`, until `until`.
+pub fn dtls_pipelined(
+    gw: SocketAddr,
+    cred: &Credential,
+    options: &[u8],
+    window: usize,
+    base: u64,
+    until: Instant,
+) -> Seen {
+    use crate::hotpath::{CHANGED, coap_answer, coap_request, senml};
+    let mut seen = Seen::default();
+    let Some(mut client) = DtlsClient::connect(gw, cred, Duration::from_secs(10)) else {
+        seen.errors += 1;
+        return seen;
+    };
+    if client
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .is_err()
+    {
+        seen.errors += 1;
+        return seen;
+    }
+    let mut inflight: std::collections::HashMap<u32, (u64, Instant)> = Default::default();
+    let mut token = ((base / 1_000_000) as u32) << 20;
+    let mut n = base;
+    let mut out = Vec::with_capacity(256);
+    let mut buf = [0u8; 2048];
+    let mut answers = Vec::new();
+    let mut last_answer = Instant::now();
+    loop {
+        let now = Instant::now();
+        while now < until && inflight.len() < window.max(1) {
+            n += 1;
+            token = token.wrapping_add(1);
+            coap_request(&mut out, true, token, options, &senml(n));
+            if client.dtls.send_application_data(&out).is_err() {
+                seen.errors += 1;
+                break;
+            }
+            inflight.insert(token, (n, now));
+        }
+        if now >= until && inflight.is_empty() {
+            break;
+        }
+        if now.duration_since(last_answer) > Duration::from_secs(5) && !inflight.is_empty() {
+            seen.errors += inflight.len() as u64;
+            inflight.clear();
+            last_answer = now;
+            continue;
+        }
+        let _ = client.dtls.handle_timeout(now);
+        loop {
+            match client.dtls.poll_output(&mut client.out) {
+                Output::Packet(p) => {
+                    let _ = client.sock.send_to(p, client.gw);
+                }
+                Output::ApplicationData(d) => answers.extend(coap_answer(d)),
+                Output::Timeout(_) => break,
+                _ => {}
+            }
+        }
+        if !answers.is_empty() {
+            last_answer = Instant::now();
+            for (t, code) in answers.drain(..) {
+                if let Some((n, at)) = inflight.remove(&t) {
+                    if code == CHANGED {
+                        seen.latencies.push(at.elapsed());
+                        seen.acked.push(n);
+                    } else {
+                        seen.errors += 1;
+                    }
+                }
+            }
+            continue;
+        }
+        if let Ok(len) = client.sock.recv(&mut buf)
+            && client.dtls.handle_packet(&buf[..len]).is_err()
+        {
+            seen.errors += inflight.len() as u64 + 1;
+            return seen;
+        }
+    }
+    client.close();
+    seen
+}

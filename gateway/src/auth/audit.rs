@@ -1,40 +1,83 @@
 //! The audit trail: decisions hand events to a bounded queue (never blocking; when it is full
 //! the event is counted as dropped), and one thread owned by this module writes them to
 //! `auth.db` in batches, rotating out the oldest beyond the configured count.
+//!
+//! Successful authentications are aggregated here, whoever calls: per client × remote
+//! address × method and per interval ([`AGGREGATE_EVERY`]), the first success is written at
+//! once (`count` 1) and the rest of that interval as one row at its end (`count` = how many
+//! more, `at_ms` = the last of them). A plain-CoAP sensor authenticates with every message;
+//! a row per message would make the audit writer one of the gateway's biggest costs. Every
+//! failure, and every management action, is still one row of its own. The sum of `count`
+//! over the rows is the number of decisions.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 
 use super::AuthError;
-use super::store::{AuditEvent, Db};
+use super::store::{AuditEvent, Db, now_ms};
 
 /// Events waiting to be written; beyond this they are dropped (and counted), never queued.
 const QUEUE: usize = 4096;
 /// Most events written in one transaction.
 const BATCH: usize = 512;
+/// The interval over which successful authentications of one client × remote × method are
+/// summed into one row (after the first, which is written at once).
+pub const AGGREGATE_EVERY: Duration = Duration::from_secs(60);
+/// Most client × remote × method keys aggregated per interval; successes beyond them are
+/// written one row each (as before aggregation), so the map stays bounded.
+const MAX_KEYS: usize = 4096;
+
+/// Successes of one key in the current interval, after the first.
+#[derive(Debug)]
+struct Tally {
+    identity: String,
+    more: u64,
+    last_ms: i64,
+}
+
+/// client id → (method, remote) → tally: looked up with a borrowed client id, so a repeated
+/// success allocates nothing.
+type Tallies = HashMap<String, HashMap<(&'static str, Option<IpAddr>), Tally>>;
+
+#[derive(Debug, Default)]
+struct Aggregate {
+    tallies: Tallies,
+    keys: usize,
+}
 
 #[derive(Debug)]
 pub struct Audit {
     tx: Option<SyncSender<AuditEvent>>,
     thread: Option<JoinHandle<()>>,
     dropped: Arc<AtomicU64>,
+    aggregate: Arc<Mutex<Aggregate>>,
 }
 
 impl Audit {
     /// Starts the writer on its own connection to `path` (already opened and migrated).
     pub fn start(path: &Path, keep: u64) -> Result<Audit, AuthError> {
+        Self::start_every(path, keep, AGGREGATE_EVERY)
+    }
+
+    /// [`Audit::start`] with another aggregation interval.
+    pub fn start_every(path: &Path, keep: u64, every: Duration) -> Result<Audit, AuthError> {
         let db = Db::attach(path)?;
         let (tx, rx) = sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&dropped);
+        let aggregate = Arc::new(Mutex::new(Aggregate::default()));
+        let tallies = Arc::clone(&aggregate);
         let thread = std::thread::Builder::new()
             .name("edgegw-audit".into())
-            .spawn(move || write_loop(db, &rx, keep, &counter))
+            .spawn(move || write_loop(db, &rx, keep, &counter, &tallies, every))
             .map_err(|source| AuthError::Io {
                 path: path.to_owned(),
                 source,
@@ -43,7 +86,57 @@ impl Audit {
             tx: Some(tx),
             thread: Some(thread),
             dropped,
+            aggregate,
         })
+    }
+
+    /// A successful authentication: the first of its client × remote × method in this
+    /// interval is queued as a row now; the others are counted into one row at the end of
+    /// the interval.
+    pub fn record_success(
+        &self,
+        method: &'static str,
+        client_id: &str,
+        identity: &str,
+        remote: Option<IpAddr>,
+    ) {
+        let at_ms = now_ms();
+        {
+            let mut agg = self
+                .aggregate
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Aggregate { tallies, keys } = &mut *agg;
+            if let Some(t) = tallies
+                .get_mut(client_id)
+                .and_then(|per| per.get_mut(&(method, remote)))
+            {
+                t.more += 1;
+                t.last_ms = at_ms;
+                return;
+            }
+            if *keys < MAX_KEYS {
+                *keys += 1;
+                tallies.entry(client_id.to_owned()).or_default().insert(
+                    (method, remote),
+                    Tally {
+                        identity: identity.to_owned(),
+                        more: 0,
+                        last_ms: at_ms,
+                    },
+                );
+            }
+        }
+        self.record(AuditEvent {
+            at_ms,
+            method,
+            identity: Some(identity.to_owned()),
+            client_id: Some(client_id.to_owned()),
+            remote: remote.map(|ip| ip.to_string()),
+            outcome: "ok",
+            count: 1,
+            ..AuditEvent::default()
+        });
     }
 
     /// Queues an event without waiting.
@@ -77,17 +170,72 @@ impl Drop for Audit {
 /// At most one "events dropped" warning per this interval.
 const DROP_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn write_loop(mut db: Db, rx: &Receiver<AuditEvent>, keep: u64, dropped: &AtomicU64) {
+/// The rows of an interval's aggregated successes (after the first of each key), and an
+/// empty map for the next interval.
+fn take_tallies(aggregate: &Mutex<Aggregate>) -> Vec<AuditEvent> {
+    let tallies = {
+        let mut agg = aggregate.lock().unwrap_or_else(PoisonError::into_inner);
+        agg.keys = 0;
+        std::mem::take(&mut agg.tallies)
+    };
+    let mut rows = Vec::new();
+    for (client_id, per) in tallies {
+        for ((method, remote), t) in per {
+            if t.more > 0 {
+                rows.push(AuditEvent {
+                    at_ms: t.last_ms,
+                    method,
+                    identity: Some(t.identity),
+                    client_id: Some(client_id.clone()),
+                    remote: remote.map(|ip| ip.to_string()),
+                    outcome: "ok",
+                    count: t.more,
+                    ..AuditEvent::default()
+                });
+            }
+        }
+    }
+    rows.sort_by_key(|r| r.at_ms);
+    rows
+}
+
+fn write_loop(
+    mut db: Db,
+    rx: &Receiver<AuditEvent>,
+    keep: u64,
+    dropped: &AtomicU64,
+    aggregate: &Mutex<Aggregate>,
+    every: Duration,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut reported = 0;
     let mut last_warning: Option<std::time::Instant> = None;
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < BATCH {
+    let mut interval_end = Instant::now() + every;
+    loop {
+        let wait = interval_end.saturating_duration_since(Instant::now());
+        let open = match rx.recv_timeout(wait) {
+            Ok(first) => {
+                batch.push(first);
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => true,
+            Err(RecvTimeoutError::Disconnected) => false,
+        };
+        while open && batch.len() < BATCH {
             match rx.try_recv() {
                 Ok(ev) => batch.push(ev),
                 Err(_) => break,
             }
+        }
+        if !open || Instant::now() >= interval_end {
+            batch.extend(take_tallies(aggregate));
+            interval_end = Instant::now() + every;
+        }
+        if batch.is_empty() {
+            if !open {
+                break;
+            }
+            continue;
         }
         if let Err(e) = db.append_audit(&batch, keep) {
             warn!(error = %e, events = batch.len(), "cannot write audit events; dropped");
@@ -102,6 +250,9 @@ fn write_loop(mut db: Db, rx: &Receiver<AuditEvent>, keep: u64, dropped: &Atomic
             );
             reported = now_dropped;
             last_warning = Some(std::time::Instant::now());
+        }
+        if !open {
+            break;
         }
     }
 }

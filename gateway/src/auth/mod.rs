@@ -430,19 +430,19 @@ impl AuthStore {
                 e.outcome()
             }
         };
-        if let Some(audit) = &self.inner.audit {
-            audit.record(AuditEvent {
+        match (&self.inner.audit, result) {
+            (None, _) => {}
+            // Aggregated per client × remote × method and interval (see `audit`).
+            (Some(audit), Ok(c)) => audit.record_success(method, &c.id, &c.identity, remote),
+            (Some(audit), Err(_)) => audit.record(AuditEvent {
                 at_ms: now_ms(),
                 method,
-                identity: match result {
-                    Ok(c) => Some(c.identity.clone()),
-                    Err(_) => identity.map(shown),
-                },
-                client_id: result.as_ref().ok().map(|c| c.id.clone()),
+                identity: identity.map(shown),
+                client_id: None,
                 remote: remote.map(|ip| ip.to_string()),
                 outcome,
                 ..AuditEvent::default()
-            });
+            }),
         }
     }
 

@@ -98,6 +98,12 @@ ALTER TABLE audit_events ADD COLUMN entity_id TEXT;
 ALTER TABLE audit_events ADD COLUMN reason TEXT;
 "#,
     r#"
+-- How many decisions a row stands for: successful authentications are summed per client x
+-- remote x method and interval (the first at once with count 1, the rest in one row at the
+-- end of the interval); failures and management actions are one row each (count 1).
+ALTER TABLE audit_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+"#,
+    r#"
 -- The channel's identity on the upstream platform (SuperMQ's channel id), used in uplink
 -- topics. Empty: the same as the local id (channels created before this column).
 ALTER TABLE channels ADD COLUMN upstream_id TEXT NOT NULL DEFAULT '';
@@ -206,6 +212,9 @@ pub struct AuditEvent {
     /// Why a management action was refused or failed: `unauthenticated`, `forbidden`,
     /// `invalid`, `not_found`, `conflict`, `throttled`, `error`, `timeout`.
     pub reason: Option<String>,
+    /// How many decisions this row stands for (aggregated successful authentications; 0 is
+    /// written as 1).
+    pub count: u64,
 }
 
 impl AuditEvent {
@@ -931,8 +940,9 @@ impl Db {
             let mut st = tx
                 .prepare_cached(
                     "INSERT INTO audit_events (at_ms, method, identity, client_id, remote, outcome,
-                                               actor, action, entity_type, entity_id, reason)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                               actor, action, entity_type, entity_id, reason,
+                                               count)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
                 .map_err(e)?;
             for ev in events {
@@ -947,7 +957,8 @@ impl Db {
                     ev.action,
                     ev.entity_type,
                     ev.entity_id,
-                    ev.reason
+                    ev.reason,
+                    i64::try_from(ev.count.max(1)).unwrap_or(i64::MAX)
                 ])
                 .map_err(e)?;
             }
@@ -966,7 +977,7 @@ impl Db {
             .conn
             .prepare(
                 "SELECT at_ms, method, identity, client_id, remote, outcome,
-                        actor, action, entity_type, entity_id, reason FROM audit_events
+                        actor, action, entity_type, entity_id, reason, count FROM audit_events
                  ORDER BY id DESC LIMIT ?1",
             )
             .map_err(|e| self.err(e))?;
@@ -983,6 +994,7 @@ impl Db {
                 entity_type: r.get(8)?,
                 entity_id: r.get(9)?,
                 reason: r.get(10)?,
+                count: u64::try_from(r.get::<_, i64>(11)?).unwrap_or(1),
             })
         })
         .map_err(|e| self.err(e))?

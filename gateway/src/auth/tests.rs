@@ -388,13 +388,64 @@ fn audit_records_successes_and_failures_without_secrets_and_rotates() {
     assert!(!dump.contains(SECRET) && !dump.contains("a-wrong-secret-given"));
     drop(db);
 
+    // Rotation: failures are one row each (successes are aggregated, see below).
     let store = AuthStore::open(&path, &cfg).unwrap();
     for _ in 0..20 {
-        let _ = store.authenticate("s1", SECRET.as_bytes());
+        let _ = store.authenticate("s1", b"a-wrong-secret-given");
     }
     drop(store);
     let db = Db::open(&path).unwrap();
     assert_eq!(db.audit_count().unwrap(), 5);
+}
+
+#[test]
+fn audit_sums_successes_per_client_remote_and_method_and_keeps_every_failure() {
+    let (_dir, path) = tmp();
+    drop(provisioned(&path));
+    let store = AuthStore::open(&path, &config()).unwrap();
+    let a: IpAddr = "192.0.2.1".parse().unwrap();
+    let b: IpAddr = "192.0.2.2".parse().unwrap();
+    for _ in 0..100 {
+        store
+            .authenticate_from(Some(a), "s1", SECRET.as_bytes())
+            .unwrap();
+    }
+    for _ in 0..3 {
+        store
+            .authenticate_from(Some(b), "s1", SECRET.as_bytes())
+            .unwrap();
+    }
+    store
+        .authenticate_secret_from(Some(a), SECRET.as_bytes())
+        .unwrap();
+    for _ in 0..4 {
+        let _ = store.authenticate_from(Some(a), "s1", b"a-wrong-secret-given");
+    }
+    drop(store); // flushes the queue and the interval's sums
+    let db = Db::open(&path).unwrap();
+    let events = db.recent_audit(100).unwrap();
+    let ok: Vec<_> = events.iter().filter(|e| e.outcome == "ok").collect();
+    // Per client × remote × method: the first success as a row of its own (count 1), the
+    // rest of the interval summed into one more row; a single success is one row.
+    assert_eq!(ok.len(), 5, "{ok:?}");
+    let sum = |ip: &str, method: &str| -> (usize, u64) {
+        let rows: Vec<_> = ok
+            .iter()
+            .filter(|e| e.remote.as_deref() == Some(ip) && e.method == method)
+            .collect();
+        (rows.len(), rows.iter().map(|e| e.count).sum())
+    };
+    let password = "identity";
+    assert_eq!(sum("192.0.2.1", password), (2, 100));
+    assert_eq!(sum("192.0.2.2", password), (2, 3));
+    assert_eq!(sum("192.0.2.1", "secret"), (1, 1));
+    assert!(
+        ok.iter()
+            .all(|e| e.client_id.is_some() && e.identity.as_deref() == Some("s1"))
+    );
+    let failures: Vec<_> = events.iter().filter(|e| e.outcome != "ok").collect();
+    assert_eq!(failures.len(), 4, "every failure is a row");
+    assert!(failures.iter().all(|e| e.count == 1));
 }
 
 #[test]
@@ -726,10 +777,10 @@ fn channels_carry_a_chosen_id_and_their_upstream_identity() {
 fn a_store_of_the_previous_schema_keeps_its_channels_with_their_ids_upstream() {
     let (_dir, path) = tmp();
     {
-        // Schema 2 (before upstream ids), written by hand as an older binary did.
+        // Schema 3 (before upstream ids), written by hand as an older binary did.
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let conn = rusqlite::Connection::open(&path).unwrap();
-        for (i, m) in store::migrations_for_tests().iter().take(2).enumerate() {
+        for (i, m) in store::migrations_for_tests().iter().take(3).enumerate() {
             conn.execute_batch(m).unwrap();
             conn.execute_batch(&format!("PRAGMA user_version = {};", i + 1))
                 .unwrap();

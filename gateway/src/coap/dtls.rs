@@ -29,8 +29,23 @@ use tracing::{debug, info, warn};
 use super::proto::Transmit;
 use super::task::{Backend, Principal};
 
+mod cookie;
+mod record;
+
+pub use record::client_hello_suites;
+use record::{ClientHello, epoch0_max_seq, has_ccs, only_epoch0};
+
 /// TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655), the CoAP mandatory PSK suite.
 const PSK_AES128_CCM_8: u16 = 0xC0A8;
+/// The ECDHE-ECDSA suites dimpl implements (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305).
+const ECDHE_ECDSA_SUITES: [u16; 3] = [0xC02B, 0xC02C, 0xCCA9];
+/// Handshakes in progress from one IP address (any port); the oldest is evicted beyond it.
+const HANDSHAKES_PER_ADDRESS: usize = 8;
+/// A ClientHello without a valid cookie from the address of a live session is answered only
+/// once that session has been quiet this long (a rebooted sensor retransmits its hello), and
+/// then at most once per this period: a spoofed hello must not push HelloVerifyRequests into a
+/// working session.
+const LIVE_HELLO_QUIET: Duration = Duration::from_secs(5);
 /// Largest DTLS output dimpl may hand us in one poll (a peer certificate is copied into it).
 const POLL_BUFFER: usize = 64 * 1024;
 
@@ -49,6 +64,8 @@ pub enum DtlsSetupError {
     Engine(String),
     #[error("client CA certificate {index} is not a usable trust anchor: {reason}")]
     TrustAnchor { index: usize, reason: String },
+    #[error(transparent)]
+    Cookie(#[from] cookie::NoRandomness),
 }
 
 /// Limits and identity of the DTLS listener.
@@ -155,6 +172,10 @@ struct Conn {
     epoch0_seq: u64,
     /// The peer sent ChangeCipherSpec to this (pending) handshake.
     saw_ccs: bool,
+    /// The peer proved it receives at its address: it returned a cookie (ours, or dimpl's
+    /// once dimpl answered with a ServerHello). Handshakes not yet proven never evict
+    /// proven ones.
+    proven: bool,
 }
 
 /// Per-peer DTLS sessions. See the module docs.
@@ -178,6 +199,10 @@ pub struct Sessions {
     panics: u64,
     /// Handshakes completed / not completed (for metrics).
     handshakes: crate::metrics::HandshakeCounts,
+    /// The server-wide key of stateless HelloVerifyRequest cookies.
+    cookies: cookie::CookieKeys,
+    /// Last stateless HelloVerifyRequest sent to a live session's address.
+    live_hvr: HashMap<SocketAddr, Instant>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -235,6 +260,8 @@ impl Sessions {
             wall_clock: Box::new(SystemTime::now),
             panics: 0,
             handshakes: crate::metrics::HandshakeCounts::default(),
+            cookies: cookie::CookieKeys::new()?,
+            live_hvr: HashMap::new(),
         })
     }
 
@@ -291,8 +318,16 @@ impl Sessions {
     }
 
     /// Feeds one datagram received from `peer`.
+    ///
+    /// A ClientHello from an address without a handshake in progress is answered in one of
+    /// two ways. Normally dimpl answers it (its own HelloVerifyRequest) from a new, not yet
+    /// proven handshake. When not-proven handshakes hold half of `max_handshakes` (a flood of
+    /// spoofed hellos), or the hello offers no suite we could use, the table answers with a
+    /// stateless HelloVerifyRequest instead, keeping nothing: only a hello that returns that
+    /// cookie gets a handshake (then dimpl's own cookie exchange follows, one more round
+    /// trip), like TCP SYN cookies under a SYN flood.
     pub fn handle_datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
-        let hello = client_hello_suites(datagram);
+        let hello = record::client_hello(datagram);
         if self.pending.contains_key(&peer) {
             let to_pending = hello.is_some()
                 || !self.live.contains_key(&peer)
@@ -310,19 +345,173 @@ impl Sessions {
                 self.feed(peer, true, datagram, now);
                 return;
             }
-        } else if let Some(suites) = hello {
+        } else if let Some(hello) = hello {
             // A ClientHello from a new address, or a new handshake from a live one: the live
             // session stays until the new handshake completes.
-            if !self.start_handshake(peer, &suites, now) {
-                return;
-            }
-            self.feed(peer, true, datagram, now);
+            self.handle_hello(peer, &hello, datagram, now);
             return;
         }
         if self.live.contains_key(&peer) {
             self.feed(peer, false, datagram, now);
         }
         // Anything else from an unknown address is noise: dropped without state.
+    }
+
+    /// A ClientHello from an address without a handshake in progress. See
+    /// [`Sessions::handle_datagram`].
+    fn handle_hello(
+        &mut self,
+        peer: SocketAddr,
+        hello: &ClientHello<'_>,
+        datagram: &[u8],
+        now: Instant,
+    ) {
+        let mode = self.mode_for(hello);
+        if self.cookies.verify(peer, hello) {
+            // The peer returned our cookie: it receives at this address.
+            let Some(mode) = mode else {
+                debug!(%peer, "dtls handshake refused: no common cipher suite");
+                self.send_alert(peer, hello.record_seq, ALERT_HANDSHAKE_FAILURE);
+                self.handshakes.no_common_suite += 1;
+                return;
+            };
+            // dimpl keeps its cookie secret per engine, so the new engine does its own
+            // cookie exchange: it is first shown the hellos the client sent before (message
+            // sequence numbers 0..this one, answers discarded), so that its
+            // HelloVerifyRequest carries the sequence number the client expects next.
+            if hello.message_seq == 0 || hello.message_seq > 4 {
+                return;
+            }
+            if !self.start_handshake(peer, mode, true, now) {
+                return;
+            }
+            for seq in 0..hello.message_seq {
+                let earlier = record::with_message_seq(datagram, seq);
+                self.feed_silently(peer, &earlier, now);
+            }
+            self.feed(peer, true, datagram, now);
+            return;
+        }
+        let unproven = self.pending.values().filter(|c| !c.proven).count();
+        let stateless = mode.is_none()
+            || !hello.cookie.is_empty()
+            || unproven >= (self.settings.max_handshakes / 2).max(1)
+            || self.pending_from(peer.ip(), false) >= HANDSHAKES_PER_ADDRESS;
+        if let Some(live) = self.live.get(&peer) {
+            // Possibly spoofed: a working session must not receive HelloVerifyRequests.
+            let quiet = now.saturating_duration_since(live.last_activity) >= LIVE_HELLO_QUIET;
+            let recent = self
+                .live_hvr
+                .get(&peer)
+                .is_some_and(|t| now.saturating_duration_since(*t) < LIVE_HELLO_QUIET);
+            if !quiet || recent {
+                debug!(%peer, "dtls hello from a live session's address ignored");
+                return;
+            }
+            self.live_hvr.insert(peer, now);
+        }
+        if stateless {
+            self.send_hello_verify(peer, hello);
+            return;
+        }
+        let Some(mode) = mode else { return };
+        if self.start_handshake(peer, mode, false, now) {
+            self.feed(peer, true, datagram, now);
+        }
+    }
+
+    fn send_hello_verify(&mut self, peer: SocketAddr, hello: &ClientHello<'_>) {
+        let cookie = self.cookies.cookie(peer, hello);
+        self.transmits.push_back(Transmit {
+            peer,
+            payload: record::hello_verify_request(hello, &cookie),
+        });
+    }
+
+    /// The mode a hello's suites select, or `None` when it offers nothing we can do (the
+    /// PSK suite, or an ECDHE-ECDSA suite while certificate mode is on).
+    fn mode_for(&self, hello: &ClientHello<'_>) -> Option<Mode> {
+        let mut ecdsa = false;
+        for suite in hello.suites() {
+            if suite == PSK_AES128_CCM_8 {
+                return Some(Mode::Psk);
+            }
+            ecdsa |= ECDHE_ECDSA_SUITES.contains(&suite);
+        }
+        (ecdsa && self.cert_config.is_some()).then_some(Mode::Certificate)
+    }
+
+    /// Handshakes in progress from `ip` (proven ones only, or all).
+    fn pending_from(&self, ip: std::net::IpAddr, proven_only: bool) -> usize {
+        self.pending
+            .iter()
+            .filter(|(p, c)| p.ip() == ip && (c.proven || !proven_only))
+            .count()
+    }
+
+    /// Feeds an engine input whose output the peer must not see.
+    fn feed_silently(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
+        let Some(conn) = self.pending.get_mut(&peer) else {
+            return;
+        };
+        let current = self.psk_current.clone();
+        set_current(&current, conn.psk.clone());
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            conn.dtls.handle_timeout(now)?;
+            conn.dtls.handle_packet(datagram)?;
+            let mut buf = vec![0u8; 4096];
+            while let Output::Packet(_) = conn.dtls.poll_output(&mut buf) {}
+            Ok::<(), dimpl::Error>(())
+        }));
+        set_current(&current, None);
+        if !matches!(result, Ok(Ok(()))) {
+            if result.is_err() {
+                self.panics += 1;
+            }
+            if let Some(conn) = self.pending.remove(&peer) {
+                self.handshake_failed(&conn);
+            }
+        }
+    }
+
+    /// Makes room for one more handshake from `peer`: evicts the oldest handshake of the same
+    /// address beyond [`HANDSHAKES_PER_ADDRESS`], then the oldest overall beyond
+    /// `max_handshakes`. A not-proven handshake never evicts a proven one. False: no room.
+    fn make_room(&mut self, peer: SocketAddr, proven: bool) -> bool {
+        let ip = peer.ip();
+        let per_address = |p: &SocketAddr| p.ip() == ip;
+        if self.pending.keys().filter(|p| per_address(p)).count() >= HANDSHAKES_PER_ADDRESS
+            && !self.evict_oldest(proven, per_address)
+        {
+            return false;
+        }
+        if self.pending.len() >= self.settings.max_handshakes.max(1)
+            && !self.evict_oldest(proven, |_| true)
+        {
+            return false;
+        }
+        true
+    }
+
+    /// Evicts the oldest not-proven handshake matching `filter`, else (if `proven` may
+    /// evict proven ones) the oldest proven one.
+    fn evict_oldest(&mut self, proven: bool, filter: impl Fn(&SocketAddr) -> bool) -> bool {
+        let oldest = |want_proven: bool| {
+            self.pending
+                .iter()
+                .filter(|(p, c)| filter(p) && c.proven == want_proven)
+                .min_by_key(|(_, c)| c.started)
+                .map(|(p, _)| *p)
+        };
+        let victim = oldest(false).or_else(|| if proven { oldest(true) } else { None });
+        let Some(victim) = victim else {
+            return false;
+        };
+        debug!(peer = %victim, "dtls handshake evicted: too many in progress");
+        if let Some(conn) = self.pending.remove(&victim) {
+            self.handshake_failed(&conn);
+        }
+        true
     }
 
     /// Encrypts and queues application data (a CoAP message) to an established session.
@@ -376,6 +565,9 @@ impl Sessions {
     /// Housekeeping, about once a second: handshakes past `handshake_timeout`, sessions idle
     /// past `idle_timeout`, and sessions whose principal is no longer valid.
     pub fn sweep(&mut self, now: Instant) {
+        self.cookies.rotate(now);
+        self.live_hvr
+            .retain(|_, t| now.saturating_duration_since(*t) < LIVE_HELLO_QUIET);
         let hs = self.settings.handshake_timeout;
         let idle = self.settings.idle_timeout;
         let expired: Vec<_> = self
@@ -471,23 +663,24 @@ impl Sessions {
         }
     }
 
-    /// Creates the engine for a new ClientHello; false if refused (caps, no shared mode).
-    fn start_handshake(&mut self, peer: SocketAddr, suites: &[u16], now: Instant) -> bool {
-        if self.pending.len() >= self.settings.max_handshakes {
-            debug!(%peer, "dtls handshake refused: too many in progress");
-            return false;
-        }
+    /// Creates the engine for a new ClientHello; false if refused (caps).
+    fn start_handshake(
+        &mut self,
+        peer: SocketAddr,
+        mode: Mode,
+        proven: bool,
+        now: Instant,
+    ) -> bool {
         if !self.live.contains_key(&peer) && self.live.len() >= self.settings.max_sessions {
             warn!(%peer, "dtls handshake refused: session limit reached");
             self.send_alert(peer, 0, ALERT_INTERNAL_ERROR);
             self.handshakes.failed += 1;
             return false;
         }
-        let mode = if suites.contains(&PSK_AES128_CCM_8) {
-            Mode::Psk
-        } else {
-            Mode::Certificate
-        };
+        if !self.make_room(peer, proven) {
+            debug!(%peer, "dtls handshake refused: too many in progress");
+            return false;
+        }
         let built = match mode {
             Mode::Psk => {
                 let cfg = self.psk_config.clone();
@@ -528,6 +721,7 @@ impl Sessions {
                 last_activity: now,
                 epoch0_seq: 0,
                 saw_ccs: false,
+                proven,
             },
         );
         true
@@ -645,6 +839,8 @@ impl Sessions {
                         if let Some(seq) = epoch0_max_seq(&p) {
                             conn.epoch0_seq = conn.epoch0_seq.max(seq);
                         }
+                        // dimpl answers with a ServerHello only to a hello with its cookie.
+                        conn.proven |= record::has_server_hello(&p);
                         transmits.push_back(Transmit { peer, payload: p });
                     }
                     Polled::TooSmall(needed) => {
@@ -785,11 +981,10 @@ impl Sessions {
 
     /// A plaintext fatal alert in epoch 0 (no keys are shared with a peer that failed).
     fn send_alert(&mut self, peer: SocketAddr, seq: u64, description: u8) {
-        let mut rec = Vec::with_capacity(15);
-        rec.extend_from_slice(&[21, 0xFE, 0xFD, 0, 0]);
-        rec.extend_from_slice(&seq.to_be_bytes()[2..]);
-        rec.extend_from_slice(&[0, 2, 2, description]);
-        self.transmits.push_back(Transmit { peer, payload: rec });
+        self.transmits.push_back(Transmit {
+            peer,
+            payload: record::fatal_alert(seq, description),
+        });
     }
 }
 
@@ -917,77 +1112,6 @@ pub fn subject_cn_and_serial(der: &[u8]) -> Option<(String, String)> {
     };
     let serial = trimmed.iter().map(|b| format!("{b:02x}")).collect();
     Some((cn, serial))
-}
-
-/// Record iterator over a datagram: (content type, epoch, sequence number).
-fn records(datagram: &[u8]) -> impl Iterator<Item = (u8, u16, u64, &[u8])> {
-    let mut rest = datagram;
-    std::iter::from_fn(move || {
-        if rest.len() < 13 {
-            return None;
-        }
-        let ct = rest[0];
-        let epoch = u16::from_be_bytes([rest[3], rest[4]]);
-        let mut seq = [0u8; 8];
-        seq[2..].copy_from_slice(&rest[5..11]);
-        let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
-        let body = rest.get(13..13 + len)?;
-        rest = &rest[13 + len..];
-        Some((ct, epoch, u64::from_be_bytes(seq), body))
-    })
-}
-
-fn only_epoch0(datagram: &[u8]) -> bool {
-    let mut any = false;
-    for (_, epoch, _, _) in records(datagram) {
-        if epoch != 0 {
-            return false;
-        }
-        any = true;
-    }
-    any
-}
-
-fn has_ccs(datagram: &[u8]) -> bool {
-    records(datagram).any(|(ct, ..)| ct == 20)
-}
-
-fn epoch0_max_seq(datagram: &[u8]) -> Option<u64> {
-    records(datagram)
-        .filter(|(_, epoch, ..)| *epoch == 0)
-        .map(|(_, _, seq, _)| seq)
-        .max()
-}
-
-/// If the datagram starts with an epoch-0 ClientHello (first fragment), its cipher suites.
-pub fn client_hello_suites(datagram: &[u8]) -> Option<Vec<u16>> {
-    let (ct, epoch, _, body) = records(datagram).next()?;
-    if ct != 22 || epoch != 0 || body.len() < 12 || body[0] != 1 {
-        return None;
-    }
-    let frag_off = u32::from_be_bytes([0, body[6], body[7], body[8]]);
-    if frag_off != 0 {
-        return None;
-    }
-    let frag_len = usize::try_from(u32::from_be_bytes([0, body[9], body[10], body[11]])).ok()?;
-    let hello = body.get(12..12 + frag_len)?;
-    let mut pos = 2 + 32;
-    let sid = usize::from(*hello.get(pos)?);
-    pos += 1 + sid;
-    let cookie = usize::from(*hello.get(pos)?);
-    pos += 1 + cookie;
-    let len = usize::from(u16::from_be_bytes([*hello.get(pos)?, *hello.get(pos + 1)?]));
-    pos += 2;
-    let suites = hello.get(pos..pos + len)?;
-    if len % 2 != 0 {
-        return None;
-    }
-    Some(
-        suites
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .collect(),
-    )
 }
 
 #[cfg(test)]

@@ -3,14 +3,18 @@
 //!
 //! One writer thread owns the write connection and does group commit: everything that arrived
 //! while the previous transaction was committing goes into the next one, so one fsync covers
-//! many messages. Admission (full → busy or drop oldest) is the pure [`policy`]. The uplink
-//! reads with its own connection ([`Outbox::fetch_after`]) and reports acknowledgements with
+//! many messages. Admission (full → busy or drop oldest) is the pure [`policy`]. What a commit
+//! made durable is also handed to the uplink from memory (a bounded feed,
+//! [`Outbox::take_fed`]), so the steady state never reads back what was just written; the
+//! uplink reads the database with its own connection only for a backlog (after a restart, an
+//! outage, a feed that overflowed: [`Outbox::fetch_backlog`]). It reports acknowledgements with
 //! [`Outbox::ack`]; they are deleted in the next group commit. This module never talks MQTT.
 
 pub mod policy;
 mod store;
 
 use crate::watchdog::Heartbeat;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -149,9 +153,97 @@ struct Pending {
     closing: bool,
 }
 
+/// Most entries, and most bytes ([`Message::weight`]), the feed holds for the uplink. Past
+/// either, the feed is emptied and the uplink reads the database until it caught up: memory
+/// stays bounded whatever the upstream does.
+const FEED_MAX_ENTRIES: usize = 8192;
+const FEED_MAX_BYTES: u64 = 2 << 20;
+
+/// Entries just made durable, in sequence order, for the uplink. Every committed entry with a
+/// sequence number from `from` to `last` is either here or was taken by the uplink already
+/// (in order); `from == u64::MAX` when nothing is (after an overflow, until the next commit).
+#[derive(Debug)]
+struct Feed {
+    entries: VecDeque<Entry>,
+    bytes: u64,
+    from: u64,
+    last: u64,
+}
+
+impl Feed {
+    fn new(last_seq: u64) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            from: last_seq.saturating_add(1),
+            last: last_seq,
+        }
+    }
+
+    /// Appends one commit's entries (consecutive sequence numbers, after `last`).
+    fn push(&mut self, entries: Vec<Entry>) {
+        let (Some(first), Some(end)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        let (first, end) = (first.seq, end.seq);
+        let bytes: u64 = entries.iter().map(|e| e.message.weight()).sum();
+        let contiguous = self.from != u64::MAX && first == self.last.saturating_add(1);
+        if !contiguous
+            || self.entries.len() + entries.len() > FEED_MAX_ENTRIES
+            || self.bytes + bytes > FEED_MAX_BYTES
+        {
+            // Start a new run; what was here is in the database (the uplink reads it there).
+            self.entries.clear();
+            self.bytes = 0;
+            self.from = first;
+            if entries.len() > FEED_MAX_ENTRIES || bytes > FEED_MAX_BYTES {
+                self.from = u64::MAX;
+                self.last = end;
+                return;
+            }
+        }
+        self.entries.extend(entries);
+        self.bytes += bytes;
+        self.last = end;
+    }
+
+    /// Up to `limit` entries after `after`, if the feed holds everything committed after it.
+    fn take(&mut self, after: u64, limit: usize) -> Option<Fetched> {
+        while let Some(front) = self.entries.front() {
+            if front.seq > after {
+                break;
+            }
+            self.bytes = self.bytes.saturating_sub(front.message.weight());
+            self.entries.pop_front();
+        }
+        if self.from == u64::MAX || self.from > after.saturating_add(1) {
+            return None;
+        }
+        let n = limit.min(self.entries.len());
+        let entries: Vec<Entry> = self.entries.drain(..n).collect();
+        let taken: u64 = entries.iter().map(|e| e.message.weight()).sum();
+        self.bytes = self.bytes.saturating_sub(taken);
+        let through = match entries.last() {
+            Some(e) if entries.len() == limit => e.seq,
+            _ => self.last.max(after),
+        };
+        Some(Fetched { entries, through })
+    }
+}
+
+/// What the uplink gets from [`Outbox::take_fed`] or [`Outbox::fetch_backlog`]: entries in
+/// sequence order, and the sequence number up to which it has now seen everything committed
+/// (entries, or numbers no longer queued).
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub entries: Vec<Entry>,
+    pub through: u64,
+}
+
 #[derive(Debug)]
 struct Shared {
     pending: Mutex<Pending>,
+    feed: Mutex<Feed>,
     wake: Condvar,
     counters: Counters,
     committed: watch::Sender<u64>,
@@ -246,6 +338,7 @@ impl Outbox {
         counters.last_seq.store(initial.last_seq, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
+            feed: Mutex::new(Feed::new(initial.last_seq)),
             wake: Condvar::new(),
             counters,
             committed: watch::Sender::new(initial.last_seq),
@@ -303,8 +396,16 @@ impl Outbox {
         if seqs.is_empty() {
             return;
         }
-        self.lock().acks.extend_from_slice(seqs);
-        self.shared.wake.notify_one();
+        let mut pending = self.lock();
+        // Deleting delivered entries is not urgent: they ride along with the next commit of
+        // new messages. Only acks arriving when nothing else is pending wake the writer (one
+        // wake-up, not one per PUBACK).
+        let wake = pending.acks.is_empty() && pending.appends.is_empty();
+        pending.acks.extend_from_slice(seqs);
+        drop(pending);
+        if wake {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Up to `limit` entries with a sequence number above `after`, in order (blocking: call
@@ -315,6 +416,32 @@ impl Outbox {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         reader.fetch_after(after, limit)
+    }
+
+    /// The next entries after `after` (at most `limit`) from what the writer just made
+    /// durable, without touching the database; `None` when the feed does not hold everything
+    /// after `after` (a backlog: use [`Outbox::fetch_backlog`]). Entries taken are the
+    /// caller's: the feed hands each out once.
+    pub fn take_fed(&self, after: u64, limit: usize) -> Option<Fetched> {
+        self.shared
+            .feed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(after, limit)
+    }
+
+    /// Up to `limit` entries after `after` from the database (blocking: call from a blocking
+    /// thread), and how far that covers what was committed when the read began.
+    pub fn fetch_backlog(&self, after: u64, limit: usize) -> Result<Fetched, OutboxError> {
+        // Everything committed up to here is visible to the read that follows.
+        let committed = self.shared.counters.last_seq.load(Ordering::Acquire);
+        let entries = self.fetch_after(after, limit)?;
+        let through = match entries.last() {
+            Some(e) if entries.len() >= limit => e.seq,
+            Some(e) => e.seq.max(committed),
+            None => after.max(committed),
+        };
+        Ok(Fetched { entries, through })
     }
 
     /// The highest committed sequence number; changes after every commit that added entries.
@@ -453,12 +580,20 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                         "outbox full: dropped the oldest queued messages (outbox.full_policy = drop_oldest)"
                     );
                 }
-                if let Some(&last) = done.seqs.last() {
-                    c.last_seq.store(last, Ordering::Relaxed);
-                    shared.committed.send_replace(last);
-                }
-                for ((_, _, reply), seq) in appends.into_iter().zip(done.seqs) {
+                let last = done.seqs.last().copied();
+                let mut fed = Vec::with_capacity(appends.len());
+                for ((message, _, reply), seq) in appends.into_iter().zip(done.seqs) {
                     let _ = reply.send(Ok(seq));
+                    fed.push(Entry { seq, message });
+                }
+                if let Some(last) = last {
+                    shared
+                        .feed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(fed);
+                    c.last_seq.store(last, Ordering::Release);
+                    shared.committed.send_replace(last);
                 }
             }
             Err(e) => {

@@ -21,8 +21,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     received_at_ms INTEGER NOT NULL,
     size INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_received_at ON outbox(received_at_ms);
 ";
+
+/// The layout version this binary writes (`PRAGMA user_version`). 0: the first layout, with an
+/// index on `received_at_ms` (one more B-tree written per insert and per delete, only for
+/// expiry). 1: no secondary index; expiry walks the oldest entries in sequence order.
+const LAYOUT_VERSION: i64 = 1;
+
+/// From an older layout to [`LAYOUT_VERSION`], in the writer's first transaction. Rows are
+/// untouched: an older binary opening the file again just recreates its index.
+const MIGRATE: &str = "DROP INDEX IF EXISTS outbox_received_at;";
 
 pub fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
@@ -156,6 +164,15 @@ impl Writer {
             .map_err(|e| open_error(path, e))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| open_error(path, e))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| open_error(path, e))?;
+        if version < LAYOUT_VERSION {
+            conn.execute_batch(&format!(
+                "BEGIN; {MIGRATE} PRAGMA user_version={LAYOUT_VERSION}; COMMIT;"
+            ))
+            .map_err(|e| open_error(path, e))?;
+        }
         let mut writer = Self {
             conn,
             stats: StoreStats::default(),
@@ -215,28 +232,40 @@ impl Writer {
         let mut expired = 0;
         let mut dropped = 0;
         {
+            // PUBACKs come mostly in order: one range DELETE per run of consecutive sequence
+            // numbers instead of one statement per message.
             let mut delete =
-                tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING size")?;
-            for seq in batch.acks {
-                let size: Option<i64> = delete
-                    .query_row([i64::try_from(*seq).unwrap_or(i64::MAX)], |r| r.get(0))
-                    .optional()?;
-                if let Some(size) = size {
+                tx.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2 RETURNING size")?;
+            for (lo, hi) in runs(batch.acks) {
+                let sizes = delete.query_map(
+                    [
+                        i64::try_from(lo).unwrap_or(i64::MAX),
+                        i64::try_from(hi).unwrap_or(i64::MAX),
+                    ],
+                    |r| r.get::<_, i64>(0),
+                )?;
+                for size in sizes {
                     acked += 1;
-                    stats.queued -= 1;
+                    stats.queued = stats.queued.saturating_sub(1);
                     stats.queued_bytes = stats
                         .queued_bytes
-                        .saturating_sub(u64::try_from(size).unwrap_or(0));
+                        .saturating_sub(u64::try_from(size?).unwrap_or(0));
                 }
             }
         }
         if let Some(cutoff) = batch.expire_before {
-            let mut expire =
-                tx.prepare_cached("DELETE FROM outbox WHERE received_at_ms < ?1 RETURNING size")?;
+            // The oldest entries in sequence order, up to the first one still young enough:
+            // no index on the receive time (one B-tree less per insert and delete). An entry
+            // whose clock went backwards waits for those before it.
+            let mut expire = tx.prepare_cached(
+                "DELETE FROM outbox WHERE seq < coalesce((SELECT seq FROM outbox \
+                 WHERE received_at_ms >= ?1 ORDER BY seq LIMIT 1), 9223372036854775807) \
+                 RETURNING size",
+            )?;
             let sizes = expire.query_map([cutoff], |r| r.get::<_, i64>(0))?;
             for size in sizes {
                 expired += 1;
-                stats.queued -= 1;
+                stats.queued = stats.queued.saturating_sub(1);
                 stats.queued_bytes = stats
                     .queued_bytes
                     .saturating_sub(u64::try_from(size?).unwrap_or(0));
@@ -299,6 +328,21 @@ impl Writer {
     }
 }
 
+/// Sorted, deduplicated `seqs` as inclusive runs of consecutive numbers.
+fn runs(seqs: &[u64]) -> Vec<(u64, u64)> {
+    let mut sorted = seqs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for s in sorted {
+        match out.last_mut() {
+            Some((_, hi)) if *hi + 1 == s => *hi = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
 /// The uplink's read connection (WAL: reads never block the writer).
 #[derive(Debug)]
 pub struct Reader {
@@ -342,5 +386,19 @@ impl Reader {
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_become_runs_of_consecutive_numbers() {
+        assert_eq!(runs(&[]), vec![]);
+        assert_eq!(
+            runs(&[5, 3, 4, 9, 7, 8, 8, 1]),
+            vec![(1, 1), (3, 5), (7, 9)]
+        );
     }
 }

@@ -339,3 +339,195 @@ fn a_real_sqlite_full_from_the_writer_is_classified_as_disk_full() {
     assert!(store::is_disk_full(&err), "{err:?}");
     assert!(matches!(commit_refusal(&err), IngestError::Busy { .. }));
 }
+
+fn accept_all(outbox: &Outbox, channel: &str, n: usize) -> Vec<u64> {
+    let receipts: Vec<_> = (0..n)
+        .map(|i| outbox.accept(msg(channel, &format!("m{i}"))).unwrap())
+        .collect();
+    rt().block_on(async {
+        let mut out = Vec::new();
+        for r in receipts {
+            out.push(r.await.unwrap());
+        }
+        out
+    })
+}
+
+fn seqs(entries: &[Entry]) -> Vec<u64> {
+    entries.iter().map(|e| e.seq).collect()
+}
+
+#[test]
+fn what_a_commit_made_durable_is_fed_from_memory_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, worker) = Outbox::open(
+        &dir.path().join("o.db"),
+        &config(1 << 20, FullPolicy::Reject),
+    )
+    .unwrap();
+    let accepted = accept_all(&outbox, "c", 10);
+    let first = outbox.take_fed(0, 4).expect("fed from memory");
+    assert_eq!(seqs(&first.entries), accepted[..4]);
+    assert_eq!(first.through, accepted[3]);
+    let rest = outbox
+        .take_fed(first.through, 100)
+        .expect("fed from memory");
+    assert_eq!(seqs(&rest.entries), accepted[4..]);
+    assert_eq!(rest.through, accepted[9]);
+    assert_eq!(
+        String::from_utf8(rest.entries[5].message.payload.to_vec()).unwrap(),
+        "m9"
+    );
+    // Handed out once; what was fed is still in the database until acknowledged.
+    let again = outbox.take_fed(rest.through, 100).unwrap();
+    assert!(again.entries.is_empty());
+    assert_eq!(payloads(&outbox).len(), 10);
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn a_backlog_is_read_from_the_database_until_the_feed_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    let cfg = config(1 << 20, FullPolicy::Reject);
+    let old = {
+        let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
+        let s = accept_all(&outbox, "c", 5);
+        outbox.ack(&s[..2]);
+        outbox.close();
+        worker.join();
+        s
+    };
+    // After a restart: the queued entries are only in the database.
+    let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
+    let new = accept_all(&outbox, "c", 3);
+    assert!(
+        outbox.take_fed(0, 100).is_none(),
+        "a backlog is not in memory"
+    );
+    let backlog = outbox.fetch_backlog(0, 2).unwrap();
+    assert_eq!(seqs(&backlog.entries), old[2..4]);
+    assert_eq!(backlog.through, old[3]);
+    let backlog = outbox.fetch_backlog(backlog.through, 2).unwrap();
+    assert_eq!(seqs(&backlog.entries), vec![old[4], new[0]]);
+    let fed = outbox.take_fed(backlog.through, 100).unwrap();
+    assert_eq!(seqs(&fed.entries), new[1..]);
+    // Nothing queued at all after a restart: the cursor catches up with one empty read.
+    outbox.ack(&old[2..]);
+    outbox.ack(&new);
+    outbox.close();
+    worker.join();
+    let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
+    let empty = outbox.fetch_backlog(0, 100).unwrap();
+    assert!(empty.entries.is_empty());
+    assert_eq!(empty.through, new[2]);
+    let next = accept_all(&outbox, "c", 1);
+    assert_eq!(
+        seqs(&outbox.take_fed(empty.through, 10).unwrap().entries),
+        next
+    );
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn an_overflowing_feed_falls_back_to_the_database_without_losing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, worker) = Outbox::open(
+        &dir.path().join("o.db"),
+        &config(64 << 20, FullPolicy::Reject),
+    )
+    .unwrap();
+    // More than the feed holds, and nobody taking: the feed restarts with later commits.
+    let mut accepted = Vec::new();
+    while accepted.len() <= FEED_MAX_ENTRIES + 100 {
+        accepted.extend(accept_all(&outbox, "c", 500));
+    }
+    let (mut cursor, mut got) = (0, Vec::new());
+    let mut from_db = 0;
+    while cursor < *accepted.last().unwrap() {
+        let f = match outbox.take_fed(cursor, 128) {
+            Some(f) => f,
+            None => {
+                from_db += 1;
+                outbox.fetch_backlog(cursor, 128).unwrap()
+            }
+        };
+        got.extend(seqs(&f.entries));
+        assert!(f.through >= cursor);
+        cursor = f.through;
+    }
+    assert!(from_db > 0, "the start was read from the database");
+    assert_eq!(got, accepted, "every entry once, in order");
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn acknowledged_runs_and_single_acks_are_deleted_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, worker) = Outbox::open(
+        &dir.path().join("o.db"),
+        &config(1 << 20, FullPolicy::Reject),
+    )
+    .unwrap();
+    let s = accept_all(&outbox, "c", 10);
+    // Out of order, with a hole (s[5] not acknowledged) and a duplicate.
+    outbox.ack(&[s[3], s[0], s[1], s[2], s[4], s[7], s[6], s[9], s[9]]);
+    let _ = accept_all(&outbox, "d", 1); // a commit that carries the acks
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while outbox.stats().acked_total < 8 {
+        assert!(std::time::Instant::now() < deadline, "acks not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(outbox.stats().acked_total, 8);
+    assert_eq!(payloads(&outbox), vec!["m5", "m8", "m0"]);
+    assert_eq!(outbox.stats().queued, 3);
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn an_outbox_of_the_first_layout_is_migrated_and_keeps_its_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    {
+        // The first layout, exactly as its binary created it, with two queued messages.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE outbox (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 client_id TEXT NOT NULL, channel_id TEXT NOT NULL, domain_id TEXT NOT NULL,
+                 subtopic TEXT NOT NULL, content_format TEXT, payload BLOB NOT NULL,
+                 received_at_ms INTEGER NOT NULL, size INTEGER NOT NULL);
+             CREATE INDEX outbox_received_at ON outbox(received_at_ms);
+             INSERT INTO outbox (client_id, channel_id, domain_id, subtopic, content_format,
+                                 payload, received_at_ms, size)
+                 VALUES ('k', 'c', 'd', 't', NULL, X'6f6e65', 1, 7), ('k', 'c', 'd', 't', NULL, X'74776f', 2, 7);",
+        )
+        .unwrap();
+    }
+    let (outbox, worker) = Outbox::open(&path, &config(1 << 20, FullPolicy::Reject)).unwrap();
+    assert_eq!(payloads(&outbox), vec!["one", "two"]);
+    assert_eq!(outbox.stats().queued, 2);
+    assert_eq!(outbox.stats().last_seq, 2);
+    let next = accept_all(&outbox, "c", 1);
+    assert_eq!(next, vec![3]);
+    outbox.close();
+    worker.join();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let indexes: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'outbox_received_at'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 0, "the secondary index is gone");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+}

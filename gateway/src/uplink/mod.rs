@@ -427,14 +427,15 @@ impl Uplink {
             if !draining && let Err(e) = self.fill(window, committed).await {
                 error!("uplink: cannot read the outbox: {e}");
             }
+            let mut published = 0;
             while let Some(entry) = window.poll_publish() {
-                let m = &entry.message;
+                let (seq, m) = (entry.seq, &entry.message);
                 let topic = match self.topics.message(m) {
                     Ok(t) => t,
                     Err(e) => {
                         // Never sent: the platform would refuse it (SuperMQ closes the
                         // connection). It stays in the outbox, held out of the window.
-                        self.unpublishable(window, entry.seq, &e);
+                        self.unpublishable(window, seq, &e);
                         continue;
                     }
                 };
@@ -447,10 +448,13 @@ impl Uplink {
                     )
                     .is_err()
                 {
-                    window.handle_publish_refused(entry.seq);
+                    window.handle_publish_refused(seq);
                     break;
                 }
-                self.status.send_modify(|s| s.published_total += 1);
+                published += 1;
+            }
+            if published > 0 {
+                self.status.send_modify(|s| s.published_total += published);
             }
             let acks = window.poll_acks();
             if !acks.is_empty() {
@@ -554,7 +558,9 @@ impl Uplink {
         }
     }
 
-    /// Buffers more outbox entries when there is room and something new was committed.
+    /// Buffers more outbox entries when there is room and something new was committed: from
+    /// the outbox's in-memory feed of what was just made durable, or, for a backlog (after a
+    /// restart, an outage, a feed overflow), from the database on a blocking thread.
     async fn fill(
         &self,
         window: &mut Window,
@@ -565,14 +571,19 @@ impl Uplink {
         if want == 0 || latest <= window.cursor() {
             return Ok(());
         }
-        let outbox = self.outbox.clone();
         let after = window.cursor();
-        let entries = tokio::task::spawn_blocking(move || outbox.fetch_after(after, want))
-            .await
-            .map_err(|e| {
-                crate::outbox::OutboxError::Thread(std::io::Error::other(e.to_string()))
-            })??;
-        window.handle_fetched(entries);
+        let fetched = match self.outbox.take_fed(after, want) {
+            Some(fetched) => fetched,
+            None => {
+                let outbox = self.outbox.clone();
+                tokio::task::spawn_blocking(move || outbox.fetch_backlog(after, want))
+                    .await
+                    .map_err(|e| {
+                        crate::outbox::OutboxError::Thread(std::io::Error::other(e.to_string()))
+                    })??
+            }
+        };
+        window.handle_fetched_through(fetched.entries, fetched.through);
         Ok(())
     }
 

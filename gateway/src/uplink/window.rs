@@ -62,15 +62,23 @@ impl Window {
         }
     }
 
-    /// The next entry to publish, if the in-flight window has room.
-    pub fn poll_publish(&mut self) -> Option<Entry> {
+    /// As [`Window::handle_fetched`], and everything up to `through` has now been seen (the
+    /// numbers in between are no longer queued): the cursor moves there.
+    pub fn handle_fetched_through(&mut self, entries: Vec<Entry>, through: u64) {
+        self.handle_fetched(entries);
+        self.cursor = self.cursor.max(through);
+    }
+
+    /// The next entry to publish, if the in-flight window has room (it is in flight from now
+    /// on; borrowed, not copied: no allocation per message).
+    pub fn poll_publish(&mut self) -> Option<&Entry> {
         if self.inflight.len() >= self.capacity {
             return None;
         }
         let entry = self.unsent.pop_front()?;
-        self.inflight.insert(entry.seq, entry.clone());
-        self.awaiting_pkid.push_back(Some(entry.seq));
-        Some(entry)
+        let seq = entry.seq;
+        self.awaiting_pkid.push_back(Some(seq));
+        Some(self.inflight.entry(seq).or_insert(entry))
     }
 
     /// The client refused the request (queue full): send it again later, first.

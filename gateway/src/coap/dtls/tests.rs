@@ -262,17 +262,25 @@ fn a_new_hello_from_a_live_address_keeps_the_session_until_it_completes() {
     let mut c = client("sensor-a", KEY, now);
     pump(&mut s, &mut c, peer(1), now);
     assert_eq!(s.counts(), (1, 0));
+    // A hello from a session that is in use is ignored (possibly spoofed): nothing answered.
+    let mut early = client("sensor-a", KEY, now);
+    let (connected, _) = pump(&mut s, &mut early, peer(1), now);
+    assert!(!connected);
+    assert_eq!(s.counts(), (1, 0));
+    // Once the session has been quiet (a rebooted sensor), a new handshake is answered.
+    let later = now + LIVE_HELLO_QUIET;
     // A failing handshake from the same address: the live session survives it.
-    let mut bad = client("sensor-a", b"wrong-key-wrong-key", now);
-    let (connected, _) = pump(&mut s, &mut bad, peer(1), now);
+    let mut bad = client("sensor-a", b"wrong-key-wrong-key", later);
+    let (connected, _) = pump(&mut s, &mut bad, peer(1), later);
     assert!(!connected);
     assert_eq!(s.counts(), (1, 0));
     c.send_application_data(b"still here").expect("send");
-    pump(&mut s, &mut c, peer(1), now);
+    pump(&mut s, &mut c, peer(1), later);
     assert!(matches!(s.poll_event(), Some(SessionEvent::Data { .. })));
     // A successful one replaces it.
-    let mut again = client("sensor-a", KEY, now);
-    let (connected, _) = pump(&mut s, &mut again, peer(1), now);
+    let again_at = later + LIVE_HELLO_QUIET;
+    let mut again = client("sensor-a", KEY, again_at);
+    let (connected, _) = pump(&mut s, &mut again, peer(1), again_at);
     assert!(connected);
     assert_eq!(s.counts(), (1, 0));
     assert_eq!(s.poll_event(), Some(SessionEvent::Closed { peer: peer(1) }));
@@ -297,23 +305,30 @@ fn half_open_handshakes_are_capped_and_time_out() {
     let (mut s, _) = table(Fake::default());
     let hello = first_flight("sensor-a", now);
     assert!(client_hello_suites(&hello).is_some_and(|s| s.contains(&PSK_AES128_CCM_8)));
+    let mut stateless = 0;
     for port in 0..10 {
         s.handle_datagram(peer(100 + port), &hello, now);
+        while let Some(t) = s.poll_transmit() {
+            assert!(record::is_hello_verify_request(&t.payload));
+            stateless += 1;
+        }
     }
-    assert_eq!(s.counts(), (0, 4), "cap of 4 half-open handshakes");
+    // Half of max_handshakes (4) for hellos not yet proven; the rest answered statelessly
+    // (dimpl's answers from the two engines are counted here too).
+    assert_eq!(s.counts(), (0, 2), "cap of 2 not-proven handshakes");
+    assert_eq!(stateless, 10);
     let deadline = s.poll_timeout().expect("a retransmission timer");
     assert!(deadline <= now + Duration::from_secs(10));
     s.handle_timeout(deadline);
     s.sweep(now + Duration::from_secs(9));
-    assert_eq!(s.counts(), (0, 4), "expired before handshake_timeout");
+    assert_eq!(s.counts(), (0, 2), "expired before handshake_timeout");
     s.sweep(now + Duration::from_secs(10));
     assert_eq!(s.counts(), (0, 0));
     // Timed out before any PSK identity was seen: failed, but not an authentication failure.
     let hs = s.handshakes();
-    assert_eq!((hs.completed, hs.failed, hs.auth_failed), (0, 4, 0));
+    assert_eq!((hs.completed, hs.failed, hs.auth_failed), (0, 2, 0));
 }
 
-#[test]
 fn idle_sessions_are_evicted_and_invalid_principals_ended() {
     let now = Instant::now();
     let (mut s, backend) = table(Fake::default());
@@ -387,4 +402,206 @@ fn a_rotated_secret_ends_the_psk_session() {
     backend.rotated.store(true, Ordering::SeqCst);
     s.sweep(now);
     assert_eq!(s.counts(), (0, 0));
+}
+
+/// A syntactically valid DTLS 1.2 ClientHello offering `suites`, with `cookie`.
+fn crafted_hello(suites: &[u16], random: u8, cookie: &[u8], message_seq: u16) -> Vec<u8> {
+    let mut body = vec![0xFE, 0xFD];
+    body.extend_from_slice(&[random; 32]);
+    body.push(0); // session id
+    body.push(u8::try_from(cookie.len()).expect("cookie"));
+    body.extend_from_slice(cookie);
+    body.extend_from_slice(
+        &u16::try_from(suites.len() * 2)
+            .expect("suites")
+            .to_be_bytes(),
+    );
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]); // compression: null
+    let len = u32::try_from(body.len()).expect("len").to_be_bytes();
+    let mut hs = vec![1];
+    hs.extend_from_slice(&len[1..]);
+    hs.extend_from_slice(&message_seq.to_be_bytes());
+    hs.extend_from_slice(&[0, 0, 0]);
+    hs.extend_from_slice(&len[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![
+        22,
+        0xFE,
+        0xFF,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u8::try_from(message_seq).expect("seq"),
+    ];
+    rec.extend_from_slice(&u16::try_from(hs.len()).expect("hs").to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// The cookie of a HelloVerifyRequest record.
+fn hvr_cookie(datagram: &[u8]) -> Vec<u8> {
+    assert!(
+        record::is_hello_verify_request(datagram),
+        "not a HelloVerifyRequest"
+    );
+    let body = &datagram[13 + 12..];
+    body[3..3 + usize::from(body[2])].to_vec()
+}
+
+#[test]
+fn a_hello_with_no_usable_suite_gets_a_fatal_alert_after_the_cookie_exchange() {
+    let now = Instant::now();
+    let (mut s, _) = table(Fake::default());
+    // PSK-AES128-GCM-SHA256 only (what `openssl s_client -cipher PSK-AES128-GCM-SHA256` offers).
+    let first = crafted_hello(&[0x00A8], 7, &[], 0);
+    s.handle_datagram(peer(1), &first, now);
+    let hvr = s
+        .poll_transmit()
+        .expect("a HelloVerifyRequest, not silence");
+    assert!(s.poll_transmit().is_none());
+    assert_eq!(s.counts(), (0, 0), "a hello without cookie keeps no state");
+    let cookie = hvr_cookie(&hvr.payload);
+    // The cookie is bound to the address: from elsewhere it is not accepted (another HVR).
+    let second = crafted_hello(&[0x00A8], 7, &cookie, 1);
+    s.handle_datagram(peer(2), &second, now);
+    let t = s.poll_transmit().expect("answer");
+    assert!(record::is_hello_verify_request(&t.payload));
+    assert_eq!(s.handshakes().no_common_suite, 0);
+    // From the address it was given to: an immediate handshake_failure alert.
+    s.handle_datagram(peer(1), &second, now);
+    let t = s.poll_transmit().expect("an alert");
+    assert!(record::is_plain_alert(&t.payload));
+    assert_eq!(t.payload.last(), Some(&ALERT_HANDSHAKE_FAILURE));
+    assert_eq!(s.counts(), (0, 0));
+    assert_eq!(s.handshakes().no_common_suite, 1);
+    // A changed parameter (another random) does not carry the cookie over.
+    let forged = crafted_hello(&[0x00A8], 8, &cookie, 1);
+    s.handle_datagram(peer(1), &forged, now);
+    let t = s.poll_transmit().expect("answer");
+    assert!(record::is_hello_verify_request(&t.payload));
+    // Certificate suites with certificate mode off: refused the same way.
+    let ecdsa = crafted_hello(&[0xC02B], 9, &[], 0);
+    s.handle_datagram(peer(3), &ecdsa, now);
+    let cookie = hvr_cookie(&s.poll_transmit().expect("hvr").payload);
+    s.handle_datagram(peer(3), &crafted_hello(&[0xC02B], 9, &cookie, 1), now);
+    assert!(record::is_plain_alert(
+        &s.poll_transmit().expect("alert").payload
+    ));
+    assert_eq!(s.handshakes().no_common_suite, 2);
+}
+
+#[test]
+fn spoofed_hellos_keep_no_state_beyond_half_the_cap_and_never_evict_a_proven_handshake() {
+    let now = Instant::now();
+    let (mut s, _) = table(Fake::default());
+    // A flood from many ports of one address and from other addresses: no round trip.
+    for i in 0..200u16 {
+        let from = SocketAddr::from(([10, 0, (i % 7) as u8, 2], 1000 + i));
+        s.handle_datagram(
+            from,
+            &crafted_hello(&[PSK_AES128_CCM_8], i as u8, &[], 0),
+            now,
+        );
+        while s.poll_transmit().is_some() {}
+    }
+    assert_eq!(
+        s.counts(),
+        (0, 2),
+        "not-proven handshakes stay at half of max_handshakes"
+    );
+    // A real peer returns our cookie: it gets a proven handshake, which dimpl continues with
+    // its own HelloVerifyRequest (message_seq 1, the one the client expects next).
+    let real = peer(9);
+    let hello = crafted_hello(&[PSK_AES128_CCM_8], 0xAA, &[], 0);
+    s.handle_datagram(real, &hello, now);
+    let cookie = hvr_cookie(&s.poll_transmit().expect("hvr").payload);
+    s.handle_datagram(
+        real,
+        &crafted_hello(&[PSK_AES128_CCM_8], 0xAA, &cookie, 1),
+        now,
+    );
+    let t = s.poll_transmit().expect("dimpl's HelloVerifyRequest");
+    assert!(record::is_hello_verify_request(&t.payload));
+    assert_eq!(
+        u16::from_be_bytes([t.payload[17], t.payload[18]]),
+        1,
+        "message_seq"
+    );
+    assert!(
+        s.poll_transmit().is_none(),
+        "the warm-up hello's answer leaked"
+    );
+    assert_eq!(s.counts(), (0, 3));
+    // More floods (and more proven handshakes from other peers) up to the cap: the first
+    // proven handshake is never the one evicted by a not-proven hello.
+    for i in 0..500u16 {
+        let from = SocketAddr::from(([10, 1, (i % 9) as u8, 3], 2000 + i));
+        s.handle_datagram(
+            from,
+            &crafted_hello(&[PSK_AES128_CCM_8], i as u8, &[], 0),
+            now,
+        );
+        while s.poll_transmit().is_some() {}
+    }
+    assert!(
+        s.pending.get(&real).is_some_and(|c| c.proven),
+        "proven handshake evicted"
+    );
+    assert!(s.counts().1 <= 4);
+    // A proven handshake from another peer when the table is full evicts the oldest
+    // not-proven one, not the first proven one.
+    let other = peer(10);
+    s.handle_datagram(
+        other,
+        &crafted_hello(&[PSK_AES128_CCM_8], 0xBB, &[], 0),
+        now,
+    );
+    let cookie = hvr_cookie(&s.poll_transmit().expect("hvr").payload);
+    s.handle_datagram(
+        other,
+        &crafted_hello(&[PSK_AES128_CCM_8], 0xBB, &cookie, 1),
+        now,
+    );
+    assert!(s.pending.contains_key(&real) && s.pending.contains_key(&other));
+    assert!(s.counts().1 <= 4);
+}
+
+#[test]
+fn many_handshakes_from_one_address_evict_their_oldest() {
+    let now = Instant::now();
+    let mut settings = settings();
+    settings.max_handshakes = 64;
+    let backend = Arc::new(Fake::default());
+    let mut s = Sessions::new(settings, backend).expect("table");
+    for port in 0..20u16 {
+        let from = peer(3000 + port);
+        let now = now + Duration::from_millis(u64::from(port));
+        // A stale cookie (not ours): answered statelessly, whatever the table holds.
+        let stale = [0u8; 32];
+        s.handle_datagram(
+            from,
+            &crafted_hello(&[PSK_AES128_CCM_8], port as u8, &stale, 0),
+            now,
+        );
+        let cookie = hvr_cookie(&s.poll_transmit().expect("hvr").payload);
+        s.handle_datagram(
+            from,
+            &crafted_hello(&[PSK_AES128_CCM_8], port as u8, &cookie, 1),
+            now,
+        );
+        while s.poll_transmit().is_some() {}
+    }
+    assert_eq!(s.counts().1, HANDSHAKES_PER_ADDRESS);
+    assert!(
+        s.pending.contains_key(&peer(3019)),
+        "the newest was refused"
+    );
+    assert!(!s.pending.contains_key(&peer(3000)), "the oldest was kept");
 }
