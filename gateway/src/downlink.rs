@@ -3,9 +3,10 @@
 //! [`DownlinkHub`]; each (client, channel) that subscribed gets a bounded receiver. Commands for
 //! a client whose subscription is gone (sensor offline) are kept, bounded in count and age,
 //! and handed over when it subscribes again, or taken one at a time by a sensor that polls
-//! (CoAP `GET` without Observe). Commands are kept for every client the
-//! [`DownlinkHub::set_recipients`] function names for the channel (its subscribe-connected
-//! clients), so a sensor that only polls finds commands published before its first poll.
+//! (CoAP `GET` without Observe). Commands are kept for every client the hub's
+//! [`Recipients`] function (given at construction) names for the channel (its
+//! subscribe-connected clients), so a sensor that only polls finds commands published before
+//! its first poll.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -66,14 +67,14 @@ pub type Recipients = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
 pub struct DownlinkHub {
     limits: DownlinkLimits,
     mailboxes: Arc<Mutex<HashMap<(String, String), Mailbox>>>,
-    recipients: Arc<std::sync::OnceLock<Recipients>>,
+    recipients: Option<Recipients>,
 }
 
 impl std::fmt::Debug for DownlinkHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DownlinkHub")
             .field("limits", &self.limits)
-            .field("recipients", &self.recipients.get().is_some())
+            .field("recipients", &self.recipients.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -90,25 +91,38 @@ impl Subscription {
         self.rx.recv().await
     }
 
+    /// For a task that polls many subscriptions itself (the adapters' shells).
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Command>> {
+        self.rx.poll_recv(cx)
+    }
+
     pub fn try_recv(&mut self) -> Option<Command> {
         self.rx.try_recv().ok()
     }
 }
 
 impl DownlinkHub {
+    /// A hub without a recipients function: only clients that subscribed or polled before
+    /// are kept for (harnesses without an auth store).
     pub fn new(limits: DownlinkLimits) -> Self {
         Self {
             limits,
             mailboxes: Arc::default(),
-            recipients: Arc::default(),
+            recipients: None,
         }
     }
 
-    /// Sets who gets a mailbox for a channel's commands even before subscribing or polling
-    /// (the auth store's subscribe-connected clients). Set once, at start; later calls are
-    /// ignored. Without it only clients that subscribed or polled before are kept for.
-    pub fn set_recipients(&self, recipients: Recipients) {
-        let _ = self.recipients.set(recipients);
+    /// A hub whose `recipients` (the auth store's subscribe-connected clients of a channel)
+    /// get a mailbox for the channel's commands even before subscribing or polling.
+    pub fn with_recipients(limits: DownlinkLimits, recipients: Recipients) -> Self {
+        Self {
+            limits,
+            mailboxes: Arc::default(),
+            recipients: Some(recipients),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Mailbox>> {
@@ -129,16 +143,24 @@ impl DownlinkHub {
         Subscription { rx }
     }
 
-    /// Hands a command to every client known on its channel; returns how many got it at once.
+    /// Hands a command to every client known on its channel (with a recipients function: to
+    /// its current recipients only); returns how many got it at once.
     pub fn deliver(&self, cmd: &Command) -> usize {
         let now = SystemTime::now();
         // Asked before taking the lock: it reads the auth snapshot.
         let recipients = self
             .recipients
-            .get()
+            .as_ref()
             .map(|f| f(&cmd.channel_id))
             .unwrap_or_default();
         let mut boxes = self.lock();
+        if self.recipients.is_some() {
+            // Only the channel's current recipients: a client that lost its grant
+            // (disabled, removed, disconnected) gets nothing more, and its live stream ends.
+            boxes.retain(|(client, channel), _| {
+                *channel != cmd.channel_id || recipients.contains(client)
+            });
+        }
         for client in recipients {
             boxes.entry((client, cmd.channel_id.clone())).or_default();
         }
@@ -312,14 +334,16 @@ mod tests {
 
     #[test]
     fn recipients_get_commands_kept_before_they_ever_poll() {
-        let hub = DownlinkHub::new(limits());
-        hub.set_recipients(Arc::new(|channel: &str| {
-            if channel == "c1" {
-                vec!["a".to_owned()]
-            } else {
-                Vec::new()
-            }
-        }));
+        let hub = DownlinkHub::with_recipients(
+            limits(),
+            Arc::new(|channel: &str| {
+                if channel == "c1" {
+                    vec!["a".to_owned()]
+                } else {
+                    Vec::new()
+                }
+            }),
+        );
         assert_eq!(hub.deliver(&cmd("c1", "on")), 0, "nobody subscribed");
         hub.deliver(&cmd("c2", "not for a"));
         assert_eq!(hub.take("a", "c1").unwrap().payload, Bytes::from("on"));

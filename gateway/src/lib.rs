@@ -11,6 +11,7 @@ pub mod control;
 pub mod downlink;
 pub mod exit;
 pub mod http;
+pub mod intake;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -159,20 +159,18 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         let notifier = Notifier::from_env();
         let supervisor = Supervisor::with_notifier(notifier.clone());
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
-        let pipeline = gateway::pipeline::start_with(
-            config,
-            &supervisor,
-            Some(auth_store.channel_directory()),
-        )?;
-        pipeline.follow_subscriptions(&supervisor, auth_store.subscribed_channels());
         // Commands are kept for every subscribe-connected client (CoAP, serial), so that a
         // sensor that polls with GET or comes back later finds those published meanwhile.
         let recipients = auth_store.clone();
-        pipeline
-            .downlink
-            .set_recipients(std::sync::Arc::new(move |channel: &str| {
-                recipients.snapshot().subscribers(channel)
-            }));
+        let recipients: gateway::downlink::Recipients =
+            std::sync::Arc::new(move |channel: &str| recipients.snapshot().subscribers(channel));
+        let pipeline = gateway::pipeline::start_with(
+            config,
+            &supervisor,
+            Some(recipients),
+            Some(auth_store.channel_directory()),
+        )?;
+        pipeline.follow_subscriptions(&supervisor, auth_store.subscribed_channels());
         if let Some(heartbeat) = board.heartbeat(
             config.board.watchdog_interval.get(),
             supervisor.token(gateway::supervisor::Stage::Pipeline),
@@ -182,11 +180,11 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         // Serial sensors (issue 7): intake stage, one task per configured port.
         gateway::serial::start(
             &config.serial,
-            gateway::serial::GatewayBackend::new(
+            gateway::serial::GatewayBackend::new(gateway::intake::Intake::new(
                 auth_store.clone(),
                 pipeline.outbox.clone(),
                 pipeline.downlink.clone(),
-            ),
+            )),
             pipeline.status.serial(),
             &supervisor,
         );

@@ -5,7 +5,9 @@
 //! every adapter. Labels are fixed, small sets ([`Adapter`], [`Refusal`]): nothing a peer sends
 //! (client ids, addresses, topics) ever becomes a label, so the output stays bounded. The
 //! sans-IO cores do not touch atomics: they keep plain counts ([`RefusalCounts`], their own
-//! `stats()`), and their shells add the differences here.
+//! `stats()`), and their shells add the differences here. This module knows no wire
+//! protocol: refusals arrive as intake's [`Refusal`] kinds, counted by the adapter that
+//! answered them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -50,124 +52,11 @@ impl Adapter {
     }
 }
 
-/// Why a sensor's request was refused (the `reason` label): one class per kind of answer, the
-/// same for every adapter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Missing, wrong or unknown credentials; disabled client (4.01, 401, `ERR auth`,
-    /// `ERR not-authenticated`).
-    Auth,
-    /// Authenticated but not connected to the channel (4.03, 403, `ERR not-connected`).
-    Forbidden,
-    /// Payload or line too large (4.13, 413, `ERR too-large`, `ERR too-long`).
-    TooLarge,
-    /// The gateway cannot take it now: outbox full, shutting down, storage error (5.xx, 503,
-    /// `ERR busy`, `ERR unavailable`).
-    Busy,
-    /// Malformed request: path, query, options, subtopic, content type, checksum (other 4.xx).
-    BadRequest,
-    /// Too many failed authentications from that address or identity (4.29, 429,
-    /// `ERR throttled`).
-    Throttled,
-}
+/// Why a sensor's request was refused (the `reason` label): intake's refusal kinds, the same
+/// for every adapter. Each adapter counts a refusal once, where it maps it to its wire answer.
+pub use crate::intake::{RefusalCounts, RefusalKind as Refusal};
 
-const REFUSALS: usize = 6;
-
-impl Refusal {
-    pub const ALL: [Refusal; REFUSALS] = [
-        Refusal::Auth,
-        Refusal::Forbidden,
-        Refusal::TooLarge,
-        Refusal::Busy,
-        Refusal::BadRequest,
-        Refusal::Throttled,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::Auth => "auth",
-            Refusal::Forbidden => "forbidden",
-            Refusal::TooLarge => "too_large",
-            Refusal::Busy => "busy",
-            Refusal::BadRequest => "bad_request",
-            Refusal::Throttled => "throttled",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The class of a CoAP response code (`class << 5 | detail`, e.g. 0x81 = 4.01); `None`
-    /// for success codes.
-    pub fn from_coap_code(code: u8) -> Option<Self> {
-        match (code >> 5, code & 0x1f) {
-            (4, 1) => Some(Refusal::Auth),
-            (4, 3) => Some(Refusal::Forbidden),
-            (4, 13) => Some(Refusal::TooLarge),
-            (4, 29) => Some(Refusal::Throttled),
-            (4, _) => Some(Refusal::BadRequest),
-            (5, _) => Some(Refusal::Busy),
-            _ => None,
-        }
-    }
-
-    /// The class of a CoAP response.
-    pub fn from_coap(code: coap_lite::ResponseType) -> Option<Self> {
-        Self::from_coap_code(u8::from(coap_lite::MessageClass::Response(code)))
-    }
-
-    /// The class of an HTTP status; `None` below 400.
-    pub fn from_http_status(status: u16) -> Option<Self> {
-        match status {
-            401 => Some(Refusal::Auth),
-            403 => Some(Refusal::Forbidden),
-            413 => Some(Refusal::TooLarge),
-            429 => Some(Refusal::Throttled),
-            400..=499 => Some(Refusal::BadRequest),
-            500..=599 => Some(Refusal::Busy),
-            _ => None,
-        }
-    }
-
-    /// The class of a serial `ERR <word>` (the words of `serial::codec::Reason`).
-    pub fn from_serial_word(word: &str) -> Option<Self> {
-        Some(match word {
-            "auth" | "not-authenticated" => Refusal::Auth,
-            "not-connected" => Refusal::Forbidden,
-            "too-long" | "too-large" => Refusal::TooLarge,
-            "busy" | "unavailable" => Refusal::Busy,
-            "throttled" => Refusal::Throttled,
-            "checksum" | "unknown-command" | "bad-request" => Refusal::BadRequest,
-            _ => return None,
-        })
-    }
-}
-
-/// Plain (non-atomic) refusal counts, kept by the sans-IO cores in their stats.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RefusalCounts([u64; REFUSALS]);
-
-impl RefusalCounts {
-    pub fn record(&mut self, refusal: Refusal) {
-        self.0[refusal.index()] += 1;
-    }
-
-    /// Records a CoAP response if it is a refusal.
-    pub fn record_coap(&mut self, code: coap_lite::ResponseType) {
-        if let Some(r) = Refusal::from_coap(code) {
-            self.record(r);
-        }
-    }
-
-    pub fn get(&self, refusal: Refusal) -> u64 {
-        self.0[refusal.index()]
-    }
-
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-}
+const REFUSALS: usize = Refusal::ALL.len();
 
 /// DTLS handshake counts kept by the session table (plain numbers; see [`Metrics::sync_dtls`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -224,7 +113,7 @@ impl Metrics {
         self.adapter(adapter).messages_in.fetch_add(1, Relaxed);
     }
 
-    /// A request refused. An [`Refusal::Auth`] refusal is also an authentication failure.
+    /// A request refused. An [`Refusal::Unauthenticated`] refusal is also an authentication failure.
     pub fn refused(&self, adapter: Adapter, refusal: Refusal) {
         self.refused_n(adapter, refusal, 1);
     }
@@ -235,7 +124,7 @@ impl Metrics {
         }
         let a = self.adapter(adapter);
         a.refused[refusal.index()].fetch_add(n, Relaxed);
-        if refusal == Refusal::Auth {
+        if refusal == Refusal::Unauthenticated {
             a.auth_failures.fetch_add(n, Relaxed);
         }
     }
@@ -488,48 +377,6 @@ impl MetricsSnapshot {
     }
 }
 
-/// Middleware for the HTTP server: counts the HTTP adapter's answers (`POST /m/…`) by status.
-/// Outside the handler so refusals made by extractors (413 body limit) are counted too.
-pub async fn http_adapter(
-    axum::extract::State(metrics): axum::extract::State<Metrics>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let adapter =
-        request.method() == axum::http::Method::POST && request.uri().path().starts_with("/m/");
-    let response = next.run(request).await;
-    if adapter {
-        let status = response.status().as_u16();
-        match Refusal::from_http_status(status) {
-            Some(r) => metrics.refused(Adapter::Http, r),
-            None if status == 202 => metrics.message_in(Adapter::Http),
-            None => {}
-        }
-    }
-    response
-}
-
-/// Counts one line the serial adapter writes to a sensor: `OK <seq>` (a durable PUB),
-/// `ERR <word>` (a refusal) or `CMD …` (a downlink command).
-pub fn record_serial_line(metrics: &Metrics, line: &[u8]) {
-    if line.starts_with(b"OK ") {
-        metrics.message_in(Adapter::Serial);
-    } else if let Some(rest) = line.strip_prefix(b"ERR ") {
-        let word = rest
-            .split(|b| b.is_ascii_whitespace() || *b == b'*')
-            .next()
-            .unwrap_or_default();
-        if let Some(r) = std::str::from_utf8(word)
-            .ok()
-            .and_then(Refusal::from_serial_word)
-        {
-            metrics.refused(Adapter::Serial, r);
-        }
-    } else if line.starts_with(b"CMD ") {
-        metrics.downlink_delivered(Adapter::Serial);
-    }
-}
-
 /// The human lines of `edgegw status` for a report's `adapters` and `dtls` (JSON values).
 pub fn render_status(v: &serde_json::Value, line: &mut dyn FnMut(&str, String)) {
     let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64);
@@ -609,7 +456,7 @@ mod tests {
         m.message_in(Adapter::Coap);
         m.message_in(Adapter::Http);
         m.refused(Adapter::Coaps, Refusal::TooLarge);
-        m.refused(Adapter::Serial, Refusal::Auth);
+        m.refused(Adapter::Serial, Refusal::Unauthenticated);
         m.downlink_delivered(Adapter::Serial);
         m.set_dtls_sessions(3, 1);
         let mut reported = HandshakeCounts::default();
@@ -658,12 +505,12 @@ mod tests {
             "5"
         );
         assert_eq!(get("edgegw_dtls_handshakes_total{result=\"failed\"}"), "2");
-        // 4 adapters × 6 classes, all present.
+        // 4 adapters × 8 kinds, all present.
         assert_eq!(
             s.keys()
                 .filter(|k| k.starts_with("edgegw_messages_refused_total{"))
                 .count(),
-            24
+            32
         );
         // HELP and TYPE exactly once per family, before its samples.
         let mut seen = std::collections::BTreeSet::new();
@@ -685,12 +532,11 @@ mod tests {
         let m = Metrics::new();
         let mut core = RefusalCounts::default();
         let mut reported = RefusalCounts::default();
-        core.record_coap(coap_lite::ResponseType::Unauthorized);
-        core.record_coap(coap_lite::ResponseType::RequestEntityTooLarge);
-        core.record_coap(coap_lite::ResponseType::Changed);
+        core.record(Refusal::Unauthenticated);
+        core.record(Refusal::TooLarge);
         m.sync_refusals(Adapter::Coap, &core, &mut reported);
         m.sync_refusals(Adapter::Coap, &core, &mut reported);
-        core.record_coap(coap_lite::ResponseType::ServiceUnavailable);
+        core.record(Refusal::Busy);
         m.sync_refusals(Adapter::Coap, &core, &mut reported);
         let snap = m.snapshot();
         let coap = &snap.adapters["coap"];
@@ -703,65 +549,10 @@ mod tests {
     }
 
     #[test]
-    fn answers_map_to_their_reason_class() {
-        use coap_lite::ResponseType as R;
-        for (code, class) in [
-            (R::Changed, None),
-            (R::Content, None),
-            (R::Unauthorized, Some(Refusal::Auth)),
-            (R::Forbidden, Some(Refusal::Forbidden)),
-            (R::RequestEntityTooLarge, Some(Refusal::TooLarge)),
-            (R::TooManyRequests, Some(Refusal::Throttled)),
-            (R::BadRequest, Some(Refusal::BadRequest)),
-            (R::NotFound, Some(Refusal::BadRequest)),
-            (R::ServiceUnavailable, Some(Refusal::Busy)),
-            (R::InternalServerError, Some(Refusal::Busy)),
-        ] {
-            assert_eq!(Refusal::from_coap(code), class, "{code:?}");
-        }
-        for (status, class) in [
-            (202, None),
-            (401, Some(Refusal::Auth)),
-            (403, Some(Refusal::Forbidden)),
-            (413, Some(Refusal::TooLarge)),
-            (415, Some(Refusal::BadRequest)),
-            (429, Some(Refusal::Throttled)),
-            (503, Some(Refusal::Busy)),
-        ] {
-            assert_eq!(Refusal::from_http_status(status), class, "{status}");
-        }
-        // Every serial reason word has a class.
-        for reason in crate::serial::codec::Reason::ALL {
-            assert!(
-                Refusal::from_serial_word(reason.word()).is_some(),
-                "serial word {} has no class",
-                reason.word()
-            );
-        }
-    }
-
-    #[test]
-    fn serial_answer_lines_are_counted_by_kind() {
-        let m = Metrics::new();
-        record_serial_line(&m, b"OK 17");
-        record_serial_line(&m, b"OK");
-        record_serial_line(&m, b"ERR auth");
-        record_serial_line(&m, b"ERR too-long*3A");
-        record_serial_line(&m, b"CMD demo/cmd reboot");
-        let snap = m.snapshot();
-        let s = &snap.adapters["serial"];
-        assert_eq!(s.messages_in, 1, "AUTH's bare OK is not a message");
-        assert_eq!(s.refused["auth"], 1);
-        assert_eq!(s.refused["too_large"], 1);
-        assert_eq!(s.auth_failures, 1);
-        assert_eq!(s.downlink_delivered, Some(1));
-    }
-
-    #[test]
     fn status_lines_show_counts_and_dtls() {
         let m = Metrics::new();
         m.message_in(Adapter::Coap);
-        m.refused(Adapter::Coap, Refusal::Auth);
+        m.refused(Adapter::Coap, Refusal::Unauthenticated);
         m.set_dtls_sessions(2, 0);
         let v = serde_json::to_value(m.snapshot()).unwrap();
         let mut lines = Vec::new();

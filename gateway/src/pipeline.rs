@@ -11,7 +11,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::control::{self, StatusHandle};
-use crate::downlink::{ChannelSet, DownlinkHub};
+use crate::downlink::{ChannelSet, DownlinkHub, Recipients};
 use crate::outbox::{self, Outbox};
 use crate::supervisor::{Stage, Supervisor};
 use crate::uplink::{self, Uplink, UplinkStatus};
@@ -51,10 +51,16 @@ impl Pipeline {
     }
 }
 
-/// Starts the pipeline stage on `supervisor` (call inside the runtime). Errors: a corrupt
-/// outbox, unusable uplink TLS files, a control socket in use.
-pub fn start(config: &Config, supervisor: &Supervisor) -> anyhow::Result<Pipeline> {
-    start_with(config, supervisor, None)
+/// Starts the pipeline stage on `supervisor` (call inside the runtime). `recipients` names a
+/// channel's downlink recipients (the auth store's subscribe-connected clients; `None` in
+/// harnesses without one). Errors: a corrupt outbox, unusable uplink TLS files, a control
+/// socket in use.
+pub fn start(
+    config: &Config,
+    supervisor: &Supervisor,
+    recipients: Option<Recipients>,
+) -> anyhow::Result<Pipeline> {
+    start_with(config, supervisor, recipients, None)
 }
 
 /// [`start`] with the auth store's channel directory (each channel's upstream domain and
@@ -62,6 +68,7 @@ pub fn start(config: &Config, supervisor: &Supervisor) -> anyhow::Result<Pipelin
 pub fn start_with(
     config: &Config,
     supervisor: &Supervisor,
+    recipients: Option<Recipients>,
     directory: Option<watch::Receiver<ChannelSet>>,
 ) -> anyhow::Result<Pipeline> {
     let path = outbox::default_path(&config.gateway.state_dir);
@@ -73,7 +80,10 @@ pub fn start_with(
         "outbox open{}",
         if stats.queued > 0 { ": replaying queued messages" } else { "" }
     );
-    let downlink = DownlinkHub::new(config.uplink.downlink_limits());
+    let downlink = match recipients {
+        Some(r) => DownlinkHub::with_recipients(config.uplink.downlink_limits(), r),
+        None => DownlinkHub::new(config.uplink.downlink_limits()),
+    };
     let (status_tx, status_rx) = uplink::status_channel(config.uplink.url.is_some());
     outbox.watch_progress(
         supervisor.heartbeat("outbox writer"),

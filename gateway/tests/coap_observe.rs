@@ -1,65 +1,33 @@
 //! Observe (RFC 7641) downlink through the real async shell on a real UDP socket, observed by
-//! libcoap's `coap-client-openssl -s`: commands handed to the subscription arrive at the
-//! client as notifications, in order; a refused subscription gets its error code.
+//! libcoap's `coap-client-openssl -s`, over the real intake (auth store, outbox, downlink
+//! hub): commands arrive at the client as notifications, in order; a refused subscription
+//! gets its error code.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use gateway::coap::proto::{Credentials, Failure, ServerConfig, Target};
-use gateway::coap::task::{Backend, Downlink, Principal, PublishFuture, Who, serve_plain};
-use tokio::sync::{mpsc, oneshot};
+use gateway::auth::AuthStore;
+use gateway::auth::store::Db;
+use gateway::coap::backend::StoreBackend;
+use gateway::coap::proto::ServerConfig;
+use gateway::coap::task::serve;
+use gateway::downlink::{Command as Cmd, DownlinkHub, DownlinkLimits};
+use gateway::intake::Intake;
+use gateway::metrics::Metrics;
+use gateway::outbox::Outbox;
 use tokio_util::sync::CancellationToken;
 
-/// Told once the first subscription is accepted: its target and the command sender.
-type Subscribed = oneshot::Sender<(Target, mpsc::Sender<Downlink>)>;
+const SECRET: &str = "good-secret-0123456789";
 
-#[derive(Default)]
-struct Fake {
-    subscribed: Mutex<Option<Subscribed>>,
-}
-
-impl Backend for Fake {
-    fn publish(
-        &self,
-        _: SocketAddr,
-        _: Who<'_>,
-        _: &Target,
-        _: Option<u16>,
-        _: Vec<u8>,
-    ) -> PublishFuture {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn subscribe(
-        &self,
-        _: SocketAddr,
-        who: Who<'_>,
-        target: &Target,
-    ) -> Result<mpsc::Receiver<Downlink>, Failure> {
-        match who {
-            Who::Query(Credentials::Secret(s)) if s == b"good" => {}
-            _ => return Err(Failure::Unauthenticated),
-        }
-        let (tx, rx) = mpsc::channel(8);
-        if let Some(done) = self.subscribed.lock().expect("lock").take() {
-            let _ = done.send((target.clone(), tx));
-        }
-        Ok(rx)
-    }
-
-    fn psk(&self, _: &[u8]) -> Option<Vec<u8>> {
-        None
-    }
-
-    fn psk_principal(&self, _: &str) -> Option<Principal> {
-        None
-    }
-
-    fn certificate_principal(&self, _: &str, _: &str, _: &str) -> Result<Principal, Failure> {
-        Err(Failure::Unauthenticated)
+fn command(channel_id: &str, n: u32) -> Cmd {
+    Cmd {
+        domain_id: "d".into(),
+        channel_id: channel_id.into(),
+        subtopic: "cmd".into(),
+        payload: format!("cmd-{n}").into(),
+        received_at: SystemTime::now(),
     }
 }
 
@@ -78,19 +46,37 @@ fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observers_receive_commands_as_notifications_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("auth.db");
+    let channel_id = {
+        let mut db = Db::open(&path).expect("auth.db");
+        let ch = db.add_channel("ch", "d", None).expect("channel");
+        db.add_client("sensor-1", None, Some(SECRET), None)
+            .expect("client");
+        db.connect("sensor-1", "ch", false, true).expect("connect");
+        ch.id
+    };
+    let auth = AuthStore::open(&path, &Default::default()).expect("auth store");
+    let (outbox, worker) =
+        Outbox::open(&dir.path().join("outbox.db"), &Default::default()).expect("outbox");
+    let recipients = auth.clone();
+    let hub = DownlinkHub::with_recipients(
+        DownlinkLimits::default(),
+        Arc::new(move |ch: &str| recipients.snapshot().subscribers(ch)),
+    );
+    let intake = Intake::new(auth.clone(), outbox.clone(), hub.clone());
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let port = socket.local_addr().expect("addr").port();
-    let (done_tx, done_rx) = oneshot::channel();
-    let backend = Arc::new(Fake {
-        subscribed: Mutex::new(Some(done_tx)),
-    });
     let cancel = CancellationToken::new();
-    let server = tokio::spawn(serve_plain(
+    let server = tokio::spawn(serve(
         socket,
         ServerConfig::default(),
-        backend,
+        None,
+        Arc::new(StoreBackend { auth }),
+        intake,
+        Metrics::new(),
         cancel.clone(),
     ));
 
@@ -107,45 +93,54 @@ async fn observers_receive_commands_as_notifications_in_order() {
     );
     assert!(text.contains("4.01"), "refused observe: {text}");
 
+    // Commands published before the sensor observes are kept for it (a recipient) and come
+    // first, in order; one published while it observes follows.
+    for n in 1..=3 {
+        assert_eq!(
+            hub.deliver(&command(&channel_id, n)),
+            0,
+            "nobody observes yet"
+        );
+    }
     let mut client = Command::new("coap-client-openssl")
         .args(["-B", "20", "-s", "20", "-w", "-m", "get"])
-        .arg(format!("coap://127.0.0.1:{port}/m/d/c/ch/cmd?auth=good"))
+        .arg(format!(
+            "coap://127.0.0.1:{port}/m/d/c/ch/cmd?auth={SECRET}"
+        ))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("coap-client-openssl");
     let lines = lines_of(&mut client);
-    let (target, commands) = tokio::time::timeout(Duration::from_secs(10), done_rx)
-        .await
-        .expect("no Observe registration within 10 s")
-        .expect("subscribed");
-    assert_eq!(target.channel, "ch");
-    assert_eq!(target.subtopic, "cmd");
-    for n in 1..=3 {
-        commands
-            .send(Downlink {
-                payload: format!("cmd-{n}").into_bytes(),
-                content_format: Some(0),
-            })
-            .await
-            .expect("observer alive");
-    }
-    let got = tokio::task::spawn_blocking(move || {
-        let mut got = Vec::new();
-        while got.len() < 3 {
-            match lines.recv_timeout(Duration::from_secs(10)) {
-                Ok(l) if l.starts_with("cmd-") => got.push(l),
-                Ok(_) => {}
-                Err(_) => break,
-            }
+    let next = |lines: &std::sync::mpsc::Receiver<String>| loop {
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) if l.starts_with("cmd-") => return Some(l),
+            Ok(_) => {}
+            Err(_) => return None,
         }
-        got
+    };
+    let (lines, first) = tokio::task::spawn_blocking(move || {
+        let got: Vec<_> = (0..3).map_while(|_| next(&lines)).collect();
+        (lines, got)
     })
     .await
     .expect("reader");
+    assert_eq!(first, ["cmd-1", "cmd-2", "cmd-3"]);
+    assert_eq!(
+        hub.deliver(&command(&channel_id, 4)),
+        1,
+        "the live observation"
+    );
+    let last = tokio::task::spawn_blocking(move || next(&lines))
+        .await
+        .expect("reader");
     let _ = client.kill();
     let _ = client.wait();
-    assert_eq!(got, ["cmd-1", "cmd-2", "cmd-3"]);
+    assert_eq!(last.as_deref(), Some("cmd-4"));
     cancel.cancel();
     server.await.expect("join").expect("serve");
+    outbox.close();
+    tokio::task::spawn_blocking(move || worker.join())
+        .await
+        .expect("outbox worker");
 }

@@ -78,7 +78,8 @@ impl Gateway {
             certs::files::ensure_private_dir(dir).expect("cannot create the gateway dirs");
         }
         let supervisor = Supervisor::new();
-        let pipeline = gateway::pipeline::start(config, &supervisor).expect("pipeline starts");
+        let pipeline =
+            gateway::pipeline::start(config, &supervisor, None).expect("pipeline starts");
         let (signals, rx) = mpsc::channel(4);
         let drain = config.gateway.drain_timeout.get();
         let run = tokio::spawn(supervisor.run(rx, drain));

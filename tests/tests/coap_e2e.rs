@@ -799,3 +799,162 @@ fn a_full_outbox_answers_5_03_and_stores_nothing_more() {
     let n = busy.expect("the outbox never reported full");
     assert!(n >= 2, "refused too early ({n})");
 }
+
+/// `client_hello` with a cookie and a message sequence number (the hello after a
+/// HelloVerifyRequest), offering `suite`.
+fn client_hello_with_cookie(suite: u16, random: u8, cookie: &[u8], message_seq: u8) -> Vec<u8> {
+    let mut body = vec![0xFE, 0xFD];
+    body.extend_from_slice(&[random; 32]);
+    body.push(0);
+    body.push(cookie.len() as u8);
+    body.extend_from_slice(cookie);
+    body.extend_from_slice(&2u16.to_be_bytes());
+    body.extend_from_slice(&suite.to_be_bytes());
+    body.extend_from_slice(&[1, 0]);
+    let len = body.len() as u32;
+    let mut hs = vec![1];
+    hs.extend_from_slice(&len.to_be_bytes()[1..]);
+    hs.extend_from_slice(&[0, message_seq]);
+    hs.extend_from_slice(&[0, 0, 0]);
+    hs.extend_from_slice(&len.to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![22, 0xFE, 0xFF, 0, 0, 0, 0, 0, 0, 0, message_seq];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[test]
+fn a_hello_offering_no_usable_suite_gets_handshake_failure_at_once() {
+    let gw = start();
+    // Crafted: PSK-AES128-GCM-SHA256 (0x00A8) only. First the cookie exchange (so the alert
+    // cannot be reflected at a spoofed address), then the alert.
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    sock.send_to(&client_hello(0x00A8, 3), ("127.0.0.1", gw.coaps))
+        .expect("send");
+    let mut buf = [0u8; 2048];
+    let n = sock
+        .recv(&mut buf)
+        .expect("a HelloVerifyRequest, not silence");
+    let hvr = &buf[..n];
+    assert_eq!(
+        (hvr[0], hvr[13]),
+        (22, 3),
+        "not a HelloVerifyRequest: {hvr:02x?}"
+    );
+    let cookie = hvr[13 + 12 + 3..13 + 12 + 3 + usize::from(hvr[13 + 12 + 2])].to_vec();
+    let sent = Instant::now();
+    sock.send_to(
+        &client_hello_with_cookie(0x00A8, 3, &cookie, 1),
+        ("127.0.0.1", gw.coaps),
+    )
+    .expect("send");
+    let n = sock.recv(&mut buf).expect("an alert (got silence)");
+    let waited = sent.elapsed();
+    let alert = &buf[..n];
+    assert_eq!(
+        (alert[0], alert.get(13..15)),
+        (21, Some(&[2u8, 40][..])),
+        "not a fatal handshake_failure alert: {alert:02x?}"
+    );
+    // The bound is read from the alert's arrival: before, the client heard nothing until its
+    // handshake timed out (10 s).
+    assert!(waited < Duration::from_secs(2), "alert after {waited:?}");
+
+    // A real peer: `openssl s_client` offering only that suite fails with handshake_failure,
+    // and its output says so soon after it started (the time is read when that line arrives).
+    let secret = gw.secret("sensor-a").to_owned();
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let started = Instant::now();
+    let mut child = Command::new("timeout")
+        .args(["20", "openssl", "s_client", "-dtls1_2", "-connect"])
+        .arg(format!("127.0.0.1:{}", gw.coaps))
+        .args(["-psk_identity", "sensor-a", "-psk", &hex])
+        .args(["-cipher", "PSK-AES128-GCM-SHA256"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut failed_at = None;
+    let mut text = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+        let Ok(line) = line else { break };
+        if failed_at.is_none() && line.contains("handshake failure") {
+            failed_at = Some(started.elapsed());
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let _ = child.wait();
+    let failed_at = failed_at.unwrap_or_else(|| panic!("no handshake_failure: {text}"));
+    assert!(
+        failed_at < Duration::from_secs(3),
+        "s_client heard handshake_failure only after {failed_at:?}: {text}"
+    );
+}
+
+#[test]
+fn a_flood_of_spoofed_hellos_does_not_stop_a_real_psk_handshake() {
+    let gw = start();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], gw.coaps));
+    // Senders on other addresses of 127.0.0.0/8 (and other ports of 127.0.0.1) that never
+    // answer a HelloVerifyRequest: what a spoofer can send without seeing replies.
+    let sockets: Vec<UdpSocket> = (0..600u32)
+        .map(|i| {
+            let ip = if i % 10 == 0 {
+                [127, 0, 0, 1]
+            } else {
+                [127, 0, (2 + i / 200) as u8, (2 + i % 200) as u8]
+            };
+            UdpSocket::bind(std::net::SocketAddr::from((ip, 0))).expect("bind 127/8")
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, s) in sockets.iter().enumerate() {
+                    let hello = client_hello(0xC0A8, (sent as u8) ^ (i as u8));
+                    let _ = s.send_to(&hello, target);
+                    sent += 1;
+                    // A steady few thousand hellos a second (no gaps a retransmission could
+                    // slip through): far beyond 256 slots in a 2 s handshake timeout.
+                    if i % 4 == 0 {
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                }
+            }
+            sent
+        })
+    };
+    // Let the flood fill what it can fill.
+    std::thread::sleep(Duration::from_secs(1));
+    let secret = gw.secret("sensor-a").to_owned();
+    let url = format!("coaps://127.0.0.1:{}/m/dom/c/chan-a", gw.coaps);
+    let mut outs = Vec::new();
+    for (i, client) in CLIENTS.iter().enumerate() {
+        let payload = format!("during-flood-{i}");
+        let out = coap_client(
+            client,
+            &[
+                "-m", "post", "-e", &payload, "-u", "sensor-a", "-k", &secret, &url,
+            ],
+        );
+        outs.push((payload, out));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().expect("flood thread");
+    for (payload, out) in outs {
+        assert!(
+            gw.is_stored(&payload),
+            "a real handshake failed under the hello flood ({sent} hellos): {out}"
+        );
+    }
+    assert!(sent > 2000, "flood too small: {sent}");
+}

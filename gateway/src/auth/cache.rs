@@ -187,6 +187,16 @@ impl Snapshot {
         }
     }
 
+    /// The identity of the client whose id or identity is `user` (SuperMQ ≥ 0.20 and HTTP
+    /// Basic name the client by id; edgegw's own forms by identity). An identity wins over an
+    /// id that happens to spell it.
+    pub fn resolve_identity<'a>(&'a self, user: &'a str) -> Option<&'a str> {
+        if self.by_identity.contains_key(user) {
+            return Some(user);
+        }
+        self.by_id.get(user).map(|c| c.identity.as_str())
+    }
+
     /// By secret alone (SuperMQ `auth=<secret>`): secrets are unique in the store.
     pub fn authenticate_secret(&self, secret: &[u8]) -> Result<ClientRef, AuthError> {
         match self.by_secret.get(secret) {

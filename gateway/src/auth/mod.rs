@@ -196,6 +196,8 @@ struct Inner {
     subscribed: watch::Sender<Arc<Vec<ChannelRef>>>,
     /// Every channel (local id → upstream identity for uplink topics).
     directory: watch::Sender<Arc<Vec<ChannelRef>>>,
+    /// The generation of every installed snapshot: adapters re-check live subscriptions.
+    changes: watch::Sender<i64>,
     revocations: broadcast::Sender<CertificateRecord>,
     throttle: Mutex<Throttles>,
     audit: Option<audit::Audit>,
@@ -241,6 +243,7 @@ impl AuthStore {
         };
         let (subscribed, _) = watch::channel(Arc::new(snapshot.subscribed.clone()));
         let (directory, _) = watch::channel(Arc::new(snapshot.directory()));
+        let (changes, _) = watch::channel(snapshot.generation);
         let (revocations, _) = broadcast::channel(64);
         let (stop_tx, stop_rx) = std::sync::mpsc::channel();
         let max_tracked = config.throttle_max_tracked as usize;
@@ -251,6 +254,7 @@ impl AuthStore {
             install: Mutex::new(()),
             subscribed,
             directory,
+            changes,
             revocations,
             throttle: Mutex::new(Throttles {
                 by_remote: throttle::Buckets::new(
@@ -373,6 +377,12 @@ impl AuthStore {
     /// Every channel with its upstream domain and id; updated whenever the store changes.
     pub fn channel_directory(&self) -> watch::Receiver<Arc<Vec<ChannelRef>>> {
         self.inner.directory.subscribe()
+    }
+
+    /// Fires on every change of the store (a new snapshot): live downlink subscriptions are
+    /// re-checked against it, so a revoked grant stops deliveries at once.
+    pub fn changes(&self) -> watch::Receiver<i64> {
+        self.inner.changes.subscribe()
     }
 
     /// Ok unless `remote` or `identity` used up its failed-authentication budget.
@@ -540,6 +550,7 @@ impl Inner {
             info!(serial = %rec.serial_hex, client_id = %rec.client_id, "certificate revoked");
             let _ = self.revocations.send(rec);
         }
+        self.changes.send_replace(current.generation);
         self.subscribed.send_if_modified(|list| {
             if **list == current.subscribed {
                 false

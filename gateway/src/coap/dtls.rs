@@ -7,33 +7,72 @@
 //! leaf certificate is verified here with rustls-webpki against `coap_dtls.client_ca_certs`,
 //! through the intermediates of `coap_dtls.client_intermediate_certs` (dimpl hands over the
 //! peer's leaf only, so a chain the client sends is not seen),
-//! then its CN and serial go to the [`Backend`]. Every dimpl call runs under `catch_unwind`,
+//! then its CN and serial go to the [`DtlsCredentials`] port the table declares (no tokio,
+//! no shell type here). Every dimpl call runs under `catch_unwind`,
 //! so a panic inside it drops only that session. The table is bounded (handshakes, sessions),
 //! handshakes time out, idle sessions are evicted, and a failed authentication is answered
 //! with a fatal alert (dimpl sends none) so clients fail fast.
 //!
 //! Like the CoAP core it owns no socket or clock: datagrams in, [`Transmit`]s and
-//! [`SessionEvent`]s out.
+//! [`SessionEvent`]s out. Under a flood of ClientHellos it answers with stateless cookies
+//! (see [`Sessions::handle_datagram`]). Files: `record` (record layer bytes), `cookie`
+//! (stateless HelloVerifyRequest keys), `psk` (the shared resolver), `verify` (device
+//! certificates), this file (the table).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use dimpl::{Config as DimplConfig, Dtls, DtlsCertificate, Output, PskResolver};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use dimpl::{Config as DimplConfig, Dtls, DtlsCertificate, Output};
+use rustls_pki_types::CertificateDer;
 use tracing::{debug, info, warn};
 
 use super::proto::Transmit;
-use super::task::{Backend, Principal};
 
+mod admission;
 mod cookie;
+mod psk;
 mod record;
+mod verify;
 
+use psk::{CurrentSlot, PskSlot, key_hash, psk_config, set_current};
 pub use record::client_hello_suites;
-use record::{ClientHello, epoch0_max_seq, has_ccs, only_epoch0};
+use record::{epoch0_max_seq, has_ccs, only_epoch0};
+pub use verify::subject_cn_and_serial;
+use verify::verify_certificate;
+
+/// A sensor authenticated by its DTLS session (PSK identity or certificate CN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub client_id: String,
+    pub identity: String,
+    /// Certificate serial (lowercase hex) for certificate sessions; `None` for PSK.
+    pub serial: Option<String>,
+}
+
+/// What the session table needs to know about credentials: the port it declares, with plain
+/// types (the shell adapts its backend to it). Called synchronously from inside handshakes,
+/// so implementations must be cheap (cached).
+pub trait DtlsCredentials: Send + Sync + 'static {
+    /// DTLS-PSK: the key for an identity (an enabled client's secret), or `None`.
+    fn psk(&self, identity: &[u8]) -> Option<Vec<u8>>;
+    /// DTLS-PSK: the principal of an identity whose key just proved right.
+    fn psk_principal(&self, identity: &str) -> Option<Principal>;
+    /// A chain-verified certificate's CN, serial (lowercase hex) and SHA-256 fingerprint →
+    /// the principal of a known enabled client whose unrevoked certificate it is.
+    fn principal_for_certificate(
+        &self,
+        cn: &str,
+        serial_hex: &str,
+        fingerprint_sha256_hex: &str,
+    ) -> Option<Principal>;
+    /// Whether a live session's principal is still acceptable (client enabled, certificate
+    /// not revoked). Checked about once a second for every session.
+    fn still_valid(&self, principal: &Principal) -> bool;
+}
 
 /// TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655), the CoAP mandatory PSK suite.
 const PSK_AES128_CCM_8: u16 = 0xC0A8;
@@ -99,64 +138,6 @@ enum Mode {
     Certificate,
 }
 
-/// The identity the PSK resolver saw, recorded inside `handle_packet` (dimpl never reports it).
-#[derive(Debug, Default)]
-struct PskSlot {
-    identity: Mutex<Option<String>>,
-    /// Keyed hash of the key the handshake used (never the key itself): a rotated secret
-    /// ends the session at the next sweep.
-    key_hash: Mutex<Option<u64>>,
-}
-
-/// A per-process keyed hash (SipHash with random keys) for comparing keys without keeping them.
-fn key_hash(key: &[u8]) -> u64 {
-    use std::hash::BuildHasher as _;
-    use std::sync::OnceLock;
-    static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    STATE
-        .get_or_init(std::collections::hash_map::RandomState::new)
-        .hash_one(key)
-}
-
-/// The slot of the PSK session whose datagram is being handled. One PSK config (and one
-/// resolver) serves every session: building a dimpl `Config` runs the provider's known-answer
-/// tests (milliseconds of CPU), too much to pay per handshake. The table handles one datagram
-/// at a time and points this at that session's slot around the dimpl call.
-type CurrentSlot = Arc<Mutex<Option<Arc<PskSlot>>>>;
-
-struct SlotResolver {
-    current: CurrentSlot,
-    backend: Arc<dyn Backend>,
-    /// Key used for unknown identities, so they fail exactly like a wrong key.
-    dummy: Vec<u8>,
-}
-
-impl PskResolver for SlotResolver {
-    fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
-        let slot = self.current.lock().ok().and_then(|g| g.clone());
-        let Some(slot) = slot else {
-            // Not inside a PSK session's call: nothing to attribute the identity to.
-            return Some(self.dummy.clone());
-        };
-        let text = String::from_utf8_lossy(identity).into_owned();
-        if let Ok(mut id) = slot.identity.lock() {
-            *id = Some(text);
-        }
-        let key = self
-            .backend
-            .psk(identity)
-            .unwrap_or_else(|| self.dummy.clone());
-        if let Ok(mut hash) = slot.key_hash.lock() {
-            *hash = Some(key_hash(&key));
-        }
-        Some(key)
-    }
-}
-
-// The resolver only reads the backend and writes a Mutex slot; a panic leaves nothing torn.
-impl std::panic::UnwindSafe for SlotResolver {}
-impl std::panic::RefUnwindSafe for SlotResolver {}
-
 struct Conn {
     dtls: Dtls,
     mode: Mode,
@@ -181,7 +162,7 @@ struct Conn {
 /// Per-peer DTLS sessions. See the module docs.
 pub struct Sessions {
     settings: DtlsSettings,
-    backend: Arc<dyn Backend>,
+    backend: Arc<dyn DtlsCredentials>,
     cert_config: Option<Arc<DimplConfig>>,
     /// The one PSK config, and the slot its resolver records into.
     psk_config: Arc<DimplConfig>,
@@ -215,7 +196,10 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
-    pub fn new(settings: DtlsSettings, backend: Arc<dyn Backend>) -> Result<Self, DtlsSetupError> {
+    pub fn new(
+        settings: DtlsSettings,
+        backend: Arc<dyn DtlsCredentials>,
+    ) -> Result<Self, DtlsSetupError> {
         let anchors = settings
             .client_cas
             .iter()
@@ -355,163 +339,6 @@ impl Sessions {
             self.feed(peer, false, datagram, now);
         }
         // Anything else from an unknown address is noise: dropped without state.
-    }
-
-    /// A ClientHello from an address without a handshake in progress. See
-    /// [`Sessions::handle_datagram`].
-    fn handle_hello(
-        &mut self,
-        peer: SocketAddr,
-        hello: &ClientHello<'_>,
-        datagram: &[u8],
-        now: Instant,
-    ) {
-        let mode = self.mode_for(hello);
-        if self.cookies.verify(peer, hello) {
-            // The peer returned our cookie: it receives at this address.
-            let Some(mode) = mode else {
-                debug!(%peer, "dtls handshake refused: no common cipher suite");
-                self.send_alert(peer, hello.record_seq, ALERT_HANDSHAKE_FAILURE);
-                self.handshakes.no_common_suite += 1;
-                return;
-            };
-            // dimpl keeps its cookie secret per engine, so the new engine does its own
-            // cookie exchange: it is first shown the hellos the client sent before (message
-            // sequence numbers 0..this one, answers discarded), so that its
-            // HelloVerifyRequest carries the sequence number the client expects next.
-            if hello.message_seq == 0 || hello.message_seq > 4 {
-                return;
-            }
-            if !self.start_handshake(peer, mode, true, now) {
-                return;
-            }
-            for seq in 0..hello.message_seq {
-                let earlier = record::with_message_seq(datagram, seq);
-                self.feed_silently(peer, &earlier, now);
-            }
-            self.feed(peer, true, datagram, now);
-            return;
-        }
-        let unproven = self.pending.values().filter(|c| !c.proven).count();
-        let stateless = mode.is_none()
-            || !hello.cookie.is_empty()
-            || unproven >= (self.settings.max_handshakes / 2).max(1)
-            || self.pending_from(peer.ip(), false) >= HANDSHAKES_PER_ADDRESS;
-        if let Some(live) = self.live.get(&peer) {
-            // Possibly spoofed: a working session must not receive HelloVerifyRequests.
-            let quiet = now.saturating_duration_since(live.last_activity) >= LIVE_HELLO_QUIET;
-            let recent = self
-                .live_hvr
-                .get(&peer)
-                .is_some_and(|t| now.saturating_duration_since(*t) < LIVE_HELLO_QUIET);
-            if !quiet || recent {
-                debug!(%peer, "dtls hello from a live session's address ignored");
-                return;
-            }
-            self.live_hvr.insert(peer, now);
-        }
-        if stateless {
-            self.send_hello_verify(peer, hello);
-            return;
-        }
-        let Some(mode) = mode else { return };
-        if self.start_handshake(peer, mode, false, now) {
-            self.feed(peer, true, datagram, now);
-        }
-    }
-
-    fn send_hello_verify(&mut self, peer: SocketAddr, hello: &ClientHello<'_>) {
-        let cookie = self.cookies.cookie(peer, hello);
-        self.transmits.push_back(Transmit {
-            peer,
-            payload: record::hello_verify_request(hello, &cookie),
-        });
-    }
-
-    /// The mode a hello's suites select, or `None` when it offers nothing we can do (the
-    /// PSK suite, or an ECDHE-ECDSA suite while certificate mode is on).
-    fn mode_for(&self, hello: &ClientHello<'_>) -> Option<Mode> {
-        let mut ecdsa = false;
-        for suite in hello.suites() {
-            if suite == PSK_AES128_CCM_8 {
-                return Some(Mode::Psk);
-            }
-            ecdsa |= ECDHE_ECDSA_SUITES.contains(&suite);
-        }
-        (ecdsa && self.cert_config.is_some()).then_some(Mode::Certificate)
-    }
-
-    /// Handshakes in progress from `ip` (proven ones only, or all).
-    fn pending_from(&self, ip: std::net::IpAddr, proven_only: bool) -> usize {
-        self.pending
-            .iter()
-            .filter(|(p, c)| p.ip() == ip && (c.proven || !proven_only))
-            .count()
-    }
-
-    /// Feeds an engine input whose output the peer must not see.
-    fn feed_silently(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
-        let Some(conn) = self.pending.get_mut(&peer) else {
-            return;
-        };
-        let current = self.psk_current.clone();
-        set_current(&current, conn.psk.clone());
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            conn.dtls.handle_timeout(now)?;
-            conn.dtls.handle_packet(datagram)?;
-            let mut buf = vec![0u8; 4096];
-            while let Output::Packet(_) = conn.dtls.poll_output(&mut buf) {}
-            Ok::<(), dimpl::Error>(())
-        }));
-        set_current(&current, None);
-        if !matches!(result, Ok(Ok(()))) {
-            if result.is_err() {
-                self.panics += 1;
-            }
-            if let Some(conn) = self.pending.remove(&peer) {
-                self.handshake_failed(&conn);
-            }
-        }
-    }
-
-    /// Makes room for one more handshake from `peer`: evicts the oldest handshake of the same
-    /// address beyond [`HANDSHAKES_PER_ADDRESS`], then the oldest overall beyond
-    /// `max_handshakes`. A not-proven handshake never evicts a proven one. False: no room.
-    fn make_room(&mut self, peer: SocketAddr, proven: bool) -> bool {
-        let ip = peer.ip();
-        let per_address = |p: &SocketAddr| p.ip() == ip;
-        if self.pending.keys().filter(|p| per_address(p)).count() >= HANDSHAKES_PER_ADDRESS
-            && !self.evict_oldest(proven, per_address)
-        {
-            return false;
-        }
-        if self.pending.len() >= self.settings.max_handshakes.max(1)
-            && !self.evict_oldest(proven, |_| true)
-        {
-            return false;
-        }
-        true
-    }
-
-    /// Evicts the oldest not-proven handshake matching `filter`, else (if `proven` may
-    /// evict proven ones) the oldest proven one.
-    fn evict_oldest(&mut self, proven: bool, filter: impl Fn(&SocketAddr) -> bool) -> bool {
-        let oldest = |want_proven: bool| {
-            self.pending
-                .iter()
-                .filter(|(p, c)| filter(p) && c.proven == want_proven)
-                .min_by_key(|(_, c)| c.started)
-                .map(|(p, _)| *p)
-        };
-        let victim = oldest(false).or_else(|| if proven { oldest(true) } else { None });
-        let Some(victim) = victim else {
-            return false;
-        };
-        debug!(peer = %victim, "dtls handshake evicted: too many in progress");
-        if let Some(conn) = self.pending.remove(&victim) {
-            self.handshake_failed(&conn);
-        }
-        true
     }
 
     /// Encrypts and queues application data (a CoAP message) to an established session.
@@ -661,70 +488,6 @@ impl Sessions {
         } else {
             &mut self.live
         }
-    }
-
-    /// Creates the engine for a new ClientHello; false if refused (caps).
-    fn start_handshake(
-        &mut self,
-        peer: SocketAddr,
-        mode: Mode,
-        proven: bool,
-        now: Instant,
-    ) -> bool {
-        if !self.live.contains_key(&peer) && self.live.len() >= self.settings.max_sessions {
-            warn!(%peer, "dtls handshake refused: session limit reached");
-            self.send_alert(peer, 0, ALERT_INTERNAL_ERROR);
-            self.handshakes.failed += 1;
-            return false;
-        }
-        if !self.make_room(peer, proven) {
-            debug!(%peer, "dtls handshake refused: too many in progress");
-            return false;
-        }
-        let built = match mode {
-            Mode::Psk => {
-                let cfg = self.psk_config.clone();
-                catch_unwind(AssertUnwindSafe(|| Dtls::new_12_psk(cfg, now)))
-                    .map(|d| (d, Some(Arc::new(PskSlot::default()))))
-                    .map_err(|_| "panic".to_owned())
-            }
-            Mode::Certificate => match &self.cert_config {
-                Some(cfg) => {
-                    let cert = self.settings.certificate.clone();
-                    catch_unwind(AssertUnwindSafe(|| Dtls::new_12(cfg.clone(), cert, now)))
-                        .map(|d| (d, None))
-                        .map_err(|_| "panic".to_owned())
-                }
-                None => Err("certificate mode is off (no coap_dtls.client_ca_certs)".to_owned()),
-            },
-        };
-        let (dtls, psk) = match built {
-            Ok(x) => x,
-            Err(e) => {
-                debug!(%peer, "dtls handshake refused: {e}");
-                self.send_alert(peer, 0, ALERT_HANDSHAKE_FAILURE);
-                self.handshakes.failed += 1;
-                return false;
-            }
-        };
-        self.pending.insert(
-            peer,
-            Conn {
-                dtls,
-                mode,
-                psk,
-                cert_principal: None,
-                principal: None,
-                established: false,
-                next_timer: None,
-                started: now,
-                last_activity: now,
-                epoch0_seq: 0,
-                saw_ccs: false,
-                proven,
-            },
-        );
-        true
     }
 
     fn feed(&mut self, peer: SocketAddr, pending: bool, datagram: &[u8], now: Instant) {
@@ -999,119 +762,11 @@ enum Polled {
     Other,
 }
 
-fn base_config(settings: &DtlsSettings) -> dimpl::ConfigBuilder {
+pub(super) fn base_config(settings: &DtlsSettings) -> dimpl::ConfigBuilder {
     DimplConfig::builder()
         .use_server_cookie(true)
         .handshake_timeout(settings.handshake_timeout)
         .mtu(1150)
-}
-
-fn set_current(current: &CurrentSlot, slot: Option<Arc<PskSlot>>) {
-    if let Ok(mut g) = current.lock() {
-        *g = slot;
-    }
-}
-
-fn psk_config(
-    settings: &DtlsSettings,
-    current: CurrentSlot,
-    backend: Arc<dyn Backend>,
-) -> Result<DimplConfig, String> {
-    let resolver = SlotResolver {
-        current,
-        backend,
-        dummy: dummy_key(),
-    };
-    base_config(settings)
-        .with_psk_server(None, Arc::new(resolver))
-        .build()
-        .map_err(|e| e.to_string())
-}
-
-/// A per-process random key for unknown identities (never matches a client's secret).
-fn dummy_key() -> Vec<u8> {
-    use std::sync::OnceLock;
-    static KEY: OnceLock<Vec<u8>> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let mut k = vec![0u8; 32];
-        let provider = rustls::crypto::aws_lc_rs::default_provider();
-        if provider.secure_random.fill(&mut k).is_err() {
-            // No randomness: a fixed key still cannot be guessed from the wire, but log it.
-            warn!("no randomness for the DTLS dummy PSK");
-        }
-        k
-    })
-    .clone()
-}
-
-/// Chain to a device CA (through configured intermediates), validity of every certificate
-/// in the chain, clientAuth EKU; then CN + serial → a known enabled client.
-fn verify_certificate(
-    der: &[u8],
-    anchors: &[rustls_pki_types::TrustAnchor<'static>],
-    intermediates: &[CertificateDer<'static>],
-    now: SystemTime,
-    backend: &dyn Backend,
-) -> Result<Principal, u8> {
-    if anchors.is_empty() {
-        return Err(ALERT_UNKNOWN_CA);
-    }
-    let cert = CertificateDer::from(der);
-    let ee = webpki::EndEntityCert::try_from(&cert).map_err(|_| ALERT_BAD_CERTIFICATE)?;
-    let time = UnixTime::since_unix_epoch(
-        now.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default(),
-    );
-    let algs: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
-        webpki::aws_lc_rs::ECDSA_P256_SHA256,
-        webpki::aws_lc_rs::ECDSA_P256_SHA384,
-        webpki::aws_lc_rs::ECDSA_P384_SHA256,
-        webpki::aws_lc_rs::ECDSA_P384_SHA384,
-        webpki::aws_lc_rs::ED25519,
-    ];
-    ee.verify_for_usage(
-        algs,
-        anchors,
-        intermediates,
-        time,
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .map_err(|e| {
-        debug!("device certificate refused: {e}");
-        match e {
-            webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
-                ALERT_CERTIFICATE_EXPIRED
-            }
-            webpki::Error::UnknownIssuer => ALERT_UNKNOWN_CA,
-            _ => ALERT_BAD_CERTIFICATE,
-        }
-    })?;
-    let (cn, serial) = subject_cn_and_serial(der).ok_or(ALERT_BAD_CERTIFICATE)?;
-    // Unknown CN, unrecorded or revoked certificate, disabled client: one answer for all.
-    backend
-        .certificate_principal(&cn, &serial, &certs::sha256_hex(der))
-        .map_err(|_| ALERT_BAD_CERTIFICATE)
-}
-
-/// The subject CN and the serial (lowercase hex, no colons, no leading zero bytes).
-pub fn subject_cn_and_serial(der: &[u8]) -> Option<(String, String)> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    let raw = cert.raw_serial();
-    let trimmed: &[u8] = match raw.iter().position(|b| *b != 0) {
-        Some(i) => &raw[i..],
-        None => &raw[raw.len().saturating_sub(1)..],
-    };
-    let serial = trimmed.iter().map(|b| format!("{b:02x}")).collect();
-    Some((cn, serial))
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! CoAP (udp/5683) and CoAP-over-DTLS (udp/5684) adapters: the sensor-facing intake.
 //!
 //! `proto` is the sans-IO CoAP server core, `dtls` the DTLS session table over dimpl, `task`
-//! the async shells that own the sockets. Decisions (authentication, authorization,
-//! durability) are made by a [`task::Backend`], so this module never touches SQLite itself.
+//! the async shells that own the sockets. Sensor requests are decided by [`crate::intake`]
+//! (authentication, authorization, durability); the DTLS table asks its credentials of a
+//! [`task::Backend`], so this module never touches SQLite itself.
 
 pub mod backend;
 pub mod dtls;
@@ -129,22 +130,24 @@ pub fn start(
     auth: &AuthStore,
     pipeline: &Pipeline,
 ) -> anyhow::Result<()> {
-    let backend: Arc<dyn task::Backend> = Arc::new(backend::StoreBackend {
-        auth: auth.clone(),
-        outbox: pipeline.outbox.clone(),
-        downlink: pipeline.downlink.clone(),
-    });
+    let backend: Arc<dyn task::Backend> = Arc::new(backend::StoreBackend { auth: auth.clone() });
+    let intake = crate::intake::Intake::new(
+        auth.clone(),
+        pipeline.outbox.clone(),
+        pipeline.downlink.clone(),
+    );
     if !config.coap.enabled {
         info!("coap listener disabled (coap.enabled = false)");
     } else if let Some(socket) = bind_or_skip(config, config.coap.bind, "CoAP")? {
-        let (core, backend, token) = (
+        let (core, backend, intake, token) = (
             server_config(config),
             backend.clone(),
+            intake.clone(),
             supervisor.token(Stage::Intake),
         );
         let metrics = pipeline.status.metrics().clone();
         supervisor.spawn(Stage::Intake, async move {
-            if let Err(e) = task::serve(socket, core, None, backend, metrics, token).await {
+            if let Err(e) = task::serve(socket, core, None, backend, intake, metrics, token).await {
                 tracing::error!("coap listener failed: {e}");
             }
         });
@@ -154,24 +157,27 @@ pub fn start(
             if settings.client_cas.is_empty() {
                 warn!("coap_dtls.client_ca_certs is not set: CoAPS accepts DTLS-PSK only");
             }
-            let sessions =
-                dtls::Sessions::new(settings, backend.clone()).map_err(|e| ConfigFileError {
-                    what: "coap_dtls",
-                    path: config
-                        .coap_dtls
-                        .cert
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    reason: e.to_string(),
-                })?;
+            let sessions = dtls::Sessions::new(
+                settings,
+                Arc::new(task::BackendCredentials(backend.clone())),
+            )
+            .map_err(|e| ConfigFileError {
+                what: "coap_dtls",
+                path: config
+                    .coap_dtls
+                    .cert
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                reason: e.to_string(),
+            })?;
             if let Some(socket) = bind_or_skip(config, config.coap_dtls.bind, "CoAPS")? {
                 let (core, token) = (server_config(config), supervisor.token(Stage::Intake));
                 let metrics = pipeline.status.metrics().clone();
                 supervisor.spawn(Stage::Intake, async move {
                     let sessions = Some(sessions);
                     if let Err(e) =
-                        task::serve(socket, core, sessions, backend, metrics, token).await
+                        task::serve(socket, core, sessions, backend, intake, metrics, token).await
                     {
                         tracing::error!("coaps listener failed: {e}");
                     }

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
+pub use crate::intake::refusal::{Refusal, RefusalCounts, RefusalKind};
+pub use crate::intake::request::Target;
+
 /// RFC 7252 §4.8.2 EXCHANGE_LIFETIME with the default transmission parameters.
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 
@@ -64,17 +67,6 @@ impl Default for ServerConfig {
 /// registration it also identifies the observer afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExchangeId(pub u64);
-
-/// Where a message goes: `m/<domain>/c/<channel>[/<subtopic>]` or the legacy
-/// `channels/<channel>/messages[/<subtopic>]` (no domain).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub domain: Option<String>,
-    /// Channel id or local name, as the sensor wrote it.
-    pub channel: String,
-    /// `/`-joined remaining segments; may be empty.
-    pub subtopic: String,
-}
 
 /// Credentials given in the Uri-Query of a plain-CoAP request.
 #[derive(Clone, PartialEq, Eq)]
@@ -133,27 +125,6 @@ pub enum Event {
     ObserveEnded { observer: ExchangeId },
 }
 
-/// Why a request is refused; each maps to one response code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// 4.00
-    BadRequest,
-    /// 4.01
-    Unauthenticated,
-    /// 4.03
-    NotConnected,
-    /// 4.04
-    NotFound,
-    /// 4.13 with Size1 = the limit.
-    TooLarge,
-    /// 5.03 with Max-Age.
-    Busy { retry_after: Duration },
-    /// 4.29 with Max-Age.
-    Throttled { retry_after: Duration },
-    /// 5.00
-    Internal,
-}
-
 /// The shell's decision about an [`Event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -166,7 +137,7 @@ pub enum Outcome {
         payload: Vec<u8>,
         content_format: Option<u16>,
     },
-    Refused(Failure),
+    Refused(Refusal),
 }
 
 /// A datagram to send.
@@ -195,7 +166,7 @@ pub struct Stats {
     pub block_transfers: usize,
     pub observers: usize,
     /// Error answers sent (not counting repeats for duplicates), by reason class.
-    pub refused: crate::metrics::RefusalCounts,
+    pub refused: RefusalCounts,
 }
 
 #[derive(Debug)]
@@ -367,7 +338,7 @@ impl Server {
                 if self.observers.len() >= self.config.max_observers {
                     self.respond_failure(
                         &p,
-                        Failure::Busy {
+                        Refusal::Busy {
                             retry_after: Duration::from_secs(30),
                         },
                         now,
@@ -413,9 +384,15 @@ impl Server {
                 self.respond_failure(&p, failure, now);
                 return;
             }
-            // An outcome that does not fit the request is a shell bug; answer 5.00.
+            // An outcome that does not fit the request is a shell bug: 5.03, retry later.
             _ => {
-                self.respond_failure(&p, Failure::Internal, now);
+                self.respond_failure(
+                    &p,
+                    Refusal::Unavailable {
+                        retry_after: crate::intake::refusal::SHUTDOWN_RETRY_AFTER,
+                    },
+                    now,
+                );
                 return;
             }
         };
@@ -460,6 +437,27 @@ impl Server {
             self.observer_by_token.remove(&(obs.peer, obs.token));
             self.events.push_back(Event::ObserveEnded { observer });
         }
+    }
+
+    /// Ends an observation with a final error notification (RFC 7641 §3.2: a response that
+    /// is not 2.xx ends it), e.g. 4.03 when the client lost its subscribe grant.
+    pub fn end_observer(&mut self, observer: ExchangeId, refusal: Refusal) {
+        let Some(obs) = self.observers.get(&observer) else {
+            return;
+        };
+        let (peer, token) = (obs.peer, obs.token.clone());
+        let answer = coap_answer(&refusal);
+        let mut n = Packet::new();
+        n.header.set_type(MessageType::NonConfirmable);
+        n.header.message_id = self.fresh_message_id();
+        n.header.code = MessageClass::Response(answer.code);
+        n.set_token(token);
+        self.stats.refused.record(refusal.kind());
+        self.transmits.push_back(Transmit {
+            peer,
+            payload: encode(&n),
+        });
+        self.cancel_observer(observer);
     }
 
     /// Forgets everything about a peer (its DTLS session ended).
@@ -577,22 +575,22 @@ impl Server {
 
     fn handle_request(&mut self, req: Request, method: RequestType, packet: &Packet, now: Instant) {
         if let Some(code) = unsupported_critical_option(packet) {
-            self.respond_now(&req, code, now, |_| {});
+            self.respond_now(&req, code, RefusalKind::BadRequest, |_| {});
             return;
         }
         let target = match parse_path(packet) {
             Ok(t) => t,
             Err(PathError::NotFound) => {
-                self.respond_now(&req, ResponseType::NotFound, now, |_| {});
+                self.respond_failure_req(&req, Refusal::NotFound, now);
                 return;
             }
             Err(PathError::Bad) => {
-                self.respond_now(&req, ResponseType::BadRequest, now, |_| {});
+                self.respond_failure_req(&req, Refusal::BadRequest, now);
                 return;
             }
         };
         let Ok(credentials) = parse_query(packet) else {
-            self.respond_now(&req, ResponseType::BadRequest, now, |_| {});
+            self.respond_failure_req(&req, Refusal::BadRequest, now);
             return;
         };
         match method {
@@ -627,7 +625,7 @@ impl Server {
                             }
                         });
                     }
-                    Some(_) => self.respond_now(&req, ResponseType::BadRequest, now, |_| {}),
+                    Some(_) => self.respond_failure_req(&req, Refusal::BadRequest, now),
                     None => self.start_exchange(req, Kind::Poll, None, now, |exchange, peer| {
                         Event::Poll {
                             exchange,
@@ -638,7 +636,12 @@ impl Server {
                     }),
                 }
             }
-            _ => self.respond_now(&req, ResponseType::MethodNotAllowed, now, |_| {}),
+            _ => self.respond_now(
+                &req,
+                ResponseType::MethodNotAllowed,
+                RefusalKind::BadRequest,
+                |_| {},
+            ),
         }
     }
 
@@ -656,12 +659,7 @@ impl Server {
             .and_then(|v| decode_uint(v))
             .and_then(|v| u16::try_from(v).ok());
         let too_large = |s: &mut Self, req: &Request| {
-            s.respond_now(req, ResponseType::RequestEntityTooLarge, now, |r| {
-                r.add_option(
-                    CoapOption::Size1,
-                    encode_uint(u32::try_from(max).unwrap_or(u32::MAX)),
-                );
-            });
+            s.respond_failure_req(req, Refusal::TooLarge { max }, now);
         };
         if let Some(size1) = packet
             .get_first_option(CoapOption::Size1)
@@ -690,19 +688,19 @@ impl Server {
             return;
         };
         let Some(value) = decode_uint(block1) else {
-            self.respond_now(&req, ResponseType::BadRequest, now, |_| {});
+            self.respond_failure_req(&req, Refusal::BadRequest, now);
             return;
         };
         let num = value >> 4;
         let more = value & 0x8 != 0;
         let szx = (value & 0x7) as u8;
         if szx == 7 {
-            self.respond_now(&req, ResponseType::BadRequest, now, |_| {});
+            self.respond_failure_req(&req, Refusal::BadRequest, now);
             return;
         }
         let size = 16usize << szx;
         if more && packet.payload.len() != size {
-            self.respond_now(&req, ResponseType::BadRequest, now, |_| {});
+            self.respond_failure_req(&req, Refusal::BadRequest, now);
             return;
         }
         let key = (req.peer, block_key(packet));
@@ -712,7 +710,7 @@ impl Server {
             {
                 self.respond_failure_req(
                     &req,
-                    Failure::Busy {
+                    Refusal::Busy {
                         retry_after: Duration::from_secs(5),
                     },
                     now,
@@ -728,7 +726,12 @@ impl Server {
             );
         }
         let Some(transfer) = self.blocks.get_mut(&key) else {
-            self.respond_now(&req, ResponseType::RequestEntityIncomplete, now, |_| {});
+            self.respond_now(
+                &req,
+                ResponseType::RequestEntityIncomplete,
+                RefusalKind::BadRequest,
+                |_| {},
+            );
             return;
         };
         // A client may lower the block size mid-transfer (RFC 7959 §2.5): what must line up is
@@ -736,7 +739,12 @@ impl Server {
         let offset = (num as usize).saturating_mul(size);
         if offset != transfer.buffer.len() || (!more && packet.payload.len() > size) {
             self.blocks.remove(&key);
-            self.respond_now(&req, ResponseType::RequestEntityIncomplete, now, |_| {});
+            self.respond_now(
+                &req,
+                ResponseType::RequestEntityIncomplete,
+                RefusalKind::BadRequest,
+                |_| {},
+            );
             return;
         }
         if transfer.buffer.len() + packet.payload.len() > max {
@@ -779,7 +787,7 @@ impl Server {
         if self.pending.len() >= self.config.max_pending {
             self.respond_failure_req(
                 &req,
-                Failure::Busy {
+                Refusal::Busy {
                     retry_after: Duration::from_secs(1),
                 },
                 now,
@@ -802,7 +810,7 @@ impl Server {
         );
     }
 
-    fn respond_failure_req(&mut self, req: &Request, failure: Failure, now: Instant) {
+    fn respond_failure_req(&mut self, req: &Request, refusal: Refusal, now: Instant) {
         let p = Pending {
             peer: req.peer,
             message_id: req.message_id,
@@ -811,34 +819,17 @@ impl Server {
             kind: Kind::Poll,
             block1: None,
         };
-        self.respond_failure(&p, failure, now);
+        self.respond_failure(&p, refusal, now);
     }
 
-    fn respond_failure(&mut self, p: &Pending, failure: Failure, now: Instant) {
-        let (code, max_age, size1) = match failure {
-            Failure::BadRequest => (ResponseType::BadRequest, None, None),
-            Failure::Unauthenticated => (ResponseType::Unauthorized, None, None),
-            Failure::NotConnected => (ResponseType::Forbidden, None, None),
-            Failure::NotFound => (ResponseType::NotFound, None, None),
-            Failure::TooLarge => (
-                ResponseType::RequestEntityTooLarge,
-                None,
-                Some(self.config.max_payload),
-            ),
-            Failure::Busy { retry_after } => {
-                (ResponseType::ServiceUnavailable, Some(retry_after), None)
-            }
-            Failure::Throttled { retry_after } => {
-                (ResponseType::TooManyRequests, Some(retry_after), None)
-            }
-            Failure::Internal => (ResponseType::InternalServerError, None, None),
-        };
-        self.stats.refused.record_coap(code);
-        let mut resp = self.response_to(p, code);
-        if let Some(age) = max_age {
+    fn respond_failure(&mut self, p: &Pending, refusal: Refusal, now: Instant) {
+        let answer = coap_answer(&refusal);
+        self.stats.refused.record(refusal.kind());
+        let mut resp = self.response_to(p, answer.code);
+        if let Some(age) = answer.max_age {
             resp.add_option(CoapOption::MaxAge, encode_uint(max_age_secs(age)));
         }
-        if let Some(size) = size1 {
+        if let Some(size) = answer.size1 {
             resp.add_option(
                 CoapOption::Size1,
                 encode_uint(u32::try_from(size).unwrap_or(u32::MAX)),
@@ -847,15 +838,16 @@ impl Server {
         self.finish(p, resp, now);
     }
 
-    /// Answers at once (no shell decision needed).
+    /// Answers at once with a code of the CoAP message layer that intake has no word for
+    /// (4.02, 4.05, 4.08), counted as `kind`.
     fn respond_now(
         &mut self,
         req: &Request,
         code: ResponseType,
-        _now: Instant,
+        kind: RefusalKind,
         extra: impl FnOnce(&mut Packet),
     ) {
-        self.stats.refused.record_coap(code);
+        self.stats.refused.record(kind);
         let mut resp = self.response_to_req(req, code);
         extra(&mut resp);
         self.send_answer(req.peer, req.message_id, &resp, DedupState::Answered);
@@ -991,6 +983,37 @@ impl Server {
             peer,
             payload: bytes,
         });
+    }
+}
+
+/// The CoAP answer to a refusal: code, Max-Age, Size1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CoapAnswer {
+    pub code: ResponseType,
+    pub max_age: Option<Duration>,
+    pub size1: Option<usize>,
+}
+
+/// The one mapping from intake's refusal to the CoAP wire (README "Refusals"): storage
+/// failure and shutdown are 5.03 + Max-Age like an outbox that is full.
+pub fn coap_answer(refusal: &Refusal) -> CoapAnswer {
+    let (code, max_age, size1) = match *refusal {
+        Refusal::BadRequest => (ResponseType::BadRequest, None, None),
+        Refusal::Unauthenticated => (ResponseType::Unauthorized, None, None),
+        Refusal::Forbidden => (ResponseType::Forbidden, None, None),
+        Refusal::NotFound => (ResponseType::NotFound, None, None),
+        Refusal::TooLarge { max } => (ResponseType::RequestEntityTooLarge, None, Some(max)),
+        Refusal::Throttled { retry_after } => {
+            (ResponseType::TooManyRequests, Some(retry_after), None)
+        }
+        Refusal::Busy { retry_after } | Refusal::Unavailable { retry_after } => {
+            (ResponseType::ServiceUnavailable, Some(retry_after), None)
+        }
+    };
+    CoapAnswer {
+        code,
+        max_age,
+        size1,
     }
 }
 

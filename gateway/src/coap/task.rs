@@ -3,80 +3,33 @@
 //! downlink notifications, the next timer and cancellation, then drains every `poll_*`.
 //! No lock is held around protocol state; every channel is bounded.
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::dtls::{SessionEvent, Sessions};
 use super::proto::{
-    Credentials, Event, ExchangeId, Failure, Outcome, Server, ServerConfig, Target, Transmit,
+    Credentials, Event, ExchangeId, Outcome, Refusal, Server, ServerConfig, Target, Transmit,
 };
+use crate::auth::{ClientRef, Op};
+use crate::downlink::{Command, Subscription};
+use crate::intake::{self, Admitted, Intake};
 use crate::metrics::{Adapter, Metrics};
 
-/// A sensor authenticated by its DTLS session (PSK identity or certificate CN).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub client_id: String,
-    pub identity: String,
-    /// Certificate serial (lowercase hex) for certificate sessions; `None` for PSK.
-    pub serial: Option<String>,
-}
+pub use super::dtls::Principal;
 
-/// Who sent a request: query credentials (plain CoAP) or the DTLS session's principal.
-#[derive(Debug, Clone, Copy)]
-pub enum Who<'a> {
-    Query(&'a Credentials),
-    Session(&'a Principal),
-}
-
-/// A downlink command delivered to an observing (or polling) sensor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Downlink {
-    pub payload: Vec<u8>,
-    pub content_format: Option<u16>,
-}
-
-/// What a publish resolves to once durable (or refused).
-pub type PublishFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
-
-/// The decisions the adapters ask for: authentication, authorization, durability, downlink.
-/// Implemented over the auth store and the outbox in `coap::backend`; tests use fakes.
+/// What the DTLS session table asks of the auth store: PSK keys, principals, revocation.
+/// Implemented over the auth store in `coap::backend`; tests use fakes. Sensor requests do
+/// not go through here: the shell hands them to [`Intake`].
 pub trait Backend: Send + Sync + 'static {
-    /// Throttle, authenticate, authorize publish and enqueue; the future resolves once the
-    /// message is durable.
-    fn publish(
-        &self,
-        peer: SocketAddr,
-        who: Who<'_>,
-        target: &Target,
-        content_format: Option<u16>,
-        payload: Vec<u8>,
-    ) -> PublishFuture;
-    /// Authenticate, authorize subscribe, and return the command stream for that channel.
-    fn subscribe(
-        &self,
-        peer: SocketAddr,
-        who: Who<'_>,
-        target: &Target,
-    ) -> Result<mpsc::Receiver<Downlink>, Failure>;
-    /// A GET without Observe: the next waiting command, if any.
-    fn poll(
-        &self,
-        peer: SocketAddr,
-        who: Who<'_>,
-        target: &Target,
-    ) -> Result<Option<Downlink>, Failure> {
-        let _ = (peer, who, target);
-        Ok(None)
-    }
     /// DTLS-PSK: the key for an identity (an enabled client's secret), or `None`.
     fn psk(&self, identity: &[u8]) -> Option<Vec<u8>>;
     /// DTLS-PSK: the principal of an identity whose key just proved right.
@@ -88,7 +41,7 @@ pub trait Backend: Send + Sync + 'static {
         cn: &str,
         serial_hex: &str,
         fingerprint_sha256_hex: &str,
-    ) -> Result<Principal, Failure>;
+    ) -> Result<Principal, Refusal>;
     /// Whether a live session's principal is still acceptable (client enabled, certificate
     /// not revoked). Checked periodically for every session; must be cheap (cached).
     fn still_valid(&self, principal: &Principal) -> bool {
@@ -101,6 +54,37 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// The DTLS session table's credentials port, answered by a [`Backend`].
+pub struct BackendCredentials(pub Arc<dyn Backend>);
+
+impl std::fmt::Debug for BackendCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendCredentials")
+    }
+}
+
+impl super::dtls::DtlsCredentials for BackendCredentials {
+    fn psk(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        self.0.psk(identity)
+    }
+    fn psk_principal(&self, identity: &str) -> Option<Principal> {
+        self.0.psk_principal(identity)
+    }
+    fn principal_for_certificate(
+        &self,
+        cn: &str,
+        serial_hex: &str,
+        fingerprint_sha256_hex: &str,
+    ) -> Option<Principal> {
+        self.0
+            .certificate_principal(cn, serial_hex, fingerprint_sha256_hex)
+            .ok()
+    }
+    fn still_valid(&self, principal: &Principal) -> bool {
+        self.0.still_valid(principal)
+    }
+}
+
 /// Largest datagram read (UDP payload maximum).
 const RECV_BUFFER: usize = 65_535;
 /// How often the DTLS table is swept: handshake deadlines, idle sessions, and principals
@@ -108,37 +92,6 @@ const RECV_BUFFER: usize = 65_535;
 const REVALIDATE_EVERY: Duration = Duration::from_secs(1);
 /// How long a stopping listener waits to answer publishes that are becoming durable.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// Notifications waiting for the shell from all subscriptions together.
-const NOTIFY_QUEUE: usize = 256;
-
-/// Serves plain CoAP on an already-bound socket until `cancel`.
-pub async fn serve_plain(
-    socket: UdpSocket,
-    config: ServerConfig,
-    backend: Arc<dyn Backend>,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    serve(socket, config, None, backend, Metrics::new(), cancel).await
-}
-
-/// Serves CoAP over DTLS on an already-bound socket until `cancel`.
-pub async fn serve_dtls(
-    socket: UdpSocket,
-    config: ServerConfig,
-    sessions: Sessions,
-    backend: Arc<dyn Backend>,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    serve(
-        socket,
-        config,
-        Some(sessions),
-        backend,
-        Metrics::new(),
-        cancel,
-    )
-    .await
-}
 
 /// Serves CoAP (`sessions` = `None`) or CoAPS until `cancel`, counting into `metrics` as
 /// adapter `coap` or `coaps`.
@@ -147,23 +100,32 @@ pub async fn serve(
     config: ServerConfig,
     sessions: Option<Sessions>,
     backend: Arc<dyn Backend>,
+    intake: Intake,
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut shell = Shell::new(socket, config, backend, sessions);
+    let mut shell = Shell::new(socket, config, backend, intake, sessions);
     shell.metrics = metrics;
     shell.run(cancel).await
+}
+
+/// A live Observe registration: what it was admitted for and the hub's command stream.
+struct Observation {
+    admitted: Admitted,
+    commands: Subscription,
 }
 
 struct Shell {
     socket: UdpSocket,
     server: Server,
     sessions: Option<Sessions>,
-    backend: Arc<dyn Backend>,
+    intake: Intake,
     decisions: JoinSet<(ExchangeId, Outcome)>,
-    notify_tx: mpsc::Sender<(ExchangeId, Downlink)>,
-    notify_rx: mpsc::Receiver<(ExchangeId, Downlink)>,
-    forwarders: std::collections::HashMap<ExchangeId, AbortHandle>,
+    observations: HashMap<ExchangeId, Observation>,
+    /// Auth store changes: every observation is re-checked.
+    changes: tokio::sync::watch::Receiver<i64>,
+    /// CoAPS clients whose session ends once the current answers are out (lost a grant).
+    to_end: Vec<String>,
     ended: Option<mpsc::Receiver<String>>,
     last_counts: (usize, usize),
     metrics: Metrics,
@@ -178,9 +140,9 @@ impl Shell {
         socket: UdpSocket,
         config: ServerConfig,
         backend: Arc<dyn Backend>,
+        intake: Intake,
         sessions: Option<Sessions>,
     ) -> Self {
-        let (notify_tx, notify_rx) = mpsc::channel(NOTIFY_QUEUE);
         let ended = if sessions.is_some() {
             backend.ended_clients()
         } else {
@@ -195,11 +157,11 @@ impl Shell {
             socket,
             server: Server::new(config),
             sessions,
-            backend,
+            changes: intake.changes(),
+            to_end: Vec::new(),
+            intake,
             decisions: JoinSet::new(),
-            notify_tx,
-            notify_rx,
-            forwarders: std::collections::HashMap::new(),
+            observations: HashMap::new(),
             adapter,
             ended,
             last_counts: (0, 0),
@@ -241,12 +203,17 @@ impl Shell {
                         Err(e) => warn!("{scheme}: a publish decision task failed: {e}"),
                     }
                 }
-                Some((observer, cmd)) = self.notify_rx.recv() => {
-                    match self.server.notify(observer, cmd.payload, cmd.content_format, Instant::now()) {
-                        Ok(_) => self.metrics.downlink_delivered(self.adapter),
-                        Err(e) => warn!(?observer, "{scheme}: command not delivered: {e}"),
+                (observer, cmd) = next_command(&mut self.observations), if !self.observations.is_empty() => {
+                    match cmd {
+                        Some(cmd) => match self.server.notify(observer, cmd.payload.to_vec(), None, Instant::now()) {
+                            Ok(()) => self.metrics.downlink_delivered(self.adapter),
+                            Err(e) => warn!(?observer, "{scheme}: command not delivered: {e}"),
+                        },
+                        // The hub dropped this stream: end the observation.
+                        None => self.server.cancel_observer(observer),
                     }
                 }
+                Ok(()) = self.changes.changed() => self.revalidate_observations(),
                 ended = recv_opt(&mut self.ended) => match ended {
                     Some(client_id) => {
                         if let Some(sessions) = self.sessions.as_mut() {
@@ -288,9 +255,6 @@ impl Shell {
             }
         }
         self.decisions.detach_all();
-        for (_, h) in self.forwarders.drain() {
-            h.abort();
-        }
         Ok(())
     }
 
@@ -348,7 +312,16 @@ impl Shell {
                 }
             }
             if !progressed {
-                break;
+                if self.to_end.is_empty() {
+                    break;
+                }
+                // The final notifications are out: now end those sessions.
+                let now = Instant::now();
+                for client_id in std::mem::take(&mut self.to_end) {
+                    if let Some(sessions) = self.sessions.as_mut() {
+                        sessions.end_client(&client_id, now);
+                    }
+                }
             }
         }
         self.metrics.sync_refusals(
@@ -377,24 +350,65 @@ impl Shell {
         }
     }
 
-    /// Who sent a request: on CoAPS the principal of the peer's DTLS session (`Some(Some(p))`),
-    /// on plain CoAP nobody yet (`Some(None)`: the query carries the credentials). `None`: a
-    /// CoAPS peer without an authenticated session, already answered 4.01.
-    fn caller(
-        &mut self,
-        exchange: ExchangeId,
-        peer: SocketAddr,
-        now: Instant,
-    ) -> Option<Option<Principal>> {
+    /// Who sent a request: on CoAPS the client of the peer's DTLS session (`Ok(Some(c))`), on
+    /// plain CoAP nobody yet (`Ok(None)`: the query carries the credentials). A CoAPS peer
+    /// without an authenticated session is refused.
+    fn caller(&self, peer: SocketAddr) -> Result<Option<ClientRef>, Refusal> {
         let Some(sessions) = &self.sessions else {
-            return Some(None);
+            return Ok(None);
         };
-        if let Some(p) = sessions.principal(peer) {
-            return Some(Some(p.clone()));
+        match sessions.principal(peer) {
+            Some(p) => Ok(Some(ClientRef {
+                id: p.client_id.clone(),
+                identity: p.identity.clone(),
+            })),
+            None => Err(Refusal::Unauthenticated),
         }
-        self.server
-            .complete(exchange, Outcome::Refused(Failure::Unauthenticated), now);
-        None
+    }
+
+    /// After a store change: an observation whose client lost the subscribe grant (disabled,
+    /// removed, disconnected) gets a final 4.03 and ends; on CoAPS its session ends too.
+    fn revalidate_observations(&mut self) {
+        let lost: Vec<(ExchangeId, String)> = self
+            .observations
+            .iter()
+            .filter(|(_, o)| !self.intake.still_subscribed(&o.admitted))
+            .map(|(id, o)| (*id, o.admitted.client.id.clone()))
+            .collect();
+        for (id, client_id) in lost {
+            info!(
+                client_id,
+                "observation ended: the client lost its subscribe grant"
+            );
+            self.observations.remove(&id);
+            self.server.end_observer(id, Refusal::Forbidden);
+            if self.sessions.is_some() && !self.to_end.contains(&client_id) {
+                self.to_end.push(client_id);
+            }
+        }
+    }
+
+    /// Throttle → authenticate → authorize → checks, by intake.
+    fn admit(
+        &self,
+        peer: SocketAddr,
+        target: &Target,
+        credentials: &Credentials,
+        op: Op,
+    ) -> Result<Admitted, Refusal> {
+        let session = self.caller(peer)?;
+        let credentials = match (&session, credentials) {
+            (Some(client), _) => intake::Credentials::Session(client),
+            (None, Credentials::None) => intake::Credentials::None,
+            (None, Credentials::Secret(secret)) => intake::Credentials::Secret(secret),
+            (None, Credentials::UsernamePassword { username, password }) => {
+                intake::Credentials::IdentitySecret {
+                    identity: username,
+                    secret: password,
+                }
+            }
+        };
+        self.intake.admit(Some(peer.ip()), credentials, target, op)
     }
 
     fn handle_event(&mut self, ev: Event) {
@@ -408,89 +422,112 @@ impl Shell {
                 content_format,
                 payload,
             } => {
-                let Some(principal) = self.caller(exchange, peer, now) else {
-                    return;
-                };
-                let who = principal
-                    .as_ref()
-                    .map_or(Who::Query(&credentials), Who::Session);
-                let fut = self
-                    .backend
-                    .publish(peer, who, &target, content_format, payload);
-                let (metrics, adapter) = (self.metrics.clone(), self.adapter);
-                self.decisions.spawn(async move {
-                    let outcome = match fut.await {
-                        Ok(()) => {
-                            metrics.message_in(adapter);
-                            Outcome::Stored
-                        }
-                        Err(f) => Outcome::Refused(f),
-                    };
-                    (exchange, outcome)
-                });
+                let durable = self
+                    .admit(peer, &target, &credentials, Op::Publish)
+                    .and_then(|admitted| {
+                        self.intake.publish(
+                            &admitted,
+                            bytes::Bytes::from(payload),
+                            content_format.map(content_format_name),
+                        )
+                    });
+                match durable {
+                    Ok(durable) => {
+                        let (metrics, adapter) = (self.metrics.clone(), self.adapter);
+                        self.decisions.spawn(async move {
+                            let outcome = match durable.await {
+                                Ok(_) => {
+                                    metrics.message_in(adapter);
+                                    Outcome::Stored
+                                }
+                                Err(r) => Outcome::Refused(r),
+                            };
+                            (exchange, outcome)
+                        });
+                    }
+                    Err(r) => self.server.complete(exchange, Outcome::Refused(r), now),
+                }
             }
             Event::Subscribe {
                 exchange,
                 peer,
                 target,
                 credentials,
-            } => {
-                let Some(principal) = self.caller(exchange, peer, now) else {
-                    return;
-                };
-                let who = principal
-                    .as_ref()
-                    .map_or(Who::Query(&credentials), Who::Session);
-                match self.backend.subscribe(peer, who, &target) {
-                    Ok(mut rx) => {
-                        let tx = self.notify_tx.clone();
-                        let handle = tokio::spawn(async move {
-                            while let Some(cmd) = rx.recv().await {
-                                if tx.send((exchange, cmd)).await.is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                        self.forwarders.insert(exchange, handle.abort_handle());
-                        self.server.complete(exchange, Outcome::Subscribed, now);
-                    }
-                    Err(f) => self.server.complete(exchange, Outcome::Refused(f), now),
+            } => match self.admit(peer, &target, &credentials, Op::Subscribe) {
+                Ok(admitted) => {
+                    let commands = self.intake.subscribe(&admitted);
+                    self.observations
+                        .insert(exchange, Observation { admitted, commands });
+                    self.server.complete(exchange, Outcome::Subscribed, now);
                 }
-            }
+                Err(r) => self.server.complete(exchange, Outcome::Refused(r), now),
+            },
             Event::Poll {
                 exchange,
                 peer,
                 target,
                 credentials,
             } => {
-                let Some(principal) = self.caller(exchange, peer, now) else {
-                    return;
-                };
-                let who = principal
-                    .as_ref()
-                    .map_or(Who::Query(&credentials), Who::Session);
-                let outcome = match self.backend.poll(peer, who, &target) {
-                    Ok(Some(d)) => {
-                        self.metrics.downlink_delivered(self.adapter);
-                        Outcome::Content {
-                            payload: d.payload,
-                            content_format: d.content_format,
+                let outcome = match self.admit(peer, &target, &credentials, Op::Subscribe) {
+                    // A GET without Observe takes the oldest kept command of (client, channel),
+                    // after the same checks as an Observe registration. Like Observe it is
+                    // channel-wide: a subtopic in the path does not filter. The command leaves
+                    // the hub here and goes into this one response (at most once: see README
+                    // "Polling for commands").
+                    Ok(admitted) => match self.intake.take(&admitted) {
+                        Some(cmd) => {
+                            self.metrics.downlink_delivered(self.adapter);
+                            Outcome::Content {
+                                payload: cmd.payload.to_vec(),
+                                content_format: None,
+                            }
                         }
-                    }
-                    Ok(None) => Outcome::Content {
-                        payload: Vec::new(),
-                        content_format: None,
+                        None => Outcome::Content {
+                            payload: Vec::new(),
+                            content_format: None,
+                        },
                     },
-                    Err(f) => Outcome::Refused(f),
+                    Err(r) => Outcome::Refused(r),
                 };
                 self.server.complete(exchange, outcome, now);
             }
             Event::ObserveEnded { observer } => {
-                if let Some(h) = self.forwarders.remove(&observer) {
-                    h.abort();
-                }
+                // Dropping the subscription marks the client offline: later commands are
+                // kept for it.
+                self.observations.remove(&observer);
             }
         }
+    }
+}
+
+/// The next command of any observation (`None` for one whose stream ended). Polled by the
+/// shell's `select!`: commands go straight from the hub into the core, no forwarder tasks.
+async fn next_command(
+    observations: &mut HashMap<ExchangeId, Observation>,
+) -> (ExchangeId, Option<Command>) {
+    std::future::poll_fn(|cx| {
+        for (id, o) in observations.iter_mut() {
+            if let Poll::Ready(cmd) = o.commands.poll_recv(cx) {
+                return Poll::Ready((*id, cmd));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A well-known CoAP Content-Format number as a media type (RFC 7252 §12.3, RFC 8428).
+fn content_format_name(cf: u16) -> String {
+    match cf {
+        0 => "text/plain;charset=utf-8".into(),
+        40 => "application/link-format".into(),
+        41 => "application/xml".into(),
+        42 => "application/octet-stream".into(),
+        50 => "application/json".into(),
+        60 => "application/cbor".into(),
+        110 => "application/senml+json".into(),
+        112 => "application/senml+cbor".into(),
+        other => other.to_string(),
     }
 }
 
@@ -512,4 +549,108 @@ fn is_transient(e: &std::io::Error) -> bool {
             | HostUnreachable
             | NetworkUnreachable
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coap::backend::StoreBackend;
+    use crate::intake::testkit::{Fixture, LONELY_SECRET, OFF_SECRET, OutboxState, SECRET};
+    use crate::metrics::Refusal as Kind;
+    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+
+    fn post(secret: &str) -> Vec<u8> {
+        let mut p = Packet::new();
+        p.header.set_type(MessageType::Confirmable);
+        p.header.code = MessageClass::Request(RequestType::Post);
+        p.header.message_id = 7;
+        p.set_token(vec![1]);
+        for seg in ["m", "dom", "c", "temps"] {
+            p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+        }
+        p.add_option(CoapOption::UriQuery, format!("auth={secret}").into_bytes());
+        p.payload = b"21.5".to_vec();
+        p.to_bytes().unwrap()
+    }
+
+    /// Disabled client, not connected, outbox full, shutdown: each answered as README
+    /// "Refusals" says and counted once in the metrics (adapter `coap`), under its kind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_refusal_has_its_documented_code_and_is_counted_once() {
+        let cases = [
+            (
+                OutboxState::Open,
+                OFF_SECRET,
+                ResponseType::Unauthorized,
+                Kind::Unauthenticated,
+                false,
+            ),
+            (
+                OutboxState::Open,
+                LONELY_SECRET,
+                ResponseType::Forbidden,
+                Kind::Forbidden,
+                false,
+            ),
+            (
+                OutboxState::Full,
+                SECRET,
+                ResponseType::ServiceUnavailable,
+                Kind::Busy,
+                true,
+            ),
+            (
+                OutboxState::Closed,
+                SECRET,
+                ResponseType::ServiceUnavailable,
+                Kind::Unavailable,
+                true,
+            ),
+        ];
+        for (outbox, secret, code, kind, max_age) in cases {
+            let f = Fixture::new(outbox);
+            let metrics = Metrics::new();
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = socket.local_addr().unwrap();
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(serve(
+                socket,
+                ServerConfig::default(),
+                None,
+                Arc::new(StoreBackend {
+                    auth: f.auth.clone(),
+                }),
+                f.intake.clone(),
+                metrics.clone(),
+                cancel.clone(),
+            ));
+            let sensor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            sensor.send_to(&post(secret), addr).await.unwrap();
+            let mut buf = [0u8; 1500];
+            let n = tokio::time::timeout(Duration::from_secs(10), sensor.recv(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            let resp = Packet::from_bytes(&buf[..n]).unwrap();
+            assert_eq!(resp.header.code, MessageClass::Response(code), "{kind:?}");
+            assert_eq!(
+                resp.get_first_option(CoapOption::MaxAge).is_some(),
+                max_age,
+                "{kind:?}"
+            );
+            cancel.cancel();
+            task.await.unwrap().unwrap();
+            let snap = metrics.snapshot();
+            let coap = &snap.adapters["coap"];
+            assert_eq!(coap.refused[kind.label()], 1, "{kind:?}: {coap:?}");
+            assert_eq!(coap.refused_total, 1, "{kind:?}: counted once");
+            assert_eq!(coap.messages_in, 0);
+        }
+        // A storage failure is the shutdown answer: 5.03 with Max-Age.
+        let storage =
+            crate::intake::ingest_refusal(&crate::outbox::IngestError::Storage("eio".into()));
+        let answer = super::super::proto::coap_answer(&storage);
+        assert_eq!(answer.code, ResponseType::ServiceUnavailable);
+        assert_eq!(answer.max_age, Some(Duration::from_secs(30)));
+    }
 }

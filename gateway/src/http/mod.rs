@@ -7,6 +7,7 @@
 //! check, exit 78). Bounded: connections (`max_connections`), bodies (`max_body` → 413),
 //! header read and request time (`request_timeout`). Handlers never log secrets or tokens.
 
+pub mod adapter;
 pub mod audit;
 pub mod pats;
 mod routes;
@@ -80,8 +81,11 @@ pub struct AppState {
     pub metrics: HttpMetrics,
     /// Uplink state and totals for `/metrics` (absent in unit tests).
     pub status: Option<crate::control::StatusHandle>,
-    /// The daemon's shared per-adapter counters (adapter `http` is counted by a middleware).
+    /// The daemon's shared per-adapter counters (adapter `http` is counted by `adapter`).
     pub adapters: crate::metrics::Metrics,
+    /// Where the HTTP adapter hands sensor messages (it carries no downlink, so its hub is
+    /// never subscribed to).
+    pub intake: crate::intake::Intake,
 }
 
 /// A bound listener, ready to serve.
@@ -124,7 +128,13 @@ pub async fn bind(
         .as_ref()
         .map(|s| s.metrics().clone())
         .unwrap_or_default();
+    let intake = crate::intake::Intake::new(
+        auth.clone(),
+        outbox.clone(),
+        crate::downlink::DownlinkHub::default(),
+    );
     let state = Arc::new(AppState {
+        intake,
         auth,
         outbox,
         auth_db: crate::auth::path_in(&config.gateway.state_dir),
@@ -329,6 +339,42 @@ where
     }
 }
 
+/// An [`AppState`] over an existing auth store and outbox (the intake test fixture).
+#[cfg(test)]
+pub(crate) fn test_state_over(
+    dir: &std::path::Path,
+    auth: AuthStore,
+    outbox: Outbox,
+) -> Arc<AppState> {
+    let config = crate::config::load_from(
+        &crate::config::Source::None,
+        crate::config::Profile::Production,
+        Vec::<(std::ffi::OsString, std::ffi::OsString)>::new(),
+    )
+    .unwrap();
+    let intake = crate::intake::Intake::new(
+        auth.clone(),
+        outbox.clone(),
+        crate::downlink::DownlinkHub::default(),
+    );
+    Arc::new(AppState {
+        intake,
+        auth,
+        outbox,
+        auth_db: dir.join("auth.db"),
+        tokens: tokens::Tokens::new(
+            &[1; 32],
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(60),
+        ),
+        pats: pats::PatStore::open(dir).unwrap(),
+        config,
+        metrics: HttpMetrics::default(),
+        status: None,
+        adapters: crate::metrics::Metrics::new(),
+    })
+}
+
 /// Handler state on fresh SQLite files in `dir`, for the unit tests of the router and its
 /// layers. Keep the worker alive as long as the state.
 #[cfg(test)]
@@ -343,7 +389,13 @@ pub(crate) fn test_state(dir: &std::path::Path) -> (Arc<AppState>, crate::outbox
     let auth = crate::auth::AuthStore::open(&auth_db, &config.auth).unwrap();
     let (outbox, worker) =
         crate::outbox::Outbox::open(&dir.join("outbox.db"), &config.outbox).unwrap();
+    let intake = crate::intake::Intake::new(
+        auth.clone(),
+        outbox.clone(),
+        crate::downlink::DownlinkHub::default(),
+    );
     let state = Arc::new(AppState {
+        intake,
         auth,
         outbox,
         auth_db,

@@ -1,35 +1,22 @@
-//! The adapter's [`Backend`] on the real gateway: the auth store decides, the outbox stores,
-//! the downlink hub delivers commands.
+//! The adapter's [`Backend`] on the real gateway: [`Intake`] decides, stores and hands out
+//! downlink commands; this file only translates the serial session's types.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use tokio::sync::mpsc;
-
-use super::codec::{Reason, Target};
-use super::proto::Client;
-use super::task::{Backend, Downlink, Durable};
-use crate::auth::{AuthError, AuthStore, ClientRef, Op};
-use crate::downlink::DownlinkHub;
-use crate::outbox::{IngestError, Message, Outbox};
-
-/// Commands queued per serial session before the hub keeps them as backlog.
-const DOWNLINK_QUEUE: usize = 16;
+use super::codec::Target;
+use super::proto::{Client, Refusal};
+use super::task::{Backend, DownlinkStream, Durable};
+use crate::auth::{ClientRef, Op};
+use crate::intake::{self, Credentials, Intake};
 
 #[derive(Debug, Clone)]
 pub struct GatewayBackend {
-    auth: AuthStore,
-    outbox: Outbox,
-    downlink: DownlinkHub,
+    intake: Intake,
 }
 
 impl GatewayBackend {
-    pub fn new(auth: AuthStore, outbox: Outbox, downlink: DownlinkHub) -> Arc<Self> {
-        Arc::new(Self {
-            auth,
-            outbox,
-            downlink,
-        })
+    pub fn new(intake: Intake) -> Arc<Self> {
+        Arc::new(Self { intake })
     }
 }
 
@@ -47,47 +34,18 @@ fn from_ref(client: ClientRef) -> Client {
     }
 }
 
-fn ingest_reason(e: &IngestError) -> Reason {
-    match e {
-        IngestError::Busy { .. } => Reason::Busy,
-        IngestError::TooLarge { .. } => Reason::TooLarge,
-        IngestError::Closed | IngestError::Storage(_) => Reason::Unavailable,
-    }
-}
-
-fn auth_reason(e: &AuthError) -> Reason {
-    if e.is_forbidden() {
-        Reason::NotConnected
-    } else if e.is_unauthenticated() {
-        // Disabled or removed since its AUTH.
-        Reason::NotAuthenticated
-    } else {
-        Reason::Unavailable
-    }
-}
-
 impl Backend for GatewayBackend {
-    fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<Client, Reason> {
-        if self.auth.throttle_check(None, Some(identity)).is_err() {
-            return Err(Reason::Throttled);
-        }
-        match self.auth.authenticate(identity, secret) {
-            Ok(client) => Ok(from_ref(client)),
-            // Unknown identity, wrong secret, disabled: the same word on the wire.
-            Err(e) if e.is_unauthenticated() => Err(Reason::Auth),
-            Err(_) => Err(Reason::Unavailable),
-        }
+    fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<Client, Refusal> {
+        // A serial line has no address: only the identity is throttled.
+        self.intake
+            .authenticate(None, Credentials::IdentitySecret { identity, secret })
+            .map(from_ref)
     }
 
-    fn bound_client(&self, identity: &str) -> Result<Client, Reason> {
-        // A bound port trusts the line itself: look the client up (enabled, present) without
-        // charging the throttle or the audit log for a secret nobody sent.
-        let secret = self.auth.psk_for_identity(identity).ok_or(Reason::Auth)?;
-        self.auth
-            .snapshot()
-            .authenticate(identity, &secret)
+    fn bound_client(&self, identity: &str) -> Result<Client, Refusal> {
+        self.intake
+            .authenticate(None, Credentials::Bound(identity))
             .map(from_ref)
-            .map_err(|_| Reason::Auth)
     }
 
     fn publish(
@@ -95,85 +53,57 @@ impl Backend for GatewayBackend {
         client: &Client,
         target: &Target,
         payload: Vec<u8>,
-    ) -> Result<Durable, Reason> {
-        let channel = self
-            .auth
-            .authorize(&client_ref(client), &target.channel, Op::Publish)
-            .map_err(|e| auth_reason(&e))?;
-        let subtopic =
-            crate::topic::validate_subtopic(&target.subtopic).map_err(|_| Reason::BadRequest)?;
-        let receipt = self
-            .outbox
-            .accept(Message {
-                client_id: client.id.clone(),
-                channel_id: channel.id,
-                domain_id: channel.domain_id,
-                subtopic,
-                content_format: None,
-                payload: payload.into(),
-                received_at: SystemTime::now(),
-            })
-            .map_err(|e| ingest_reason(&e))?;
-        Ok(Box::pin(async move {
-            receipt.await.map_err(|e| ingest_reason(&e))
-        }))
+    ) -> Result<Durable, Refusal> {
+        let who = client_ref(client);
+        let target = intake::Target {
+            domain: None,
+            channel: target.channel.clone(),
+            subtopic: target.subtopic.clone(),
+        };
+        let admitted = self
+            .intake
+            .admit(None, Credentials::Session(&who), &target, Op::Publish)?;
+        let durable = self.intake.publish(&admitted, payload.into(), None)?;
+        Ok(Box::pin(durable))
     }
 
-    fn downlink(&self, client: &Client) -> Option<mpsc::Receiver<Downlink>> {
-        let who = client_ref(client);
-        let channels: Vec<_> = self
-            .auth
-            .subscribed_channels()
-            .borrow()
-            .iter()
-            .filter(|ch| self.auth.authorize(&who, &ch.id, Op::Subscribe).is_ok())
-            .cloned()
-            .collect();
-        if channels.is_empty() {
-            return None;
-        }
-        let (tx, rx) = mpsc::channel(DOWNLINK_QUEUE);
-        for channel in channels {
-            let mut sub = self.downlink.subscribe(&client.id, &channel.id);
-            let tx = tx.clone();
-            // The sensor knows the channel by the name it publishes to.
-            let shown = if channel.name.is_empty() {
-                channel.id.clone()
-            } else {
-                channel.name.clone()
-            };
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        // The session ended: drop the subscription so the hub keeps later
-                        // commands for the next one.
-                        () = tx.closed() => break,
-                        cmd = sub.recv() => {
-                            let Some(cmd) = cmd else { break };
-                            let down = Downlink {
-                                target: Target { channel: shown.clone(), subtopic: cmd.subtopic },
-                                payload: cmd.payload.to_vec(),
-                            };
-                            if tx.send(down).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        Some(rx)
+    fn downlink(&self, client: &Client) -> Vec<DownlinkStream> {
+        self.intake
+            .subscribable(&client_ref(client))
+            .into_iter()
+            .map(|admitted| DownlinkStream {
+                // The sensor knows the channel by the name it publishes to.
+                shown: if admitted.channel.name.is_empty() {
+                    admitted.channel.id.clone()
+                } else {
+                    admitted.channel.name.clone()
+                },
+                commands: self.intake.subscribe(&admitted),
+                admitted,
+            })
+            .collect()
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        Some(self.intake.changes())
+    }
+
+    fn still_subscribed(&self, stream: &DownlinkStream) -> bool {
+        self.intake.still_subscribed(&stream.admitted)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::AuthStore;
     use crate::config::{AuthConfig, OutboxConfig};
-    use crate::downlink::{Command, DownlinkLimits};
+    use crate::downlink::{Command, DownlinkHub, DownlinkLimits};
+    use crate::outbox::Outbox;
     use crate::serial::task::{AdapterConfig, PortSpec, spawn_port};
     use hal::serial::{FakeDevice, SerialSettings};
     use std::time::Duration;
+    use std::time::SystemTime;
     use tokio_util::sync::CancellationToken;
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -200,28 +130,29 @@ mod tests {
         let secret = auth.ensure_demo("").unwrap().expect("demo created");
         let (outbox, worker) =
             Outbox::open(&dir.path().join("outbox.db"), &OutboxConfig::default()).unwrap();
-        let backend = GatewayBackend::new(auth, outbox.clone(), DownlinkHub::default());
+        let backend =
+            GatewayBackend::new(Intake::new(auth, outbox.clone(), DownlinkHub::default()));
         assert_eq!(
             backend.authenticate("nobody", b"x").err(),
-            Some(Reason::Auth)
+            Some(Refusal::Unauthenticated)
         );
         assert_eq!(
             backend.authenticate("demo-sensor", b"wrong").err(),
-            Some(Reason::Auth)
+            Some(Refusal::Unauthenticated)
         );
         assert_eq!(
             backend.authenticate("demo-sensor", b"wrong").err(),
-            Some(Reason::Auth)
+            Some(Refusal::Unauthenticated)
         );
         // Budget used up: even the right secret waits.
-        assert_eq!(
+        assert!(matches!(
             backend.authenticate("demo-sensor", secret.as_bytes()).err(),
-            Some(Reason::Throttled)
-        );
+            Some(Refusal::Throttled { .. })
+        ));
         // Other identities are not affected.
         assert_eq!(
             backend.authenticate("someone-else", b"x").err(),
-            Some(Reason::Auth)
+            Some(Refusal::Unauthenticated)
         );
         outbox.close();
         worker.join();
@@ -235,7 +166,7 @@ mod tests {
         let (outbox, worker) =
             Outbox::open(&dir.path().join("outbox.db"), &OutboxConfig::default()).unwrap();
         let hub = DownlinkHub::new(DownlinkLimits::default());
-        let backend = GatewayBackend::new(auth.clone(), outbox.clone(), hub.clone());
+        let backend = GatewayBackend::new(Intake::new(auth.clone(), outbox.clone(), hub.clone()));
 
         let dev = FakeDevice::new("/dev/ttyFAKE");
         let bound = FakeDevice::new("/dev/ttyBOUND");
@@ -327,5 +258,92 @@ mod tests {
         tokio::task::spawn_blocking(move || worker.join())
             .await
             .unwrap();
+    }
+
+    /// Disabled client, not connected, outbox full, shutdown: each answered as README
+    /// "Refusals" says and counted once in the metrics (adapter `serial`), under its kind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_refusal_has_its_documented_word_and_is_counted_once() {
+        use crate::intake::testkit::{Fixture, LONELY_SECRET, OFF_SECRET, OutboxState, SECRET};
+        use crate::metrics::{Metrics, Refusal as Kind};
+        let cases = [
+            (
+                OutboxState::Open,
+                "sensor-off",
+                OFF_SECRET,
+                "ERR auth",
+                Kind::Unauthenticated,
+            ),
+            (
+                OutboxState::Open,
+                "sensor-lonely",
+                LONELY_SECRET,
+                "ERR not-connected",
+                Kind::Forbidden,
+            ),
+            (
+                OutboxState::Full,
+                "sensor-1",
+                SECRET,
+                "ERR busy",
+                Kind::Busy,
+            ),
+            (
+                OutboxState::Closed,
+                "sensor-1",
+                SECRET,
+                "ERR unavailable",
+                Kind::Unavailable,
+            ),
+        ];
+        for (outbox, identity, secret, expected, kind) in cases {
+            let f = Fixture::new(outbox);
+            let metrics = Metrics::new();
+            let status = crate::serial::SerialStatus::with_metrics(metrics.clone());
+            let dev = FakeDevice::new("/dev/ttyMAP");
+            let mut settings = SerialSettings::new(9600).unwrap();
+            settings.timeout = Duration::from_millis(20);
+            let cancel = CancellationToken::new();
+            let task = spawn_port(
+                PortSpec {
+                    path: "/dev/ttyMAP".into(),
+                    settings,
+                    client: None,
+                },
+                AdapterConfig {
+                    max_line: 256,
+                    max_pending: 8,
+                    reopen_min: Duration::from_millis(10),
+                    reopen_max: Duration::from_millis(50),
+                },
+                Arc::new(dev.opener()),
+                GatewayBackend::new(f.intake.clone()),
+                status.register("/dev/ttyMAP"),
+                cancel.clone(),
+            );
+            dev.send(format!("AUTH {identity} {secret}\n").as_bytes());
+            let auth = line(&dev, "AUTH").await;
+            let answer = if auth == "OK" {
+                dev.send(b"PUB temps 21.5\n");
+                line(&dev, "PUB").await
+            } else {
+                auth
+            };
+            assert_eq!(answer, expected, "{kind:?}");
+            cancel.cancel();
+            task.await.unwrap();
+            let snap = metrics.snapshot();
+            let serial = &snap.adapters["serial"];
+            assert_eq!(serial.refused[kind.label()], 1, "{kind:?}: {serial:?}");
+            assert_eq!(serial.refused_total, 1, "{kind:?}: counted once");
+            assert_eq!(serial.messages_in, 0);
+        }
+        // A storage failure is the shutdown answer.
+        let storage =
+            crate::intake::ingest_refusal(&crate::outbox::IngestError::Storage("eio".into()));
+        assert_eq!(
+            crate::serial::proto::wire_reason(&storage, crate::serial::proto::Answering::Pub),
+            crate::serial::codec::Reason::Unavailable
+        );
     }
 }

@@ -12,6 +12,54 @@
 use std::collections::VecDeque;
 
 use super::codec::{self, DecodeError, Frame, Line, Reason, Target};
+pub use crate::intake::refusal::{Refusal, RefusalCounts, RefusalKind};
+
+/// What a session answered, in plain counts (its shell adds the differences to the metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// `OK <seq>`: messages acknowledged durable.
+    pub accepted: u64,
+    /// `ERR …` answers, by intake's refusal kind.
+    pub refused: RefusalCounts,
+    /// `CMD …` lines written.
+    pub commands: u64,
+}
+
+/// Which request a refusal answers: `AUTH` refusals of credentials say `auth`, later ones
+/// (client disabled or removed since) `not-authenticated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answering {
+    Auth,
+    Pub,
+}
+
+/// The one mapping from intake's refusal to the serial wire (README "Refusals"): storage
+/// failure and shutdown are `ERR unavailable`, a full outbox `ERR busy`.
+pub fn wire_reason(refusal: &Refusal, answering: Answering) -> Reason {
+    match refusal {
+        Refusal::Unauthenticated if answering == Answering::Auth => Reason::Auth,
+        Refusal::Unauthenticated => Reason::NotAuthenticated,
+        Refusal::Forbidden => Reason::NotConnected,
+        Refusal::BadRequest | Refusal::NotFound => Reason::BadRequest,
+        Refusal::TooLarge { .. } => Reason::TooLarge,
+        Refusal::Busy { .. } => Reason::Busy,
+        Refusal::Throttled { .. } => Reason::Throttled,
+        Refusal::Unavailable { .. } => Reason::Unavailable,
+    }
+}
+
+/// The refusal kind of a line the codec refused (no intake decision involved).
+fn codec_kind(reason: Reason) -> RefusalKind {
+    match reason {
+        Reason::TooLong | Reason::TooLarge => RefusalKind::TooLarge,
+        Reason::Auth | Reason::NotAuthenticated => RefusalKind::Unauthenticated,
+        Reason::NotConnected => RefusalKind::Forbidden,
+        Reason::Busy => RefusalKind::Busy,
+        Reason::Throttled => RefusalKind::Throttled,
+        Reason::Unavailable => RefusalKind::Unavailable,
+        Reason::Checksum | Reason::UnknownCommand | Reason::BadRequest => RefusalKind::BadRequest,
+    }
+}
 
 /// The client a session speaks for: its store id and identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +131,7 @@ pub struct Session {
     next_token: u64,
     /// The sensor used checksums on its last line: downlink commands carry one too.
     peer_checksums: bool,
+    stats: SessionStats,
 }
 
 impl Session {
@@ -100,7 +149,13 @@ impl Session {
             transmit: VecDeque::new(),
             next_token: 0,
             peer_checksums: false,
+            stats: SessionStats::default(),
         }
+    }
+
+    /// What the session answered so far.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
     }
 
     /// The authenticated (or bound) client, if any.
@@ -169,6 +224,7 @@ impl Session {
                     if unterminated {
                         self.discarding = true;
                     }
+                    self.stats.refused.record(codec_kind(reason));
                     self.answer(Line::Err(reason), checksummed);
                 }
             }
@@ -207,7 +263,8 @@ impl Session {
             }
             Line::Pub { target, payload } => {
                 let Some(client) = self.client.clone() else {
-                    self.answer(Line::Err(Reason::NotAuthenticated), checksummed);
+                    let reason = self.refuse(&Refusal::Unauthenticated, Answering::Pub);
+                    self.answer(Line::Err(reason), checksummed);
                     return;
                 };
                 let token = self.token();
@@ -224,14 +281,23 @@ impl Session {
             }
             // Gateway-to-sensor messages are not requests.
             Line::Cmd { .. } | Line::Ok(_) | Line::Err(_) => {
+                self.stats
+                    .refused
+                    .record(codec_kind(Reason::UnknownCommand));
                 self.answer(Line::Err(Reason::UnknownCommand), checksummed);
             }
         }
     }
 
+    /// Counts a refusal (once) and maps it to its word.
+    fn refuse(&mut self, refusal: &Refusal, answering: Answering) -> Reason {
+        self.stats.refused.record(refusal.kind());
+        wire_reason(refusal, answering)
+    }
+
     /// The outcome of an [`Event::Authenticate`]. A failed AUTH leaves the session as it was
     /// before (bound client, or unauthenticated).
-    pub fn handle_auth_result(&mut self, token: Token, result: Result<Client, Reason>) {
+    pub fn handle_auth_result(&mut self, token: Token, result: Result<Client, Refusal>) {
         if self.auth_pending != Some(token) {
             return;
         }
@@ -242,9 +308,9 @@ impl Session {
                 self.events.push_back(Event::Authenticated { client });
                 Line::Ok(None)
             }
-            Err(reason) => {
+            Err(refusal) => {
                 self.client = self.bound.clone();
-                Line::Err(reason)
+                Line::Err(self.refuse(&refusal, Answering::Auth))
             }
         };
         self.resolve(token, line);
@@ -252,10 +318,13 @@ impl Session {
     }
 
     /// The outcome of an [`Event::Publish`]: the outbox sequence number once durable.
-    pub fn handle_publish_result(&mut self, token: Token, result: Result<u64, Reason>) {
+    pub fn handle_publish_result(&mut self, token: Token, result: Result<u64, Refusal>) {
         let line = match result {
-            Ok(seq) => Line::Ok(Some(seq)),
-            Err(reason) => Line::Err(reason),
+            Ok(seq) => {
+                self.stats.accepted += 1;
+                Line::Ok(Some(seq))
+            }
+            Err(refusal) => Line::Err(self.refuse(&refusal, Answering::Pub)),
         };
         self.resolve(token, line);
         self.process_buffer();
@@ -291,6 +360,7 @@ impl Session {
     /// A downlink command for this session's client.
     pub fn handle_command(&mut self, target: Target, payload: Vec<u8>) {
         let line = Line::Cmd { target, payload };
+        self.stats.commands += 1;
         self.transmit
             .push_back(codec::encode(&line, self.peer_checksums));
     }
@@ -344,7 +414,7 @@ mod tests {
                         let result = if secret == b"right" {
                             Ok(client())
                         } else {
-                            Err(Reason::Auth)
+                            Err(Refusal::Unauthenticated)
                         };
                         s.handle_auth_result(token, result);
                     }
@@ -414,7 +484,12 @@ mod tests {
         // The error for BOGUS and the second ack wait for the first PUB.
         s.handle_publish_result(tokens[1], Ok(2));
         assert!(sent(&mut s).is_empty());
-        s.handle_publish_result(tokens[0], Err(Reason::Busy));
+        s.handle_publish_result(
+            tokens[0],
+            Err(Refusal::Busy {
+                retry_after: std::time::Duration::from_secs(1),
+            }),
+        );
         assert_eq!(
             sent(&mut s),
             ["ERR busy\n", "OK 2\n", "ERR unknown-command\n"]

@@ -17,38 +17,52 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::codec::{Reason, Target};
-use super::proto::{Client, Event, Session, SessionConfig, Token};
+use super::codec::Target;
+use super::proto::{Client, Event, Refusal, Session, SessionConfig, SessionStats, Token};
 use super::status::PortHandle;
+use crate::downlink::{Command, Subscription};
+use crate::metrics::Adapter;
 
 /// The durable-acknowledgement future of one accepted message: its outbox sequence number.
-pub type Durable = Pin<Box<dyn Future<Output = Result<u64, Reason>> + Send>>;
+pub type Durable = Pin<Box<dyn Future<Output = Result<u64, Refusal>> + Send>>;
 
-/// A downlink command for a session's client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Downlink {
-    pub target: Target,
-    pub payload: Vec<u8>,
+/// One channel's downlink commands for a session's client, polled by the port task itself.
+#[derive(Debug)]
+pub struct DownlinkStream {
+    /// The channel as the sensor knows it (its name, else its id): `CMD <shown>[/…]`.
+    pub shown: String,
+    pub commands: Subscription,
+    /// What it was admitted for: re-checked on every store change.
+    pub admitted: crate::intake::Admitted,
 }
 
-/// What the adapter needs from the rest of the gateway (the auth store, the outbox, the
-/// downlink hub). Every method is quick and non-blocking: decisions come from caches, and
-/// durability is awaited through the returned future.
+/// What the adapter needs from the rest of the gateway: [`crate::intake`] (in
+/// `serial::backend`), fakes in tests. Every method is quick and non-blocking: decisions come
+/// from caches, and durability is awaited through the returned future.
 pub trait Backend: Send + Sync + 'static {
     /// AUTH: throttling, then identity + secret. Wrong secret and unknown identity are the
-    /// same [`Reason::Auth`].
-    fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<Client, Reason>;
+    /// same [`Refusal::Unauthenticated`].
+    fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<Client, Refusal>;
     /// The client a port is bound to by configuration (must exist and be enabled).
-    fn bound_client(&self, identity: &str) -> Result<Client, Reason>;
+    fn bound_client(&self, identity: &str) -> Result<Client, Refusal>;
     /// PUB: authorize `client` on the channel, then hand the message to the outbox.
     fn publish(
         &self,
         client: &Client,
         target: &Target,
         payload: Vec<u8>,
-    ) -> Result<Durable, Reason>;
-    /// Downlink commands for `client` (on every channel it may subscribe to), if any.
-    fn downlink(&self, client: &Client) -> Option<mpsc::Receiver<Downlink>>;
+    ) -> Result<Durable, Refusal>;
+    /// Downlink commands for `client`, one stream per channel it may subscribe to.
+    fn downlink(&self, client: &Client) -> Vec<DownlinkStream>;
+    /// Fires on every auth store change (streams are then re-checked).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        None
+    }
+    /// Whether a stream's client may still receive its channel's commands.
+    fn still_subscribed(&self, stream: &DownlinkStream) -> bool {
+        let _ = stream;
+        true
+    }
 }
 
 /// One port's configuration, already validated.
@@ -252,11 +266,14 @@ async fn port_task(
     cancel: CancellationToken,
 ) {
     let name = spec.path.display().to_string();
+    let changes = backend.changes();
     let mut shell = Shell {
         session: None,
         generation: 0,
         pending: JoinSet::new(),
-        downlink: None,
+        downlink: Vec::new(),
+        changes,
+        reported: SessionStats::default(),
         backend,
         writer,
         name: name.clone(),
@@ -305,9 +322,33 @@ async fn port_task(
                 }
                 shell.feed(&mut backlog).await;
             }
-            Some(cmd) = recv_downlink(&mut shell.downlink), if shell.downlink.is_some() => {
-                if let Some(session) = shell.session.as_mut() {
-                    session.handle_command(cmd.target, cmd.payload);
+            Some(()) = changed(&mut shell.changes) => {
+                // A client that lost a subscribe grant (disabled, removed, disconnected) stops
+                // receiving that channel's commands at once.
+                let backend = Arc::clone(&shell.backend);
+                shell.downlink.retain(|s| {
+                    let keep = backend.still_subscribed(s);
+                    if !keep {
+                        info!(port = %name, client_id = %s.admitted.client.id, channel = %s.shown, "serial downlink ended: the client lost its subscribe grant");
+                    }
+                    keep
+                });
+            }
+            (i, cmd) = next_command(&mut shell.downlink), if !shell.downlink.is_empty() => {
+                match cmd {
+                    Some(cmd) => {
+                        if let Some(session) = shell.session.as_mut() {
+                            let target = Target {
+                                channel: shell.downlink[i].shown.clone(),
+                                subtopic: cmd.subtopic,
+                            };
+                            session.handle_command(target, cmd.payload.to_vec());
+                        }
+                    }
+                    // The hub dropped this stream: stop polling it.
+                    None => {
+                        shell.downlink.swap_remove(i);
+                    }
                 }
                 shell.drain().await;
             }
@@ -330,25 +371,43 @@ async fn port_task(
     debug!(port = %name, "serial adapter stopped");
 }
 
-async fn recv_downlink(rx: &mut Option<mpsc::Receiver<Downlink>>) -> Option<Downlink> {
+/// The next auth store change (`None` once the source is gone: not polled again).
+async fn changed(rx: &mut Option<tokio::sync::watch::Receiver<i64>>) -> Option<()> {
     match rx {
         Some(inner) => {
-            let cmd = inner.recv().await;
-            if cmd.is_none() {
-                // The hub dropped this subscription: stop polling it.
+            if inner.changed().await.is_ok() {
+                Some(())
+            } else {
                 *rx = None;
+                None
             }
-            cmd
         }
         None => std::future::pending().await,
     }
 }
 
+/// The next command of any of the session's downlink streams (`None`: that stream ended).
+/// Commands go straight from the hub into the session, no forwarder tasks.
+async fn next_command(streams: &mut [DownlinkStream]) -> (usize, Option<Command>) {
+    std::future::poll_fn(|cx| {
+        for (i, s) in streams.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(cmd) = s.commands.poll_recv(cx) {
+                return std::task::Poll::Ready((i, cmd));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 struct Shell {
     session: Option<Session>,
     generation: u64,
-    pending: JoinSet<(u64, Token, Result<u64, Reason>)>,
-    downlink: Option<mpsc::Receiver<Downlink>>,
+    pending: JoinSet<(u64, Token, Result<u64, Refusal>)>,
+    downlink: Vec<DownlinkStream>,
+    changes: Option<tokio::sync::watch::Receiver<i64>>,
+    /// The session's stats when last added to the metrics and the port status.
+    reported: SessionStats,
     backend: Arc<dyn Backend>,
     writer: mpsc::Sender<WriterMsg>,
     name: String,
@@ -362,7 +421,7 @@ impl Shell {
             match self.backend.bound_client(identity) {
                 Ok(client) => Some(client),
                 Err(reason) => {
-                    warn!(port = %self.name, client = identity, "port is bound to a client that cannot publish ({reason}); sensors on it must AUTH");
+                    warn!(port = %self.name, client = identity, "port is bound to a client that cannot publish ({reason:?}); sensors on it must AUTH");
                     None
                 }
             }
@@ -373,18 +432,19 @@ impl Shell {
         let identity = bound.as_ref().map(|c| c.identity.clone());
         self.status.update(|p| p.client = identity);
         self.session = Some(Session::new(config, bound));
+        self.reported = SessionStats::default();
     }
 
     fn end_session(&mut self) {
         self.session = None;
-        self.downlink = None;
+        self.downlink = Vec::new();
         self.generation += 1;
         // Receipts still in flight belong to the old connection; their messages are durable
         // (or not) regardless, and nobody is left to tell.
         self.pending.detach_all();
     }
 
-    fn publish_result(&mut self, generation: u64, token: Token, result: Result<u64, Reason>) {
+    fn publish_result(&mut self, generation: u64, token: Token, result: Result<u64, Refusal>) {
         if generation != self.generation {
             return;
         }
@@ -439,7 +499,7 @@ impl Shell {
                                 info!(port = %self.name, client = %identity, "serial sensor authenticated")
                             }
                             Err(reason) => {
-                                debug!(port = %self.name, client = %identity, "serial AUTH refused: {reason}")
+                                debug!(port = %self.name, client = %identity, "serial AUTH refused: {reason:?}")
                             }
                         }
                         session.handle_auth_result(token, result);
@@ -466,19 +526,46 @@ impl Shell {
                 continue;
             }
             if let Some(bytes) = session.poll_transmit() {
-                crate::metrics::record_serial_line(self.status.metrics(), &bytes);
-                if bytes.starts_with(b"OK ") {
-                    self.status.update(|p| p.published += 1);
-                } else if bytes.starts_with(b"ERR ") {
-                    self.status.update(|p| p.errors += 1);
-                }
                 if self.writer.send(WriterMsg::Bytes(bytes)).await.is_err() {
+                    self.report();
                     return;
                 }
                 continue;
             }
+            self.report();
             return;
         }
+    }
+
+    /// Adds what the session answered since the last report to the metrics (adapter
+    /// `serial`) and the port status: each answer counted once, by what the session decided.
+    fn report(&mut self) {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        let now = session.stats();
+        let metrics = self.status.metrics();
+        let accepted = now.accepted.saturating_sub(self.reported.accepted);
+        let commands = now.commands.saturating_sub(self.reported.commands);
+        let refused = now
+            .refused
+            .total()
+            .saturating_sub(self.reported.refused.total());
+        for _ in 0..accepted {
+            metrics.message_in(Adapter::Serial);
+        }
+        for _ in 0..commands {
+            metrics.downlink_delivered(Adapter::Serial);
+        }
+        let mut reported_refused = self.reported.refused;
+        metrics.sync_refusals(Adapter::Serial, &now.refused, &mut reported_refused);
+        if accepted > 0 || refused > 0 {
+            self.status.update(|p| {
+                p.published += accepted;
+                p.errors += refused;
+            });
+        }
+        self.reported = now;
     }
 }
 
@@ -496,15 +583,15 @@ mod tests {
     }
 
     impl Backend for FakeBackend {
-        fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<Client, Reason> {
+        fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<Client, Refusal> {
             (identity == "sensor-1" && secret == b"right-secret")
                 .then(|| Client {
                     id: "id-1".into(),
                     identity: identity.into(),
                 })
-                .ok_or(Reason::Auth)
+                .ok_or(Refusal::Unauthenticated)
         }
-        fn bound_client(&self, identity: &str) -> Result<Client, Reason> {
+        fn bound_client(&self, identity: &str) -> Result<Client, Refusal> {
             Ok(Client {
                 id: format!("id-{identity}"),
                 identity: identity.into(),
@@ -515,20 +602,22 @@ mod tests {
             client: &Client,
             target: &Target,
             payload: Vec<u8>,
-        ) -> Result<Durable, Reason> {
+        ) -> Result<Durable, Refusal> {
             if target.channel != "temp" {
-                return Err(Reason::NotConnected);
+                return Err(Refusal::Forbidden);
             }
             if self.busy.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(Reason::Busy);
+                return Err(Refusal::Busy {
+                    retry_after: Duration::from_secs(1),
+                });
             }
             let mut list = self.published.lock().unwrap();
             list.push((client.identity.clone(), target.clone(), payload));
             let seq = list.len() as u64;
             Ok(Box::pin(async move { Ok(seq) }))
         }
-        fn downlink(&self, _client: &Client) -> Option<mpsc::Receiver<Downlink>> {
-            None
+        fn downlink(&self, _client: &Client) -> Vec<DownlinkStream> {
+            Vec::new()
         }
     }
 
@@ -636,25 +725,27 @@ mod tests {
     }
 
     impl Backend for GatedBackend {
-        fn authenticate(&self, _: &str, _: &[u8]) -> Result<Client, Reason> {
-            Err(Reason::Auth)
+        fn authenticate(&self, _: &str, _: &[u8]) -> Result<Client, Refusal> {
+            Err(Refusal::Unauthenticated)
         }
-        fn bound_client(&self, identity: &str) -> Result<Client, Reason> {
+        fn bound_client(&self, identity: &str) -> Result<Client, Refusal> {
             Ok(Client {
                 id: identity.into(),
                 identity: identity.into(),
             })
         }
-        fn publish(&self, _: &Client, _: &Target, _: Vec<u8>) -> Result<Durable, Reason> {
+        fn publish(&self, _: &Client, _: &Target, _: Vec<u8>) -> Result<Durable, Refusal> {
             self.published.notify_one();
             let release = Arc::clone(&self.release);
             Ok(Box::pin(async move {
-                let _permit = release.acquire().await.map_err(|_| Reason::Unavailable)?;
+                let _permit = release.acquire().await.map_err(|_| Refusal::Unavailable {
+                    retry_after: Duration::from_secs(1),
+                })?;
                 Ok(7)
             }))
         }
-        fn downlink(&self, _: &Client) -> Option<mpsc::Receiver<Downlink>> {
-            None
+        fn downlink(&self, _: &Client) -> Vec<DownlinkStream> {
+            Vec::new()
         }
     }
 

@@ -38,7 +38,8 @@ fn main() -> std::process::ExitCode {
         .expect("runtime");
     runtime.block_on(async move {
         let supervisor = Supervisor::new();
-        let pipeline = gateway::pipeline::start(&config, &supervisor).expect("pipeline starts");
+        let pipeline =
+            gateway::pipeline::start(&config, &supervisor, None).expect("pipeline starts");
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(forward_signals(tx));
         let outbox = pipeline.outbox.clone();

@@ -7,11 +7,8 @@ use std::time::{Duration, Instant};
 
 use dimpl::{Config as DimplConfig, Dtls, DtlsCertificate, Output, PskResolver};
 use proptest::prelude::*;
-use tokio::sync::mpsc;
 
 use super::*;
-use crate::coap::proto::{Failure, Target};
-use crate::coap::task::{Backend, Downlink, PublishFuture, Who};
 
 const KEY: &[u8] = b"sensor-a-secret-0123456789";
 const KEY_B: &[u8] = b"sensor-b-secret-9876543210";
@@ -23,25 +20,7 @@ struct Fake {
     rotated: AtomicBool,
 }
 
-impl Backend for Fake {
-    fn publish(
-        &self,
-        _: SocketAddr,
-        _: Who<'_>,
-        _: &Target,
-        _: Option<u16>,
-        _: Vec<u8>,
-    ) -> PublishFuture {
-        Box::pin(async { Ok(()) })
-    }
-    fn subscribe(
-        &self,
-        _: SocketAddr,
-        _: Who<'_>,
-        _: &Target,
-    ) -> Result<mpsc::Receiver<Downlink>, Failure> {
-        Err(Failure::NotFound)
-    }
+impl DtlsCredentials for Fake {
     fn psk(&self, identity: &[u8]) -> Option<Vec<u8>> {
         assert!(
             !self.panic_in_psk,
@@ -70,8 +49,8 @@ impl Backend for Fake {
             serial: None,
         })
     }
-    fn certificate_principal(&self, _: &str, _: &str, _: &str) -> Result<Principal, Failure> {
-        Err(Failure::Unauthenticated)
+    fn principal_for_certificate(&self, _: &str, _: &str, _: &str) -> Option<Principal> {
+        None
     }
     fn still_valid(&self, _: &Principal) -> bool {
         self.valid.load(Ordering::SeqCst)
@@ -329,6 +308,7 @@ fn half_open_handshakes_are_capped_and_time_out() {
     assert_eq!((hs.completed, hs.failed, hs.auth_failed), (0, 2, 0));
 }
 
+#[test]
 fn idle_sessions_are_evicted_and_invalid_principals_ended() {
     let now = Instant::now();
     let (mut s, backend) = table(Fake::default());

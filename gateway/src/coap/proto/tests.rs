@@ -170,19 +170,28 @@ fn unknown_paths_are_4_04_and_wildcards_4_00() {
 #[test]
 fn refusals_map_to_codes_with_max_age() {
     let cases = [
-        (Failure::BadRequest, "4.00", None),
-        (Failure::Unauthenticated, "4.01", None),
-        (Failure::NotConnected, "4.03", None),
-        (Failure::TooLarge, "4.13", None),
+        (Refusal::BadRequest, "4.00", None),
+        (Refusal::Unauthenticated, "4.01", None),
+        (Refusal::Forbidden, "4.03", None),
+        (Refusal::NotFound, "4.04", None),
+        (Refusal::TooLarge { max: 100 }, "4.13", None),
+        // Storage failure and shutdown: the same 5.03 + Max-Age as a full outbox.
         (
-            Failure::Busy {
+            Refusal::Unavailable {
+                retry_after: Duration::from_secs(30),
+            },
+            "5.03",
+            Some(30),
+        ),
+        (
+            Refusal::Busy {
                 retry_after: Duration::from_millis(2500),
             },
             "5.03",
             Some(3),
         ),
         (
-            Failure::Throttled {
+            Refusal::Throttled {
                 retry_after: Duration::from_secs(7),
             },
             "4.29",
@@ -201,6 +210,17 @@ fn refusals_map_to_codes_with_max_age() {
             .get_first_option(CoapOption::MaxAge)
             .map(|v| decode_uint(v).unwrap());
         assert_eq!(age, max_age, "{failure:?}");
+        let size1 = resp
+            .get_first_option(CoapOption::Size1)
+            .map(|v| decode_uint(v).unwrap());
+        let expected_size1 = matches!(failure, Refusal::TooLarge { .. }).then_some(100);
+        assert_eq!(size1, expected_size1, "{failure:?}");
+        assert_eq!(
+            s.stats().refused.get(failure.kind()),
+            1,
+            "{failure:?} counted once"
+        );
+        assert_eq!(s.stats().refused.total(), 1);
     }
 }
 
@@ -577,7 +597,6 @@ proptest! {
 
 #[test]
 fn refusals_are_counted_by_class_once_even_when_a_duplicate_repeats_them() {
-    use crate::metrics::Refusal;
     let config = ServerConfig {
         max_payload: 8,
         ..ServerConfig::default()
@@ -599,14 +618,14 @@ fn refusals_are_counted_by_class_once_even_when_a_duplicate_repeats_them() {
     // Refused by the shell's decision; a stored message is no refusal.
     s.handle_datagram(peer(1), &post(3, "m/d/c/ch", &["auth=x"], b"p"), now);
     let (ex, ..) = publish_event(&mut s);
-    s.complete(ex, Outcome::Refused(Failure::Unauthenticated), now);
+    s.complete(ex, Outcome::Refused(Refusal::Unauthenticated), now);
     s.handle_datagram(peer(1), &post(4, "m/d/c/ch", &["auth=x"], b"p"), now);
     let (ex, ..) = publish_event(&mut s);
     s.complete(ex, Outcome::Stored, now);
     let refused = s.stats().refused;
-    assert_eq!(refused.get(Refusal::TooLarge), 1);
-    assert_eq!(refused.get(Refusal::BadRequest), 1);
-    assert_eq!(refused.get(Refusal::Auth), 1);
+    assert_eq!(refused.get(RefusalKind::TooLarge), 1);
+    assert_eq!(refused.get(RefusalKind::BadRequest), 1);
+    assert_eq!(refused.get(RefusalKind::Unauthenticated), 1);
     assert_eq!(refused.total(), 3);
 }
 

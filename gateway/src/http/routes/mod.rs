@@ -1,4 +1,4 @@
-//! Routes of the management API and the HTTP adapter: the router and the route table here,
+//! Routes of the management API (the HTTP adapter's handler is `http::adapter`): the router and the route table here,
 //! the handlers per entity family beside it (`clients`, `channels` with connections, `certs`
 //! with audit, `pats`, `users` for tokens, `health` with metrics), who calls (`caller`) and the
 //! error answer (`error`). Store access goes through `auth::store::Db` (the same functions as
@@ -14,20 +14,16 @@ mod health;
 mod pats;
 mod users;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 
-use super::{AppState, HttpMetrics};
+use super::AppState;
+use crate::auth::AuthError;
 use crate::auth::store::Db;
-use crate::auth::{AuthError, Op};
-use crate::outbox::{IngestError, Message};
 
 pub(super) use caller::actor;
 use certs::*;
@@ -93,145 +89,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/pats/{id}/secret/reset", patch(reset_pat))
         .route("/pats/{id}/scope/add", patch(add_scope))
         .route("/pats/{id}/scope/remove", patch(remove_scope))
-        .route("/m/{domain}/c/{channel}", post(publish))
+        .route("/m/{domain}/c/{channel}", post(super::adapter::publish))
         .route(
             "/m/{domain}/c/{channel}/{*subtopic}",
-            post(publish_subtopic),
+            post(super::adapter::publish_subtopic),
         )
-        .layer(axum::middleware::from_fn_with_state(
-            state.adapters.clone(),
-            crate::metrics::http_adapter,
-        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             super::audit::layer,
         ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP adapter
-
-async fn publish(
-    State(state): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path((domain, channel)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<StatusCode, ApiError> {
-    accept_message(&state, peer, &domain, &channel, "", &headers, body).await
-}
-
-async fn publish_subtopic(
-    State(state): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path((domain, channel, subtopic)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<StatusCode, ApiError> {
-    accept_message(&state, peer, &domain, &channel, &subtopic, &headers, body).await
-}
-
-/// `Authorization: Client <secret>` (SuperMQ); `Basic`-less on purpose.
-fn client_secret(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, secret) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("client").then(|| secret.trim())
-}
-
-fn ingest_error(e: &IngestError) -> ApiError {
-    match e {
-        IngestError::Busy { retry_after } => ApiError {
-            retry_after: Some(retry_after.as_secs().max(1)),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "outbox full, retry later")
-        },
-        IngestError::TooLarge { max } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("payload larger than {max} bytes"),
-        ),
-        IngestError::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-        IngestError::Storage(_) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "outbox storage failed")
-        }
-    }
-}
-
-async fn accept_message(
-    state: &AppState,
-    peer: SocketAddr,
-    domain: &str,
-    channel: &str,
-    subtopic: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<StatusCode, ApiError> {
-    let ip = Some(peer.ip());
-    state.auth.throttle_check(ip, None).map_err(|t| ApiError {
-        retry_after: Some(t.retry_after.as_secs().max(1)),
-        ..ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many failed authentications",
-        )
-    })?;
-    let secret = client_secret(headers).ok_or_else(|| {
-        HttpMetrics::inc(&state.metrics.auth_failures);
-        ApiError::unauthorized()
-    })?;
-    let client = state
-        .auth
-        .authenticate_secret_from(ip, secret.as_bytes())
-        .map_err(|e| {
-            HttpMetrics::inc(&state.metrics.auth_failures);
-            if e.is_unauthenticated() {
-                ApiError::unauthorized()
-            } else {
-                ApiError::from(e)
-            }
-        })?;
-    let ch = state
-        .auth
-        .authorize(&client, channel, Op::Publish)
-        .map_err(|e| {
-            if e.is_forbidden() {
-                ApiError::forbidden()
-            } else {
-                ApiError::from(e)
-            }
-        })?;
-    if !ch.domain_id.is_empty() && ch.domain_id != domain {
-        return Err(ApiError::forbidden());
-    }
-    let subtopic = crate::topic::validate_subtopic(subtopic)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let content_format = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(128).collect::<String>());
-    let Some(content_format) = content_format else {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type is required",
-        ));
-    };
-    let domain_id = if ch.domain_id.is_empty() {
-        domain.to_owned()
-    } else {
-        ch.domain_id
-    };
-    let msg = Message {
-        client_id: client.id,
-        channel_id: ch.id,
-        domain_id,
-        subtopic,
-        content_format: Some(content_format),
-        payload: body,
-        received_at: SystemTime::now(),
-    };
-    let receipt = state.outbox.accept(msg).map_err(|e| ingest_error(&e))?;
-    receipt.await.map_err(|e| ingest_error(&e))?;
-    // Counted as accepted by crate::metrics::http_adapter (the 202).
-    Ok(StatusCode::ACCEPTED)
 }
 
 /// Every (method, path) the router serves, as `docs/openapi.yaml` spells them. The tests below
@@ -276,8 +144,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::net::SocketAddr;
 
     use axum::body::Body;
+    use axum::extract::ConnectInfo;
     use tower::ServiceExt as _;
 
     use super::*;

@@ -1,0 +1,310 @@
+//! Intake: the one place every sensor request goes through, whichever adapter it came on
+//! (CoAP, CoAPS, serial, the HTTP adapter). Adapters translate wire ↔ domain and nothing else.
+//!
+//! - [`Intake::admit`]: throttle → authenticate (query secret `auth=`, `username=&password=`,
+//!   HTTP `Client`/Basic, an already authenticated session: DTLS principal or serial `AUTH`,
+//!   a serial port bound to a client) → authorize → domain and subtopic checks.
+//! - [`Intake::publish`]: builds the [`Message`], hands it to the outbox and returns a
+//!   [`Durable`] future that resolves once the message is durable.
+//! - [`Intake::subscribe`] / [`Intake::take`]: the downlink hub's commands, handed straight
+//!   to the adapter (its task polls the [`Subscription`]s itself; no forwarder tasks).
+//!
+//! Every refusal is one [`Refusal`]. Each adapter maps it to its wire answer in one
+//! function and counts it there, once, by [`RefusalKind`] (`crate::metrics`):
+//!
+//! | refusal | CoAP / CoAPS | serial | HTTP adapter |
+//! |---|---|---|---|
+//! | `BadRequest` | 4.00 | `ERR bad-request` | 400 |
+//! | `Unauthenticated` | 4.01 | `ERR auth` (AUTH), `ERR not-authenticated` (PUB) | 401 |
+//! | `Forbidden` | 4.03 | `ERR not-connected` | 403 |
+//! | `NotFound` | 4.04 | `ERR bad-request` | 404 |
+//! | `TooLarge{max}` | 4.13 + Size1 = max | `ERR too-large` | 413 |
+//! | `Throttled{retry_after}` | 4.29 + Max-Age | `ERR throttled` | 429 + Retry-After |
+//! | `Busy{retry_after}` (outbox full, state disk full) | 5.03 + Max-Age | `ERR busy` | 503 + Retry-After |
+//! | `Unavailable{retry_after}` (storage failure, shutting down) | 5.03 + Max-Age | `ERR unavailable` | 503 + Retry-After |
+//!
+//! Storage failure and shutdown are the same answer everywhere: the gateway cannot take the
+//! message now, retry after `retry_after` (30 s after a storage failure, 5 s while shutting
+//! down). Nothing of it is stored; a sensor that retries is not a duplicate.
+
+pub mod refusal;
+pub mod request;
+#[cfg(test)]
+pub(crate) mod testkit;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+pub use refusal::{Refusal, RefusalCounts, RefusalKind, SHUTDOWN_RETRY_AFTER, STORAGE_RETRY_AFTER};
+pub use request::Target;
+
+use crate::auth::{AuthError, AuthStore, ChannelRef, ClientRef, Op};
+use crate::downlink::{Command, DownlinkHub, Subscription};
+use crate::outbox::{IngestError, Message, Outbox, Receipt};
+
+/// What a request authenticates with.
+#[derive(Clone, Copy)]
+pub enum Credentials<'a> {
+    /// Nothing given.
+    None,
+    /// A client secret alone (CoAP `auth=`, HTTP `Client <secret>` or a bare secret).
+    Secret(&'a [u8]),
+    /// A client (by identity, or by id) and its secret (CoAP `username=&password=`, HTTP
+    /// Basic, serial `AUTH`).
+    IdentitySecret { identity: &'a str, secret: &'a [u8] },
+    /// Authenticated by the transport or earlier on this session (DTLS principal, serial
+    /// `AUTH`): not throttled, but still re-checked (present, enabled) by authorization.
+    Session(&'a ClientRef),
+    /// A serial port bound to this client identity by configuration.
+    Bound(&'a str),
+}
+
+impl std::fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Secret(_) => f.write_str("Secret(<redacted>)"),
+            Self::IdentitySecret { identity, .. } => f
+                .debug_struct("IdentitySecret")
+                .field("identity", identity)
+                .finish_non_exhaustive(),
+            Self::Session(c) => f.debug_tuple("Session").field(&c.identity).finish(),
+            Self::Bound(identity) => f.debug_tuple("Bound").field(identity).finish(),
+        }
+    }
+}
+
+/// A request that passed every check: who, on which channel, and where it goes upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub client: ClientRef,
+    pub channel: ChannelRef,
+    /// The upstream domain: the channel's, else the one in the request's path.
+    pub domain_id: String,
+    /// Validated and normalised (`room.1` → `room/1`).
+    pub subtopic: String,
+}
+
+/// Resolves once the accepted message is durable: its outbox sequence number.
+#[derive(Debug)]
+pub struct Durable(Receipt);
+
+impl Future for Durable {
+    type Output = Result<u64, Refusal>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(|e| ingest_refusal(&e)))
+    }
+}
+
+/// The intake service over the auth store, the outbox and the downlink hub. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    auth: AuthStore,
+    outbox: Outbox,
+    downlink: DownlinkHub,
+}
+
+impl Intake {
+    pub fn new(auth: AuthStore, outbox: Outbox, downlink: DownlinkHub) -> Self {
+        Self {
+            auth,
+            outbox,
+            downlink,
+        }
+    }
+
+    pub fn auth(&self) -> &AuthStore {
+        &self.auth
+    }
+
+    /// Throttle, then authenticate. Unknown identity, wrong secret and disabled client are
+    /// the same [`Refusal::Unauthenticated`].
+    pub fn authenticate(
+        &self,
+        peer: Option<IpAddr>,
+        credentials: Credentials<'_>,
+    ) -> Result<ClientRef, Refusal> {
+        match credentials {
+            Credentials::None => Err(Refusal::Unauthenticated),
+            Credentials::Session(client) => Ok(client.clone()),
+            Credentials::Bound(identity) => {
+                // A bound port trusts the line itself: look the client up (enabled, present)
+                // without charging the throttle or the audit log for a secret nobody sent.
+                let secret = self
+                    .auth
+                    .psk_for_identity(identity)
+                    .ok_or(Refusal::Unauthenticated)?;
+                self.auth
+                    .snapshot()
+                    .authenticate(identity, &secret)
+                    .map_err(|_| Refusal::Unauthenticated)
+            }
+            Credentials::Secret(secret) => {
+                self.throttle(peer, None)?;
+                self.auth
+                    .authenticate_secret_from(peer, secret)
+                    .map_err(|e| auth_refusal(&e))
+            }
+            Credentials::IdentitySecret { identity, secret } => {
+                // `username=` and Basic may name the client by id or by identity (issue 16):
+                // both reach the same throttle bucket and audit identity.
+                let snapshot = self.auth.snapshot();
+                let identity = snapshot.resolve_identity(identity).unwrap_or(identity);
+                self.throttle(peer, Some(identity))?;
+                self.auth
+                    .authenticate_from(peer, identity, secret)
+                    .map_err(|e| auth_refusal(&e))
+            }
+        }
+    }
+
+    fn throttle(&self, peer: Option<IpAddr>, identity: Option<&str>) -> Result<(), Refusal> {
+        self.auth
+            .throttle_check(peer, identity)
+            .map_err(|t| Refusal::Throttled {
+                retry_after: t.retry_after,
+            })
+    }
+
+    /// Throttle → authenticate → authorize `op` on the target's channel → domain and
+    /// subtopic checks.
+    pub fn admit(
+        &self,
+        peer: Option<IpAddr>,
+        credentials: Credentials<'_>,
+        target: &Target,
+        op: Op,
+    ) -> Result<Admitted, Refusal> {
+        let client = self.authenticate(peer, credentials)?;
+        let channel = self
+            .auth
+            .authorize(&client, &target.channel, op)
+            .map_err(|e| auth_refusal(&e))?;
+        if let Some(domain) = &target.domain
+            && !channel.domain_id.is_empty()
+            && *domain != channel.domain_id
+        {
+            return Err(Refusal::Forbidden);
+        }
+        let subtopic =
+            crate::topic::validate_subtopic(&target.subtopic).map_err(|_| Refusal::BadRequest)?;
+        let domain_id = if channel.domain_id.is_empty() {
+            target.domain.clone().unwrap_or_default()
+        } else {
+            channel.domain_id.clone()
+        };
+        Ok(Admitted {
+            client,
+            channel,
+            domain_id,
+            subtopic,
+        })
+    }
+
+    /// Hands an admitted message to the outbox; the returned future resolves once durable.
+    pub fn publish(
+        &self,
+        admitted: &Admitted,
+        payload: Bytes,
+        content_format: Option<String>,
+    ) -> Result<Durable, Refusal> {
+        let msg = Message {
+            client_id: admitted.client.id.clone(),
+            channel_id: admitted.channel.id.clone(),
+            domain_id: admitted.domain_id.clone(),
+            subtopic: admitted.subtopic.clone(),
+            content_format,
+            payload,
+            received_at: SystemTime::now(),
+        };
+        self.outbox
+            .accept(msg)
+            .map(Durable)
+            .map_err(|e| ingest_refusal(&e))
+    }
+
+    /// The admitted client's commands on the admitted channel (kept ones first). The adapter
+    /// polls it itself; dropping it marks the client offline (later commands are kept).
+    pub fn subscribe(&self, admitted: &Admitted) -> Subscription {
+        self.downlink
+            .subscribe(&admitted.client.id, &admitted.channel.id)
+    }
+
+    /// A poll: the oldest kept command of (client, channel), handed out once.
+    pub fn take(&self, admitted: &Admitted) -> Option<Command> {
+        self.downlink
+            .take(&admitted.client.id, &admitted.channel.id)
+    }
+
+    /// Every channel `client` may subscribe to, admitted (serial sessions subscribe to all).
+    pub fn subscribable(&self, client: &ClientRef) -> Vec<Admitted> {
+        self.auth
+            .subscribed_channels()
+            .borrow()
+            .iter()
+            .filter_map(|ch| {
+                let channel = self.auth.authorize(client, &ch.id, Op::Subscribe).ok()?;
+                Some(Admitted {
+                    client: client.clone(),
+                    domain_id: channel.domain_id.clone(),
+                    channel,
+                    subtopic: String::new(),
+                })
+            })
+            .collect()
+    }
+
+    /// Fires on every change of the auth store: re-check live subscriptions then.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.auth.changes()
+    }
+
+    /// Whether an admitted subscription is still allowed (client present and enabled, still
+    /// subscribe-connected): checked on every store change, so a revoked client stops
+    /// receiving commands.
+    pub fn still_subscribed(&self, admitted: &Admitted) -> bool {
+        self.auth
+            .authorize(&admitted.client, &admitted.channel.id, Op::Subscribe)
+            .is_ok()
+    }
+}
+
+/// An auth store decision as a refusal.
+pub fn auth_refusal(e: &AuthError) -> Refusal {
+    if e.is_forbidden() {
+        Refusal::Forbidden
+    } else if e.is_unauthenticated() {
+        Refusal::Unauthenticated
+    } else {
+        tracing::warn!("auth store failed during intake: {e}");
+        Refusal::Unavailable {
+            retry_after: STORAGE_RETRY_AFTER,
+        }
+    }
+}
+
+/// An outbox refusal as a refusal.
+pub fn ingest_refusal(e: &IngestError) -> Refusal {
+    match e {
+        IngestError::Busy { retry_after } => Refusal::Busy {
+            retry_after: *retry_after,
+        },
+        IngestError::TooLarge { max } => Refusal::TooLarge { max: *max },
+        IngestError::Closed => Refusal::Unavailable {
+            retry_after: SHUTDOWN_RETRY_AFTER,
+        },
+        IngestError::Storage(_) => Refusal::Unavailable {
+            retry_after: STORAGE_RETRY_AFTER,
+        },
+    }
+}
