@@ -187,8 +187,14 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         let recipients = auth_store.clone();
         let recipients: gateway::downlink::Recipients =
             std::sync::Arc::new(move |channel: &str| recipients.snapshot().subscribers(channel));
-        let pipeline =
-            gateway::pipeline::start(config, &supervisor, Some(recipients), control, board_status)?;
+        let pipeline = gateway::pipeline::start(
+            config,
+            &supervisor,
+            Some(recipients),
+            control,
+            board_status,
+            Some(auth_store.channel_directory()),
+        )?;
         pipeline.follow_subscriptions(&supervisor, auth_store.subscribed_channels());
         if let Some(heartbeat) = board.heartbeat(
             config.board.watchdog_interval.get(),

@@ -103,7 +103,18 @@ ALTER TABLE audit_events ADD COLUMN reason TEXT;
 -- end of the interval); failures and management actions are one row each (count 1).
 ALTER TABLE audit_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
 "#,
+    r#"
+-- The channel's identity on the upstream platform (SuperMQ's channel id), used in uplink
+-- topics. Empty: the same as the local id (channels created before this column).
+ALTER TABLE channels ADD COLUMN upstream_id TEXT NOT NULL DEFAULT '';
+"#,
 ];
+
+/// The migrations, for tests that build a store of an older schema.
+#[cfg(test)]
+pub fn migrations_for_tests() -> &'static [&'static str] {
+    MIGRATIONS
+}
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -143,9 +154,24 @@ pub struct Channel {
     pub id: String,
     pub name: String,
     pub domain_id: String,
+    /// The channel's id on the upstream platform (uplink topics use it); the local id unless
+    /// the channel was created with another one.
+    pub upstream_id: String,
     pub metadata: serde_json::Value,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// What [`Db::add_channel_as`] creates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewChannel<'a> {
+    pub name: &'a str,
+    pub domain_id: &'a str,
+    pub metadata: Option<&'a str>,
+    /// Caller-chosen local id (default: a new UUID).
+    pub id: Option<&'a str>,
+    /// The channel's id upstream (default: the local id).
+    pub upstream_id: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -584,18 +610,81 @@ impl Db {
         domain_id: &str,
         metadata: Option<&str>,
     ) -> Result<Channel, AuthError> {
-        validate_channel_name(name)?;
-        validate_domain(domain_id)?;
-        let metadata = parse_metadata(metadata)?;
+        self.add_channel_as(&NewChannel {
+            name,
+            domain_id,
+            metadata,
+            id: None,
+            upstream_id: None,
+        })
+    }
+
+    /// Creates a channel with a caller-chosen id and/or upstream channel id (a mirror of a
+    /// SuperMQ channel); without them the id is a new UUID and the upstream id is the id.
+    pub fn add_channel_as(&mut self, new: &NewChannel<'_>) -> Result<Channel, AuthError> {
+        validate_channel_name(new.name)?;
+        validate_domain(new.domain_id)?;
+        let metadata = parse_metadata(new.metadata)?;
         let now = now_unix();
-        let id = secret::new_uuid()?;
+        let id = match new.id {
+            Some(id) => {
+                validate_channel_id("id", id)?;
+                id.to_owned()
+            }
+            None => secret::new_uuid()?,
+        };
+        let upstream_id = match new.upstream_id {
+            Some(up) => {
+                validate_channel_id("upstream id", up)?;
+                up.to_owned()
+            }
+            None => id.clone(),
+        };
         let result = self.conn.execute(
-            "INSERT INTO channels (id, domain_id, name, metadata, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![id, domain_id, name, metadata.to_string(), now],
+            "INSERT INTO channels (id, domain_id, name, metadata, created_at, updated_at, upstream_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+            params![id, new.domain_id, new.name, metadata.to_string(), now, upstream_id],
         );
         match result {
             Ok(_) => self.channel(&id),
+            Err(e) if is_unique(&e, "channels.name") => Err(AuthError::Duplicate {
+                what: "channel",
+                value: new.name.to_owned(),
+            }),
+            Err(e) if is_unique(&e, "channels.id") => Err(AuthError::Duplicate {
+                what: "channel",
+                value: id,
+            }),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Sets a channel's name, domain and upstream id (bootstrap keeps mirrored channels in
+    /// step with the platform). Unchanged values do not bump the change generation.
+    pub fn update_channel_upstream(
+        &mut self,
+        key: &str,
+        name: &str,
+        domain_id: &str,
+        upstream_id: &str,
+    ) -> Result<Channel, AuthError> {
+        validate_channel_name(name)?;
+        validate_domain(domain_id)?;
+        validate_channel_id("upstream id", upstream_id)?;
+        let channel = self.channel(key)?;
+        if channel.name == name
+            && channel.domain_id == domain_id
+            && channel.upstream_id == upstream_id
+        {
+            return Ok(channel);
+        }
+        let result = self.conn.execute(
+            "UPDATE channels SET name = ?2, domain_id = ?3, upstream_id = ?4, updated_at = ?5
+             WHERE id = ?1",
+            params![channel.id, name, domain_id, upstream_id, now_unix()],
+        );
+        match result {
+            Ok(_) => self.channel(&channel.id),
             Err(e) if is_unique(&e, "channels.name") => Err(AuthError::Duplicate {
                 what: "channel",
                 value: name.to_owned(),
@@ -731,7 +820,7 @@ impl Db {
             .conn
             .prepare(
                 "SELECT ch.id, ch.name, ch.domain_id, ch.metadata, ch.created_at, ch.updated_at,
-                        c.client_id, c.channel_id, c.publish, c.subscribe
+                        ch.upstream_id, c.client_id, c.channel_id, c.publish, c.subscribe
                  FROM connections c JOIN channels ch ON ch.id = c.channel_id
                  WHERE c.client_id = ?1 ORDER BY ch.name",
             )
@@ -740,10 +829,10 @@ impl Db {
             Ok((
                 channel_row(r)?,
                 Grant {
-                    client_id: r.get(6)?,
-                    channel_id: r.get(7)?,
-                    publish: r.get(8)?,
-                    subscribe: r.get(9)?,
+                    client_id: r.get(7)?,
+                    channel_id: r.get(8)?,
+                    publish: r.get(9)?,
+                    subscribe: r.get(10)?,
                 },
             ))
         })
@@ -993,7 +1082,7 @@ fn intern(s: &str) -> &'static str {
 const CLIENT_SELECT: &str =
     "SELECT id, identity, name, secret, enabled, metadata, created_at, updated_at FROM clients";
 const CHANNEL_SELECT: &str =
-    "SELECT id, name, domain_id, metadata, created_at, updated_at FROM channels";
+    "SELECT id, name, domain_id, metadata, created_at, updated_at, upstream_id FROM channels";
 const CERT_SELECT: &str = "SELECT serial_hex, client_id, fingerprint_sha256_hex, not_before, \
                            not_after, revoked_at FROM certificates";
 
@@ -1018,8 +1107,15 @@ fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
 }
 
 fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Channel> {
+    let id: String = r.get(0)?;
+    let upstream_id: String = r.get(6)?;
     Ok(Channel {
-        id: r.get(0)?,
+        upstream_id: if upstream_id.is_empty() {
+            id.clone()
+        } else {
+            upstream_id
+        },
+        id,
         name: r.get(1)?,
         domain_id: r.get(2)?,
         metadata: json_column(r, 3)?,
@@ -1225,6 +1321,23 @@ pub fn validate_channel_name(name: &str) -> Result<(), AuthError> {
         return Err(AuthError::Invalid(format!(
             "the channel name `{}` must not contain spaces, '/', '+', '#' or '?'",
             name.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+/// A channel id chosen by the caller (or an upstream channel id): it becomes an MQTT topic
+/// level, so 1 to 64 bytes of letters, digits, `-` and `_` (a UUID fits).
+pub fn validate_channel_id(what: &str, id: &str) -> Result<(), AuthError> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(AuthError::Invalid(format!(
+            "the channel {what} `{}` must be 1 to 64 bytes of letters, digits, '-' or '_' (a SuperMQ channel id is a UUID)",
+            id.escape_debug()
         )));
     }
     Ok(())

@@ -21,6 +21,10 @@ pub(super) struct CreateChannel {
     name: String,
     domain_id: Option<String>,
     metadata: Option<Value>,
+    /// Caller-chosen local id (e.g. the SuperMQ channel id it mirrors).
+    id: Option<String>,
+    /// The channel's id upstream [default: the local id].
+    upstream_id: Option<String>,
 }
 
 /// Under `/{domainID}/channels` the channel's domain defaults to the path's, and a body
@@ -43,9 +47,16 @@ pub(super) async fn create_channel(
         .domain_id
         .or(path_domain)
         .unwrap_or_else(|| state.config.gateway.domain_id.clone());
+    crate::auth::check_upstream_domain(&state.config, &domain)?;
     let metadata = metadata_text(req.metadata);
     let ch = with_db(&state, move |db| {
-        db.add_channel(&req.name, &domain, metadata.as_deref())
+        db.add_channel_as(&crate::auth::store::NewChannel {
+            name: &req.name,
+            domain_id: &domain,
+            metadata: metadata.as_deref(),
+            id: req.id.as_deref(),
+            upstream_id: req.upstream_id.as_deref(),
+        })
     })
     .await?;
     Ok((
