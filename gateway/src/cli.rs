@@ -91,6 +91,14 @@ pub enum ChannelCommand {
         domain: Option<String>,
         #[arg(long, value_name = "JSON")]
         metadata: Option<String>,
+        /// Local channel id [default: a new UUID]; use the SuperMQ channel id to mirror a
+        /// platform channel under the same id.
+        #[arg(long)]
+        id: Option<String>,
+        /// The channel's id on the upstream platform, used in uplink topics [default: the
+        /// local id].
+        #[arg(long, value_name = "ID")]
+        upstream_id: Option<String>,
     },
     /// List channels.
     List,

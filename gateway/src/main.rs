@@ -17,10 +17,26 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => exit::report(&err),
+    }
+}
+
+/// glibc gives every thread that allocates its own malloc arena (up to 8 per core), each
+/// keeping freed memory resident; two arenas serve a daemon of a few threads and keep idle
+/// RSS down (docs/benchmarks.md, "Footprint"). A `MALLOC_ARENA_MAX` in the environment wins
+/// (then this does nothing).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a tunable of the allocator; called before any thread
+        // other than main exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
     }
 }
 
@@ -171,8 +187,14 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         let recipients = auth_store.clone();
         let recipients: gateway::downlink::Recipients =
             std::sync::Arc::new(move |channel: &str| recipients.snapshot().subscribers(channel));
-        let pipeline =
-            gateway::pipeline::start(config, &supervisor, Some(recipients), control, board_status)?;
+        let pipeline = gateway::pipeline::start(
+            config,
+            &supervisor,
+            Some(recipients),
+            control,
+            board_status,
+            Some(auth_store.channel_directory()),
+        )?;
         pipeline.follow_subscriptions(&supervisor, auth_store.subscribed_channels());
         if let Some(heartbeat) = board.heartbeat(
             config.board.watchdog_interval.get(),

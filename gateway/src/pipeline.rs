@@ -64,7 +64,9 @@ impl Pipeline {
 
 /// Starts the pipeline stage on `supervisor` (call inside the runtime), serving `control` (the
 /// control socket, bound by the composition root: [`control::bind`]) and reporting `board`
-/// (read once by the caller). `recipients` names a channel's downlink recipients (the auth
+/// (read once by the caller). `directory` is the auth store's channel directory (each
+/// channel's upstream domain and id) the uplink's topics are made from (`None`: local ids
+/// upstream). `recipients` names a channel's downlink recipients (the auth
 /// store's subscribe-connected clients; `None` in harnesses without one). Errors: a corrupt
 /// outbox, unusable uplink TLS files.
 pub fn start(
@@ -73,6 +75,7 @@ pub fn start(
     recipients: Option<Recipients>,
     control: UnixListener,
     board: BoardStatus,
+    directory: Option<watch::Receiver<ChannelSet>>,
 ) -> Result<Pipeline, PipelineError> {
     let path = outbox::default_path(&config.gateway.state_dir);
     let (outbox, worker) = Outbox::open(&path, &config.outbox)?;
@@ -105,6 +108,7 @@ pub fn start(
                 outbox.clone(),
                 downlink.clone(),
                 channels_rx,
+                directory,
                 supervisor.reloads(),
                 status_tx,
                 status.clone(),

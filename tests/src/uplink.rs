@@ -84,6 +84,7 @@ impl Gateway {
             None,
             gateway::control::bind(&config.gateway.runtime_dir).expect("control socket binds"),
             gateway::status::BoardStatus::default(),
+            None,
         )
         .expect("pipeline starts");
         let (signals, rx) = mpsc::channel(4);

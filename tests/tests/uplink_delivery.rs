@@ -178,6 +178,7 @@ fn downlink_commands_reach_the_subscribed_sensor() {
             id: "ch1".into(),
             name: "lights".into(),
             domain_id: "dom".into(),
+            upstream_id: "ch1".into(),
         }]));
     // The subscription goes out asynchronously; publish until the command comes through.
     let cmd = rt
@@ -329,6 +330,7 @@ fn commands_sent_while_offline_arrive(mqtt_version: &str) {
             id: "ch1".into(),
             name: "lights".into(),
             domain_id: "dom".into(),
+            upstream_id: "ch1".into(),
         }])
     };
     // First run: the gateway subscribes for ch1's commands (the broker keeps that session).

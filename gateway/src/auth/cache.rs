@@ -127,6 +127,7 @@ impl Snapshot {
                 id: ch.id,
                 name: ch.name,
                 domain_id: ch.domain_id,
+                upstream_id: ch.upstream_id,
             });
             if subscribed_ids.contains(&ch.id) {
                 s.subscribed.push((*ch).clone());
@@ -153,6 +154,17 @@ impl Snapshot {
 
     pub fn channels(&self) -> usize {
         self.channels_by_id.len()
+    }
+
+    /// Every channel, by id (the uplink maps local channel ids to upstream topics with it).
+    pub fn directory(&self) -> Vec<ChannelRef> {
+        let mut all: Vec<ChannelRef> = self
+            .channels_by_id
+            .values()
+            .map(|c| (**c).clone())
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 
     /// By identity and secret. Wrong secret and unknown identity take the same path: one

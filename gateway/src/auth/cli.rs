@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::store::{AuditEvent, Channel, Client, Db, Grant};
+use super::store::{AuditEvent, Channel, Client, Db, Grant, NewChannel};
 use crate::cli::{ChannelCommand, ClientCommand, ConnectArgs};
 use crate::config::Config;
 
@@ -210,8 +210,8 @@ pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Resul
 
 fn channel_text(ch: &Channel) -> String {
     format!(
-        "id:        {}\nname:      {}\ndomain_id: {}\nmetadata:  {}\n",
-        ch.id, ch.name, ch.domain_id, ch.metadata
+        "id:          {}\nname:        {}\ndomain_id:   {}\nupstream_id: {}\nmetadata:    {}\n",
+        ch.id, ch.name, ch.domain_id, ch.upstream_id, ch.metadata
     )
 }
 
@@ -223,9 +223,18 @@ pub fn channel(config: &Config, json: bool, cmd: &ChannelCommand) -> anyhow::Res
             name,
             domain,
             metadata,
+            id,
+            upstream_id,
         } => {
             let domain = domain.as_deref().unwrap_or(&config.gateway.domain_id);
-            let ch = db.add_channel(name, domain, metadata.as_deref())?;
+            super::check_upstream_domain(config, domain)?;
+            let ch = db.add_channel_as(&NewChannel {
+                name,
+                domain_id: domain,
+                metadata: metadata.as_deref(),
+                id: id.as_deref(),
+                upstream_id: upstream_id.as_deref(),
+            })?;
             record_audit(&mut db, config, "channel.create", "channels", &ch.id);
             if json {
                 print_json(&json!(ch));
@@ -240,9 +249,16 @@ pub fn channel(config: &Config, json: bool, cmd: &ChannelCommand) -> anyhow::Res
             } else if list.is_empty() {
                 println!("no channels");
             } else {
-                let mut out = format!("{:<36}  {:<24}  DOMAIN\n", "ID", "NAME");
+                let mut out = format!(
+                    "{:<36}  {:<24}  {:<36}  UPSTREAM ID\n",
+                    "ID", "NAME", "DOMAIN"
+                );
                 for ch in &list {
-                    let _ = writeln!(out, "{:<36}  {:<24}  {}", ch.id, ch.name, ch.domain_id);
+                    let _ = writeln!(
+                        out,
+                        "{:<36}  {:<24}  {:<36}  {}",
+                        ch.id, ch.name, ch.domain_id, ch.upstream_id
+                    );
                 }
                 print!("{out}");
             }

@@ -52,6 +52,8 @@ pub struct ChannelRef {
     pub id: String,
     pub name: String,
     pub domain_id: String,
+    /// The channel's id on the upstream platform: what uplink topics carry.
+    pub upstream_id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -183,6 +185,8 @@ struct Inner {
     /// Held while loading and installing a snapshot, so installs happen in load order.
     install: Mutex<()>,
     subscribed: watch::Sender<Arc<Vec<ChannelRef>>>,
+    /// Every channel (local id → upstream identity for uplink topics).
+    directory: watch::Sender<Arc<Vec<ChannelRef>>>,
     /// The generation of every installed snapshot: adapters re-check live subscriptions.
     changes: watch::Sender<i64>,
     revocations: broadcast::Sender<CertificateRecord>,
@@ -229,6 +233,7 @@ impl AuthStore {
             keep => Some(audit::Audit::start(path, keep)?),
         };
         let (subscribed, _) = watch::channel(Arc::new(snapshot.subscribed.clone()));
+        let (directory, _) = watch::channel(Arc::new(snapshot.directory()));
         let (changes, _) = watch::channel(snapshot.generation);
         let (revocations, _) = broadcast::channel(64);
         let (stop_tx, stop_rx) = std::sync::mpsc::channel();
@@ -239,6 +244,7 @@ impl AuthStore {
             writer: Mutex::new(db),
             install: Mutex::new(()),
             subscribed,
+            directory,
             changes,
             revocations,
             throttle: Mutex::new(Throttles {
@@ -357,6 +363,11 @@ impl AuthStore {
     /// downlink topics); updated whenever the store changes.
     pub fn subscribed_channels(&self) -> watch::Receiver<Arc<Vec<ChannelRef>>> {
         self.inner.subscribed.subscribe()
+    }
+
+    /// Every channel with its upstream domain and id; updated whenever the store changes.
+    pub fn channel_directory(&self) -> watch::Receiver<Arc<Vec<ChannelRef>>> {
+        self.inner.directory.subscribe()
     }
 
     /// Fires on every change of the store (a new snapshot): live downlink subscriptions are
@@ -542,6 +553,15 @@ impl Inner {
                 true
             }
         });
+        let directory = current.directory();
+        self.directory.send_if_modified(|list| {
+            if **list == directory {
+                false
+            } else {
+                *list = Arc::new(directory);
+                true
+            }
+        });
         Ok(current)
     }
 }
@@ -597,6 +617,22 @@ fn watch_loop(inner: &Weak<Inner>, mut db: Db, stop: &std::sync::mpsc::Receiver<
 }
 
 /// `<state_dir>/auth.db`.
+/// With `uplink.platform = "supermq"` every channel needs a domain: SuperMQ topics are
+/// `m/<domain>/c/<channel>` and an empty level is never published or subscribed.
+pub fn check_upstream_domain(
+    config: &crate::config::Config,
+    domain: &str,
+) -> Result<(), AuthError> {
+    if config.uplink.platform == crate::config::Platform::Supermq && domain.trim().is_empty() {
+        return Err(AuthError::Invalid(
+            "with uplink.platform = \"supermq\" a channel needs its SuperMQ domain id: pass \
+             --domain <domain id> (API: \"domain_id\") or set gateway.domain_id"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 pub fn path_in(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE_NAME)
 }

@@ -25,7 +25,8 @@ pub fn generate() -> Result<String, AuthError> {
 pub fn validate(secret: &str) -> Result<(), AuthError> {
     if secret.len() < MIN_SECRET_LEN {
         return Err(AuthError::Invalid(format!(
-            "the secret is too short ({} bytes; at least {MIN_SECRET_LEN})",
+            "the secret is too short ({} bytes; at least {MIN_SECRET_LEN}: it is also the \
+             client's DTLS-PSK key — unlike SuperMQ, which has no minimum)",
             secret.len()
         )));
     }

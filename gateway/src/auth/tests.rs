@@ -721,3 +721,88 @@ fn a_debug_print_of_the_store_or_its_snapshot_shows_no_secret() {
     assert!(!snapshot.contains(bytes), "{snapshot}");
     assert!(!format!("{store:?}").contains(SECRET));
 }
+
+#[test]
+fn channels_carry_a_chosen_id_and_their_upstream_identity() {
+    let (_dir, path) = tmp();
+    let mut db = Db::open(&path).unwrap();
+    let plain = db.add_channel("plain", "dom", None).unwrap();
+    assert_eq!(plain.upstream_id, plain.id);
+    let mirrored = db
+        .add_channel_as(&store::NewChannel {
+            name: "temps",
+            domain_id: "dom",
+            id: Some("0f6c5a2e-1111-4222-8333-444455556666"),
+            upstream_id: Some("9a8b7c6d-aaaa-4bbb-8ccc-ddddeeeeffff"),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(mirrored.id, "0f6c5a2e-1111-4222-8333-444455556666");
+    assert_eq!(mirrored.upstream_id, "9a8b7c6d-aaaa-4bbb-8ccc-ddddeeeeffff");
+    // The same id twice, or an id that cannot be a topic level, is refused.
+    assert!(matches!(
+        db.add_channel_as(&store::NewChannel {
+            name: "other",
+            id: Some("0f6c5a2e-1111-4222-8333-444455556666"),
+            ..Default::default()
+        }),
+        Err(AuthError::Duplicate { .. })
+    ));
+    for bad in ["a/b", "a+", "", "x y"] {
+        assert!(
+            matches!(
+                db.add_channel_as(&store::NewChannel {
+                    name: "bad",
+                    upstream_id: Some(bad),
+                    ..Default::default()
+                }),
+                Err(AuthError::Invalid(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let updated = db
+        .update_channel_upstream("temps", "temps2", "dom2", "up-2")
+        .unwrap();
+    assert_eq!(
+        (
+            updated.name.as_str(),
+            updated.domain_id.as_str(),
+            updated.upstream_id.as_str()
+        ),
+        ("temps2", "dom2", "up-2")
+    );
+    // The cache hands the upstream identity to the uplink.
+    drop(db);
+    let store = AuthStore::open(&path, &config()).unwrap();
+    let dir = store.channel_directory().borrow().clone();
+    let m = dir.iter().find(|c| c.name == "temps2").unwrap();
+    assert_eq!(m.upstream_id, "up-2");
+}
+
+#[test]
+fn a_store_of_the_previous_schema_keeps_its_channels_with_their_ids_upstream() {
+    let (_dir, path) = tmp();
+    {
+        // Schema 3 (before upstream ids), written by hand as an older binary did.
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for (i, m) in store::migrations_for_tests().iter().take(3).enumerate() {
+            conn.execute_batch(m).unwrap();
+            conn.execute_batch(&format!("PRAGMA user_version = {};", i + 1))
+                .unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA application_id = 1162297685;
+             INSERT INTO channels (id, domain_id, name, metadata, created_at, updated_at)
+             VALUES ('old-id', 'dom', 'old', '{}', 1, 1);",
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let ch = db.channel("old").unwrap();
+    assert_eq!(
+        (ch.id.as_str(), ch.upstream_id.as_str()),
+        ("old-id", "old-id")
+    );
+}

@@ -34,6 +34,7 @@ use super::proto::Transmit;
 
 mod admission;
 mod cookie;
+mod drain;
 mod psk;
 mod record;
 mod verify;
@@ -556,164 +557,6 @@ impl Sessions {
         }
     }
 
-    /// Drains one engine's output: records to send, data to deliver, state changes.
-    fn drain(&mut self, peer: SocketAddr, pending: bool, now: Instant) {
-        let mut outcome: Option<u8> = None; // fatal alert to send, if authentication failed
-        let mut connected = false;
-        let mut closed = false;
-        {
-            let Self {
-                live,
-                pending: pend,
-                transmits,
-                events,
-                buf,
-                anchors,
-                settings,
-                backend,
-                wall_clock,
-                panics,
-                timers,
-                ..
-            } = self;
-            let table = if pending { pend } else { live };
-            let Some(conn) = table.get_mut(&peer) else {
-                return;
-            };
-            loop {
-                let out = catch_unwind(AssertUnwindSafe(|| match conn.dtls.poll_output(buf) {
-                    Output::Packet(p) => Polled::Packet(p.to_vec()),
-                    Output::BufferTooSmall { needed } => Polled::TooSmall(needed),
-                    Output::Timeout(t) => Polled::Timeout(t),
-                    Output::Connected => Polled::Connected,
-                    Output::PeerCert(der) => Polled::PeerCert(der.to_vec()),
-                    Output::ApplicationData(d) => Polled::Data(d.to_vec()),
-                    Output::CloseNotify => Polled::Close,
-                    _ => Polled::Other,
-                }));
-                let Ok(polled) = out else {
-                    *panics += 1;
-                    warn!(%peer, "dtls engine panicked; session dropped");
-                    closed = true;
-                    break;
-                };
-                match polled {
-                    Polled::Packet(p) => {
-                        if let Some(seq) = epoch0_max_seq(&p) {
-                            conn.epoch0_seq = conn.epoch0_seq.max(seq);
-                        }
-                        // dimpl answers with a ServerHello only to a hello with its cookie.
-                        conn.proven |= record::has_server_hello(&p);
-                        transmits.push_back(Transmit { peer, payload: p });
-                    }
-                    Polled::TooSmall(needed) => {
-                        if needed > 4 * POLL_BUFFER {
-                            closed = true;
-                            break;
-                        }
-                        buf.resize(needed, 0);
-                    }
-                    Polled::Timeout(t) => {
-                        if conn.next_timer != Some(t) {
-                            conn.next_timer = Some(t);
-                            timers.push(Reverse((t, peer, pending)));
-                        }
-                        break;
-                    }
-                    Polled::Connected => {
-                        connected = true;
-                    }
-                    Polled::PeerCert(der) => {
-                        match verify_certificate(
-                            &der,
-                            anchors,
-                            &settings.client_intermediates,
-                            (wall_clock)(),
-                            backend.as_ref(),
-                        ) {
-                            Ok(p) => conn.cert_principal = Some(p),
-                            Err(alert) => {
-                                outcome = Some(alert);
-                                break;
-                            }
-                        }
-                    }
-                    Polled::Data(d) => {
-                        if conn.established {
-                            events.push_back(SessionEvent::Data { peer, data: d });
-                        }
-                    }
-                    Polled::Close => {
-                        closed = true;
-                        break;
-                    }
-                    Polled::Other => {}
-                }
-            }
-            if connected && outcome.is_none() {
-                let principal = match conn.mode {
-                    Mode::Psk => conn
-                        .psk
-                        .as_ref()
-                        .and_then(|s| s.identity.lock().ok().and_then(|g| g.clone()))
-                        .and_then(|id| backend.psk_principal(&id)),
-                    Mode::Certificate => conn.cert_principal.clone(),
-                };
-                match principal {
-                    Some(p) => {
-                        conn.principal = Some(p);
-                        conn.established = true;
-                    }
-                    None => {
-                        outcome = Some(match conn.mode {
-                            Mode::Psk => ALERT_DECRYPT_ERROR,
-                            Mode::Certificate => ALERT_BAD_CERTIFICATE,
-                        });
-                    }
-                }
-            }
-        }
-        if let Some(alert) = outcome {
-            if let Some(conn) = self.table_mut(pending).remove(&peer) {
-                info!(%peer, mode = ?conn.mode, "dtls authentication failed");
-                self.send_alert(peer, conn.epoch0_seq + 1, alert);
-                if pending {
-                    self.handshakes.failed += 1;
-                    self.handshakes.auth_failed += 1;
-                }
-                if !pending {
-                    self.events.push_back(SessionEvent::Closed { peer });
-                }
-            }
-            return;
-        }
-        if closed {
-            match self.table_mut(pending).remove(&peer) {
-                Some(conn) if pending => self.handshake_failed(&conn),
-                Some(_) => self.events.push_back(SessionEvent::Closed { peer }),
-                None => {}
-            }
-            return;
-        }
-        if connected
-            && pending
-            && let Some(mut conn) = self.pending.remove(&peer)
-        {
-            conn.last_activity = now;
-            if let Some(t) = conn.next_timer {
-                self.timers.push(Reverse((t, peer, false)));
-            }
-            if let Some(p) = &conn.principal {
-                info!(%peer, client = %p.identity, mode = ?conn.mode, "dtls session established");
-            }
-            self.handshakes.completed += 1;
-            if self.live.insert(peer, conn).is_some() {
-                // The replaced session's CoAP state belongs to the old session.
-                self.events.push_back(SessionEvent::Closed { peer });
-            }
-        }
-    }
-
     fn close_live(&mut self, peer: SocketAddr, now: Instant) {
         if let Some(conn) = self.live.get_mut(&peer) {
             let _ = catch_unwind(AssertUnwindSafe(|| conn.dtls.close()));
@@ -749,17 +592,6 @@ impl Sessions {
             payload: record::fatal_alert(seq, description),
         });
     }
-}
-
-enum Polled {
-    Packet(Vec<u8>),
-    TooSmall(usize),
-    Timeout(Instant),
-    Connected,
-    PeerCert(Vec<u8>),
-    Data(Vec<u8>),
-    Close,
-    Other,
 }
 
 pub(super) fn base_config(settings: &DtlsSettings) -> dimpl::ConfigBuilder {

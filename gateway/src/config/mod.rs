@@ -35,7 +35,7 @@ pub use http::HttpConfig;
 pub use outbox::{Durability, FullPolicy, OutboxConfig};
 pub use serial::{SerialConfig, SerialPortConfig};
 pub use standalone::StandaloneConfig;
-pub use uplink::{DownlinkLimits, MqttVersion, UplinkConfig};
+pub use uplink::{DownlinkLimits, MqttVersion, Platform, UplinkConfig, supermq_channel_topic};
 
 /// The production config path.
 pub const DEFAULT_PATH: &str = "/etc/edgegw/edgegw.toml";

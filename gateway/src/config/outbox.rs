@@ -181,7 +181,7 @@ mod tests {
             "channels/{channel}/messages/{subtopic}"
         );
         assert_eq!(c.uplink.mqtt_version, MqttVersion::V5);
-        assert_eq!(c.uplink.status_topic, "edgegw/gw-1/status");
+        assert_eq!(c.uplink.status_topic.as_deref(), Some("edgegw/gw-1/status"));
         assert_eq!(c.uplink.downlink_subtopic, "cmd");
         assert_eq!(c.uplink.inflight, 10);
         let err = load(&[

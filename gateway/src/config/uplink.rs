@@ -11,6 +11,7 @@ use crate::topic::{TopicTemplate, validate_subtopic};
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawUplink {
+    platform: Option<String>,
     url: Option<String>,
     client_cert: Option<PathBuf>,
     client_key: Option<PathBuf>,
@@ -61,9 +62,31 @@ pub enum MqttVersion {
     V5,
 }
 
+/// What kind of upstream the uplink talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    /// Any MQTT broker: topics from the template, status topic `edgegw/<client_id>/status`.
+    Mqtt,
+    /// SuperMQ / Magistrala: CONNECT as the gateway's SuperMQ client (username = client id,
+    /// password = secret), only `m/<domain>/c/<channel>/…` topics, status off unless it is
+    /// given such a topic.
+    Supermq,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mqtt => "mqtt",
+            Self::Supermq => "supermq",
+        }
+    }
+}
+
 /// Where the uplink connects. Absent: no uplink, messages wait in the outbox.
 #[derive(Debug, Clone, Serialize)]
 pub struct UplinkConfig {
+    pub platform: Platform,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,7 +106,9 @@ pub struct UplinkConfig {
     #[serde(serialize_with = "display")]
     pub topic_template: TopicTemplate,
     /// Retained `online` / `offline` (last will); JSON statistics on `<status_topic>/stats`.
-    pub status_topic: String,
+    /// `None`: no status, no statistics, no last will.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_topic: Option<String>,
     pub mqtt_version: MqttVersion,
     /// QoS 1 messages sent but not yet acknowledged (PUBACK), at most.
     pub inflight: u16,
@@ -133,6 +158,17 @@ fn default_client_id() -> String {
 
 impl RawUplink {
     pub fn validate(self, _profile: &Profile, check: &mut Check<'_>) -> UplinkConfig {
+        let platform = match self.platform.as_deref().map(str::trim) {
+            None | Some("" | "mqtt") => Platform::Mqtt,
+            Some("supermq" | "magistrala") => Platform::Supermq,
+            Some(other) => {
+                check.invalid(
+                    "uplink.platform",
+                    format!("`{other}` must be \"mqtt\" (any broker) or \"supermq\" (SuperMQ / Magistrala)"),
+                );
+                Platform::Mqtt
+            }
+        };
         let url = self.url.filter(|u| !u.trim().is_empty());
         if let Some(url) = &url {
             match url.split_once("://").map(|(scheme, _)| scheme) {
@@ -186,11 +222,54 @@ impl RawUplink {
                 "must be at most 128 bytes without '/', '+' or '#'",
             );
         }
-        let status_topic = self
-            .status_topic
-            .unwrap_or_else(|| format!("edgegw/{client_id}/status"));
-        if status_topic.is_empty() || status_topic.contains(['+', '#']) {
-            check.invalid("uplink.status_topic", "must be a topic without wildcards");
+        let status_topic = match (platform, self.status_topic) {
+            // Explicitly empty: off.
+            (_, Some(t)) if t.trim().is_empty() => None,
+            (Platform::Mqtt, None) => Some(format!("edgegw/{client_id}/status")),
+            // SuperMQ allows only channel topics: no status unless one is named.
+            (Platform::Supermq, None) => None,
+            (_, Some(t)) => Some(t),
+        };
+        if let Some(t) = &status_topic {
+            if t.contains(['+', '#']) || t.split('/').any(str::is_empty) {
+                check.invalid(
+                    "uplink.status_topic",
+                    "must be a topic without wildcards or empty levels (\"\" turns the status off)",
+                );
+            } else if platform == Platform::Supermq && supermq_channel_topic(t).is_none() {
+                check.invalid(
+                    "uplink.status_topic",
+                    format!(
+                        "`{t}` is not a SuperMQ channel topic: with uplink.platform = \"supermq\" it must be \
+                         m/<domain id>/c/<channel id>[/<subtopic>] of a channel the gateway's client is \
+                         connected to (or \"\" for no status)"
+                    ),
+                );
+            }
+        }
+        if platform == Platform::Supermq {
+            if self.username.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                check.invalid(
+                    "uplink.username",
+                    "is required with uplink.platform = \"supermq\": set it to the gateway's SuperMQ client id",
+                );
+            }
+            if self.password.as_ref().is_none_or(|p| p.expose().is_empty()) {
+                check.invalid(
+                    "uplink.password",
+                    "is required with uplink.platform = \"supermq\": set it to the gateway's SuperMQ client secret",
+                );
+            }
+            if !topic_template
+                .as_str()
+                .starts_with("m/{domain}/c/{channel}")
+            {
+                check.invalid(
+                    "uplink.topic_template",
+                    "with uplink.platform = \"supermq\" it must start with m/{domain}/c/{channel} \
+                     (SuperMQ accepts only channel topics)",
+                );
+            }
         }
         let mqtt_version = match self.mqtt_version.unwrap_or(3) {
             3 | 4 => MqttVersion::V311,
@@ -266,6 +345,7 @@ impl RawUplink {
             check.invalid("uplink.connect_timeout", "must be at least 1s");
         }
         UplinkConfig {
+            platform,
             topic_template,
             status_topic,
             mqtt_version,
@@ -291,6 +371,24 @@ impl RawUplink {
             password: self.password.unwrap_or_default(),
             refuse_expired: self.refuse_expired,
         }
+    }
+}
+
+/// `m/<domain>/c/<channel>[/<subtopic>]` with non-empty domain and channel, as SuperMQ's topic
+/// parser (`pkg/messaging/topics.go`, `ParseTopic`) reads it: (domain, channel).
+pub fn supermq_channel_topic(topic: &str) -> Option<(&str, &str)> {
+    let mut levels = topic.splitn(5, '/');
+    let (Some("m"), Some(domain), Some("c"), Some(channel)) =
+        (levels.next(), levels.next(), levels.next(), levels.next())
+    else {
+        return None;
+    };
+    if domain.is_empty() || channel.is_empty() {
+        return None;
+    }
+    match levels.next() {
+        Some(sub) if validate_subtopic(sub).is_err() || sub.is_empty() => None,
+        _ => Some((domain, channel)),
     }
 }
 
@@ -323,5 +421,77 @@ impl Default for DownlinkLimits {
             backlog: 32,
             max_age: std::time::Duration::from_secs(3600),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use crate::config::{Platform, Profile, Source, load_from};
+
+    fn load(vars: &[(&str, &str)]) -> Result<crate::config::Config, String> {
+        let vars: Vec<(OsString, OsString)> = vars
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect();
+        load_from(&Source::None, Profile::Production, vars).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn supermq_requires_the_gateway_client_id_and_secret_by_key() {
+        let e = load(&[("EDGEGW_UPLINK_PLATFORM", "supermq")]).unwrap_err();
+        assert!(
+            e.contains("uplink.username") && e.contains("SuperMQ client id"),
+            "{e}"
+        );
+        assert!(e.contains("uplink.password") && e.contains("secret"), "{e}");
+        let ok = load(&[
+            ("EDGEGW_UPLINK_PLATFORM", "supermq"),
+            (
+                "EDGEGW_UPLINK_USERNAME",
+                "9e1b6f3c-0000-4000-8000-000000000001",
+            ),
+            ("EDGEGW_UPLINK_PASSWORD", "s3cret"),
+        ])
+        .unwrap();
+        assert_eq!(ok.uplink.platform, Platform::Supermq);
+        // No status topic by default: SuperMQ allows only channel topics.
+        assert_eq!(ok.uplink.status_topic, None);
+        let generic = load(&[]).unwrap();
+        assert_eq!(generic.uplink.platform, Platform::Mqtt);
+        assert!(generic.uplink.status_topic.is_some());
+    }
+
+    #[test]
+    fn supermq_status_topic_and_template_must_be_channel_topics() {
+        let base = [
+            ("EDGEGW_UPLINK_PLATFORM", "supermq"),
+            ("EDGEGW_UPLINK_USERNAME", "gw"),
+            ("EDGEGW_UPLINK_PASSWORD", "pw"),
+        ];
+        for bad in [
+            "edgegw/gw/status",
+            "m//c/ch/status",
+            "m/d/c//status",
+            "m/d/x/ch",
+        ] {
+            let mut vars = base.to_vec();
+            vars.push(("EDGEGW_UPLINK_STATUS_TOPIC", bad));
+            let e = load(&vars).unwrap_err();
+            assert!(e.contains("uplink.status_topic"), "{bad}: {e}");
+        }
+        let mut vars = base.to_vec();
+        vars.push(("EDGEGW_UPLINK_STATUS_TOPIC", "m/dom/c/ch-1/status"));
+        assert_eq!(
+            load(&vars).unwrap().uplink.status_topic.as_deref(),
+            Some("m/dom/c/ch-1/status")
+        );
+        let mut vars = base.to_vec();
+        vars.push(("EDGEGW_UPLINK_TOPIC_TEMPLATE", "legacy"));
+        assert!(load(&vars).unwrap_err().contains("uplink.topic_template"));
+        let mut vars = base.to_vec();
+        vars.push(("EDGEGW_UPLINK_PLATFORM", "kafka"));
+        assert!(load(&vars[1..]).unwrap_err().contains("uplink.platform"));
     }
 }

@@ -50,7 +50,7 @@ pub const ENTITY_TYPES: &[&str] = &["clients", "channels", "connections", "certs
 pub const OPERATIONS: &[&str] = &["create", "read", "update", "delete", "*"];
 
 impl Scope {
-    fn validate(&self) -> Result<(), PatError> {
+    pub fn validate(&self) -> Result<(), PatError> {
         if !ENTITY_TYPES.contains(&self.entity_type.as_str()) {
             return Err(PatError::Invalid(format!(
                 "entity_type must be one of {ENTITY_TYPES:?}"
@@ -67,6 +67,16 @@ impl Scope {
             ));
         }
         Ok(())
+    }
+
+    /// A stable id for this scope (SuperMQ's scopes have one: `PATCH …/scope/remove` takes
+    /// `scopes_id`): the first 16 hex digits of SHA-256 over its three fields.
+    pub fn id(&self) -> String {
+        let text = format!(
+            "{}\0{}\0{}",
+            self.entity_type, self.operation, self.entity_id
+        );
+        sha256_hex(text.as_bytes())[..16].to_owned()
     }
 
     /// Does this scope allow `operation` on `entity_type` `entity_id` (None: a collection)?
@@ -297,6 +307,52 @@ impl PatStore {
     pub fn remove_scopes(&self, id: &str, scopes: &[Scope]) -> Result<Pat, PatError> {
         self.update(id, |p| {
             p.scopes.retain(|s| !scopes.contains(s));
+            Ok(())
+        })
+    }
+
+    /// Removes every PAT (SuperMQ's `DELETE /pats`, `RemoveAllPAT`); returns how many.
+    pub fn delete_all(&self) -> Result<usize, PatError> {
+        self.modify(|pats| {
+            let n = pats.len();
+            pats.clear();
+            Ok(n)
+        })
+    }
+
+    pub fn rename(&self, id: &str, name: &str) -> Result<Pat, PatError> {
+        if name.is_empty() || name.len() > 128 {
+            return Err(PatError::Invalid("name must be 1..128 characters".into()));
+        }
+        self.update(id, |p| {
+            name.clone_into(&mut p.name);
+            Ok(())
+        })
+    }
+
+    pub fn describe(&self, id: &str, description: &str) -> Result<Pat, PatError> {
+        if description.len() > 1024 {
+            return Err(PatError::Invalid(
+                "description: at most 1024 characters".into(),
+            ));
+        }
+        self.update(id, |p| {
+            description.clone_into(&mut p.description);
+            Ok(())
+        })
+    }
+
+    /// Removes the scopes whose [`Scope::id`] is in `ids`.
+    pub fn remove_scope_ids(&self, id: &str, ids: &[String]) -> Result<Pat, PatError> {
+        self.update(id, |p| {
+            p.scopes.retain(|s| !ids.contains(&s.id()));
+            Ok(())
+        })
+    }
+
+    pub fn clear_scopes(&self, id: &str) -> Result<Pat, PatError> {
+        self.update(id, |p| {
+            p.scopes.clear();
             Ok(())
         })
     }

@@ -10,6 +10,7 @@
 //! This module owns no SQLite handle of its own and never decides what is durable.
 
 mod mqtt;
+pub mod topics;
 pub mod window;
 
 use std::collections::HashSet;
@@ -26,8 +27,9 @@ use crate::outbox::Outbox;
 use crate::status::StatusHandle;
 pub use crate::status::uplink::{UplinkState, UplinkStatus, status_channel};
 use crate::tls::{self, UplinkTls, UplinkTlsFiles};
-use crate::topic::{TopicParts, matches_filter};
+use crate::topic::matches_filter;
 pub use mqtt::ConnectionFailed;
+use topics::Topics;
 use window::{Backoff, Window};
 
 /// Why the uplink cannot start.
@@ -80,8 +82,6 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), UplinkError> {
 #[derive(Debug)]
 pub struct Uplink {
     config: UplinkConfig,
-    /// `gateway.domain_id`: the domain of channels that have none (`topic::effective_domain`).
-    gateway_domain: String,
     host: String,
     port: u16,
     files: UplinkTlsFiles,
@@ -90,6 +90,10 @@ pub struct Uplink {
     outbox: Outbox,
     hub: DownlinkHub,
     channels: watch::Receiver<ChannelSet>,
+    /// Every channel of the auth store (upstream domain and id); `None`: no auth store (test
+    /// harnesses), local ids are the upstream ids.
+    directory: Option<watch::Receiver<ChannelSet>>,
+    topics: Topics,
     reloads: watch::Receiver<u64>,
     status: watch::Sender<UplinkStatus>,
     report: StatusHandle,
@@ -112,6 +116,7 @@ impl Uplink {
         outbox: Outbox,
         hub: DownlinkHub,
         channels: watch::Receiver<ChannelSet>,
+        directory: Option<watch::Receiver<ChannelSet>>,
         reloads: watch::Receiver<u64>,
         status: watch::Sender<UplinkStatus>,
         report: StatusHandle,
@@ -129,7 +134,17 @@ impl Uplink {
         } else {
             None
         };
+        let mut topics = Topics::new(
+            config.platform,
+            config.topic_template.clone(),
+            config.downlink_subtopic.clone(),
+        );
+        if let Some(d) = &directory {
+            topics.handle_directory(&d.borrow());
+        }
         let uplink = Self {
+            topics,
+            directory,
             config,
             host,
             port,
@@ -142,7 +157,6 @@ impl Uplink {
             reloads,
             status,
             report,
-            gateway_domain: String::new(),
         };
         uplink.status.send_modify(|s| {
             s.state = UplinkState::Connecting;
@@ -188,11 +202,19 @@ impl Uplink {
             inflight: self.config.inflight,
             username: self.config.username.clone(),
             password: self.config.password.expose().to_owned(),
-            will_topic: self.config.status_topic.clone(),
+            will_topic: self.status_topic().map(str::to_owned),
             connect_timeout: self.config.connect_timeout.get(),
             max_packet: self.max_packet,
             session_expiry: self.config.session_expiry.get(),
         }
+    }
+
+    /// The status topic, when there is one and the platform allows it now.
+    fn status_topic(&self) -> Option<&str> {
+        self.config
+            .status_topic
+            .as_deref()
+            .filter(|t| self.topics.status_allowed(t))
     }
 
     /// Re-reads the TLS files. `true`: new material in place, reconnect.
@@ -283,6 +305,17 @@ impl Uplink {
         token: &CancellationToken,
         backoff: &mut Backoff,
     ) -> SessionEnd {
+        if let Some(d) = &mut self.directory {
+            self.topics.handle_directory(&d.borrow_and_update());
+        }
+        if let Some(t) = &self.config.status_topic
+            && self.status_topic().is_none()
+        {
+            warn!(
+                status_topic = %t,
+                "uplink: no status published: the status topic is not a channel topic of a channel this gateway mirrors (uplink.platform = \"supermq\")"
+            );
+        }
         let (client, mut events) = mqtt::connect(&self.params());
         loop {
             tokio::select! {
@@ -306,14 +339,10 @@ impl Uplink {
             s.connected_since_ms = Some(now_ms());
             s.connects_total += 1;
         });
-        if client
-            .publish(
-                &self.config.status_topic,
-                Bytes::from_static(b"online"),
-                true,
-                None,
-            )
-            .is_ok()
+        if let Some(status_topic) = self.status_topic()
+            && client
+                .publish(status_topic, Bytes::from_static(b"online"), true, None)
+                .is_ok()
         {
             window.handle_own_publish();
         }
@@ -337,12 +366,15 @@ impl Uplink {
             let mut published = 0;
             while let Some(entry) = window.poll_publish() {
                 let (seq, m) = (entry.seq, &entry.message);
-                let topic = self.config.topic_template.render(TopicParts {
-                    domain: &m.domain_id,
-                    channel: &m.channel_id,
-                    subtopic: &m.subtopic,
-                    client: &m.client_id,
-                });
+                let topic = match self.topics.message(m) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // Never sent: the platform would refuse it (SuperMQ closes the
+                        // connection). It stays in the outbox, held out of the window.
+                        self.unpublishable(window, seq, &e);
+                        continue;
+                    }
+                };
                 if client
                     .publish(
                         &topic,
@@ -417,6 +449,22 @@ impl Uplink {
                         leaving = Some((false, tokio::time::Instant::now() + ROTATION_DRAIN));
                     }
                 }
+                r = async {
+                    match &mut self.directory {
+                        Some(d) => d.changed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.directory.is_some() => {
+                    match r {
+                        Err(_) => self.directory = None,
+                        Ok(()) => {
+                            if let Some(d) = &mut self.directory {
+                                self.topics.handle_directory(&d.borrow_and_update());
+                            }
+                            self.sync_subscriptions(&client, &mut subscribed);
+                        }
+                    }
+                }
                 r = self.channels.changed(), if channels_open => {
                     if r.is_err() {
                         channels_open = false;
@@ -429,8 +477,8 @@ impl Uplink {
                     self.note_certificate();
                     let report = self.report.report();
                     match serde_json::to_vec(&report) {
-                        Ok(json) => {
-                            let topic = format!("{}/stats", self.config.status_topic);
+                        Ok(json) if self.status_topic().is_some() => {
+                            let topic = format!("{}/stats", self.status_topic().unwrap_or_default());
                             if client
                                 .publish(&topic, Bytes::from(json), true, Some("application/json"))
                                 .is_ok()
@@ -438,6 +486,7 @@ impl Uplink {
                                 window.handle_own_publish();
                             }
                         }
+                        Ok(_) => {}
                         Err(e) => debug!("cannot encode the status: {e}"),
                     }
                 }
@@ -476,12 +525,9 @@ impl Uplink {
 
     /// Retained `offline`, DISCONNECT, and wait (briefly) until it is written.
     async fn goodbye(&self, client: &mqtt::Client, events: &mut mqtt::EventLoop) {
-        let _ = client.publish(
-            &self.config.status_topic,
-            Bytes::from_static(b"offline"),
-            true,
-            None,
-        );
+        if let Some(status_topic) = self.status_topic() {
+            let _ = client.publish(status_topic, Bytes::from_static(b"offline"), true, None);
+        }
         let _ = client.disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Ok(ev) = events.poll().await {
@@ -497,25 +543,33 @@ impl Uplink {
     /// Sets `gateway.domain_id`, the upstream domain of channels without one.
     #[must_use]
     pub fn with_gateway_domain(mut self, domain: &str) -> Self {
-        self.gateway_domain = domain.to_owned();
+        self.topics.set_gateway_domain(domain);
         self
     }
 
-    fn command_prefix(&self, domain: &str, channel: &str) -> String {
-        let domain = crate::topic::effective_domain(domain, &self.gateway_domain);
-        format!(
-            "{}/{}",
-            self.config.topic_template.channel_filter(domain, channel),
-            self.config.downlink_subtopic
-        )
+    /// A message that has no valid upstream topic: held out of the window (still in the
+    /// outbox), logged once per entry.
+    fn unpublishable(&self, window: &mut Window, seq: u64, reason: &topics::TopicRefusal) {
+        if window.handle_unpublishable(seq) {
+            error!(
+                seq,
+                "uplink: message not sent: {reason}; it stays in the outbox"
+            );
+            self.status.send_modify(|s| s.refused_total += 1);
+        }
     }
 
     fn sync_subscriptions(&mut self, client: &mqtt::Client, subscribed: &mut HashSet<String>) {
         let channels = self.channels.borrow_and_update().clone();
-        let wanted: HashSet<String> = channels
-            .iter()
-            .map(|c| format!("{}/#", self.command_prefix(&c.domain_id, &c.id)))
-            .collect();
+        let mut wanted = HashSet::new();
+        for c in channels.iter() {
+            match self.topics.command_prefix(c) {
+                Ok(prefix) => {
+                    wanted.insert(format!("{prefix}/#"));
+                }
+                Err(e) => warn!(channel = %c.id, "uplink: no command subscription: {e}"),
+            }
+        }
         for filter in wanted.difference(subscribed) {
             if client.subscribe(filter).is_err() {
                 warn!(filter, "uplink: cannot subscribe now; retried on reconnect");
@@ -532,15 +586,16 @@ impl Uplink {
     fn handle_command(&self, topic: &str, payload: Bytes) {
         let channels = self.channels.borrow().clone();
         for c in channels.iter() {
-            let prefix = self.command_prefix(&c.domain_id, &c.id);
+            let Ok(prefix) = self.topics.command_prefix(c) else {
+                continue;
+            };
             if !matches_filter(&format!("{prefix}/#"), topic) {
                 continue;
             }
             let levels = prefix.split('/').count();
             let subtopic = topic.split('/').skip(levels).collect::<Vec<_>>().join("/");
             let cmd = Command {
-                domain_id: crate::topic::effective_domain(&c.domain_id, &self.gateway_domain)
-                    .to_owned(),
+                domain_id: self.topics.domain_of(c).to_owned(),
                 channel_id: c.id.clone(),
                 subtopic,
                 payload,

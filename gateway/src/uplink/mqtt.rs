@@ -22,8 +22,8 @@ pub struct ConnectParams {
     pub inflight: u16,
     pub username: Option<String>,
     pub password: String,
-    /// Last will: retained `offline` on this topic.
-    pub will_topic: String,
+    /// Last will: retained `offline` on this topic (none: no last will).
+    pub will_topic: Option<String>,
     pub connect_timeout: Duration,
     pub max_packet: usize,
     /// Zero: clean session. Otherwise the broker keeps the session (subscriptions, queued
@@ -81,13 +81,15 @@ pub fn connect(p: &ConnectParams) -> (Client, EventLoop) {
                 .set_keep_alive(p.keep_alive)
                 .set_clean_session(p.session_expiry.is_zero())
                 .set_inflight(p.inflight.saturating_add(8))
-                .set_max_packet_size(p.max_packet, p.max_packet)
-                .set_last_will(rumqttc::LastWill::new(
-                    &p.will_topic,
+                .set_max_packet_size(p.max_packet, p.max_packet);
+            if let Some(will) = &p.will_topic {
+                o.set_last_will(rumqttc::LastWill::new(
+                    will,
                     "offline",
                     rumqttc::QoS::AtLeastOnce,
                     true,
                 ));
+            }
             if let Some(user) = &p.username {
                 o.set_credentials(user, &p.password);
             }
@@ -101,14 +103,16 @@ pub fn connect(p: &ConnectParams) -> (Client, EventLoop) {
                 .set_keep_alive(p.keep_alive)
                 .set_clean_start(p.session_expiry.is_zero())
                 .set_outgoing_inflight_upper_limit(p.inflight.saturating_add(8))
-                .set_max_packet_size(Some(u32::try_from(p.max_packet).unwrap_or(u32::MAX)))
-                .set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
-                    &p.will_topic,
+                .set_max_packet_size(Some(u32::try_from(p.max_packet).unwrap_or(u32::MAX)));
+            if let Some(will) = &p.will_topic {
+                o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+                    will,
                     "offline",
                     rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
                     true,
                     None,
                 ));
+            }
             o.set_connection_timeout(secs);
             if !p.session_expiry.is_zero() {
                 o.set_session_expiry_interval(Some(

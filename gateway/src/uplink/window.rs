@@ -119,6 +119,17 @@ impl Window {
         Some(seq)
     }
 
+    /// An entry polled for publishing that cannot be sent (no valid upstream topic): held like
+    /// a refused one. `false` if it was not in flight.
+    pub fn handle_unpublishable(&mut self, seq: u64) -> bool {
+        let Some(entry) = self.inflight.remove(&seq) else {
+            return false;
+        };
+        self.awaiting_pkid.pop_back();
+        self.held.insert(seq, entry);
+        true
+    }
+
     /// Entries refused by the broker and waiting for a retry.
     pub fn held(&self) -> usize {
         self.held.len()

@@ -17,6 +17,10 @@
 //! provisioned clients. Prints tables; asserts nothing about speed.
 //!
 //! usage: bench [SENSORS] [SECONDS]   (`$SYSTEM_TESTS_EDGEGW_BIN` picks the binary)
+//!        bench footprint [SECONDS]    (`scripts/footprint`): only the memory and start-up
+//!        figures: idle RSS (1 client), peak RSS under 256 CoAP CON requests in flight (256
+//!        closed-loop sensors), KiB per held DTLS session (PSK, cert), idle RSS and READY
+//!        with 10,000 clients, each next to its target (issue 18)
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -328,15 +332,29 @@ fn main() {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var(system_tests::BIN_OVERRIDE, exe.with_file_name("edgegw")) };
     }
-    let mut args = std::env::args().skip(1);
-    let sensors: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
-    let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let mut args = std::env::args().skip(1).peekable();
+    let footprint = args.next_if(|a| a == "footprint").is_some();
+    let sensors: u64 = if footprint {
+        256
+    } else {
+        args.next().and_then(|a| a.parse().ok()).unwrap_or(16)
+    };
+    let seconds: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(if footprint { 8 } else { 10 });
     // Sessions-per-MB figures (`BENCH_SESSIONS=1000,5000`); coap_dtls.max_sessions is raised
     // above the largest for the run.
     let counts: Vec<usize> = std::env::var("BENCH_SESSIONS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1000, 5000]);
+        .unwrap_or_else(|| {
+            if footprint {
+                vec![1000]
+            } else {
+                vec![1000, 5000]
+            }
+        });
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&dir.path().join("pki"));
     let upstream = Mosquitto::start(&dir.path().join("upstream"), &pki);
@@ -389,7 +407,7 @@ fn main() {
     // CoAPS-cert sensors: one client each, its device certificate (ECDSA P-256) issued by the
     // dev CA with `edgegw certs issue` (recorded in the auth store, as in production).
     let devices = gw.root.join("devices");
-    let certs: Vec<Credential> = (0..sensors)
+    let certs: Vec<Credential> = (0..sensors.min(16))
         .map(|k| {
             let name = format!("cert-{k:03}");
             gw.cli(&["client", "add", &name]);
@@ -412,14 +430,23 @@ fn main() {
     let psk = Credential::psk("sensor", &secret);
     let (mut daemon, ready) = gw.start();
     let pid = daemon.pid();
+    if footprint {
+        // Idle: after the start-up work (first status, uplink connect) has settled.
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let idle_rss = current_rss(pid);
     let target: SocketAddr = ([127, 0, 0, 1], gw.coap).into();
     let dtarget: SocketAddr = ([127, 0, 0, 1], gw.coaps).into();
     let mut base = 0;
-    for (name, kind) in [
-        ("edgegw CoAP CON", MessageType::Confirmable),
-        ("edgegw CoAP NON", MessageType::NonConfirmable),
-    ] {
+    let kinds: &[(&str, MessageType)] = if footprint {
+        &[("edgegw CoAP CON", MessageType::Confirmable)]
+    } else {
+        &[
+            ("edgegw CoAP CON", MessageType::Confirmable),
+            ("edgegw CoAP NON", MessageType::NonConfirmable),
+        ]
+    };
+    for &(name, kind) in kinds {
         base += 1_000_000_000;
         let c0 = proc_usage(pid).0;
         let start = Instant::now();
@@ -434,7 +461,10 @@ fn main() {
     for (name, creds) in [
         ("edgegw CoAPS-PSK", vec![psk.clone()]),
         ("edgegw CoAPS-cert", certs.clone()),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| !footprint)
+    {
         base += 1_000_000_000;
         let c0 = proc_usage(pid).0;
         let start = Instant::now();
@@ -449,7 +479,10 @@ fn main() {
     // DTLS handshakes/s: `sensors` clients, each doing full handshakes (new source port each,
     // close_notify once connected) for `seconds`, PSK and certificates measured separately.
     let mut handshakes = Vec::new();
-    for (name, creds) in [("PSK", vec![psk.clone()]), ("cert", certs.clone())] {
+    for (name, creds) in [("PSK", vec![psk.clone()]), ("cert", certs.clone())]
+        .into_iter()
+        .filter(|_| !footprint)
+    {
         let c0 = proc_usage(pid).0;
         let until = Instant::now() + Duration::from_secs(seconds);
         let start = Instant::now();
@@ -502,6 +535,11 @@ fn main() {
         d.signal("TERM");
         r
     };
+
+    if footprint {
+        print_footprint(&rows, &held, idle_rss, many, ready);
+        return;
+    }
 
     // (b) the usual pipeline: local mosquitto (persistence) bridged with mTLS QoS 1.
     let local_dir = dir.path().join("local");
@@ -659,5 +697,72 @@ fn main() {
     );
     println!(
         "edgegw idle RSS after start (1 client): {idle_rss} KiB; local mosquitto idle RSS: {mosq_idle} KiB"
+    );
+}
+
+/// The footprint figures of issue 18, each next to its target.
+fn print_footprint(
+    rows: &[Row],
+    held: &[Held],
+    idle_rss: u64,
+    many: (u64, u64, Duration),
+    ready: Duration,
+) {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let verdict = |ok: bool| if ok { "ok" } else { "OVER" };
+    println!();
+    println!(
+        "{:<52} {:>12} {:>10} {:>5}",
+        "figure", "measured", "target", ""
+    );
+    println!(
+        "{:<52} {:>8.1} MiB {:>6} MiB {:>5}",
+        "idle RSS, 1 client (VmRSS 1 s after READY)",
+        mib(idle_rss),
+        8,
+        verdict(mib(idle_rss) <= 8.0)
+    );
+    println!(
+        "{:<52} {:>8.1} MiB {:>6} MiB {:>5}",
+        "idle RSS, 10,000 clients (VmRSS 2 s after READY)",
+        mib(many.0),
+        12,
+        verdict(mib(many.0) <= 12.0)
+    );
+    for r in rows {
+        println!(
+            "{:<52} {:>8.1} MiB {:>6} MiB {:>5}   ({:.0} acked/s, {} lost)",
+            format!("peak RSS (VmHWM), {} x 256 in flight", r.name),
+            mib(r.rss),
+            16,
+            verdict(mib(r.rss) <= 16.0),
+            r.msgs as f64 / r.secs,
+            r.lost
+        );
+    }
+    for h in held {
+        let per = h.after.saturating_sub(h.before) as f64 / (h.held.max(1) as f64);
+        let target = if h.mode == "PSK" { 4.0 } else { 6.0 };
+        println!(
+            "{:<52} {:>8.2} KiB {:>6} KiB {:>5}   ({} held, {} alive)",
+            format!("RSS per held DTLS session, {} (N = {})", h.mode, h.wanted),
+            per,
+            target,
+            verdict(per <= target && h.held == h.wanted),
+            h.held,
+            h.alive
+        );
+    }
+    println!(
+        "{:<52} {:>9.1} ms {:>7} ms {:>5}",
+        "READY=1, 10,000 clients (sd_notify)",
+        many.2.as_secs_f64() * 1000.0,
+        50,
+        verdict(many.2 <= Duration::from_millis(50))
+    );
+    println!(
+        "{:<52} {:>9.1} ms",
+        "READY=1, 1 client (sd_notify)",
+        ready.as_secs_f64() * 1000.0
     );
 }

@@ -44,6 +44,7 @@ fn main() -> std::process::ExitCode {
             None,
             gateway::control::bind(&config.gateway.runtime_dir).expect("control socket binds"),
             gateway::status::BoardStatus::default(),
+            None,
         )
         .expect("pipeline starts");
         let (tx, rx) = mpsc::channel(8);

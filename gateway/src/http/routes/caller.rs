@@ -27,6 +27,31 @@ impl Principal {
             Principal::Pat(_) => Err(ApiError::forbidden()),
         }
     }
+    /// For a PAT, a lookup failure of `key` is answered like a missing scope (403) unless
+    /// the PAT may `operation` on `entity_type` `key` (or any): otherwise 404 vs 403 would tell
+    /// a PAT whether an entity it has no rights on exists.
+    pub(super) fn hide_missing(
+        &self,
+        entity_type: &str,
+        operation: &str,
+        key: &str,
+        e: ApiError,
+    ) -> ApiError {
+        match self {
+            Principal::Pat(p)
+                if e.status == axum::http::StatusCode::NOT_FOUND
+                    && !p.allows(entity_type, operation, Some(key)) =>
+            {
+                ApiError::forbidden()
+            }
+            _ => e,
+        }
+    }
+
+    pub(super) fn is_admin(&self) -> bool {
+        matches!(self, Principal::Admin)
+    }
+
     pub(super) fn admin_only(&self) -> Result<(), ApiError> {
         match self {
             Principal::Admin => Ok(()),

@@ -1,5 +1,7 @@
 //! `/certs…` (device certificates: issue, list, revoke) and `/audit`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -10,8 +12,8 @@ use serde_json::{Value, json};
 use super::caller::authenticate;
 use super::error::ApiError;
 use super::{St, with_db};
-
 use crate::auth::AuthError;
+use crate::http::AppState;
 
 pub(super) async fn list_certs(
     State(state): St,
@@ -27,7 +29,40 @@ pub(super) async fn revoke_cert(
     headers: HeaderMap,
     Path(serial): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate(&state, &headers)?.require("certs", "delete", Some(&serial))?;
+    revoke(&state, &headers, serial).await
+}
+
+/// SuperMQ's `PATCH /{domainID}/certs/{id}/revoke`: 204, no body (`certs/api/http/responses.go`,
+/// `revokeCertRes`).
+pub(super) async fn revoke_cert_patch(
+    State(state): St,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let _revoked = revoke(&state, &headers, serial).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RevokeOf {
+    client_id: String,
+}
+
+/// The walkthroughs' `DELETE /certs/revoke {"client_id"}`: every certificate of that client.
+pub(super) async fn revoke_certs_of(
+    State(state): St,
+    headers: HeaderMap,
+    Json(req): Json<RevokeOf>,
+) -> Result<Json<Value>, ApiError> {
+    revoke(&state, &headers, req.client_id).await
+}
+
+async fn revoke(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    serial: String,
+) -> Result<Json<Value>, ApiError> {
+    authenticate(state, headers)?.require("certs", "delete", Some(&serial))?;
     let auth = state.auth.clone();
     let revoked = tokio::task::spawn_blocking(move || auth.revoke_certificate(&serial))
         .await
@@ -54,6 +89,37 @@ pub(super) async fn issue_cert(
     State(state): St,
     headers: HeaderMap,
     Json(req): Json<IssueCert>,
+) -> Result<Response, ApiError> {
+    issue(state, headers, req).await
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub(super) struct IssueFor {
+    ttl: Option<String>,
+    csr: Option<String>,
+}
+
+/// SuperMQ's `POST /{domainID}/certs/issue/{entityID}` with `{ttl}` (201:
+/// `certs/api/http/responses.go`, `issueCertRes`).
+pub(super) async fn issue_cert_for(
+    State(state): St,
+    headers: HeaderMap,
+    Path(client_id): Path<String>,
+    body: Option<Json<IssueFor>>,
+) -> Result<Response, ApiError> {
+    let b = body.map(|Json(b)| b).unwrap_or_default();
+    let req = IssueCert {
+        client_id,
+        ttl: b.ttl,
+        csr: b.csr,
+    };
+    issue(state, headers, req).await
+}
+
+async fn issue(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    req: IssueCert,
 ) -> Result<Response, ApiError> {
     authenticate(&state, &headers)?.require("certs", "create", None)?;
     if req.csr.as_ref().is_some_and(|c| c.len() > 16 * 1024) {

@@ -3,17 +3,17 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::caller::authenticate;
 use super::clients::{Page, metadata_text};
 use super::error::ApiError;
-use super::{St, with_db};
+use super::{PathDomain, St, with_db};
 use crate::http::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -21,20 +21,42 @@ pub(super) struct CreateChannel {
     name: String,
     domain_id: Option<String>,
     metadata: Option<Value>,
+    /// Caller-chosen local id (e.g. the SuperMQ channel id it mirrors).
+    id: Option<String>,
+    /// The channel's id upstream [default: the local id].
+    upstream_id: Option<String>,
 }
 
+/// Under `/{domainID}/channels` the channel's domain defaults to the path's, and a body
+/// `domain_id` naming another one is refused (403, as SuperMQ's domain authorization:
+/// `api/http/common.go`, `EncodeError`).
 pub(super) async fn create_channel(
     State(state): St,
     headers: HeaderMap,
+    path_domain: Option<Extension<PathDomain>>,
     Json(req): Json<CreateChannel>,
 ) -> Result<Response, ApiError> {
     authenticate(&state, &headers)?.require("channels", "create", None)?;
+    let path_domain = path_domain.map(|Extension(PathDomain(d))| d);
+    if let (Some(p), Some(b)) = (&path_domain, &req.domain_id)
+        && p != b
+    {
+        return Err(ApiError::forbidden());
+    }
     let domain = req
         .domain_id
+        .or(path_domain)
         .unwrap_or_else(|| state.config.gateway.domain_id.clone());
+    crate::auth::check_upstream_domain(&state.config, &domain)?;
     let metadata = metadata_text(req.metadata);
     let ch = with_db(&state, move |db| {
-        db.add_channel(&req.name, &domain, metadata.as_deref())
+        db.add_channel_as(&crate::auth::store::NewChannel {
+            name: &req.name,
+            domain_id: &domain,
+            metadata: metadata.as_deref(),
+            id: req.id.as_deref(),
+            upstream_id: req.upstream_id.as_deref(),
+        })
     })
     .await?;
     Ok((
@@ -61,10 +83,15 @@ pub(super) async fn get_channel(
     State(state): St,
     headers: HeaderMap,
     Path(id): Path<String>,
+    path_domain: Option<Extension<PathDomain>>,
 ) -> Result<Json<Value>, ApiError> {
     let p = authenticate(&state, &headers)?;
-    let ch = with_db(&state, move |db| db.channel(&id)).await?;
+    let key = id.clone();
+    let ch = with_db(&state, move |db| db.channel(&key))
+        .await
+        .map_err(|e| p.hide_missing("channels", "read", &id, e))?;
     p.require("channels", "read", Some(&ch.id))?;
+    same_domain(path_domain, &ch.domain_id)?;
     Ok(Json(serde_json::to_value(ch).unwrap_or_default()))
 }
 
@@ -72,12 +99,28 @@ pub(super) async fn delete_channel(
     State(state): St,
     headers: HeaderMap,
     Path(id): Path<String>,
+    path_domain: Option<Extension<PathDomain>>,
 ) -> Result<StatusCode, ApiError> {
     let p = authenticate(&state, &headers)?;
-    let ch = with_db(&state, move |db| db.channel(&id)).await?;
+    let key = id.clone();
+    let ch = with_db(&state, move |db| db.channel(&key))
+        .await
+        .map_err(|e| p.hide_missing("channels", "delete", &id, e))?;
     p.require("channels", "delete", Some(&ch.id))?;
+    same_domain(path_domain, &ch.domain_id)?;
     with_db(&state, move |db| db.remove_channel(&ch.id)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A channel that has a domain is reachable under `/{domainID}/…` of that domain only (403
+/// otherwise, SuperMQ's authorization answer: `api/http/common.go`, `EncodeError`).
+fn same_domain(path: Option<Extension<PathDomain>>, entity: &str) -> Result<(), ApiError> {
+    match path {
+        Some(Extension(PathDomain(d))) if !entity.is_empty() && d != entity => {
+            Err(ApiError::forbidden())
+        }
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,17 +139,17 @@ pub(super) async fn connect_or_not(
 ) -> Result<Response, ApiError> {
     let p = authenticate(&state, &headers)?;
     let op = if grant { "create" } else { "delete" };
-    if req.client_ids.is_empty()
-        || req.channel_ids.is_empty()
-        || req.client_ids.len() * req.channel_ids.len() > 1024
-    {
+    // Checked: on a 32-bit target the product of two large lists could wrap.
+    let pairs = req.client_ids.len().checked_mul(req.channel_ids.len());
+    if req.client_ids.is_empty() || req.channel_ids.is_empty() || pairs.is_none_or(|n| n > 1024) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "client_ids and channel_ids: 1 to 1024 pairs",
         ));
     }
-    for ch in &req.channel_ids {
-        p.require("connections", op, Some(ch))?;
+    // Both ends: a PAT scoped to one channel must not attach any client to it.
+    for id in req.channel_ids.iter().chain(&req.client_ids) {
+        p.require("connections", op, Some(id))?;
     }
     let types = req
         .types
@@ -164,5 +207,41 @@ pub(super) async fn disconnect(
     headers: HeaderMap,
     Json(req): Json<ConnectRequest>,
 ) -> Result<Response, ApiError> {
+    connect_or_not(state, headers, req, false).await
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ChannelConnect {
+    client_ids: Vec<String>,
+    types: Option<Vec<String>>,
+}
+
+/// SuperMQ's `POST /{domainID}/channels/{channelID}/connect` (`channels/api/http/transport.go`).
+pub(super) async fn connect_channel(
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<ChannelConnect>,
+) -> Result<Response, ApiError> {
+    let req = ConnectRequest {
+        client_ids: req.client_ids,
+        channel_ids: vec![id],
+        types: req.types,
+    };
+    connect_or_not(state, headers, req, true).await
+}
+
+/// SuperMQ's `POST /{domainID}/channels/{channelID}/disconnect`.
+pub(super) async fn disconnect_channel(
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<ChannelConnect>,
+) -> Result<Response, ApiError> {
+    let req = ConnectRequest {
+        client_ids: req.client_ids,
+        channel_ids: vec![id],
+        types: req.types,
+    };
     connect_or_not(state, headers, req, false).await
 }

@@ -57,12 +57,22 @@ pub(super) async fn create_client(
         Some(c) => (c.identity.or(req.identity), c.secret),
         None => (req.identity, None),
     };
-    let identity = identity.or_else(|| req.name.clone()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "credentials.identity (or name) is required",
-        )
-    })?;
+    // SuperMQ generates what is missing: without an identity the name serves when it is a
+    // valid identity, otherwise one is generated (`client-<uuid>`, returned in the answer).
+    let identity = match identity.or_else(|| {
+        req.name
+            .clone()
+            .filter(|n| crate::auth::store::validate_identity(n).is_ok())
+    }) {
+        Some(i) => i,
+        None if req.name.is_some() => format!("client-{}", crate::auth::secret::new_uuid()?),
+        None => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "credentials.identity (or name) is required",
+            ));
+        }
+    };
     let disabled = match req.status.as_deref() {
         None | Some("enabled") => false,
         Some("disabled") => true,
@@ -137,7 +147,10 @@ pub(super) async fn get_client(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let p = authenticate(&state, &headers)?;
-    let c = with_db(&state, move |db| db.client(&id)).await?;
+    let key = id.clone();
+    let c = with_db(&state, move |db| db.client(&key))
+        .await
+        .map_err(|e| p.hide_missing("clients", "read", &id, e))?;
     p.require("clients", "read", Some(&c.id))?;
     Ok(Json(client_json(&c, false)))
 }
@@ -156,7 +169,10 @@ pub(super) async fn authorized_client(
     op: &str,
 ) -> Result<String, ApiError> {
     let p = authenticate(state, headers)?;
-    let c = with_db(state, move |db| db.client(&key)).await?;
+    let k = key.clone();
+    let c = with_db(state, move |db| db.client(&k))
+        .await
+        .map_err(|e| p.hide_missing("clients", op, &key, e))?;
     p.require("clients", op, Some(&c.id))?;
     Ok(c.id)
 }
@@ -224,8 +240,13 @@ pub(super) async fn rotate_secret(
     Path(id): Path<String>,
     body: Option<Json<RotateSecret>>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = authorized_client(&state, &headers, id, "update").await?;
     let secret = body.map(|Json(b)| b.secret).unwrap_or_default();
+    // Only the administrator chooses a secret: a PAT may rotate to a generated one, so "another
+    // client already uses this secret" cannot serve it as an oracle for other clients' secrets.
+    if secret.is_some() && !authenticate(&state, &headers)?.is_admin() {
+        return Err(ApiError::forbidden());
+    }
+    let id = authorized_client(&state, &headers, id, "update").await?;
     let c = with_db(&state, move |db| db.rotate_secret(&id, secret.as_deref())).await?;
     Ok(Json(client_json(&c, true)))
 }

@@ -1,0 +1,191 @@
+//! The `clients` table.
+
+use super::*;
+
+/// A client row. The secret is never serialized: only `client add` / `rotate-secret` show it,
+/// explicitly.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct Client {
+    pub id: String,
+    pub identity: String,
+    pub name: String,
+    #[serde(skip)]
+    pub secret: String,
+    #[serde(rename = "status", serialize_with = "status")]
+    pub enabled: bool,
+    pub metadata: serde_json::Value,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("identity", &self.identity)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) fn status<S: serde::Serializer>(enabled: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if *enabled { "enabled" } else { "disabled" })
+}
+
+impl Db {
+    /// Adds a client; the secret is generated when `secret` is `None`. Returns the row with
+    /// its secret.
+    pub fn add_client(
+        &mut self,
+        identity: &str,
+        name: Option<&str>,
+        secret: Option<&str>,
+        metadata: Option<&str>,
+    ) -> Result<Client, AuthError> {
+        validate_identity(identity)?;
+        let name = name.unwrap_or(identity);
+        validate_text("name", name, 256)?;
+        let secret = match secret {
+            Some(s) => {
+                secret::validate(s)?;
+                s.to_owned()
+            }
+            None => secret::generate()?,
+        };
+        let metadata = parse_metadata(metadata)?;
+        let now = now_unix();
+        let id = secret::new_uuid()?;
+        let result = self.conn.execute(
+            "INSERT INTO clients (id, identity, name, secret, enabled, metadata, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6)",
+            params![id, identity, name, secret, metadata.to_string(), now],
+        );
+        match result {
+            Ok(_) => {}
+            Err(e) if is_unique(&e, "clients.identity") => {
+                return Err(AuthError::Duplicate {
+                    what: "client",
+                    value: identity.to_owned(),
+                });
+            }
+            Err(e) if is_unique(&e, "clients.secret") => {
+                return Err(AuthError::Invalid(
+                    "another client already uses this secret".into(),
+                ));
+            }
+            Err(e) => return Err(self.err(e)),
+        }
+        self.client(identity)
+    }
+
+    pub fn list_clients(&self) -> Result<Vec<Client>, AuthError> {
+        let mut st = self
+            .conn
+            .prepare(&format!("{CLIENT_SELECT} ORDER BY identity"))
+            .map_err(|e| self.err(e))?;
+        st.query_map([], client_row)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// A client by id or identity (an id wins).
+    pub fn client(&self, key: &str) -> Result<Client, AuthError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "{CLIENT_SELECT} WHERE id = ?1 OR identity = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+                ),
+                [key],
+                client_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| AuthError::NotFound {
+                what: "client",
+                value: key.to_owned(),
+            })
+    }
+
+    pub fn set_client_enabled(&mut self, key: &str, enabled: bool) -> Result<Client, AuthError> {
+        let client = self.client(key)?;
+        self.conn
+            .execute(
+                "UPDATE clients SET enabled = ?2, updated_at = ?3 WHERE id = ?1",
+                params![client.id, enabled, now_unix()],
+            )
+            .map_err(|e| self.err(e))?;
+        self.client(&client.id)
+    }
+
+    pub fn remove_client(&mut self, key: &str) -> Result<Client, AuthError> {
+        let client = self.client(key)?;
+        self.conn
+            .execute("DELETE FROM clients WHERE id = ?1", [&client.id])
+            .map_err(|e| self.err(e))?;
+        Ok(client)
+    }
+
+    /// Changes a client's name and/or metadata (management API `PATCH /clients/{id}`).
+    pub fn update_client(
+        &mut self,
+        key: &str,
+        name: Option<&str>,
+        metadata: Option<&str>,
+    ) -> Result<Client, AuthError> {
+        let client = self.client(key)?;
+        let name = name.unwrap_or(&client.name);
+        validate_text("name", name, 256)?;
+        let metadata = match metadata {
+            Some(m) => parse_metadata(Some(m))?,
+            None => client.metadata.clone(),
+        };
+        self.conn
+            .execute(
+                "UPDATE clients SET name = ?2, metadata = ?3, updated_at = ?4 WHERE id = ?1",
+                params![client.id, name, metadata.to_string(), now_unix()],
+            )
+            .map_err(|e| self.err(e))?;
+        self.client(&client.id)
+    }
+
+    /// Replaces a client's secret (generated when `secret` is `None`); returns the row with the
+    /// new secret.
+    pub fn rotate_secret(&mut self, key: &str, secret: Option<&str>) -> Result<Client, AuthError> {
+        let client = self.client(key)?;
+        let secret = match secret {
+            Some(s) => {
+                secret::validate(s)?;
+                s.to_owned()
+            }
+            None => secret::generate()?,
+        };
+        let result = self.conn.execute(
+            "UPDATE clients SET secret = ?2, updated_at = ?3 WHERE id = ?1",
+            params![client.id, secret, now_unix()],
+        );
+        match result {
+            Ok(_) => self.client(&client.id),
+            Err(e) if is_unique(&e, "clients.secret") => Err(AuthError::Invalid(
+                "another client already uses this secret".into(),
+            )),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+}
+
+pub(super) const CLIENT_SELECT: &str =
+    "SELECT id, identity, name, secret, enabled, metadata, created_at, updated_at FROM clients";
+
+pub(super) fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
+    Ok(Client {
+        id: r.get(0)?,
+        identity: r.get(1)?,
+        name: r.get(2)?,
+        secret: r.get(3)?,
+        enabled: r.get(4)?,
+        metadata: json_column(r, 5)?,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+    })
+}

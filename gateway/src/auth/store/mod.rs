@@ -1,0 +1,281 @@
+//! `auth.db`: the SQLite file behind the auth store. Owns opening (refusing a corrupt,
+//! truncated or too-new file without writing to it), the embedded migrations, and every
+//! read/write statement. Synchronous: the CLI uses it directly; the daemon's [`super::AuthStore`]
+//! uses it from its own threads, never from async workers.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _, params};
+use serde::Serialize;
+
+use super::{AuthError, CertificateRecord, secret};
+
+mod audit;
+mod certificates;
+mod channels;
+mod clients;
+mod connections;
+mod schema;
+mod validate;
+
+pub use audit::AuditEvent;
+pub use channels::{Channel, NewChannel};
+pub use clients::Client;
+pub use connections::Grant;
+pub use schema::SCHEMA_VERSION;
+#[cfg(test)]
+pub use schema::migrations_for_tests;
+pub use validate::{
+    normalize_serial, parse_metadata, validate_channel_id, validate_channel_name, validate_identity,
+};
+
+use certificates::{CERT_SELECT, cert_row};
+use channels::{CHANNEL_SELECT, channel_row};
+use clients::{CLIENT_SELECT, client_row};
+use connections::connection_row;
+use schema::{check_file, create};
+use validate::{validate_domain, validate_text};
+
+/// How long a statement waits for another process's write lock (the CLI while the daemon runs).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything the cache is built from, read in one transaction.
+#[derive(Debug, Default)]
+pub struct Tables {
+    pub clients: Vec<Client>,
+    pub channels: Vec<Channel>,
+    pub connections: Vec<Grant>,
+    pub certificates: Vec<CertificateRecord>,
+    /// The change generation these rows are from.
+    pub generation: i64,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// An open `auth.db`.
+#[derive(Debug)]
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Db {
+    /// Opens `path`, creating it (0600, parent 0700) if missing. An existing file is checked
+    /// before anything is written: not SQLite, truncated, failing `quick_check`, foreign, or a
+    /// newer schema → refused with an error naming the file, the file untouched.
+    pub fn open(path: &Path) -> Result<Db, AuthError> {
+        let io = |source: std::io::Error| AuthError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        certs::files::ensure_private_dir(dir).map_err(|source| AuthError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        match std::fs::metadata(path) {
+            Ok(_) => check_file(path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path, dir)?,
+            Err(e) => return Err(io(e)),
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sqlite_at(path, e))?;
+        let mut db = Db {
+            conn,
+            path: path.to_owned(),
+        };
+        db.conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| db.err(e))?;
+        db.verify()?;
+        db.conn
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
+                 PRAGMA journal_size_limit = 1048576; PRAGMA wal_autocheckpoint = 256; \
+                 PRAGMA cache_size = -512;",
+            )
+            .map_err(|e| db.err(e))?;
+        db.migrate()?;
+        Ok(db)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: rusqlite::Error) -> AuthError {
+        sqlite_at(&self.path, e)
+    }
+
+    /// Another connection to a store [`Db::open`] already checked and migrated (the daemon's
+    /// watcher and audit threads).
+    pub fn attach(path: &Path) -> Result<Db, AuthError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sqlite_at(path, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| sqlite_at(path, e))?;
+        conn.execute_batch("PRAGMA foreign_keys = ON;")
+            .map_err(|e| sqlite_at(path, e))?;
+        Ok(Db {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Bumped by triggers on every change to clients, channels, connections or certificates.
+    pub fn generation(&self) -> Result<i64, AuthError> {
+        self.conn
+            .query_row("SELECT value FROM generation WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// `PRAGMA data_version`: changes when another connection committed.
+    pub fn data_version(&self) -> Result<i64, AuthError> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every table the cache needs, consistently (one read transaction).
+    pub fn load(&mut self) -> Result<Tables, AuthError> {
+        let path = self.path.clone();
+        let e = |e| sqlite_at(&path, e);
+        let tx = self.conn.transaction().map_err(e)?;
+        let mut t = Tables::default();
+        {
+            t.generation = tx
+                .query_row("SELECT value FROM generation WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
+                .map_err(e)?;
+            let mut st = tx.prepare(CLIENT_SELECT).map_err(e)?;
+            t.clients = st
+                .query_map([], client_row)
+                .map_err(e)?
+                .collect::<Result<_, _>>()
+                .map_err(e)?;
+            let mut st = tx.prepare(CHANNEL_SELECT).map_err(e)?;
+            t.channels = st
+                .query_map([], channel_row)
+                .map_err(e)?
+                .collect::<Result<_, _>>()
+                .map_err(e)?;
+            let mut st = tx
+                .prepare("SELECT client_id, channel_id, publish, subscribe FROM connections")
+                .map_err(e)?;
+            t.connections = st
+                .query_map([], connection_row)
+                .map_err(e)?
+                .collect::<Result<_, _>>()
+                .map_err(e)?;
+            let mut st = tx.prepare(CERT_SELECT).map_err(e)?;
+            t.certificates = st
+                .query_map([], cert_row)
+                .map_err(e)?
+                .collect::<Result<_, _>>()
+                .map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
+        Ok(t)
+    }
+
+    /// The development profile's demo sensor: created with channel `demo` (publish and
+    /// subscribe) when the client `identity` does not exist yet. Returns the secret only when
+    /// it was created now.
+    pub fn ensure_demo(
+        &mut self,
+        identity: &str,
+        channel: &str,
+        domain_id: &str,
+    ) -> Result<Option<String>, AuthError> {
+        // One transaction: a failure half-way leaves no demo client without its channel.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
+        let result = self.create_demo(identity, channel, domain_id);
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.conn.execute_batch(end).map_err(|e| self.err(e))?;
+        result
+    }
+
+    fn create_demo(
+        &mut self,
+        identity: &str,
+        channel: &str,
+        domain_id: &str,
+    ) -> Result<Option<String>, AuthError> {
+        match self.client(identity) {
+            Ok(_) => return Ok(None),
+            Err(AuthError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let client = self.add_client(
+            identity,
+            Some("demo sensor (development profile)"),
+            None,
+            None,
+        )?;
+        match self.channel(channel) {
+            Ok(_) => {}
+            Err(AuthError::NotFound { .. }) => {
+                self.add_channel(channel, domain_id, None)?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.connect(&client.id, channel, true, true)?;
+        Ok(Some(client.secret))
+    }
+}
+
+fn json_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<serde_json::Value> {
+    let text: String = r.get(i)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn is_unique(e: &rusqlite::Error, column: &str) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, Some(msg))
+        if f.code == ErrorCode::ConstraintViolation && msg.contains(column))
+}
+
+/// A SQLite error at `path`: corruption and "not a database" become [`AuthError::Corrupt`].
+pub fn sqlite_at(path: &Path, e: rusqlite::Error) -> AuthError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    {
+        return AuthError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+    }
+    AuthError::Sqlite {
+        path: path.to_owned(),
+        source: e,
+    }
+}
