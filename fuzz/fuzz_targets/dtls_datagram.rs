@@ -7,41 +7,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::coap::dtls::{DtlsSettings, Sessions};
-use gateway::coap::proto::{Failure, Target};
-use gateway::coap::task::{Backend, Downlink, Principal, PublishFuture, Who};
+use gateway::coap::dtls::{DtlsCredentials, DtlsSettings, Principal, Sessions};
 use libfuzzer_sys::fuzz_target;
-use tokio::sync::mpsc;
 
+/// Knows no client: every PSK identity and certificate is refused.
 struct Deny;
 
-impl Backend for Deny {
-    fn publish(
-        &self,
-        _: SocketAddr,
-        _: Who<'_>,
-        _: &Target,
-        _: Option<u16>,
-        _: Vec<u8>,
-    ) -> PublishFuture {
-        Box::pin(async { Err(Failure::Unauthenticated) })
-    }
-    fn subscribe(
-        &self,
-        _: SocketAddr,
-        _: Who<'_>,
-        _: &Target,
-    ) -> Result<mpsc::Receiver<Downlink>, Failure> {
-        Err(Failure::Unauthenticated)
-    }
+impl DtlsCredentials for Deny {
     fn psk(&self, _: &[u8]) -> Option<Vec<u8>> {
         None
     }
     fn psk_principal(&self, _: &str) -> Option<Principal> {
         None
     }
-    fn certificate_principal(&self, _: &str, _: &str, _: &str) -> Result<Principal, Failure> {
-        Err(Failure::Unauthenticated)
+    fn principal_for_certificate(&self, _: &str, _: &str, _: &str) -> Option<Principal> {
+        None
+    }
+    fn still_valid(&self, _: &Principal) -> bool {
+        false
     }
 }
 

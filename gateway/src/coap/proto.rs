@@ -18,6 +18,18 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, Resp
 pub use crate::intake::refusal::{Refusal, RefusalCounts, RefusalKind};
 pub use crate::intake::request::Target;
 
+mod answer;
+mod block1;
+mod dedup;
+mod observe;
+mod uri;
+
+pub use answer::{CoapAnswer, coap_answer};
+use block1::BlockTransfer;
+use dedup::{DedupEntry, DedupState};
+use observe::Observer;
+use uri::{PathError, parse_path, parse_query, unsupported_critical_option};
+
 /// RFC 7252 §4.8.2 EXCHANGE_LIFETIME with the default transmission parameters.
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 
@@ -170,22 +182,6 @@ pub struct Stats {
 }
 
 #[derive(Debug)]
-enum DedupState {
-    /// The shell has not decided yet: duplicates get nothing.
-    Processing,
-    /// The response we sent, sent again verbatim for a duplicate.
-    Answered(Vec<u8>),
-    /// A non-final Block1 block: the 2.31 we sent.
-    Continue(Vec<u8>),
-}
-
-#[derive(Debug)]
-struct DedupEntry {
-    expires: Instant,
-    state: DedupState,
-}
-
-#[derive(Debug)]
 enum Kind {
     Publish,
     Subscribe,
@@ -201,30 +197,6 @@ struct Pending {
     kind: Kind,
     /// Block1 option value to echo in the final response.
     block1: Option<u32>,
-}
-
-#[derive(Debug)]
-struct BlockTransfer {
-    expires: Instant,
-    buffer: Vec<u8>,
-}
-
-#[derive(Debug)]
-struct InFlight {
-    message_id: u16,
-    bytes: Vec<u8>,
-    retransmits: u32,
-    timeout: Duration,
-    next: Instant,
-}
-
-#[derive(Debug)]
-struct Observer {
-    peer: SocketAddr,
-    token: Vec<u8>,
-    seq: u32,
-    in_flight: Option<InFlight>,
-    queue: VecDeque<(Vec<u8>, Option<u16>)>,
 }
 
 /// The CoAP server core. See the module docs.
@@ -410,56 +382,6 @@ impl Server {
         self.finish(&p, resp, now);
     }
 
-    /// Queues a confirmable notification for an observer.
-    pub fn notify(
-        &mut self,
-        observer: ExchangeId,
-        payload: Vec<u8>,
-        content_format: Option<u16>,
-        now: Instant,
-    ) -> Result<(), NotifyError> {
-        let max_queue = self.config.max_queued_notifications;
-        let obs = self
-            .observers
-            .get_mut(&observer)
-            .ok_or(NotifyError::UnknownObserver)?;
-        if obs.queue.len() >= max_queue {
-            return Err(NotifyError::QueueFull);
-        }
-        obs.queue.push_back((payload, content_format));
-        self.send_next_notification(observer, now);
-        Ok(())
-    }
-
-    /// Ends an observation from the shell's side (client disabled, revoked, session gone).
-    pub fn cancel_observer(&mut self, observer: ExchangeId) {
-        if let Some(obs) = self.observers.remove(&observer) {
-            self.observer_by_token.remove(&(obs.peer, obs.token));
-            self.events.push_back(Event::ObserveEnded { observer });
-        }
-    }
-
-    /// Ends an observation with a final error notification (RFC 7641 §3.2: a response that
-    /// is not 2.xx ends it), e.g. 4.03 when the client lost its subscribe grant.
-    pub fn end_observer(&mut self, observer: ExchangeId, refusal: Refusal) {
-        let Some(obs) = self.observers.get(&observer) else {
-            return;
-        };
-        let (peer, token) = (obs.peer, obs.token.clone());
-        let answer = coap_answer(&refusal);
-        let mut n = Packet::new();
-        n.header.set_type(MessageType::NonConfirmable);
-        n.header.message_id = self.fresh_message_id();
-        n.header.code = MessageClass::Response(answer.code);
-        n.set_token(token);
-        self.stats.refused.record(refusal.kind());
-        self.transmits.push_back(Transmit {
-            peer,
-            payload: encode(&n),
-        });
-        self.cancel_observer(observer);
-    }
-
     /// Forgets everything about a peer (its DTLS session ended).
     pub fn forget_peer(&mut self, peer: SocketAddr) {
         let ids: Vec<_> = self
@@ -496,36 +418,6 @@ impl Server {
         [retransmit, dedup, blocks].into_iter().flatten().min()
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.expire(now);
-        let due: Vec<ExchangeId> = self
-            .observers
-            .iter()
-            .filter(|(_, o)| o.in_flight.as_ref().is_some_and(|f| f.next <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        let max_retransmit = self.config.max_retransmit;
-        for id in due {
-            let Some(obs) = self.observers.get_mut(&id) else {
-                continue;
-            };
-            let Some(f) = obs.in_flight.as_mut() else {
-                continue;
-            };
-            if f.retransmits >= max_retransmit {
-                // RFC 7641 §4.5: an unacknowledged notification ends the observation.
-                self.cancel_observer(id);
-                continue;
-            }
-            f.retransmits += 1;
-            f.timeout *= 2;
-            f.next = now + f.timeout;
-            let payload = f.bytes.clone();
-            let peer = obs.peer;
-            self.transmits.push_back(Transmit { peer, payload });
-        }
-    }
-
     fn expire(&mut self, now: Instant) {
         while let Some((key, expires)) = self.dedup_order.front() {
             if *expires > now {
@@ -537,40 +429,6 @@ impl Server {
             self.dedup_order.pop_front();
         }
         self.blocks.retain(|_, b| b.expires > now);
-    }
-
-    /// Records (peer, mid); for a duplicate, re-sends the stored answer and returns true.
-    fn is_duplicate(&mut self, peer: SocketAddr, mid: u16, now: Instant) -> bool {
-        let key = (peer, mid);
-        if let Some(entry) = self.dedup.get(&key) {
-            self.stats.duplicates += 1;
-            match &entry.state {
-                DedupState::Processing => {}
-                DedupState::Answered(bytes) | DedupState::Continue(bytes) => {
-                    self.transmits.push_back(Transmit {
-                        peer,
-                        payload: bytes.clone(),
-                    });
-                }
-            }
-            return true;
-        }
-        while self.dedup.len() >= self.config.max_dedup_entries {
-            let Some((old, _)) = self.dedup_order.pop_front() else {
-                break;
-            };
-            self.dedup.remove(&old);
-        }
-        let expires = now + self.config.exchange_lifetime;
-        self.dedup.insert(
-            key,
-            DedupEntry {
-                expires,
-                state: DedupState::Processing,
-            },
-        );
-        self.dedup_order.push_back((key, expires));
-        false
     }
 
     fn handle_request(&mut self, req: Request, method: RequestType, packet: &Packet, now: Instant) {
@@ -645,137 +503,6 @@ impl Server {
         }
     }
 
-    fn handle_post(
-        &mut self,
-        req: Request,
-        target: Target,
-        credentials: Credentials,
-        packet: &Packet,
-        now: Instant,
-    ) {
-        let max = self.config.max_payload;
-        let content_format = packet
-            .get_first_option(CoapOption::ContentFormat)
-            .and_then(|v| decode_uint(v))
-            .and_then(|v| u16::try_from(v).ok());
-        let too_large = |s: &mut Self, req: &Request| {
-            s.respond_failure_req(req, Refusal::TooLarge { max }, now);
-        };
-        if let Some(size1) = packet
-            .get_first_option(CoapOption::Size1)
-            .and_then(|v| decode_uint(v))
-            && size1 as usize > max
-        {
-            too_large(self, &req);
-            return;
-        }
-        let Some(block1) = packet.get_first_option(CoapOption::Block1) else {
-            if packet.payload.len() > max {
-                too_large(self, &req);
-                return;
-            }
-            let payload = packet.payload.clone();
-            self.start_exchange(req, Kind::Publish, None, now, |exchange, peer| {
-                Event::Publish {
-                    exchange,
-                    peer,
-                    target,
-                    credentials,
-                    content_format,
-                    payload,
-                }
-            });
-            return;
-        };
-        let Some(value) = decode_uint(block1) else {
-            self.respond_failure_req(&req, Refusal::BadRequest, now);
-            return;
-        };
-        let num = value >> 4;
-        let more = value & 0x8 != 0;
-        let szx = (value & 0x7) as u8;
-        if szx == 7 {
-            self.respond_failure_req(&req, Refusal::BadRequest, now);
-            return;
-        }
-        let size = 16usize << szx;
-        if more && packet.payload.len() != size {
-            self.respond_failure_req(&req, Refusal::BadRequest, now);
-            return;
-        }
-        let key = (req.peer, block_key(packet));
-        if num == 0 {
-            if !self.blocks.contains_key(&key)
-                && self.blocks.len() >= self.config.max_block_transfers
-            {
-                self.respond_failure_req(
-                    &req,
-                    Refusal::Busy {
-                        retry_after: Duration::from_secs(5),
-                    },
-                    now,
-                );
-                return;
-            }
-            self.blocks.insert(
-                key.clone(),
-                BlockTransfer {
-                    expires: now + self.config.exchange_lifetime,
-                    buffer: Vec::new(),
-                },
-            );
-        }
-        let Some(transfer) = self.blocks.get_mut(&key) else {
-            self.respond_now(
-                &req,
-                ResponseType::RequestEntityIncomplete,
-                RefusalKind::BadRequest,
-                |_| {},
-            );
-            return;
-        };
-        // A client may lower the block size mid-transfer (RFC 7959 §2.5): what must line up is
-        // the byte offset, not the block number.
-        let offset = (num as usize).saturating_mul(size);
-        if offset != transfer.buffer.len() || (!more && packet.payload.len() > size) {
-            self.blocks.remove(&key);
-            self.respond_now(
-                &req,
-                ResponseType::RequestEntityIncomplete,
-                RefusalKind::BadRequest,
-                |_| {},
-            );
-            return;
-        }
-        if transfer.buffer.len() + packet.payload.len() > max {
-            self.blocks.remove(&key);
-            too_large(self, &req);
-            return;
-        }
-        transfer.buffer.extend_from_slice(&packet.payload);
-        transfer.expires = now + self.config.exchange_lifetime;
-        if more {
-            let mut resp = self.response_to_req(&req, ResponseType::Continue);
-            resp.add_option(CoapOption::Block1, encode_uint(value));
-            self.send_answer(req.peer, req.message_id, &resp, DedupState::Continue);
-            return;
-        }
-        let Some(transfer) = self.blocks.remove(&key) else {
-            return;
-        };
-        let payload = transfer.buffer;
-        self.start_exchange(req, Kind::Publish, Some(value), now, |exchange, peer| {
-            Event::Publish {
-                exchange,
-                peer,
-                target,
-                credentials,
-                content_format,
-                payload,
-            }
-        });
-    }
-
     fn start_exchange(
         &mut self,
         req: Request,
@@ -810,69 +537,8 @@ impl Server {
         );
     }
 
-    fn respond_failure_req(&mut self, req: &Request, refusal: Refusal, now: Instant) {
-        let p = Pending {
-            peer: req.peer,
-            message_id: req.message_id,
-            confirmable: req.confirmable,
-            token: req.token.clone(),
-            kind: Kind::Poll,
-            block1: None,
-        };
-        self.respond_failure(&p, refusal, now);
-    }
-
-    fn respond_failure(&mut self, p: &Pending, refusal: Refusal, now: Instant) {
-        let answer = coap_answer(&refusal);
-        self.stats.refused.record(refusal.kind());
-        let mut resp = self.response_to(p, answer.code);
-        if let Some(age) = answer.max_age {
-            resp.add_option(CoapOption::MaxAge, encode_uint(max_age_secs(age)));
-        }
-        if let Some(size) = answer.size1 {
-            resp.add_option(
-                CoapOption::Size1,
-                encode_uint(u32::try_from(size).unwrap_or(u32::MAX)),
-            );
-        }
-        self.finish(p, resp, now);
-    }
-
-    /// Answers at once with a code of the CoAP message layer that intake has no word for
-    /// (4.02, 4.05, 4.08), counted as `kind`.
-    fn respond_now(
-        &mut self,
-        req: &Request,
-        code: ResponseType,
-        kind: RefusalKind,
-        extra: impl FnOnce(&mut Packet),
-    ) {
-        self.stats.refused.record(kind);
-        let mut resp = self.response_to_req(req, code);
-        extra(&mut resp);
-        self.send_answer(req.peer, req.message_id, &resp, DedupState::Answered);
-    }
-
     fn finish(&mut self, p: &Pending, resp: Packet, _now: Instant) {
         self.send_answer(p.peer, p.message_id, &resp, DedupState::Answered);
-    }
-
-    /// Sends `resp` to `peer` and keeps it (as `state`) for a duplicate of message `mid`.
-    fn send_answer(
-        &mut self,
-        peer: SocketAddr,
-        mid: u16,
-        resp: &Packet,
-        state: fn(Vec<u8>) -> DedupState,
-    ) {
-        let bytes = encode(resp);
-        if let Some(entry) = self.dedup.get_mut(&(peer, mid)) {
-            entry.state = state(bytes.clone());
-        }
-        self.transmits.push_back(Transmit {
-            peer,
-            payload: bytes,
-        });
     }
 
     fn response_to(&mut self, p: &Pending, code: ResponseType) -> Packet {
@@ -916,116 +582,12 @@ impl Server {
             payload: encode(&rst),
         });
     }
-
-    fn handle_ack(&mut self, peer: SocketAddr, mid: u16, now: Instant) {
-        let found = self
-            .observers
-            .iter()
-            .find(|(_, o)| {
-                o.peer == peer && o.in_flight.as_ref().is_some_and(|f| f.message_id == mid)
-            })
-            .map(|(id, _)| *id);
-        if let Some(id) = found {
-            if let Some(obs) = self.observers.get_mut(&id) {
-                obs.in_flight = None;
-            }
-            self.send_next_notification(id, now);
-        }
-    }
-
-    fn handle_reset(&mut self, peer: SocketAddr, mid: u16) {
-        let found = self
-            .observers
-            .iter()
-            .find(|(_, o)| {
-                o.peer == peer && o.in_flight.as_ref().is_some_and(|f| f.message_id == mid)
-            })
-            .map(|(id, _)| *id);
-        if let Some(id) = found {
-            self.cancel_observer(id);
-        }
-    }
-
-    fn send_next_notification(&mut self, id: ExchangeId, now: Instant) {
-        let mid = self.next_message_id;
-        let ack_timeout = self.config.ack_timeout;
-        let Some(obs) = self.observers.get_mut(&id) else {
-            return;
-        };
-        if obs.in_flight.is_some() {
-            return;
-        }
-        let Some((payload, cf)) = obs.queue.pop_front() else {
-            return;
-        };
-        obs.seq = (obs.seq + 1) & 0x00FF_FFFF;
-        let mut n = Packet::new();
-        n.header.set_type(MessageType::Confirmable);
-        n.header.message_id = mid;
-        n.header.code = MessageClass::Response(ResponseType::Content);
-        n.set_token(obs.token.clone());
-        n.set_observe_value(obs.seq);
-        if let Some(cf) = cf {
-            n.add_option(CoapOption::ContentFormat, encode_uint(u32::from(cf)));
-        }
-        n.payload = payload;
-        let bytes = encode(&n);
-        obs.in_flight = Some(InFlight {
-            message_id: mid,
-            bytes: bytes.clone(),
-            retransmits: 0,
-            timeout: ack_timeout,
-            next: now + ack_timeout,
-        });
-        let peer = obs.peer;
-        self.next_message_id = self.next_message_id.wrapping_add(1);
-        self.transmits.push_back(Transmit {
-            peer,
-            payload: bytes,
-        });
-    }
-}
-
-/// The CoAP answer to a refusal: code, Max-Age, Size1.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CoapAnswer {
-    pub code: ResponseType,
-    pub max_age: Option<Duration>,
-    pub size1: Option<usize>,
-}
-
-/// The one mapping from intake's refusal to the CoAP wire (README "Refusals"): storage
-/// failure and shutdown are 5.03 + Max-Age like an outbox that is full.
-pub fn coap_answer(refusal: &Refusal) -> CoapAnswer {
-    let (code, max_age, size1) = match *refusal {
-        Refusal::BadRequest => (ResponseType::BadRequest, None, None),
-        Refusal::Unauthenticated => (ResponseType::Unauthorized, None, None),
-        Refusal::Forbidden => (ResponseType::Forbidden, None, None),
-        Refusal::NotFound => (ResponseType::NotFound, None, None),
-        Refusal::TooLarge { max } => (ResponseType::RequestEntityTooLarge, None, Some(max)),
-        Refusal::Throttled { retry_after } => {
-            (ResponseType::TooManyRequests, Some(retry_after), None)
-        }
-        Refusal::Busy { retry_after } | Refusal::Unavailable { retry_after } => {
-            (ResponseType::ServiceUnavailable, Some(retry_after), None)
-        }
-    };
-    CoapAnswer {
-        code,
-        max_age,
-        size1,
-    }
 }
 
 fn encode(p: &Packet) -> Vec<u8> {
     // Our own responses are small and well-formed; the codec's size limit does not apply to
     // them, but a failure must not panic the adapter.
     p.to_bytes_unlimited().unwrap_or_default()
-}
-
-fn max_age_secs(d: Duration) -> u32 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
 }
 
 /// CoAP uint option encoding: big-endian, no leading zero bytes.
@@ -1040,121 +602,6 @@ fn decode_uint(v: &[u8]) -> Option<u32> {
         return None;
     }
     Some(v.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
-}
-
-/// 4.02 for a critical option we do not implement (RFC 7252 §5.4.1).
-fn unsupported_critical_option(packet: &Packet) -> Option<ResponseType> {
-    // Uri-Host 3, Observe 6 (elective), Uri-Port 7, Uri-Path 11, Uri-Query 15, Accept 17,
-    // Block2 23, Block1 27.
-    const UNDERSTOOD_CRITICAL: [u16; 6] = [3, 7, 11, 15, 17, 27];
-    for (number, _) in packet.options() {
-        if number % 2 == 1 && !UNDERSTOOD_CRITICAL.contains(number) && *number != 23 {
-            return Some(ResponseType::BadOption);
-        }
-    }
-    None
-}
-
-enum PathError {
-    NotFound,
-    Bad,
-}
-
-fn segments(packet: &Packet) -> Result<Vec<String>, PathError> {
-    let Some(list) = packet.get_option(CoapOption::UriPath) else {
-        return Ok(Vec::new());
-    };
-    list.iter()
-        .map(|s| String::from_utf8(s.clone()).map_err(|_| PathError::Bad))
-        .collect()
-}
-
-fn valid_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && !s.contains(['+', '#', '/', '*', '>'])
-        && !s.chars().any(char::is_control)
-}
-
-/// `m/<domain>/c/<channel>[/<subtopic>]` or `channels/<channel>/messages[/<subtopic>]`.
-fn parse_path(packet: &Packet) -> Result<Target, PathError> {
-    let segs = segments(packet)?;
-    let (domain, channel, rest) = match segs.as_slice() {
-        [m, domain, c, channel, rest @ ..] if m == "m" && c == "c" => {
-            (Some(domain.clone()), channel.clone(), rest)
-        }
-        [ch, channel, msgs, rest @ ..] if ch == "channels" && msgs == "messages" => {
-            (None, channel.clone(), rest)
-        }
-        _ => return Err(PathError::NotFound),
-    };
-    if domain.as_deref().is_some_and(|d| !valid_segment(d)) || !valid_segment(&channel) {
-        return Err(PathError::Bad);
-    }
-    if !rest.iter().all(|s| valid_segment(s)) {
-        return Err(PathError::Bad);
-    }
-    Ok(Target {
-        domain,
-        channel,
-        subtopic: rest.join("/"),
-    })
-}
-
-/// Uri-Query: `auth=<secret>` or `username=<client>&password=<secret>`. Each key at most once;
-/// both forms at once, or unknown credential keys alongside, are a bad request.
-fn parse_query(packet: &Packet) -> Result<Credentials, ()> {
-    let mut auth = None;
-    let mut username = None;
-    let mut password = None;
-    if let Some(list) = packet.get_option(CoapOption::UriQuery) {
-        for q in list {
-            let Some(eq) = q.iter().position(|b| *b == b'=') else {
-                continue;
-            };
-            let (k, v) = (&q[..eq], q[eq + 1..].to_vec());
-            let slot = match k {
-                b"auth" => &mut auth,
-                b"password" => &mut password,
-                b"username" => {
-                    if username.is_some() {
-                        return Err(());
-                    }
-                    username = Some(String::from_utf8(v).map_err(|_| ())?);
-                    continue;
-                }
-                _ => continue,
-            };
-            if slot.is_some() {
-                return Err(());
-            }
-            *slot = Some(v);
-        }
-    }
-    match (auth, username, password) {
-        (None, None, None) => Ok(Credentials::None),
-        (Some(secret), None, None) => Ok(Credentials::Secret(secret)),
-        (None, Some(username), Some(password)) => {
-            Ok(Credentials::UsernamePassword { username, password })
-        }
-        _ => Err(()),
-    }
-}
-
-/// Key of a Block1 transfer: the request URI without the Block options (RFC 7959 §2.4).
-fn block_key(packet: &Packet) -> String {
-    let mut key = String::new();
-    for (n, list) in packet.options() {
-        if matches!(*n, 11 | 15) {
-            for v in list {
-                key.push_str(&n.to_string());
-                key.push(':');
-                key.push_str(&String::from_utf8_lossy(v));
-                key.push('\u{0}');
-            }
-        }
-    }
-    key
 }
 
 #[cfg(test)]
