@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use gateway::coap::proto::{Event, Outcome, Server, ServerConfig};
+use gateway::adapters::coap::proto::{Event, Outcome, Server, ServerConfig};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

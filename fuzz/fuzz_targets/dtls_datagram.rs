@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::coap::dtls::{DtlsCredentials, DtlsSettings, Principal, Sessions};
+use gateway::adapters::coap::dtls::{DtlsCredentials, DtlsSettings, Principal, Sessions};
 use libfuzzer_sys::fuzz_target;
 
 /// Knows no client: every PSK identity and certificate is refused.

@@ -1,4 +1,4 @@
-//! The serial line codec (`gateway::serial::codec`): see `fuzz/src/bodies.rs`.
+//! The serial line codec (`gateway::adapters::serial::codec`): see `fuzz/src/bodies.rs`.
 #![no_main]
 
 #[path = "../src/bodies.rs"]

@@ -6,7 +6,7 @@
 /// The serial line codec: decode without panicking, consume at least one byte per step, and
 /// every decoded line re-encodes to something that decodes the same.
 pub fn serial_codec(data: &[u8]) {
-    use gateway::serial::codec::{decode, decode_line, encode};
+    use gateway::adapters::serial::codec::{decode, decode_line, encode};
     const MAX_LINE: usize = 256;
     let _ = decode_line(data);
     let mut buf = data;

@@ -10,11 +10,11 @@ use std::process::ExitCode;
 
 use gateway::auth::AuthError;
 use gateway::config::{ConfigError, ConfigFileError};
-use gateway::control::ControlError;
 use gateway::http::HttpError;
 use gateway::outbox::OutboxError;
 use gateway::pipeline::PipelineError;
 use gateway::pki::PkiCommandError;
+use gateway::runtime::control::ControlError;
 use gateway::uplink::UplinkError;
 
 pub const OK: u8 = 0;

@@ -11,8 +11,8 @@ use clap::Parser as _;
 use gateway::auth::{self, AuthStore};
 use gateway::cli::{Cli, Command};
 use gateway::config::{self, Config, ConfigFileError, Profile, Source};
-use gateway::notify::Notifier;
-use gateway::supervisor::{Shutdown, Signal, Stage, Supervisor};
+use gateway::runtime::notify::Notifier;
+use gateway::runtime::supervisor::{Shutdown, Signal, Stage, Supervisor};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -62,7 +62,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 fn provision(cli: &Cli, command: impl FnOnce(&Config) -> anyhow::Result<()>) -> anyhow::Result<u8> {
     let config = load_config(cli)?;
     let result = command(&config).map(|()| exit::OK);
-    match gateway::ownership::hand_over_to_state_owner(&config.gateway.state_dir) {
+    match gateway::runtime::ownership::hand_over_to_state_owner(&config.gateway.state_dir) {
         Ok(0) => {}
         Ok(n) => eprintln!(
             "note: running as root; {n} file(s) created in {} handed to its owner",
@@ -114,11 +114,11 @@ fn check_config(cli: &Cli) -> anyhow::Result<u8> {
 /// `edgegw status`: asks the running daemon over its control socket.
 fn status(cli: &Cli) -> anyhow::Result<u8> {
     let config = load_config(cli)?;
-    let report = gateway::control::query(&config.gateway.runtime_dir)?;
+    let report = gateway::runtime::control::query(&config.gateway.runtime_dir)?;
     if cli.json {
         println!("{report}");
     } else {
-        print!("{}", gateway::status::render(&report));
+        print!("{}", gateway::runtime::status::render(&report));
     }
     Ok(exit::OK)
 }
@@ -145,7 +145,7 @@ fn prepare_dirs(config: &Config) -> anyhow::Result<()> {
 }
 
 fn run(config: &Config) -> anyhow::Result<u8> {
-    gateway::logging::init(&config.gateway.log_level);
+    gateway::runtime::logging::init(&config.gateway.log_level);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         dev = config.profile.is_dev(),
@@ -163,9 +163,9 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     let config = &gateway::pki::with_dev_pki(config)?;
     // Optional hardware watchdog and status LED ([board], both off by default).
     let sysroot = hal::identity::SysRoot::system();
-    let board = gateway::board::start(&config.board, &sysroot)?;
+    let board = gateway::runtime::board::start(&config.board, &sysroot)?;
     // Read once: board identity does not change while the daemon runs.
-    let board_status = gateway::status::BoardStatus::read(&sysroot);
+    let board_status = gateway::runtime::status::BoardStatus::read(&sysroot);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -179,7 +179,7 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         let notifier = Notifier::from_env();
         let supervisor = Supervisor::with_notifier(notifier.clone());
         // Bound before anything starts: a second daemon on the same runtime directory stops here.
-        let control = gateway::control::bind(&config.gateway.runtime_dir)
+        let control = gateway::runtime::control::bind(&config.gateway.runtime_dir)
             .context("cannot open the control socket")?;
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
         // Commands are kept for every subscribe-connected client (CoAP, serial), so that a
@@ -198,14 +198,14 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         pipeline.follow_subscriptions(&supervisor, auth_store.subscribed_channels());
         if let Some(heartbeat) = board.heartbeat(
             config.board.watchdog_interval.get(),
-            supervisor.token(gateway::supervisor::Stage::Pipeline),
+            supervisor.token(gateway::runtime::supervisor::Stage::Pipeline),
         ) {
-            supervisor.spawn(gateway::supervisor::Stage::Pipeline, heartbeat);
+            supervisor.spawn(gateway::runtime::supervisor::Stage::Pipeline, heartbeat);
         }
         // Serial sensors (issue 7): intake stage, one task per configured port.
-        gateway::serial::start(
+        gateway::adapters::serial::start(
             &config.serial,
-            gateway::serial::GatewayBackend::new(
+            gateway::adapters::serial::GatewayBackend::new(
                 gateway::intake::Intake::new(
                     auth_store.clone(),
                     pipeline.outbox.clone(),
@@ -217,7 +217,7 @@ fn run(config: &Config) -> anyhow::Result<u8> {
             &supervisor,
         );
         // CoAP / CoAPS adapters (issue 6): listeners bound before "ready".
-        gateway::coap::start(config, &supervisor, &auth_store, &pipeline)?;
+        gateway::adapters::coap::start(config, &supervisor, &auth_store, &pipeline)?;
         // Management API and HTTP adapter (issue 9): bound before "ready".
         gateway::http::start(
             config,

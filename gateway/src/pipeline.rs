@@ -11,13 +11,13 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::Config;
-use crate::control;
 use crate::downlink::{ChannelSet, DownlinkHub, Recipients};
 use crate::outbox::{self, Outbox};
-use crate::status::{BoardStatus, StatusHandle, UplinkStatus};
-use crate::supervisor::{Stage, Supervisor};
+use crate::runtime::control;
+use crate::runtime::status::{BoardStatus, StatusHandle, UplinkStatus};
+use crate::runtime::supervisor::{Stage, Supervisor};
+use crate::runtime::watchdog;
 use crate::uplink::{self, Uplink};
-use crate::watchdog;
 
 /// Why the pipeline cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +197,7 @@ fn report_mode_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::Notifier;
+    use crate::runtime::notify::Notifier;
 
     #[tokio::test]
     async fn uplink_state_changes_become_systemd_status_lines() {
@@ -223,9 +223,9 @@ mod tests {
         // Counters alone are not a mode change; each state change is reported once.
         for change in [
             |s: &mut UplinkStatus| s.published_total += 1,
-            |s: &mut UplinkStatus| s.state = crate::status::UplinkState::Connected,
+            |s: &mut UplinkStatus| s.state = crate::runtime::status::UplinkState::Connected,
             |s: &mut UplinkStatus| s.delivered_total += 1,
-            |s: &mut UplinkStatus| s.state = crate::status::UplinkState::Backoff,
+            |s: &mut UplinkStatus| s.state = crate::runtime::status::UplinkState::Backoff,
         ] {
             tx.send_modify(change);
             // Let the reporter see each value (watch keeps only the latest).

@@ -8,15 +8,15 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use gateway::adapters::coap::backend::StoreBackend;
+use gateway::adapters::coap::proto::ServerConfig;
+use gateway::adapters::coap::task::serve;
 use gateway::auth::AuthStore;
 use gateway::auth::store::Db;
-use gateway::coap::backend::StoreBackend;
-use gateway::coap::proto::ServerConfig;
-use gateway::coap::task::serve;
 use gateway::downlink::{Command as Cmd, DownlinkHub, DownlinkLimits};
 use gateway::intake::Intake;
-use gateway::metrics::Metrics;
 use gateway::outbox::Outbox;
+use gateway::runtime::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "good-secret-0123456789";

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use gateway::config::{Config, Profile, Source};
 use gateway::outbox::Message;
 use gateway::pipeline::Pipeline;
-use gateway::supervisor::{Shutdown, Signal, Supervisor};
+use gateway::runtime::supervisor::{Shutdown, Signal, Supervisor};
 use tokio::sync::mpsc;
 
 use crate::mosquitto::Mosquitto;
@@ -82,8 +82,9 @@ impl Gateway {
             config,
             &supervisor,
             None,
-            gateway::control::bind(&config.gateway.runtime_dir).expect("control socket binds"),
-            gateway::status::BoardStatus::default(),
+            gateway::runtime::control::bind(&config.gateway.runtime_dir)
+                .expect("control socket binds"),
+            gateway::runtime::status::BoardStatus::default(),
             None,
         )
         .expect("pipeline starts");

@@ -226,7 +226,10 @@ fn start_with(extra_env: &[(&str, &str)]) -> Gateway {
     let coaps = free_udp_port();
     let mut cmd = edgegw(root);
     cmd.args(["--dev", "run"])
-        .env("EDGEGW_GATEWAY_LOG_LEVEL", "info,gateway::coap=debug")
+        .env(
+            "EDGEGW_GATEWAY_LOG_LEVEL",
+            "info,gateway::adapters::coap=debug",
+        )
         .env("EDGEGW_COAP_BIND", format!("127.0.0.1:{coap}"))
         .env("EDGEGW_COAP_DTLS_BIND", format!("127.0.0.1:{coaps}"))
         .env("EDGEGW_COAP_DTLS_CERT", pki.join("server.crt"))

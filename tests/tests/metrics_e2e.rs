@@ -48,7 +48,10 @@ impl Gateway {
         cmd.arg("--config")
             .arg(&config)
             .args(["--dev", "run"])
-            .env("EDGEGW_GATEWAY_LOG_LEVEL", "info,gateway::coap=debug")
+            .env(
+                "EDGEGW_GATEWAY_LOG_LEVEL",
+                "info,gateway::adapters::coap=debug",
+            )
             .env("EDGEGW_COAP_BIND", format!("127.0.0.1:{coap}"))
             .env("EDGEGW_COAP_DTLS_BIND", format!("127.0.0.1:{coaps}"))
             .env("EDGEGW_COAP_DTLS_IDLE_TIMEOUT", IDLE)

@@ -34,7 +34,7 @@ pub struct GatewayConfig {
 impl RawGateway {
     pub fn validate(self, profile: &Profile, check: &mut Check<'_>) -> GatewayConfig {
         let log_level = self.log_level.unwrap_or_else(|| "info".to_owned());
-        if let Err(e) = crate::logging::parse_filter(&log_level) {
+        if let Err(e) = crate::runtime::logging::parse_filter(&log_level) {
             check.invalid(
                 "gateway.log_level",
                 format!("`{log_level}` is not a log filter: {e}"),

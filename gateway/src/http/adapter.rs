@@ -2,7 +2,7 @@
 //! answered 202 once the message is durable. It translates HTTP ↔ intake and nothing else:
 //! throttling, authentication, authorization and the hand-off to the outbox are
 //! [`crate::intake`]'s; [`http_answer`] is the one mapping from a refusal to a status, and
-//! the one place this adapter's answers are counted (`crate::metrics`, adapter `http`).
+//! the one place this adapter's answers are counted (`crate::runtime::metrics`, adapter `http`).
 //!
 //! Credentials, as SuperMQ's HTTP adapter takes them (supermq v0.19.1 `http/handler.go`,
 //! `authAccess`): `Authorization: Client <secret>`, `Authorization: Basic
@@ -23,7 +23,7 @@ use serde_json::json;
 use super::{AppState, HttpMetrics};
 use crate::auth::Op;
 use crate::intake::{Credentials, Refusal, Target};
-use crate::metrics::Adapter;
+use crate::runtime::metrics::Adapter;
 
 type St = State<Arc<AppState>>;
 

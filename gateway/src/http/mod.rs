@@ -48,7 +48,7 @@ pub enum HttpError {
 }
 
 /// Counters for `/metrics` of the whole HTTP server (the HTTP adapter's own are in
-/// [`crate::metrics::Metrics`]).
+/// [`crate::runtime::metrics::Metrics`]).
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     pub auth_failures: AtomicU64,
@@ -71,9 +71,9 @@ pub struct AppState {
     pub config: Config,
     pub metrics: HttpMetrics,
     /// Uplink state and totals for `/metrics` (absent in unit tests).
-    pub status: Option<crate::status::StatusHandle>,
+    pub status: Option<crate::runtime::status::StatusHandle>,
     /// The daemon's shared per-adapter counters (adapter `http` is counted by `adapter`).
-    pub adapters: crate::metrics::Metrics,
+    pub adapters: crate::runtime::metrics::Metrics,
     /// Where the HTTP adapter hands sensor messages (it carries no downlink, so its hub is
     /// never subscribed to).
     pub intake: crate::intake::Intake,
@@ -106,7 +106,7 @@ pub async fn bind(
     config: &Config,
     auth: AuthStore,
     outbox: Outbox,
-    status: Option<crate::status::StatusHandle>,
+    status: Option<crate::runtime::status::StatusHandle>,
 ) -> Result<Listener, HttpError> {
     let http = &config.http;
     let tls = match http.tls() {
@@ -168,12 +168,12 @@ pub async fn bind(
 /// listeners; in production it stops the daemon.
 pub async fn start(
     config: &Config,
-    supervisor: &crate::supervisor::Supervisor,
+    supervisor: &crate::runtime::supervisor::Supervisor,
     auth: AuthStore,
     outbox: Outbox,
-    status: Option<crate::status::StatusHandle>,
+    status: Option<crate::runtime::status::StatusHandle>,
 ) -> Result<(), HttpError> {
-    use crate::supervisor::Stage;
+    use crate::runtime::supervisor::Stage;
     if !config.http.enabled {
         info!("HTTP API disabled (http.enabled = false)");
         return Ok(());
@@ -370,7 +370,7 @@ pub(crate) fn test_state_over(
         config,
         metrics: HttpMetrics::default(),
         status: None,
-        adapters: crate::metrics::Metrics::new(),
+        adapters: crate::runtime::metrics::Metrics::new(),
     })
 }
 
@@ -407,7 +407,7 @@ pub(crate) fn test_state(dir: &std::path::Path) -> (Arc<AppState>, crate::outbox
         config,
         metrics: HttpMetrics::default(),
         status: None,
-        adapters: crate::metrics::Metrics::new(),
+        adapters: crate::runtime::metrics::Metrics::new(),
     });
     (state, worker)
 }
@@ -419,7 +419,7 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
-    use crate::supervisor::{Shutdown, Signal, Stage, Supervisor};
+    use crate::runtime::supervisor::{Shutdown, Signal, Stage, Supervisor};
 
     /// A publish whose body is still arriving when SIGTERM comes is answered (202, durable),
     /// and the pipeline stage is not cancelled while it is open: the connection task is tracked by the

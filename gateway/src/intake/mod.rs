@@ -10,7 +10,7 @@
 //!   to the adapter (its task polls the [`Subscription`]s itself; no forwarder tasks).
 //!
 //! Every refusal is one [`Refusal`]. Each adapter maps it to its wire answer in one
-//! function and counts it there, once, by [`RefusalKind`] (`crate::metrics`):
+//! function and counts it there, once, by [`RefusalKind`] (`crate::runtime::metrics`):
 //!
 //! | refusal | CoAP / CoAPS | serial | HTTP adapter |
 //! |---|---|---|---|

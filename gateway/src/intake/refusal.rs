@@ -2,7 +2,7 @@
 //! (non-atomic) counts of it for the sans-IO cores. Pure data: no tokio, no I/O, no wire
 //! knowledge. Each adapter maps a [`Refusal`] to its wire answer in one function
 //! (`coap::proto::coap_answer`, `serial::proto::wire_reason`, `http::adapter::http_answer`);
-//! `crate::metrics` counts refusals by [`RefusalKind`], once, where that mapping happens.
+//! `crate::runtime::metrics` counts refusals by [`RefusalKind`], once, where that mapping happens.
 
 use std::time::Duration;
 
@@ -107,7 +107,7 @@ impl RefusalKind {
 }
 
 /// Plain refusal counts by kind, kept by the sans-IO cores in their stats; their shells add
-/// the differences to `crate::metrics`.
+/// the differences to `crate::runtime::metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RefusalCounts([u64; KINDS]);
 

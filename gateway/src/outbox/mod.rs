@@ -13,7 +13,7 @@
 pub mod policy;
 mod store;
 
-use crate::watchdog::Heartbeat;
+use crate::runtime::watchdog::Heartbeat;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -244,7 +244,7 @@ fn an_idle_writer_keeps_its_heartbeat_fresh_and_an_unbeaten_loop_is_stalled() {
     )
     .unwrap();
     // Check period 200 ms: a loop is stalled when it has not beaten for 200 ms.
-    let watchdog = crate::watchdog::Watchdog::new(Duration::from_millis(200));
+    let watchdog = crate::runtime::watchdog::Watchdog::new(Duration::from_millis(200));
     outbox.watch_progress(watchdog.register("outbox writer"), watchdog.beat_interval());
     let control = watchdog.register("never beats");
     // Time passes with nothing to commit: the writer must still beat on its own.

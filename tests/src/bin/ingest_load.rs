@@ -10,7 +10,7 @@
 use std::io::Write;
 
 use gateway::config::{Profile, Source};
-use gateway::supervisor::{Signal, Supervisor};
+use gateway::runtime::supervisor::{Signal, Supervisor};
 use tokio::sync::mpsc;
 
 fn main() -> std::process::ExitCode {
@@ -27,7 +27,7 @@ fn main() -> std::process::ExitCode {
     };
     let config = gateway::config::load(&Source::None, Profile::dev_in_current_dir())
         .expect("configuration from EDGEGW_* is valid");
-    gateway::logging::init(&config.gateway.log_level);
+    gateway::runtime::logging::init(&config.gateway.log_level);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     for dir in [&config.gateway.state_dir, &config.gateway.runtime_dir] {
         certs::files::ensure_private_dir(dir).expect("cannot create the gateway dirs");
@@ -42,8 +42,9 @@ fn main() -> std::process::ExitCode {
             &config,
             &supervisor,
             None,
-            gateway::control::bind(&config.gateway.runtime_dir).expect("control socket binds"),
-            gateway::status::BoardStatus::default(),
+            gateway::runtime::control::bind(&config.gateway.runtime_dir)
+                .expect("control socket binds"),
+            gateway::runtime::status::BoardStatus::default(),
             None,
         )
         .expect("pipeline starts");

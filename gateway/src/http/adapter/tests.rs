@@ -6,7 +6,7 @@ use tower::ServiceExt as _;
 
 use super::*;
 use crate::intake::testkit::{Fixture, LONELY_SECRET, OFF_SECRET, OutboxState, SECRET};
-use crate::metrics::Refusal as Kind;
+use crate::runtime::metrics::Refusal as Kind;
 
 async fn post(state: &Arc<AppState>, auth: &str, path: &str) -> Response {
     let mut req = axum::http::Request::builder()

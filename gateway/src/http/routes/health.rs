@@ -21,18 +21,19 @@ pub(super) async fn metrics(State(state): St) -> Response {
     let report = state
         .status
         .as_ref()
-        .map(crate::status::StatusHandle::report);
+        .map(crate::runtime::status::StatusHandle::report);
     let now_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     // The one Prometheus renderer; this handler only gathers what it shows.
-    let out = crate::status::prometheus::render(&crate::status::prometheus::Inputs {
-        adapters: &adapters,
-        outbox: &outbox,
-        now_ms,
-        http_auth_failures: state.metrics.auth_failures.load(Relaxed),
-        audit_dropped: state.auth.audit_dropped(),
-        uplink: report.as_ref().map(|r| &r.uplink),
-    });
+    let out =
+        crate::runtime::status::prometheus::render(&crate::runtime::status::prometheus::Inputs {
+            adapters: &adapters,
+            outbox: &outbox,
+            now_ms,
+            http_auth_failures: state.metrics.auth_failures.load(Relaxed),
+            audit_dropped: state.auth.audit_dropped(),
+            uplink: report.as_ref().map(|r| &r.uplink),
+        });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -1,13 +1,13 @@
 //! The one Prometheus text renderer (`GET /metrics`): the adapters' counters and the DTLS
-//! session table ([`crate::metrics`]), the outbox's counts, the uplink's state and the HTTP
+//! session table ([`crate::runtime::metrics`]), the outbox's counts, the uplink's state and the HTTP
 //! server's own counters, each family with its HELP and TYPE once. Nothing a peer sends becomes
 //! a label.
 
 use std::fmt::Write as _;
 
-use crate::metrics::{Adapter, MetricsSnapshot, Refusal};
 use crate::outbox::OutboxStats;
-use crate::status::uplink::{UplinkState, UplinkStatus};
+use crate::runtime::metrics::{Adapter, MetricsSnapshot, Refusal};
+use crate::runtime::status::uplink::{UplinkState, UplinkStatus};
 
 /// What one scrape shows, read by the presenter (the HTTP API) from the layers below.
 #[derive(Debug, Clone, Copy)]
@@ -276,7 +276,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::metrics::{HandshakeCounts, Metrics};
+    use crate::runtime::metrics::{HandshakeCounts, Metrics};
 
     /// Parses `name{labels} value` lines into (name{labels}, value).
     fn samples(text: &str) -> BTreeMap<String, String> {

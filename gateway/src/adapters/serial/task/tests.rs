@@ -1,5 +1,5 @@
 use super::*;
-use crate::serial::status::SerialStatus;
+use crate::adapters::serial::status::SerialStatus;
 use hal::serial::FakeDevice;
 use std::sync::Mutex;
 

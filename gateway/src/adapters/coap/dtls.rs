@@ -180,7 +180,7 @@ pub struct Sessions {
     wall_clock: Box<dyn Fn() -> SystemTime + Send + Sync>,
     panics: u64,
     /// Handshakes completed / not completed (for metrics).
-    handshakes: crate::metrics::HandshakeCounts,
+    handshakes: crate::runtime::metrics::HandshakeCounts,
     /// The server-wide key of stateless HelloVerifyRequest cookies.
     cookies: cookie::CookieKeys,
     /// Last stateless HelloVerifyRequest sent to a live session's address.
@@ -244,7 +244,7 @@ impl Sessions {
             buf: vec![0; POLL_BUFFER],
             wall_clock: Box::new(SystemTime::now),
             panics: 0,
-            handshakes: crate::metrics::HandshakeCounts::default(),
+            handshakes: crate::runtime::metrics::HandshakeCounts::default(),
             cookies: cookie::CookieKeys::new()?,
             live_hvr: HashMap::new(),
         })
@@ -266,7 +266,7 @@ impl Sessions {
     }
 
     /// Handshakes completed, failed, and failed on authentication so far.
-    pub fn handshakes(&self) -> crate::metrics::HandshakeCounts {
+    pub fn handshakes(&self) -> crate::runtime::metrics::HandshakeCounts {
         self.handshakes
     }
 

@@ -1,8 +1,8 @@
 //! The control socket (`<runtime_dir>/control.sock`, a Unix stream socket, 0600 in a 0700
 //! directory) and `edgegw status`: the daemon answers one line `status` with one JSON line —
 //! uplink state, queue depth, oldest queued age, rates, uplink certificate expiry. It only
-//! presents: the report is built by [`crate::status`] (also what the uplink publishes,
-//! retained, on `<status_topic>/stats`) and rendered for people by [`crate::status::render`].
+//! presents: the report is built by [`crate::runtime::status`] (also what the uplink publishes,
+//! retained, on `<status_topic>/stats`) and rendered for people by [`crate::runtime::status::render`].
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::status::StatusHandle;
+use crate::runtime::status::StatusHandle;
 
 /// The socket's file name inside the runtime directory.
 pub const SOCKET_NAME: &str = "control.sock";

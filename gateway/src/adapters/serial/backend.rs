@@ -96,11 +96,11 @@ impl Backend for GatewayBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::serial::task::{AdapterConfig, PortSpec, spawn_port};
     use crate::auth::AuthStore;
     use crate::config::{AuthConfig, OutboxConfig};
     use crate::downlink::{Command, DownlinkHub, DownlinkLimits};
     use crate::outbox::Outbox;
-    use crate::serial::task::{AdapterConfig, PortSpec, spawn_port};
     use hal::serial::{FakeDevice, SerialSettings};
     use std::time::Duration;
     use std::time::SystemTime;
@@ -194,7 +194,7 @@ mod tests {
                 config.clone(),
                 opener.clone(),
                 backend.clone(),
-                crate::serial::SerialStatus::default().register(path),
+                crate::adapters::serial::SerialStatus::default().register(path),
                 cancel.clone(),
             ));
         }
@@ -265,7 +265,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_refusal_has_its_documented_word_and_is_counted_once() {
         use crate::intake::testkit::{Fixture, LONELY_SECRET, OFF_SECRET, OutboxState, SECRET};
-        use crate::metrics::{Metrics, Refusal as Kind};
+        use crate::runtime::metrics::{Metrics, Refusal as Kind};
         let cases = [
             (
                 OutboxState::Open,
@@ -299,7 +299,7 @@ mod tests {
         for (outbox, identity, secret, expected, kind) in cases {
             let f = Fixture::new(outbox);
             let metrics = Metrics::new();
-            let status = crate::serial::SerialStatus::with_metrics(metrics.clone());
+            let status = crate::adapters::serial::SerialStatus::with_metrics(metrics.clone());
             let dev = FakeDevice::new("/dev/ttyMAP");
             let mut settings = SerialSettings::new(9600).unwrap();
             settings.timeout = Duration::from_millis(20);
@@ -342,8 +342,11 @@ mod tests {
         let storage =
             crate::intake::ingest_refusal(&crate::outbox::IngestError::Storage("eio".into()));
         assert_eq!(
-            crate::serial::proto::wire_reason(&storage, crate::serial::proto::Answering::Pub),
-            crate::serial::codec::Reason::Unavailable
+            crate::adapters::serial::proto::wire_reason(
+                &storage,
+                crate::adapters::serial::proto::Answering::Pub
+            ),
+            crate::adapters::serial::codec::Reason::Unavailable
         );
     }
 }

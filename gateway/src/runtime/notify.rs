@@ -6,7 +6,7 @@
 //! `NOTIFY_SOCKET` every call is a no-op, so the daemon behaves the same outside systemd.
 //! Sending never fails the caller: a lost notification is logged, never fatal.
 //!
-//! This module does not decide *when* to ping the watchdog: [`crate::watchdog`] does, from the
+//! This module does not decide *when* to ping the watchdog: [`crate::runtime::watchdog`] does, from the
 //! progress of the daemon's loops. It only knows the period systemd asked for
 //! (`WATCHDOG_USEC`, honoured only when `WATCHDOG_PID` is unset or names this process).
 
@@ -190,7 +190,7 @@ impl Notifier {
         self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
     }
 
-    /// `WATCHDOG=1`. Only [`crate::watchdog`] should call this, and only on progress.
+    /// `WATCHDOG=1`. Only [`crate::runtime::watchdog`] should call this, and only on progress.
     pub fn watchdog_ping(&self) {
         self.send(&[NotifyState::Watchdog]);
     }

@@ -29,11 +29,14 @@ pub struct PortStatus {
 
 /// The serial adapter's ports. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct SerialStatus(Arc<Mutex<Vec<PortStatus>>>, crate::metrics::Metrics);
+pub struct SerialStatus(
+    Arc<Mutex<Vec<PortStatus>>>,
+    crate::runtime::metrics::Metrics,
+);
 
 impl SerialStatus {
     /// Ports that also count into the daemon's shared metrics (adapter `serial`).
-    pub fn with_metrics(metrics: crate::metrics::Metrics) -> Self {
+    pub fn with_metrics(metrics: crate::runtime::metrics::Metrics) -> Self {
         Self(Arc::default(), metrics)
     }
 
@@ -72,7 +75,7 @@ pub struct PortHandle {
 
 impl PortHandle {
     /// The shared metrics the port counts into.
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    pub fn metrics(&self) -> &crate::runtime::metrics::Metrics {
         &self.all.1
     }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::metrics::{Adapter, Refusal};
+use crate::runtime::metrics::{Adapter, Refusal};
 
 /// The human-readable form of a status report.
 pub fn render(v: &serde_json::Value) -> String {
@@ -170,7 +170,7 @@ fn adapter_lines(v: &serde_json::Value, line: &mut dyn FnMut(&str, String)) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::runtime::metrics::Metrics;
 
     #[test]
     fn status_lines_show_counts_and_dtls() {

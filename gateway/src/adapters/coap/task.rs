@@ -22,7 +22,7 @@ use super::proto::{
 use crate::auth::{ClientRef, Op};
 use crate::downlink::{Command, Subscription};
 use crate::intake::{self, Admitted, Intake};
-use crate::metrics::{Adapter, Metrics};
+use crate::runtime::metrics::{Adapter, Metrics};
 
 pub use super::dtls::Principal;
 
@@ -131,8 +131,8 @@ struct Shell {
     metrics: Metrics,
     adapter: Adapter,
     /// What the cores' counters were when last added to `metrics`.
-    reported_refusals: crate::metrics::RefusalCounts,
-    reported_handshakes: crate::metrics::HandshakeCounts,
+    reported_refusals: crate::runtime::metrics::RefusalCounts,
+    reported_handshakes: crate::runtime::metrics::HandshakeCounts,
 }
 
 impl Shell {
@@ -554,9 +554,9 @@ fn is_transient(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coap::backend::StoreBackend;
+    use crate::adapters::coap::backend::StoreBackend;
     use crate::intake::testkit::{Fixture, LONELY_SECRET, OFF_SECRET, OutboxState, SECRET};
-    use crate::metrics::Refusal as Kind;
+    use crate::runtime::metrics::Refusal as Kind;
     use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
     fn post(secret: &str) -> Vec<u8> {

@@ -8,7 +8,7 @@ pub mod backend;
 pub mod codec;
 pub mod proto;
 /// Per-port status lives in the status layer (it is read by the control socket).
-pub use crate::status::serial as status;
+pub use crate::runtime::status::serial as status;
 pub mod task;
 
 use std::sync::Arc;
@@ -20,7 +20,7 @@ pub use status::SerialStatus;
 use task::{AdapterConfig, Backend, PortSpec};
 
 use crate::config::SerialConfig;
-use crate::supervisor::{Stage, Supervisor};
+use crate::runtime::supervisor::{Stage, Supervisor};
 
 /// Starts one adapter task per configured port in the intake stage (nothing without ports).
 pub fn start(

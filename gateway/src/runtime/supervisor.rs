@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::notify::Notifier;
-use crate::watchdog::{self, Heartbeat, Watchdog};
+use crate::runtime::notify::Notifier;
+use crate::runtime::watchdog::{self, Heartbeat, Watchdog};
 
 /// Which shutdown stage a task belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -49,8 +49,8 @@ mod tests {
         let f = parse_filter("info,gateway::uplink=debug").expect("valid");
         assert!(f.would_enable("gateway::uplink", &Level::DEBUG));
         assert!(f.would_enable("gateway::uplink::session", &Level::DEBUG));
-        assert!(!f.would_enable("gateway::coap", &Level::DEBUG));
-        assert!(f.would_enable("gateway::coap", &Level::INFO));
+        assert!(!f.would_enable("gateway::adapters::coap", &Level::DEBUG));
+        assert!(f.would_enable("gateway::adapters::coap", &Level::INFO));
         let f = parse_filter("warn").expect("valid");
         assert!(!f.would_enable("gateway", &Level::INFO));
         assert!(f.would_enable("rumqttc", &Level::WARN));

@@ -21,7 +21,7 @@ use super::codec::Target;
 use super::proto::{Client, Event, Refusal, Session, SessionConfig, SessionStats, Token};
 use super::status::PortHandle;
 use crate::downlink::{Command, Subscription};
-use crate::metrics::Adapter;
+use crate::runtime::metrics::Adapter;
 
 /// The durable-acknowledgement future of one accepted message: its outbox sequence number.
 pub type Durable = Pin<Box<dyn Future<Output = Result<u64, Refusal>> + Send>>;

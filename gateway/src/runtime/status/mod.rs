@@ -48,7 +48,7 @@ pub struct StatusReport {
     pub serial: Vec<serial::PortStatus>,
     /// Per-adapter counts (`adapters`) and the DTLS session table (`dtls`).
     #[serde(flatten)]
-    pub metrics: crate::metrics::MetricsSnapshot,
+    pub metrics: crate::runtime::metrics::MetricsSnapshot,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +67,7 @@ pub struct StatusHandle {
     started: Instant,
     board: Arc<BoardStatus>,
     serial: serial::SerialStatus,
-    metrics: crate::metrics::Metrics,
+    metrics: crate::runtime::metrics::Metrics,
 }
 
 impl StatusHandle {
@@ -78,7 +78,7 @@ impl StatusHandle {
         uplink: tokio::sync::watch::Receiver<UplinkStatus>,
         board: BoardStatus,
     ) -> Self {
-        let metrics = crate::metrics::Metrics::new();
+        let metrics = crate::runtime::metrics::Metrics::new();
         let handle = Self {
             outbox,
             uplink,
@@ -168,7 +168,7 @@ impl StatusHandle {
     }
 
     /// The counters every adapter shares (one instance per daemon).
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    pub fn metrics(&self) -> &crate::runtime::metrics::Metrics {
         &self.metrics
     }
 }

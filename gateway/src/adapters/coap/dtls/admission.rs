@@ -16,7 +16,7 @@ use super::{
     HANDSHAKES_PER_ADDRESS, LIVE_HELLO_QUIET, Mode, PSK_AES128_CCM_8, PskSlot, Sessions,
     set_current,
 };
-use crate::coap::proto::Transmit;
+use crate::adapters::coap::proto::Transmit;
 
 impl Sessions {
     /// A ClientHello from an address without a handshake in progress. See

@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::notify::Notifier;
+use crate::runtime::notify::Notifier;
 
 /// Used when systemd asked for no watchdog: loops still beat, just with nobody checking.
 const DEFAULT_CHECK_PERIOD: Duration = Duration::from_secs(10);

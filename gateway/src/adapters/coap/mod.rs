@@ -19,7 +19,7 @@ use crate::auth::AuthStore;
 use crate::config::Config;
 use crate::config::ConfigFileError;
 use crate::pipeline::Pipeline;
-use crate::supervisor::{Stage, Supervisor};
+use crate::runtime::supervisor::{Stage, Supervisor};
 
 /// The CoAP core limits from `[coap]`.
 pub fn server_config(config: &Config) -> proto::ServerConfig {

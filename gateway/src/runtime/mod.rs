@@ -1,0 +1,14 @@
+//! Runtime: what keeps the daemon alive and visible, below and beside the data path: the
+//! supervisor (tasks, signals, shutdown order), the progress watchdog and systemd notify, the
+//! status and metrics types (a bottom layer the control socket and the HTTP API only present),
+//! the control socket, board facts, logging, and file ownership hand-over for root CLI runs.
+
+pub mod board;
+pub mod control;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod ownership;
+pub mod status;
+pub mod supervisor;
+pub mod watchdog;
