@@ -384,31 +384,10 @@ pub(crate) fn test_state(dir: &std::path::Path) -> (Arc<AppState>, crate::outbox
         Vec::<(std::ffi::OsString, std::ffi::OsString)>::new(),
     )
     .unwrap();
-    let auth_db = dir.join("auth.db");
-    let auth = crate::auth::AuthStore::open(&auth_db, &config.auth).unwrap();
+    let auth = crate::auth::AuthStore::open(&dir.join("auth.db"), &config.auth).unwrap();
     let (outbox, worker) =
         crate::outbox::Outbox::open(&dir.join("outbox.db"), &config.outbox).unwrap();
-    let intake = crate::intake::Intake::new(
-        auth.clone(),
-        outbox.clone(),
-        crate::downlink::DownlinkHub::default(),
-    );
-    let state = Arc::new(AppState {
-        intake,
-        auth,
-        outbox,
-        auth_db,
-        tokens: tokens::Tokens::new(
-            &[1; 32],
-            std::time::Duration::from_secs(60),
-            std::time::Duration::from_secs(60),
-        ),
-        pats: pats::PatStore::open(dir).unwrap(),
-        config,
-        metrics: HttpMetrics::default(),
-        status: None,
-        adapters: crate::runtime::metrics::Metrics::new(),
-    });
+    let state = test_state_over(dir, auth, outbox);
     (state, worker)
 }
 
