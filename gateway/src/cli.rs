@@ -46,6 +46,9 @@ pub enum Command {
     Certs(CertsCommand),
     /// Ask the running daemon for its state (uplink, queue depth, certificate expiry).
     Status,
+    /// Fetch this gateway's config from the bootstrap service ([bootstrap]) and apply it now;
+    /// a running daemon picks it up on SIGHUP.
+    Bootstrap,
 }
 
 #[derive(Debug, Subcommand)]
