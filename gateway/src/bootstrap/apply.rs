@@ -278,10 +278,16 @@ pub fn changes(old: Option<&Applied>, new: &Applied) -> Vec<String> {
     for ch in &new.channels {
         match old.channels.iter().find(|o| o.id == ch.id) {
             None => out.push(format!("channel added: {} ({})", ch.name, ch.id)),
-            Some(o) if o != ch => out.push(format!(
-                "channel {} changed: name `{}` -> `{}`, domain `{}` -> `{}`",
-                ch.id, o.name, ch.name, o.domain_id, ch.domain_id
-            )),
+            Some(o) if o != ch => {
+                let mut what = Vec::new();
+                if o.name != ch.name {
+                    what.push(format!("name `{}` -> `{}`", o.name, ch.name));
+                }
+                if o.domain_id != ch.domain_id {
+                    what.push(format!("domain `{}` -> `{}`", o.domain_id, ch.domain_id));
+                }
+                out.push(format!("channel {} changed: {}", ch.id, what.join(", ")));
+            }
             Some(_) => {}
         }
     }
