@@ -97,9 +97,7 @@ fn post(coap: u16, channel: &str, payload: &str) -> String {
 
 fn arrived(sub: &mut Subscriber, topic: &str, payload: &str) -> bool {
     let want = format!("{topic} {payload}");
-    sub.wait_until(Duration::from_secs(30), |lines| {
-        lines.iter().any(|l| *l == want)
-    })
+    sub.wait_until(Duration::from_secs(30), |lines| lines.contains(&want))
 }
 
 #[test]

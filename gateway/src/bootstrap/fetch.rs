@@ -2,7 +2,6 @@
 //! `TcpStream` (or tokio-rustls for `https://`). Everything from the peer is untrusted: the
 //! whole exchange has one deadline and the body is read up to a limit.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,104 +14,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-/// The bootstrap service's base URL, split.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub tls: bool,
-    /// Host name or IP (without brackets).
-    pub host: String,
-    pub port: u16,
-    /// Path prefix without a trailing `/` (often empty).
-    pub base: String,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UrlError {
-    #[error("`{0}` must be http://host[:port][/path] or https://host[:port][/path]")]
-    Scheme(String),
-    #[error("`{0}` has no host")]
-    NoHost(String),
-    #[error("`{0}` has an invalid port")]
-    Port(String),
-    #[error("`{0}` must not carry credentials, a query or a fragment")]
-    Extra(String),
-}
-
-impl Endpoint {
-    pub fn parse(url: &str) -> Result<Self, UrlError> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("http://") {
-            (false, rest)
-        } else {
-            return Err(UrlError::Scheme(url.to_owned()));
-        };
-        if rest.contains(['?', '#', '@']) || rest.chars().any(|c| c.is_whitespace()) {
-            return Err(UrlError::Extra(url.to_owned()));
-        }
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| UrlError::NoHost(url.to_owned()))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match authority.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(UrlError::NoHost(url.to_owned()));
-        }
-        let port = match port {
-            None => {
-                if tls {
-                    443
-                } else {
-                    80
-                }
-            }
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| UrlError::Port(url.to_owned()))?,
-        };
-        Ok(Self {
-            tls,
-            host: host.to_owned(),
-            port,
-            base: path.trim_end_matches('/').to_owned(),
-        })
-    }
-
-    /// A loopback IP or `localhost`: plain HTTP there does not cross a network.
-    pub fn is_loopback(&self) -> bool {
-        self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    }
-
-    fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        match (self.tls, self.port) {
-            (true, 443) | (false, 80) => host,
-            (_, port) => format!("{host}:{port}"),
-        }
-    }
-
-    /// `http[s]://host:port` for logs and the status (never with a key in it).
-    pub fn origin(&self) -> String {
-        format!(
-            "{}://{}",
-            if self.tls { "https" } else { "http" },
-            self.host_header()
-        )
-    }
-}
+pub use crate::config::BootstrapEndpoint as Endpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -237,24 +139,6 @@ pub fn path_segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_split_into_scheme_host_port_and_base() {
-        let e = Endpoint::parse("https://bs.example.com:9013/api/").unwrap();
-        assert_eq!(
-            (e.tls, e.host.as_str(), e.port, e.base.as_str()),
-            (true, "bs.example.com", 9013, "/api")
-        );
-        let e = Endpoint::parse("http://[::1]").unwrap();
-        assert_eq!((e.host.as_str(), e.port), ("::1", 80));
-        assert!(e.is_loopback());
-        assert_eq!(e.origin(), "http://[::1]");
-        assert!(Endpoint::parse("mqtts://x").is_err());
-        assert!(Endpoint::parse("http://").is_err());
-        assert!(Endpoint::parse("http://x:0").is_err());
-        assert!(Endpoint::parse("http://u:p@x").is_err());
-        assert!(Endpoint::parse("http://x/?k=1").is_err());
-    }
 
     #[test]
     fn path_segments_are_escaped_but_macs_stay_readable() {

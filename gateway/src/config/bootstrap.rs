@@ -3,12 +3,112 @@
 //! <external_key>` for its upstream identity, channels, certificates and a config fragment
 //! (`crate::bootstrap` fetches and applies it; this file only validates the settings).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::Check;
 use super::value::{Duration, Secret, boolean};
+
+/// The bootstrap service's base URL, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapEndpoint {
+    pub tls: bool,
+    /// Host name or IP (without brackets).
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing `/` (often empty).
+    pub base: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UrlError {
+    #[error("`{0}` must be http://host[:port][/path] or https://host[:port][/path]")]
+    Scheme(String),
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    #[error("`{0}` has an invalid port")]
+    Port(String),
+    #[error("`{0}` must not carry credentials, a query or a fragment")]
+    Extra(String),
+}
+
+impl BootstrapEndpoint {
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(UrlError::Scheme(url.to_owned()));
+        };
+        if rest.contains(['?', '#', '@']) || rest.chars().any(|c| c.is_whitespace()) {
+            return Err(UrlError::Extra(url.to_owned()));
+        }
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| UrlError::NoHost(url.to_owned()))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(UrlError::NoHost(url.to_owned()));
+        }
+        let port = match port {
+            None => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| UrlError::Port(url.to_owned()))?,
+        };
+        Ok(Self {
+            tls,
+            host: host.to_owned(),
+            port,
+            base: path.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// A loopback IP or `localhost`: plain HTTP there does not cross a network.
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    pub fn host_header(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match (self.tls, self.port) {
+            (true, 443) | (false, 80) => host,
+            (_, port) => format!("{host}:{port}"),
+        }
+    }
+
+    /// `http[s]://host:port` for logs and the status (never with a key in it).
+    pub fn origin(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.host_header()
+        )
+    }
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,7 +175,7 @@ impl RawBootstrap {
             .filter(|u| !u.is_empty());
         let enabled = url.is_some();
         if let Some(url) = &url {
-            match crate::bootstrap::fetch::Endpoint::parse(url) {
+            match BootstrapEndpoint::parse(url) {
                 Ok(endpoint) if !endpoint.tls && !endpoint.is_loopback() => check.warn(format!(
                     "bootstrap.url `{url}` is plain HTTP: the external key and the answer \
                      (client secret, private key) cross the network unencrypted; use https://"
@@ -166,6 +266,7 @@ impl RawBootstrap {
 mod tests {
     use std::ffi::OsString;
 
+    use super::BootstrapEndpoint as Endpoint;
     use crate::config::{Profile, Source, load_from};
 
     fn load(vars: &[(&str, &str)]) -> Result<crate::config::Config, String> {
@@ -174,6 +275,24 @@ mod tests {
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
             .collect();
         load_from(&Source::None, Profile::Production, vars).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn urls_split_into_scheme_host_port_and_base() {
+        let e = Endpoint::parse("https://bs.example.com:9013/api/").unwrap();
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.base.as_str()),
+            (true, "bs.example.com", 9013, "/api")
+        );
+        let e = Endpoint::parse("http://[::1]").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("::1", 80));
+        assert!(e.is_loopback());
+        assert_eq!(e.origin(), "http://[::1]");
+        assert!(Endpoint::parse("mqtts://x").is_err());
+        assert!(Endpoint::parse("http://").is_err());
+        assert!(Endpoint::parse("http://x:0").is_err());
+        assert!(Endpoint::parse("http://u:p@x").is_err());
+        assert!(Endpoint::parse("http://x/?k=1").is_err());
     }
 
     #[test]

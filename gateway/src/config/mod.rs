@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::AuthConfig;
 pub use board::BoardConfig;
-pub use bootstrap::BootstrapConfig;
+pub use bootstrap::{BootstrapConfig, BootstrapEndpoint, UrlError};
 pub use certs::CertsConfig;
 pub use coap::CoapConfig;
 pub use coap_dtls::CoapDtlsConfig;
