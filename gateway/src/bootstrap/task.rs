@@ -26,7 +26,8 @@ pub struct Restart {
 }
 
 impl Restart {
-    /// `signals`: the supervisor's signal queue (a restart begins as an orderly stop).
+    /// `signals`: the supervisor's signal queue (a restart begins as an orderly stop, told to
+    /// the service manager as a reload).
     pub fn new(signals: mpsc::Sender<Signal>) -> Self {
         Self {
             requested: Arc::default(),
@@ -40,7 +41,7 @@ impl Restart {
 
     async fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
-        let _ = self.signals.send(Signal::Terminate).await;
+        let _ = self.signals.send(Signal::Restart).await;
     }
 }
 
