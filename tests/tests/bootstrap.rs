@@ -372,3 +372,220 @@ fn wrong_key_is_retried_and_leaves_no_state_then_the_secure_route_applies() {
     daemon.signal("TERM");
     assert!(daemon.wait_exit(Duration::from_secs(30)).is_some());
 }
+
+/// mosquitto with two mTLS listeners (`per_listener_settings`): one where the gateway must
+/// log in with a username and password from a mosquitto password file (as SuperMQ checks the
+/// CONNECT's client id and secret, `mqtt/handler.go` in v0.19.1), one for the test's own
+/// subscriber (certificate identity). Killed on drop.
+struct PasswordBroker {
+    child: std::process::Child,
+    gateway_port: u16,
+    sub_port: u16,
+    dir: PathBuf,
+}
+
+impl PasswordBroker {
+    fn start(dir: &Path, pki: &Pki, user: &str, password: &str) -> Self {
+        use system_tests::mosquitto::free_port;
+        std::fs::create_dir_all(dir).expect("broker dir");
+        let passwd = dir.join("passwd");
+        let ok = std::process::Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwd)
+            .args([user, password])
+            .status()
+            .expect("mosquitto_passwd");
+        assert!(ok.success());
+        let (gateway_port, sub_port) = (free_port(), free_port());
+        let me = String::from_utf8(
+            std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .expect("id")
+                .stdout,
+        )
+        .expect("utf8");
+        let tls = format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            pki.ca.cert.display(),
+            pki.broker.cert.display(),
+            pki.broker.key.display()
+        );
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user {me}\nper_listener_settings true\n\
+                 log_dest file {d}/mosquitto.log\nconnection_messages true\n\
+                 listener {gateway_port} 127.0.0.1\n{tls}password_file {p}\nallow_anonymous false\n\
+                 listener {sub_port} 127.0.0.1\n{tls}use_identity_as_username true\nallow_anonymous true\n",
+                me = me.trim(),
+                d = dir.display(),
+                p = passwd.display(),
+            ),
+        )
+        .expect("conf");
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", sub_port)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", gateway_port)).is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto does not listen"
+            );
+            // Another process's listener has no readiness event to wait on.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            gateway_port,
+            sub_port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// `mosquitto_sub -v` on the subscriber listener; lines arrive on the receiver.
+    fn subscribe(
+        &self,
+        pki: &Pki,
+        filter: &str,
+    ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.sub_port.to_string(),
+            ])
+            .arg("--cafile")
+            .arg(&pki.ca.cert)
+            .arg("--cert")
+            .arg(&pki.subscriber.cert)
+            .arg("--key")
+            .arg(&pki.subscriber.key)
+            .args(["-q", "1", "-v", "-t", filter])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub");
+        let out = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    }
+}
+
+impl Drop for PasswordBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, want: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line == want => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn connects_upstream_as_the_bootstrapped_client_and_follows_a_new_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let broker = PasswordBroker::start(&root.join("broker"), &pki, CLIENT_ID, "the-right-secret");
+    let (mut sub, lines) = broker.subscribe(&pki, "m/#");
+    let with_secret = |secret: &str| {
+        json!({
+            "client_id": CLIENT_ID,
+            "client_secret": secret,
+            "channels": [{ "id": CH1, "name": "temp" }],
+            "content": format!(
+                "[gateway]\ndomain_id = \"{DOMAIN}\"\n[uplink]\nurl = \"mqtts://127.0.0.1:{}\"\nreconnect_max = \"1s\"",
+                broker.gateway_port
+            ),
+            "client_cert": read(&pki.client.cert),
+            "client_key": read(&pki.client.key),
+            "ca_cert": read(&pki.ca.cert),
+        })
+    };
+    let bs = BootstrapServer::start(Registration {
+        external_id: EXTERNAL_ID.into(),
+        external_key: KEY.into(),
+        encryption_key: ENC_KEY.as_bytes().to_vec(),
+        answer: with_secret("a-stale-secret"),
+    });
+    let coap = free_udp_port();
+    let config = write_config(
+        root,
+        coap,
+        &format!(
+            "url = \"{}\"\nexternal_id = \"{EXTERNAL_ID}\"\nexternal_key = \"{KEY}\"",
+            bs.url()
+        ),
+    );
+    let mut daemon = start(root, &config);
+    daemon.wait_for_nth_log("ready", 2, Duration::from_secs(30));
+    cli(
+        root,
+        &config,
+        &["client", "add", "s1", "--secret", SENSOR_SECRET],
+    );
+    cli(root, &config, &["connect", "s1", "temp", "--publish"]);
+    daemon.wait_for_log("connections=1", Duration::from_secs(10));
+    // Accepted (durable) while the broker refuses the stale secret.
+    post(coap, "temp", "queued-1");
+    let refused = daemon.wait_for_log("NotAuthorized", Duration::from_secs(30));
+    assert!(!refused.contains("a-stale-secret"), "{refused}");
+    assert!(broker.log().contains("not authorised"), "{}", broker.log());
+
+    // The platform rotates the secret; SIGHUP picks it up, the queued message goes out.
+    bs.set_answer(with_secret("the-right-secret"));
+    daemon.signal("HUP");
+    daemon.wait_for_log("client secret changed", Duration::from_secs(20));
+    let topic = format!("m/{DOMAIN}/c/{CH1}");
+    assert!(
+        wait_line(&lines, &format!("{topic} queued-1")),
+        "not delivered; broker log:\n{}\ngateway log:\n{}",
+        broker.log(),
+        daemon.log().join("\n")
+    );
+    assert!(
+        broker.log().contains(&format!("u'{CLIENT_ID}'")),
+        "CONNECT username is not the client id:\n{}",
+        broker.log()
+    );
+    post(coap, "temp", "live-2");
+    assert!(wait_line(&lines, &format!("{topic} live-2")));
+    let _ = sub.kill();
+    let _ = sub.wait();
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(Duration::from_secs(30)).is_some());
+}
