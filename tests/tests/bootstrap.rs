@@ -516,7 +516,7 @@ fn wait_line(rx: &std::sync::mpsc::Receiver<String>, want: &str) -> bool {
 }
 
 #[test]
-fn connects_upstream_as_the_bootstrapped_client_and_follows_a_new_secret() {
+fn connects_upstream_as_the_bootstrapped_client_and_a_recheck_follows_a_new_secret() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let pki = Pki::new(&root.join("pki"));
@@ -547,7 +547,8 @@ fn connects_upstream_as_the_bootstrapped_client_and_follows_a_new_secret() {
         root,
         coap,
         &format!(
-            "url = \"{}\"\nexternal_id = \"{EXTERNAL_ID}\"\nexternal_key = \"{KEY}\"",
+            "url = \"{}\"\nexternal_id = \"{EXTERNAL_ID}\"\nexternal_key = \"{KEY}\"\n\
+             recheck_interval = \"1s\"",
             bs.url()
         ),
     );
@@ -566,10 +567,18 @@ fn connects_upstream_as_the_bootstrapped_client_and_follows_a_new_secret() {
     assert!(!refused.contains("a-stale-secret"), "{refused}");
     assert!(broker.log().contains("not authorised"), "{}", broker.log());
 
-    // The platform rotates the secret; SIGHUP picks it up, the queued message goes out.
+    // The platform rotates the secret; the periodic re-check picks it up, the queued message
+    // goes out.
     bs.set_answer(with_secret("the-right-secret"));
-    daemon.signal("HUP");
     daemon.wait_for_log("client secret changed", Duration::from_secs(20));
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("reason=\"periodic re-check\"")),
+        "{}",
+        daemon.log().join("\n")
+    );
     let topic = format!("m/{DOMAIN}/c/{CH1}");
     assert!(
         wait_line(&lines, &format!("{topic} queued-1")),

@@ -240,11 +240,11 @@ impl RawBootstrap {
         }
         let recheck_interval = self.recheck_interval.unwrap_or(Duration::from_secs(0));
         if !recheck_interval.get().is_zero()
-            && recheck_interval.get() < std::time::Duration::from_secs(10)
+            && recheck_interval.get() < std::time::Duration::from_secs(1)
         {
             check.invalid(
                 "bootstrap.recheck_interval",
-                "must be 0s (off) or at least 10s",
+                "must be 0s (off) or at least 1s",
             );
         }
         BootstrapConfig {
