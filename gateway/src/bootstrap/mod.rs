@@ -11,6 +11,7 @@
 //! and `check-config` all see one validated configuration. This module never logs a secret.
 
 pub mod apply;
+pub mod command;
 pub mod decode;
 pub mod fetch;
 pub mod task;
@@ -87,6 +88,10 @@ pub enum BootstrapError {
     Tls(#[from] crate::tls::TlsError),
     #[error("the secure request's key cannot be encrypted: {0}")]
     Encrypt(decode::DecodeError),
+    #[error("bootstrap.url: {0}")]
+    Url(#[from] crate::config::UrlError),
+    #[error("the apply step did not finish: {0}")]
+    ApplyTask(String),
 }
 
 /// `<state_dir>/bootstrap.json`.
@@ -168,10 +173,7 @@ impl Bootstrapper {
         let Some(url) = &config.bootstrap.url else {
             return Ok(None);
         };
-        let endpoint = Endpoint::parse(url).map_err(|e| BootstrapError::Record {
-            path: PathBuf::from("bootstrap.url"),
-            reason: e.to_string(),
-        })?;
+        let endpoint = Endpoint::parse(url)?;
         let tls = if endpoint.tls {
             Some(crate::tls::https_client(
                 config.bootstrap.ca_certs.as_deref(),
@@ -410,62 +412,6 @@ impl Bootstrapper {
         for old in in_use {
             if !plan.files.iter().any(|f| &f.path == old) {
                 let _ = std::fs::remove_file(old);
-            }
-        }
-        Ok(())
-    }
-}
-
-pub mod command {
-    //! `edgegw bootstrap [--json]`: one fetch and apply, now, from the command line.
-
-    use anyhow::Context as _;
-
-    use super::{Bootstrapper, read_applied};
-    use crate::config::{Config, Source};
-
-    pub fn run(config: &Config, source: Source, json: bool) -> anyhow::Result<()> {
-        let b = Bootstrapper::new(config, source)?.context(
-            "no bootstrap configured: set bootstrap.url, external_id and external_key \
-             (EDGEGW_BOOTSTRAP_URL, …)",
-        )?;
-        certs::files::ensure_private_dir(b.state_dir())
-            .with_context(|| format!("cannot create {}", b.state_dir().display()))?;
-        let previous = read_applied(b.state_dir())?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        let answer = runtime.block_on(b.fetch())?;
-        let outcome = b.apply(&answer, previous.as_ref())?;
-        let a = &outcome.applied;
-        if json {
-            let report = serde_json::json!({
-                "url": a.origin,
-                "external_id": a.external_id,
-                "applied_at": crate::pki::rfc3339(a.applied_at),
-                "client_id": a.client_id,
-                "domain_id": a.domain_id,
-                "channels": a.channels,
-                "changed": !outcome.changes.is_empty(),
-                "changes": outcome.changes,
-            });
-            println!("{report}");
-        } else {
-            if outcome.changes.is_empty() {
-                println!("bootstrap config from {} unchanged", a.origin);
-            } else {
-                println!("bootstrap config from {} applied:", a.origin);
-                for c in &outcome.changes {
-                    println!("  {c}");
-                }
-                println!(
-                    "a running daemon uses it after a reload (systemctl reload edgegw, or SIGHUP)"
-                );
-            }
-            println!("client {} in domain {}", a.client_id, a.domain_id);
-            for ch in &a.channels {
-                println!("channel {} ({}) in domain {}", ch.name, ch.id, ch.domain_id);
             }
         }
         Ok(())

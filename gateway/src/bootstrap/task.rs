@@ -79,12 +79,7 @@ async fn attempt(
     let previous = current.cloned();
     tokio::task::spawn_blocking(move || b.apply(&answer, previous.as_ref()))
         .await
-        .unwrap_or_else(|e| {
-            Err(BootstrapError::Record {
-                path: super::record_path(std::path::Path::new("")),
-                reason: format!("the apply task failed: {e}"),
-            })
-        })
+        .unwrap_or_else(|e| Err(BootstrapError::ApplyTask(e.to_string())))
 }
 
 /// Runs until `token` is cancelled or a changed config was applied (then it asks `restart`).
