@@ -113,6 +113,16 @@ fn check_config(cli: &Cli) -> anyhow::Result<u8> {
             "# effective configuration: defaults + EDGEGW_* environment (secrets redacted)"
         ),
     }
+    if config.bootstrap.enabled()
+        && let Some(applied) = gateway::bootstrap::read_applied(&config.gateway.state_dir)?
+    {
+        println!(
+            "# with the bootstrap config applied {} from {} for {} (under the file)",
+            gateway::pki::rfc3339(applied.applied_at),
+            applied.origin,
+            applied.external_id
+        );
+    }
     for warning in &config.warnings {
         println!("# warning: {warning}");
     }

@@ -190,6 +190,10 @@ fn provisions_over_https_delivers_follows_sighup_and_restarts_offline() {
     );
     assert!(shown.contains("platform = \"supermq\""), "{shown}");
     assert!(
+        shown.contains("# with the bootstrap config applied"),
+        "{shown}"
+    );
+    assert!(
         !shown.contains("upstream-secret-1") && !shown.contains(KEY),
         "{shown}"
     );
