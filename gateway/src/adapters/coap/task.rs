@@ -4,7 +4,7 @@
 //! No lock is held around protocol state; every channel is bounded.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -52,6 +52,20 @@ pub trait Backend: Send + Sync + 'static {
     fn ended_clients(&self) -> Option<mpsc::Receiver<String>> {
         None
     }
+    /// DTLS-PSK from `remote`: the principal of an identity whose key proved right.
+    fn psk_principal_from(&self, remote: IpAddr, identity: &str) -> Option<Principal> {
+        let _ = remote;
+        self.psk_principal(identity)
+    }
+    /// DTLS-PSK: whether `remote` or `identity` used up its failed-authentication budget.
+    fn psk_throttled(&self, remote: IpAddr, identity: &str) -> bool {
+        let _ = (remote, identity);
+        false
+    }
+    /// DTLS-PSK: a failed handshake from `remote` naming `identity` (audit, throttle).
+    fn psk_failed(&self, remote: IpAddr, identity: &str) {
+        let _ = (remote, identity);
+    }
 }
 
 /// The DTLS session table's credentials port, answered by a [`Backend`].
@@ -82,6 +96,15 @@ impl super::dtls::DtlsCredentials for BackendCredentials {
     }
     fn still_valid(&self, principal: &Principal) -> bool {
         self.0.still_valid(principal)
+    }
+    fn psk_principal_from(&self, remote: IpAddr, identity: &str) -> Option<Principal> {
+        self.0.psk_principal_from(remote, identity)
+    }
+    fn psk_throttled(&self, remote: IpAddr, identity: &str) -> bool {
+        self.0.psk_throttled(remote, identity)
+    }
+    fn psk_failed(&self, remote: IpAddr, identity: &str) {
+        self.0.psk_failed(remote, identity);
     }
 }
 

@@ -105,7 +105,7 @@ impl Sessions {
                         .psk
                         .as_ref()
                         .and_then(|s| s.identity.lock().ok().and_then(|g| g.clone()))
-                        .and_then(|id| backend.psk_principal(&id)),
+                        .and_then(|id| backend.psk_principal_from(peer.ip(), &id)),
                     Mode::Certificate => conn.cert_principal.clone(),
                 };
                 match principal {
@@ -129,6 +129,7 @@ impl Sessions {
                 if pending {
                     self.handshakes.failed += 1;
                     self.handshakes.auth_failed += 1;
+                    self.psk_failed(&conn);
                 }
                 if !pending {
                     self.events.push_back(SessionEvent::Closed { peer });
