@@ -46,6 +46,12 @@ pub struct ServerConfig {
     pub max_pending: usize,
     /// Cap on concurrent Block1 transfers; beyond it: 5.03.
     pub max_block_transfers: usize,
+    /// Cap on concurrent Block1 transfers from one IP address; beyond it the address's
+    /// least recently active transfer is dropped (a restarted client starts over).
+    pub max_block_transfers_per_peer: usize,
+    /// A Block1 transfer with no block for this long is dropped (a client retransmits a
+    /// block for at most MAX_TRANSMIT_SPAN, 45 s).
+    pub block_idle_timeout: Duration,
     /// Cap on Observe registrations; beyond it: 5.03.
     pub max_observers: usize,
     /// Notifications queued per observer while one is unacknowledged.
@@ -66,6 +72,8 @@ impl Default for ServerConfig {
             max_dedup_entries: 16 * 1024,
             max_pending: 1024,
             max_block_transfers: 256,
+            max_block_transfers_per_peer: 8,
+            block_idle_timeout: Duration::from_secs(60),
             max_observers: 1024,
             max_queued_notifications: 16,
             ack_timeout: Duration::from_secs(2),
@@ -118,6 +126,15 @@ pub enum Event {
         content_format: Option<u16>,
         payload: Vec<u8>,
     },
+    /// Block 0 of a Block1 POST with more blocks to come: authenticate and authorize
+    /// publish before any transfer state is kept, then `complete` with
+    /// [`Outcome::Authorized`] (the transfer starts: 2.31) or a refusal.
+    Authorize {
+        exchange: ExchangeId,
+        peer: SocketAddr,
+        target: Target,
+        credentials: Credentials,
+    },
     /// GET with Observe=0: authenticate, authorize subscribe, then `complete` with
     /// [`Outcome::Subscribed`]; the exchange id then names the observer for [`Server::notify`].
     Subscribe {
@@ -144,6 +161,8 @@ pub enum Outcome {
     Stored,
     /// Observe registered: 2.05 Content with the Observe option.
     Subscribed,
+    /// Block 0 of a Block1 transfer may go on (see [`Event::Authorize`]).
+    Authorized,
     /// Poll answer: 2.05 Content (an empty payload means no command is waiting).
     Content {
         payload: Vec<u8>,
@@ -186,6 +205,8 @@ enum Kind {
     Publish,
     Subscribe,
     Poll,
+    /// Block 0 of a Block1 transfer waiting for [`Outcome::Authorized`].
+    BlockStart(Box<block1::BlockStart>),
 }
 
 #[derive(Debug)]
@@ -302,6 +323,10 @@ impl Server {
         let Some(p) = self.pending.remove(&exchange) else {
             return;
         };
+        if matches!(p.kind, Kind::BlockStart(_)) {
+            self.complete_block_start(p, outcome, now);
+            return;
+        }
         let (code, observe, payload, content_format) = match (&p.kind, outcome) {
             (Kind::Publish, Outcome::Stored) => {
                 (ResponseType::Changed, None, Vec::new(), None::<u16>)

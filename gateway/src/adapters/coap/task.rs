@@ -471,6 +471,19 @@ impl Shell {
                     Err(r) => self.server.complete(exchange, Outcome::Refused(r), now),
                 }
             }
+            Event::Authorize {
+                exchange,
+                peer,
+                target,
+                credentials,
+            } => {
+                // Block 0 of a Block1 transfer: the same checks as the publish it starts.
+                let outcome = match self.admit(peer, &target, &credentials, Op::Publish) {
+                    Ok(_) => Outcome::Authorized,
+                    Err(r) => Outcome::Refused(r),
+                };
+                self.server.complete(exchange, outcome, now);
+            }
             Event::Subscribe {
                 exchange,
                 peer,

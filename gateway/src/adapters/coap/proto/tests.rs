@@ -350,6 +350,20 @@ fn block_post(mid: u16, num: u32, more: bool, szx: u32, payload: &[u8]) -> Vec<u
     p.to_bytes_unlimited().unwrap()
 }
 
+/// The shell's side of block 0: authorizes every [`Event::Authorize`] waiting.
+fn authorize_all(s: &mut Server, now: Instant) {
+    let mut waiting = Vec::new();
+    while let Some(ev) = s.poll_event() {
+        match ev {
+            Event::Authorize { exchange, .. } => waiting.push(exchange),
+            other => panic!("expected Authorize, got {other:?}"),
+        }
+    }
+    for ex in waiting {
+        s.complete(ex, Outcome::Authorized, now);
+    }
+}
+
 #[test]
 fn block1_transfer_is_reassembled_and_final_response_echoes_block1() {
     let mut s = Server::new(ServerConfig::default());
@@ -364,6 +378,9 @@ fn block1_transfer_is_reassembled_and_final_response_echoes_block1() {
             &block_post(100 + num as u16, num, more, 1, chunk),
             now,
         );
+        if num == 0 {
+            authorize_all(&mut s, now);
+        }
         if more {
             let resp = only_transmit(&mut s);
             assert_eq!(code(&resp), "2.31");
@@ -392,6 +409,7 @@ fn block1_beyond_max_payload_is_4_13_with_size1() {
     let chunk = [0u8; 32];
     for num in 0..2u32 {
         s.handle_datagram(peer(1), &block_post(num as u16, num, true, 1, &chunk), now);
+        authorize_all(&mut s, now);
         assert_eq!(code(&only_transmit(&mut s)), "2.31");
     }
     s.handle_datagram(peer(1), &block_post(2, 2, true, 1, &chunk), now);
@@ -413,14 +431,79 @@ fn block1_out_of_order_is_4_08_and_transfers_expire() {
     let mut s = Server::new(ServerConfig::default());
     let now = Instant::now();
     s.handle_datagram(peer(1), &block_post(1, 0, true, 0, &[0; 16]), now);
+    authorize_all(&mut s, now);
     only_transmit(&mut s);
     s.handle_datagram(peer(1), &block_post(2, 2, true, 0, &[0; 16]), now);
     assert_eq!(code(&only_transmit(&mut s)), "4.08");
     s.handle_datagram(peer(1), &block_post(3, 0, true, 0, &[0; 16]), now);
+    authorize_all(&mut s, now);
     only_transmit(&mut s);
     assert_eq!(s.stats().block_transfers, 1);
-    s.handle_timeout(now + EXCHANGE_LIFETIME);
+    // Idle transfers go after `block_idle_timeout`, well before EXCHANGE_LIFETIME.
+    let idle = ServerConfig::default().block_idle_timeout;
+    assert!(idle < EXCHANGE_LIFETIME);
+    s.handle_timeout(now + idle - Duration::from_secs(1));
+    assert_eq!(s.stats().block_transfers, 1);
+    s.handle_timeout(now + idle);
     assert_eq!(s.stats().block_transfers, 0);
+}
+
+/// Issue 20.8: block 0 from a peer that the shell does not authenticate gets 4.01 and
+/// leaves no transfer behind.
+#[test]
+fn block1_from_an_unauthenticated_peer_is_4_01_before_any_slot_is_held() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    s.handle_datagram(peer(1), &block_post(1, 0, true, 0, &[0; 16]), now);
+    assert_eq!(s.stats().block_transfers, 0);
+    let ex = match s.poll_event() {
+        Some(Event::Authorize { exchange, .. }) => exchange,
+        other => panic!("expected Authorize, got {other:?}"),
+    };
+    s.complete(ex, Outcome::Refused(Refusal::Unauthenticated), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.01");
+    assert_eq!(s.stats().block_transfers, 0);
+    // Block 1 of it finds nothing.
+    s.handle_datagram(peer(1), &block_post(2, 1, true, 0, &[0; 16]), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.08");
+}
+
+/// Issue 20.8: one address cannot hold every transfer slot; another peer still transfers.
+#[test]
+fn block1_transfers_are_capped_per_address() {
+    let config = ServerConfig {
+        max_block_transfers: 16,
+        max_block_transfers_per_peer: 4,
+        ..ServerConfig::default()
+    };
+    let mut s = Server::new(config);
+    let now = Instant::now();
+    for i in 0..40u16 {
+        let mut p = Packet::from_bytes(&block_post(i, 0, true, 0, &[0; 16])).unwrap();
+        p.add_option(CoapOption::UriPath, format!("t{i}").into_bytes());
+        // Other ports of the same address too.
+        s.handle_datagram(
+            SocketAddr::from(([192, 0, 2, 1], 4000 + i % 3)),
+            &p.to_bytes().unwrap(),
+            now,
+        );
+        authorize_all(&mut s, now);
+        assert_eq!(code(&only_transmit(&mut s)), "2.31");
+    }
+    assert_eq!(s.stats().block_transfers, 4);
+    for num in 0..2u32 {
+        s.handle_datagram(
+            peer(9),
+            &block_post(200 + num as u16, num, num == 0, 0, &[0; 16]),
+            now,
+        );
+        if num == 0 {
+            authorize_all(&mut s, now);
+            assert_eq!(code(&only_transmit(&mut s)), "2.31");
+        }
+    }
+    let (_, _, _, payload) = publish_event(&mut s);
+    assert_eq!(payload.len(), 32);
 }
 
 fn observe_get(mid: u16, token: u8, observe: u32) -> Vec<u8> {
