@@ -52,8 +52,18 @@ pub struct ServerConfig {
     /// A Block1 transfer with no block for this long is dropped (a client retransmits a
     /// block for at most MAX_TRANSMIT_SPAN, 45 s).
     pub block_idle_timeout: Duration,
-    /// Cap on Observe registrations; beyond it: 5.03.
+    /// Cap on Observe registrations; when full, the oldest registration of the peer with
+    /// the most is ended (5.03) to make room.
     pub max_observers: usize,
+    /// Cap on Observe registrations from one peer (address and port); beyond it the peer's
+    /// oldest is ended (5.03).
+    pub max_observers_per_peer: usize,
+    /// Cap on Observe registrations of one client (checked by the shell, which knows the
+    /// client); beyond it the client's oldest is ended (5.03).
+    pub max_observers_per_client: usize,
+    /// A registration whose peer sent nothing (no request, no ACK) for this long is ended
+    /// (RFC 7641 §4.5 asks a server to check a client's interest at least every 24 h).
+    pub observe_idle_timeout: Duration,
     /// Notifications queued per observer while one is unacknowledged.
     pub max_queued_notifications: usize,
     /// RFC 7252 ACK_TIMEOUT for our confirmable notifications.
@@ -75,6 +85,9 @@ impl Default for ServerConfig {
             max_block_transfers_per_peer: 8,
             block_idle_timeout: Duration::from_secs(60),
             max_observers: 1024,
+            max_observers_per_peer: 16,
+            max_observers_per_client: 16,
+            observe_idle_timeout: Duration::from_secs(24 * 3600),
             max_queued_notifications: 16,
             ack_timeout: Duration::from_secs(2),
             max_retransmit: 4,
@@ -233,6 +246,10 @@ pub struct Server {
     blocks: HashMap<(SocketAddr, String), BlockTransfer>,
     observers: HashMap<ExchangeId, Observer>,
     observer_by_token: HashMap<(SocketAddr, Vec<u8>), ExchangeId>,
+    /// When each peer with a registration last sent anything (idle expiry).
+    observer_peers: HashMap<SocketAddr, Instant>,
+    /// Next sweep for idle registrations.
+    next_observe_sweep: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -247,6 +264,10 @@ struct Request {
 }
 
 impl Server {
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
     pub fn new(config: ServerConfig) -> Self {
         Self {
             next_message_id: config.initial_message_id,
@@ -258,6 +279,8 @@ impl Server {
             blocks: HashMap::new(),
             observers: HashMap::new(),
             observer_by_token: HashMap::new(),
+            observer_peers: HashMap::new(),
+            next_observe_sweep: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -277,6 +300,9 @@ impl Server {
     /// Feeds one received datagram.
     pub fn handle_datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
         self.expire(now);
+        if let Some(seen) = self.observer_peers.get_mut(&peer) {
+            *seen = now;
+        }
         let packet = match Packet::from_bytes(datagram) {
             Ok(p) => p,
             Err(_) => {
@@ -332,6 +358,12 @@ impl Server {
                 (ResponseType::Changed, None, Vec::new(), None::<u16>)
             }
             (Kind::Subscribe, Outcome::Subscribed) => {
+                let key = (p.peer, p.token.clone());
+                if let Some(old) = self.observer_by_token.remove(&key) {
+                    self.observers.remove(&old);
+                    self.events.push_back(Event::ObserveEnded { observer: old });
+                }
+                self.make_observer_room(p.peer);
                 if self.observers.len() >= self.config.max_observers {
                     self.respond_failure(
                         &p,
@@ -342,11 +374,9 @@ impl Server {
                     );
                     return;
                 }
-                let key = (p.peer, p.token.clone());
-                if let Some(old) = self.observer_by_token.remove(&key) {
-                    self.observers.remove(&old);
-                    self.events.push_back(Event::ObserveEnded { observer: old });
-                }
+                self.observer_peers.insert(p.peer, now);
+                self.next_observe_sweep
+                    .get_or_insert(now + observe::SWEEP_EVERY);
                 self.observer_by_token.insert(key, exchange);
                 self.observers.insert(
                     exchange,
@@ -440,7 +470,10 @@ impl Server {
             .min();
         let dedup = self.dedup_order.front().map(|(_, t)| *t);
         let blocks = self.blocks.values().map(|b| b.expires).min();
-        [retransmit, dedup, blocks].into_iter().flatten().min()
+        [retransmit, dedup, blocks, self.next_observe_sweep]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn expire(&mut self, now: Instant) {

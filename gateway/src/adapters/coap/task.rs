@@ -411,6 +411,33 @@ impl Shell {
         }
     }
 
+    /// Ends (5.03) the oldest observations of `client_id` while it holds
+    /// `max_observers_per_client`: one client cannot take the whole Observe table, from
+    /// however many sockets.
+    fn cap_client_observations(&mut self, client_id: &str) {
+        let cap = self.server.config().max_observers_per_client.max(1);
+        let mut mine: Vec<ExchangeId> = self
+            .observations
+            .iter()
+            .filter(|(_, o)| o.admitted.client.id == client_id)
+            .map(|(id, _)| *id)
+            .collect();
+        if mine.len() < cap {
+            return;
+        }
+        mine.sort();
+        let excess = mine.len() + 1 - cap;
+        for id in mine.into_iter().take(excess) {
+            self.observations.remove(&id);
+            self.server.end_observer(
+                id,
+                Refusal::Busy {
+                    retry_after: Duration::from_secs(30),
+                },
+            );
+        }
+    }
+
     /// Throttle → authenticate → authorize → checks, by intake.
     fn admit(
         &self,
@@ -491,6 +518,9 @@ impl Shell {
                 credentials,
             } => match self.admit(peer, &target, &credentials, Op::Subscribe) {
                 Ok(admitted) => {
+                    if !self.server.reregisters(exchange) {
+                        self.cap_client_observations(&admitted.client.id);
+                    }
                     let commands = self.intake.subscribe(&admitted);
                     self.observations
                         .insert(exchange, Observation { admitted, commands });

@@ -611,6 +611,118 @@ fn rst_to_a_notification_or_deregistration_ends_the_observation() {
     assert_eq!(s.stats().observers, 0);
 }
 
+/// Registers an observation from `from` with token `token` (two bytes); returns its id,
+/// or the error code answered.
+fn subscribe_from(
+    s: &mut Server,
+    from: SocketAddr,
+    mid: u16,
+    token: u16,
+    now: Instant,
+) -> Result<ExchangeId, String> {
+    let mut p = Packet::from_bytes(&observe_get(mid, 0, 0)).unwrap();
+    p.set_token(token.to_be_bytes().to_vec());
+    s.handle_datagram(from, &p.to_bytes().unwrap(), now);
+    let ex = loop {
+        match s.poll_event() {
+            Some(Event::Subscribe { exchange, .. }) => break exchange,
+            Some(Event::ObserveEnded { .. }) => {}
+            other => panic!("expected Subscribe, got {other:?}"),
+        }
+    };
+    s.complete(ex, Outcome::Subscribed, now);
+    let mut answer = None;
+    while let Some(t) = s.poll_transmit() {
+        let resp = decode(&t);
+        if resp.get_token() == token.to_be_bytes() {
+            answer = Some(resp);
+        }
+    }
+    let resp = answer.expect("an answer to the registration");
+    if code(&resp) == "2.05" {
+        Ok(ex)
+    } else {
+        Err(code(&resp))
+    }
+}
+
+/// Issue 20.9: one peer registering many observations keeps at most its cap (its oldest are
+/// ended with 5.03), so another client's Observe is still accepted.
+#[test]
+fn one_peer_cannot_fill_the_observe_table() {
+    let mut s = Server::new(ServerConfig {
+        max_observers: 64,
+        max_observers_per_peer: 8,
+        ..ServerConfig::default()
+    });
+    let now = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..1100u16 {
+        ids.push(subscribe_from(&mut s, peer(1), i, i, now).expect("accepted"));
+    }
+    assert_eq!(s.stats().observers, 8);
+    // The newest are kept; the oldest got a final 5.03 and are gone.
+    assert!(s.notify(ids[1099], b"x".to_vec(), None, now).is_ok());
+    assert_eq!(
+        s.notify(ids[0], b"x".to_vec(), None, now),
+        Err(NotifyError::UnknownObserver)
+    );
+    subscribe_from(&mut s, peer(2), 5000, 1, now).expect("another peer's Observe");
+}
+
+/// Issue 20.9: a full table makes room by ending the oldest registration of the peer that
+/// holds the most, never by refusing a newcomer.
+#[test]
+fn a_full_observe_table_replaces_the_biggest_holders_oldest() {
+    let mut s = Server::new(ServerConfig {
+        max_observers: 16,
+        max_observers_per_peer: 16,
+        ..ServerConfig::default()
+    });
+    let now = Instant::now();
+    let mut first = None;
+    for i in 0..16u16 {
+        let id = subscribe_from(&mut s, peer(1), i, i, now).unwrap();
+        first.get_or_insert(id);
+    }
+    let small = subscribe_from(&mut s, peer(3), 100, 1, now);
+    assert!(small.is_ok(), "a newcomer was refused: {small:?}");
+    assert_eq!(s.stats().observers, 16);
+    assert!(s.notify(first.unwrap(), b"x".to_vec(), None, now).is_err());
+    // peer 3 (one registration) is never the victim while peer 1 holds more.
+    for i in 0..20u16 {
+        subscribe_from(&mut s, peer(4), 200 + i, i, now).unwrap();
+    }
+    assert!(s.notify(small.unwrap(), b"x".to_vec(), None, now).is_ok());
+}
+
+/// Issue 20.9: a registration whose peer sent nothing for `observe_idle_timeout` is ended;
+/// one whose peer keeps talking is kept.
+#[test]
+fn idle_observe_registrations_expire() {
+    let idle = Duration::from_secs(600);
+    let mut s = Server::new(ServerConfig {
+        observe_idle_timeout: idle,
+        ..ServerConfig::default()
+    });
+    let now = Instant::now();
+    let quiet = subscribe_from(&mut s, peer(1), 1, 1, now).unwrap();
+    let chatty = subscribe_from(&mut s, peer(2), 2, 2, now).unwrap();
+    let mut t = now;
+    while t < now + idle + Duration::from_secs(120) {
+        t += Duration::from_secs(30);
+        // peer 2 pings now and then.
+        s.handle_datagram(peer(2), &[0x40, 0, 0, (t - now).as_secs() as u8], t);
+        s.handle_timeout(t);
+        while s.poll_transmit().is_some() {}
+    }
+    assert!(
+        s.notify(quiet, b"x".to_vec(), None, t).is_err(),
+        "idle registration kept"
+    );
+    assert!(s.notify(chatty, b"x".to_vec(), None, t).is_ok());
+}
+
 #[test]
 fn notification_queue_is_bounded() {
     let mut s = Server::new(ServerConfig {
