@@ -136,6 +136,9 @@ pub struct DtlsSettings {
     pub client_intermediates: Vec<CertificateDer<'static>>,
     pub max_sessions: usize,
     pub max_handshakes: usize,
+    /// Established sessions of one client; a new one beyond it ends the client's least
+    /// recently active session (`drain`).
+    pub max_sessions_per_client: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
 }
