@@ -259,16 +259,22 @@ fn wrong_passwords_from_other_addresses_do_not_lock_out_the_sensor() {
     assert!(!gw.is_stored("from-a-new-address"));
 }
 
-/// A confirmable request to `path` (segments) with `query`, a token and optional Block1 /
-/// Observe options.
+/// What a request carries beside path and query.
+#[derive(Clone, Copy)]
+enum Extra {
+    /// Block1 (num, more, szx).
+    Block1(u32, bool, u32),
+    Observe(u32),
+}
+
+/// A confirmable request to `path` (segments) with `query`, a token and a Block1 or Observe
+/// option.
 fn request(
     method: RequestType,
     mid: u16,
     token: &[u8],
-    path: &[&str],
-    query: &[String],
-    block1: Option<(u32, bool, u32)>,
-    observe: Option<u32>,
+    (path, query): (&[&str], &[String]),
+    extra: Extra,
     payload: &[u8],
 ) -> Vec<u8> {
     let mut p = Packet::new();
@@ -276,7 +282,7 @@ fn request(
     p.header.code = MessageClass::Request(method);
     p.header.message_id = mid;
     p.set_token(token.to_vec());
-    if let Some(o) = observe {
+    if let Extra::Observe(o) = extra {
         p.set_observe_value(o);
     }
     for seg in path {
@@ -285,7 +291,7 @@ fn request(
     for q in query {
         p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
     }
-    if let Some((num, more, szx)) = block1 {
+    if let Extra::Block1(num, more, szx) = extra {
         let v = (num << 4) | (u32::from(more) << 3) | szx;
         let bytes = v.to_be_bytes();
         let skip = bytes.iter().take_while(|b| **b == 0).count();
@@ -329,10 +335,8 @@ fn block1_needs_credentials_at_block_0_and_one_peer_cannot_hold_every_slot() {
         RequestType::Post,
         1,
         b"an",
-        &path,
-        &[],
-        Some((0, true, 2)),
-        None,
+        (&path[..], &[]),
+        Extra::Block1(0, true, 2),
         &[7; 64],
     );
     anon.send_to(&first, to).expect("send");
@@ -343,10 +347,8 @@ fn block1_needs_credentials_at_block_0_and_one_peer_cannot_hold_every_slot() {
         RequestType::Post,
         2,
         b"aw",
-        &path,
-        &wrong,
-        Some((0, true, 2)),
-        None,
+        (&path[..], &wrong),
+        Extra::Block1(0, true, 2),
         &[7; 64],
     );
     anon.send_to(&first, to).expect("send");
@@ -371,10 +373,8 @@ fn block1_needs_credentials_at_block_0_and_one_peer_cannot_hold_every_slot() {
                 RequestType::Post,
                 100 + i,
                 &token,
-                &hog_path,
-                &hog_auth,
-                Some((0, true, 2)),
-                None,
+                (&hog_path[..], &hog_auth),
+                Extra::Block1(0, true, 2),
                 &[1; 64],
             ),
             to,
@@ -398,10 +398,8 @@ fn block1_needs_credentials_at_block_0_and_one_peer_cannot_hold_every_slot() {
             RequestType::Post,
             1,
             b"b0",
-            &path,
-            &b_auth,
-            Some((0, true, 2)),
-            None,
+            (&path[..], &b_auth),
+            Extra::Block1(0, true, 2),
             &body[..64],
         ),
         to,
@@ -417,10 +415,8 @@ fn block1_needs_credentials_at_block_0_and_one_peer_cannot_hold_every_slot() {
             RequestType::Post,
             2,
             b"b1",
-            &path,
-            &b_auth,
-            Some((1, false, 2)),
-            None,
+            (&path[..], &b_auth),
+            Extra::Block1(1, false, 2),
             &body[64..],
         ),
         to,
@@ -428,10 +424,9 @@ fn block1_needs_credentials_at_block_0_and_one_peer_cannot_hold_every_slot() {
     .expect("send");
     let (code, _) = answer(&b, b"b1", &mut others);
     assert_eq!(code, "2.04");
-    let text: Vec<u8> = body.clone();
     let stored = gw.stored();
     assert!(
-        stored.iter().any(|p| p.as_bytes() == &text[..]),
+        stored.iter().any(|p| p.as_bytes() == &body[..]),
         "the reassembled payload is not in the outbox"
     );
 }
@@ -459,10 +454,8 @@ fn one_client_registering_many_observations_does_not_block_another_clients_obser
                 RequestType::Get,
                 mid,
                 token,
-                &path,
-                auth,
-                None,
-                Some(0),
+                (&path[..], auth),
+                Extra::Observe(0),
                 &[],
             ),
             to,
