@@ -9,6 +9,7 @@
 //! - 20.8: Block1 block 0 without credentials is 4.01 and holds nothing; one peer cannot hold
 //!   every transfer slot.
 //! - 20.9: one client registering many observations does not block another client's Observe.
+//! - 20.15: one PSK credential from many ports cannot take every DTLS session slot.
 //!
 //! Every source address used is on the loopback interface (127.0.0.0/8), so no test needs
 //! raw sockets or root.
@@ -518,4 +519,38 @@ fn one_client_registering_many_observations_does_not_block_another_clients_obser
         .count();
     // The probe's registration on the last channel counts as sensor-a's too: 41 in all.
     assert_eq!(told, 41 - 16, "replaced registrations told with 5.03");
+}
+
+#[test]
+fn one_psk_credential_from_many_ports_cannot_take_every_dtls_session() {
+    use system_tests::sensor::{Credential, DtlsClient};
+    let gw = Gateway::start(&[
+        ("EDGEGW_COAP_DTLS_MAX_SESSIONS", "8"),
+        ("EDGEGW_COAP_DTLS_MAX_SESSIONS_PER_CLIENT", "2"),
+    ]);
+    let to = SocketAddr::from(([127, 0, 0, 1], gw.coaps));
+    let a = Credential::psk("sensor-a", gw.secret("sensor-a"));
+    // sensor-a opens 12 sessions, one port each, and keeps them.
+    let mut held = Vec::new();
+    for n in 0..12 {
+        let c = DtlsClient::connect(to, &a, Duration::from_secs(10));
+        assert!(c.is_some(), "sensor-a's session {n} was refused");
+        held.push(c);
+    }
+    // Another client still gets a session (before: all 8 slots held by sensor-a).
+    let b = Credential::psk("sensor-b", gw.secret("sensor-b"));
+    let mut session = DtlsClient::connect(to, &b, Duration::from_secs(10))
+        .expect("sensor-b's handshake refused: sessions full of sensor-a's");
+    assert!(
+        session.ping(1, Duration::from_secs(5)),
+        "sensor-b's session is not served"
+    );
+    // sensor-a's newest session works; its oldest was ended.
+    let newest = held.last_mut().and_then(Option::as_mut).expect("newest");
+    assert!(newest.ping(2, Duration::from_secs(5)));
+    let oldest = held.first_mut().and_then(Option::as_mut).expect("oldest");
+    assert!(
+        !oldest.ping(3, Duration::from_secs(2)),
+        "sensor-a's oldest session still served"
+    );
 }
