@@ -386,9 +386,11 @@ impl AuthStore {
     /// A DTLS-PSK handshake that failed on its key (or named an unknown identity) from
     /// `remote`: audited and charged to the throttle like any other failed authentication.
     pub fn psk_failed_from(&self, remote: IpAddr, identity: &str) {
-        let result = match self.snapshot().psk_for_identity(identity) {
-            Some(_) => Err(AuthError::BadSecret),
-            None => Err(AuthError::UnknownIdentity),
+        // The key itself is not known here: an empty secret (never a client's) tells a known
+        // identity (BadSecret, its bucket is charged) from an unknown one.
+        let result = match self.snapshot().authenticate(identity, &[]) {
+            Ok(_) => Err(AuthError::BadSecret),
+            Err(e) => Err(e),
         };
         self.conclude("psk", Some(remote), Some(identity), &result);
     }

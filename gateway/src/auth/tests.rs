@@ -394,6 +394,55 @@ fn others_guessing_an_identity_do_not_lock_out_the_sensor_and_unknown_identities
         .unwrap();
 }
 
+/// Issue 20.4: failed DTLS-PSK handshakes are audited (`psk`) and charged like any other
+/// failure; a known identity's bucket is charged, an unknown one's is not.
+#[test]
+fn failed_psk_handshakes_are_audited_and_throttled() {
+    let (_dir, path) = tmp();
+    drop(provisioned(&path));
+    let cfg = AuthConfig {
+        failure_burst: 3,
+        failure_refill: crate::config::value::Duration::from_secs(60),
+        ..config()
+    };
+    let store = AuthStore::open(&path, &cfg).unwrap();
+    let ip: IpAddr = "192.0.2.30".parse().unwrap();
+    for _ in 0..2 {
+        store.psk_failed_from(ip, "s1");
+    }
+    store.psk_failed_from(ip, "nobody");
+    assert!(
+        store.throttle_check(Some(ip), None).is_err(),
+        "address not charged"
+    );
+    let elsewhere: IpAddr = "192.0.2.31".parse().unwrap();
+    assert!(store.throttle_check(Some(elsewhere), Some("s1")).is_ok());
+    store.psk_failed_from(elsewhere, "s1");
+    assert!(
+        store.throttle_check(Some(elsewhere), Some("s1")).is_err(),
+        "identity not charged"
+    );
+    assert!(
+        store
+            .throttle_check(Some(elsewhere), Some("nobody"))
+            .is_ok()
+    );
+    assert!(store.psk_succeeded_from(elsewhere, "s1").is_some());
+    drop(store);
+    let db = Db::open(&path).unwrap();
+    let events = db.recent_audit(100).unwrap();
+    let psk: Vec<_> = events.iter().filter(|e| e.method == "psk").collect();
+    let sum = |outcome: &str| -> u64 {
+        psk.iter()
+            .filter(|e| e.outcome == outcome)
+            .map(|e| e.count)
+            .sum()
+    };
+    assert_eq!(sum("bad_secret"), 3, "{psk:?}");
+    assert_eq!(sum("unknown_identity"), 1, "{psk:?}");
+    assert_eq!(sum("ok"), 1, "{psk:?}");
+}
+
 #[test]
 fn audit_records_successes_and_failures_without_secrets_and_rotates() {
     let (_dir, path) = tmp();
