@@ -24,6 +24,8 @@ pub struct RawCoapDtls {
     max_sessions: Option<usize>,
     #[serde(deserialize_with = "opt_number")]
     max_handshakes: Option<usize>,
+    #[serde(deserialize_with = "opt_number")]
+    max_sessions_per_client: Option<usize>,
     handshake_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
 }
@@ -47,6 +49,9 @@ pub struct CoapDtlsConfig {
     pub client_intermediate_certs: Option<PathBuf>,
     pub max_sessions: usize,
     pub max_handshakes: usize,
+    /// Established sessions of one client (PSK identity or certificate CN); a new session
+    /// beyond it ends that client's least recently active one.
+    pub max_sessions_per_client: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -112,8 +117,39 @@ impl RawCoapDtls {
             client_intermediate_certs: self.client_intermediate_certs,
             max_sessions: positive(check, "coap_dtls.max_sessions", self.max_sessions, 4096),
             max_handshakes: positive(check, "coap_dtls.max_handshakes", self.max_handshakes, 256),
+            max_sessions_per_client: positive(
+                check,
+                "coap_dtls.max_sessions_per_client",
+                self.max_sessions_per_client,
+                16,
+            ),
             handshake_timeout,
             idle_timeout,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use crate::config::{Profile, Source, load_from};
+
+    #[test]
+    fn max_sessions_per_client_defaults_to_16_and_must_be_positive() {
+        let env = |v: &str| {
+            vec![(
+                OsString::from("EDGEGW_COAP_DTLS_MAX_SESSIONS_PER_CLIENT"),
+                OsString::from(v),
+            )]
+        };
+        let config = load_from(&Source::None, Profile::Production, Vec::new()).unwrap();
+        assert_eq!(config.coap_dtls.max_sessions_per_client, 16);
+        let config = load_from(&Source::None, Profile::Production, env("2")).unwrap();
+        assert_eq!(config.coap_dtls.max_sessions_per_client, 2);
+        let err = load_from(&Source::None, Profile::Production, env("0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("coap_dtls.max_sessions_per_client"), "{err}");
     }
 }

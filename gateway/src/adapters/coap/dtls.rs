@@ -21,7 +21,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -73,6 +73,22 @@ pub trait DtlsCredentials: Send + Sync + 'static {
     /// Whether a live session's principal is still acceptable (client enabled, certificate
     /// not revoked). Checked about once a second for every session.
     fn still_valid(&self, principal: &Principal) -> bool;
+    /// DTLS-PSK from `remote`: the principal of an identity whose key just proved right.
+    fn psk_principal_from(&self, remote: IpAddr, identity: &str) -> Option<Principal> {
+        let _ = remote;
+        self.psk_principal(identity)
+    }
+    /// DTLS-PSK: whether `remote` or `identity` used up its failed-authentication budget
+    /// (the handshake then fails as with a wrong key). See `psk`.
+    fn psk_throttled(&self, remote: IpAddr, identity: &str) -> bool {
+        let _ = (remote, identity);
+        false
+    }
+    /// DTLS-PSK: a handshake from `remote` naming `identity` failed (wrong key, unknown
+    /// identity, abandoned after the key exchange): audit it and charge the throttle.
+    fn psk_failed(&self, remote: IpAddr, identity: &str) {
+        let _ = (remote, identity);
+    }
 }
 
 /// TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655), the CoAP mandatory PSK suite.
@@ -120,6 +136,9 @@ pub struct DtlsSettings {
     pub client_intermediates: Vec<CertificateDer<'static>>,
     pub max_sessions: usize,
     pub max_handshakes: usize,
+    /// Established sessions of one client; a new one beyond it ends the client's least
+    /// recently active session (`drain`).
+    pub max_sessions_per_client: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -274,6 +293,7 @@ impl Sessions {
     /// already looked up failed on its key (or an unknown identity): an authentication failure.
     fn handshake_failed(&mut self, conn: &Conn) {
         self.handshakes.failed += 1;
+        self.psk_failed(conn);
         if conn
             .psk
             .as_ref()

@@ -78,6 +78,7 @@ pub fn dtls_settings(config: &Config) -> anyhow::Result<Option<dtls::DtlsSetting
         client_intermediates,
         max_sessions: c.max_sessions,
         max_handshakes: c.max_handshakes,
+        max_sessions_per_client: c.max_sessions_per_client,
         handshake_timeout: c.handshake_timeout.get(),
         idle_timeout: c.idle_timeout.get(),
     }))
