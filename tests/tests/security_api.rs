@@ -5,8 +5,10 @@
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
+use std::process::Command;
 
-use system_tests::api::{ADMIN_TOKEN, EMAIL};
+use serde_json::{Value, json};
+use system_tests::api::{ADMIN_TOKEN, Api, EMAIL, Reply, bearer, run};
 use system_tests::{Daemon, edgegw};
 
 fn start(dir: &Path, extra: &[(&str, &str)]) -> Daemon {
@@ -80,4 +82,113 @@ fn root_provisioning_hands_over_only_its_store_files() {
         0,
         "a folder the command did not create changed hands"
     );
+}
+
+/// The API of `daemon` at 127.0.0.1 (the tests also call it from 127.0.0.2, another address).
+fn api_at(daemon: &mut Daemon) -> (Api, String) {
+    let api = Api::new(daemon, "http");
+    let port = api.base.rsplit(':').next().expect("port").to_owned();
+    (
+        Api {
+            base: format!("http://127.0.0.1:{port}"),
+            cacert: None,
+        },
+        port,
+    )
+}
+
+/// `api.call` from the local address `from`, with the response headers in `text`.
+fn call_from(
+    api: &Api,
+    from: &str,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&Value>,
+) -> Reply {
+    let mut cmd: Command = api.curl(method, path, auth);
+    cmd.args(["--interface", from, "-D", "-"]);
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(b.to_string());
+    }
+    run(cmd)
+}
+
+fn retry_after(reply: &Reply) -> Option<u64> {
+    reply.text.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("retry-after")
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}
+
+/// 20.6: wrong passwords on `/users/tokens/issue` and wrong bearer tokens and PATs use up the
+/// address's failure budget (`auth.failure_burst`); then every request of that address with
+/// credentials is 429 with Retry-After — the right password too, so a guess cannot be
+/// confirmed — while another address still logs in.
+#[test]
+fn management_api_brute_force_is_throttled_per_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = start(
+        dir.path(),
+        &[
+            ("EDGEGW_AUTH_FAILURE_BURST", "6"),
+            ("EDGEGW_AUTH_FAILURE_REFILL", "1h"),
+        ],
+    );
+    let (api, _) = api_at(&mut daemon);
+    let wrong = json!({ "email": EMAIL, "password": "not-the-admin-token" });
+    let right = json!({ "email": EMAIL, "password": ADMIN_TOKEN });
+    let attacker = "127.0.0.1";
+    for _ in 0..2 {
+        let r = call_from(
+            &api,
+            attacker,
+            "POST",
+            "/users/tokens/issue",
+            None,
+            Some(&wrong),
+        );
+        assert_eq!(r.status, 401, "{}", r.text);
+        let r = call_from(
+            &api,
+            attacker,
+            "GET",
+            "/clients",
+            Some(&bearer("eyJ.x.y")),
+            None,
+        );
+        assert_eq!(r.status, 401, "{}", r.text);
+        let r = call_from(
+            &api,
+            attacker,
+            "GET",
+            "/clients",
+            Some(&bearer("pat_a_b")),
+            None,
+        );
+        assert_eq!(r.status, 401, "{}", r.text);
+    }
+    for (path, auth, body) in [
+        ("/users/tokens/issue", None, Some(&wrong)),
+        ("/users/tokens/issue", None, Some(&right)),
+        ("/clients", Some(bearer(ADMIN_TOKEN)), None),
+    ] {
+        let method = if body.is_some() { "POST" } else { "GET" };
+        let r = call_from(&api, attacker, method, path, auth.as_deref(), body);
+        assert_eq!(r.status, 429, "{path}: {}", r.text);
+        let after = retry_after(&r).unwrap_or_else(|| panic!("no Retry-After: {}", r.text));
+        assert!((1..=3600).contains(&after), "Retry-After {after}");
+    }
+    let r = call_from(
+        &api,
+        "127.0.0.2",
+        "POST",
+        "/users/tokens/issue",
+        None,
+        Some(&right),
+    );
+    assert_eq!(r.status, 201, "another address: {}", r.text);
 }
