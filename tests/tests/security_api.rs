@@ -6,6 +6,7 @@
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use system_tests::api::{ADMIN_TOKEN, Api, EMAIL, Reply, bearer, run};
@@ -191,4 +192,97 @@ fn management_api_brute_force_is_throttled_per_address() {
         Some(&right),
     );
     assert_eq!(r.status, 201, "another address: {}", r.text);
+}
+
+/// 20.10: a refresh token is good for one refresh; presenting it again is refused and ends
+/// its session, so the access token the first refresh gave is refused too.
+#[test]
+fn a_reused_refresh_token_is_refused_and_ends_its_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = start(dir.path(), &[]);
+    let (api, _) = api_at(&mut daemon);
+    let (_, refresh) = api.login();
+    let r = api.call(
+        "POST",
+        "/users/tokens/refresh",
+        Some(&bearer(&refresh)),
+        None,
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let access = r.body["access_token"].as_str().expect("access").to_owned();
+    let next = r.body["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
+    assert_eq!(
+        api.call("GET", "/clients", Some(&bearer(&access)), None)
+            .status,
+        200
+    );
+    let r = api.call(
+        "POST",
+        "/users/tokens/refresh",
+        Some(&bearer(&refresh)),
+        None,
+    );
+    assert_eq!(r.status, 401, "reused refresh token: {}", r.text);
+    let r = api.call("GET", "/clients", Some(&bearer(&access)), None);
+    assert_eq!(
+        r.status, 401,
+        "access token of the ended session: {}",
+        r.text
+    );
+    let r = api.call("POST", "/users/tokens/refresh", Some(&bearer(&next)), None);
+    assert_eq!(
+        r.status, 401,
+        "later refresh token of the ended session: {}",
+        r.text
+    );
+    // A new login works.
+    let (access, _) = api.login();
+    assert_eq!(
+        api.call("GET", "/clients", Some(&bearer(&access)), None)
+            .status,
+        200
+    );
+}
+
+/// 20.10: tokens issued under one standalone token are refused once the daemon runs with
+/// another (same state directory, same signing key).
+#[test]
+fn tokens_are_refused_after_the_standalone_token_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = start(dir.path(), &[]);
+    let (api, _) = api_at(&mut daemon);
+    let (access, refresh) = api.login();
+    assert_eq!(
+        api.call("GET", "/clients", Some(&bearer(&access)), None)
+            .status,
+        200
+    );
+    daemon.signal("TERM");
+    assert!(
+        daemon.wait_exit(Duration::from_secs(20)).is_some(),
+        "stopped"
+    );
+    drop(daemon);
+    let new_token = "a-new-admin-token-9876543210";
+    let mut daemon = start(dir.path(), &[("EDGEGW_STANDALONE_TOKEN", new_token)]);
+    let (api, _) = api_at(&mut daemon);
+    let r = api.call("GET", "/clients", Some(&bearer(&access)), None);
+    assert_eq!(r.status, 401, "old access token: {}", r.text);
+    let r = api.call(
+        "POST",
+        "/users/tokens/refresh",
+        Some(&bearer(&refresh)),
+        None,
+    );
+    assert_eq!(r.status, 401, "old refresh token: {}", r.text);
+    let r = api.call(
+        "POST",
+        "/users/tokens/issue",
+        None,
+        Some(&json!({ "email": EMAIL, "password": new_token })),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
 }

@@ -11,6 +11,7 @@ pub mod adapter;
 pub mod audit;
 pub mod pats;
 mod routes;
+pub mod sessions;
 pub mod tokens;
 
 use std::net::{IpAddr, SocketAddr};
@@ -174,6 +175,7 @@ pub async fn bind(
             &config.gateway.state_dir,
             http.access_token_ttl.get(),
             http.refresh_token_ttl.get(),
+            &admin_credential(&config.standalone),
         )?,
         pats: pats::PatStore::open(&config.gateway.state_dir)?,
         config: config.clone(),
@@ -202,6 +204,16 @@ pub async fn bind(
         tls,
         state,
     })
+}
+
+/// What the login sessions are made under: a change of either ends them
+/// ([`sessions`]).
+fn admin_credential(admin: &crate::config::StandaloneConfig) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut c = zeroize::Zeroizing::new(Vec::new());
+    c.extend_from_slice(admin.email.as_bytes());
+    c.push(0);
+    c.extend_from_slice(admin.token.expose().as_bytes());
+    c
 }
 
 /// Binds (when `http.enabled`) and spawns the server on the intake stage. In the development
