@@ -286,3 +286,64 @@ fn tokens_are_refused_after_the_standalone_token_changes() {
     );
     assert_eq!(r.status, 201, "{}", r.text);
 }
+
+/// `count` TCP connections to `port` that never send a byte, from local addresses `from(i)`.
+fn idle_connections(
+    rt: &tokio::runtime::Runtime,
+    port: &str,
+    count: usize,
+    from: impl Fn(usize) -> String,
+) -> Vec<tokio::net::TcpStream> {
+    let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    rt.block_on(async {
+        let mut held = Vec::new();
+        for i in 0..count {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind(format!("{}:0", from(i)).parse().expect("source"))
+                .expect("bind source");
+            held.push(socket.connect(target).await.expect("connect"));
+        }
+        held
+    })
+}
+
+/// A request from 127.0.0.1, bounded by a generous 30 s (the idle connections are held for
+/// `http.request_timeout` = 120 s on a server without the limits).
+fn health_is_answered(api: &Api) -> Reply {
+    let mut cmd = api.curl("GET", "/health", None);
+    cmd.args(["--max-time", "30"]);
+    run(cmd)
+}
+
+/// 20.12: 64 connections that never send anything, from one address, take only that
+/// address's share of the slots: a normal client is answered.
+#[test]
+fn idle_connections_from_one_address_do_not_block_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = start(dir.path(), &[("EDGEGW_HTTP_REQUEST_TIMEOUT", "120s")]);
+    let (api, port) = api_at(&mut daemon);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _idle = idle_connections(&rt, &port, 64, |_| "127.0.0.2".to_owned());
+    let r = health_is_answered(&api);
+    assert_eq!(r.status, 200, "with 64 idle connections open: {}", r.text);
+}
+
+/// 20.12: 64 silent connections from 64 addresses fill every slot, and are closed after the
+/// header timeout (5 s), not after `http.request_timeout`: a normal client is answered.
+#[test]
+fn idle_connections_from_many_addresses_are_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = start(dir.path(), &[("EDGEGW_HTTP_REQUEST_TIMEOUT", "120s")]);
+    let (api, port) = api_at(&mut daemon);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _idle = idle_connections(&rt, &port, 64, |i| format!("127.0.1.{}", i + 1));
+    let r = health_is_answered(&api);
+    assert_eq!(r.status, 200, "with 64 idle connections open: {}", r.text);
+}

@@ -296,8 +296,10 @@ pub async fn serve(listener: Listener, tracker: TaskTracker, token: Cancellation
     } = listener;
     let http = state.config.http.clone();
     let permits = Arc::new(Semaphore::new(http.max_connections));
+    let per_peer = Arc::new(PerPeer::new(per_peer_limit(http.max_connections)));
     let app = router(Arc::clone(&state));
     let timeout = http.request_timeout.get();
+    let header_timeout = timeout.min(HEADER_TIMEOUT);
     loop {
         let permit = tokio::select! {
             () = token.cancelled() => break,
@@ -315,12 +317,20 @@ pub async fn serve(listener: Listener, tracker: TaskTracker, token: Cancellation
                 }
             },
         };
+        // One address may hold only its share of the slots: the rest is closed at once, so
+        // its idle connections cannot keep everyone else out (issue 20.12).
+        let Some(peer_slot) = PerPeer::take(&per_peer, peer.ip()) else {
+            debug!(%peer, "HTTP connection refused: too many from this address");
+            drop(stream);
+            continue;
+        };
         let app = app.clone();
         let tls = tls.clone();
         let token = token.clone();
         let state = Arc::clone(&state);
         tracker.spawn(async move {
             let _permit = permit;
+            let _peer_slot = peer_slot;
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let app = app.clone();
@@ -335,11 +345,11 @@ pub async fn serve(listener: Listener, tracker: TaskTracker, token: Cancellation
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(64 * 1024);
             let result = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => serve_conn(&builder, TokioIo::new(s), service, &token).await,
                         Ok(Err(e)) => {
                             debug!(%peer, "TLS handshake failed: {e}");
@@ -354,6 +364,73 @@ pub async fn serve(listener: Listener, tracker: TaskTracker, token: Cancellation
                 debug!(%peer, "HTTP connection ended: {e}");
             }
         });
+    }
+}
+
+/// Longest wait for a request's header (from the connection's start or the previous answer),
+/// and for the TLS handshake; `http.request_timeout` when shorter. A connection that sends
+/// nothing is closed after it.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connections one remote address may hold: a quarter of `http.max_connections` (at least 1).
+fn per_peer_limit(max_connections: usize) -> usize {
+    max_connections.div_ceil(4).max(1)
+}
+
+/// Open connections per remote address, bounded ([`per_peer_limit`]).
+#[derive(Debug)]
+struct PerPeer {
+    limit: usize,
+    open: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerPeer`], given back when dropped.
+#[derive(Debug)]
+struct PeerSlot {
+    table: Arc<PerPeer>,
+    ip: IpAddr,
+}
+
+impl PerPeer {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<IpAddr, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for `ip`, unless it holds `limit` connections already. The table has at most
+    /// one entry per open connection (`max_connections`).
+    fn take(table: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+        let ip = ip.to_canonical();
+        let mut open = table.lock();
+        let n = open.entry(ip).or_insert(0);
+        if *n >= table.limit {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            table: Arc::clone(table),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.lock();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -499,6 +576,28 @@ mod tests {
 
     use super::*;
     use crate::runtime::supervisor::{Shutdown, Signal, Stage, Supervisor};
+
+    #[test]
+    fn one_address_holds_at_most_its_share_of_the_connections() {
+        assert_eq!(per_peer_limit(64), 16);
+        assert_eq!(per_peer_limit(1), 1);
+        let table = Arc::new(PerPeer::new(2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = PerPeer::take(&table, a).unwrap();
+        let _second = PerPeer::take(&table, mapped).unwrap();
+        assert!(
+            PerPeer::take(&table, a).is_none(),
+            "the same address, v4-mapped"
+        );
+        let _other = PerPeer::take(&table, b).unwrap();
+        drop(first);
+        assert!(
+            PerPeer::take(&table, a).is_some(),
+            "a closed connection frees its slot"
+        );
+    }
 
     fn request(path: &str, auth: Option<&str>, body: &str) -> axum::extract::Request {
         let mut b = hyper::Request::builder()
