@@ -347,3 +347,50 @@ fn idle_connections_from_many_addresses_are_closed_after_the_header_timeout() {
     let r = health_is_answered(&api);
     assert_eq!(r.status, 200, "with 64 idle connections open: {}", r.text);
 }
+
+/// 20.14: `check-config` on a file whose token line has a syntax error says where (exit 78)
+/// without printing the line; with a URL holding a password it prints the URL without it.
+#[test]
+fn check_config_never_prints_a_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edgegw.toml");
+    std::fs::write(
+        &path,
+        "[standalone]\nemail = \"admin@example.com\"\ntoken = \"s3cret-admin-token-0123456789\n",
+    )
+    .expect("write config");
+    let out = edgegw(dir.path())
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .expect("run edgegw");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(78), "{all}");
+    assert!(all.contains("line 3"), "{all}");
+    assert!(!all.contains("s3cret"), "{all}");
+
+    std::fs::write(
+        &path,
+        "[uplink]\nurl = \"mqtt://gw:url-s3cret@broker.example:1883\"\ninsecure = true\n",
+    )
+    .expect("write config");
+    let out = edgegw(dir.path())
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .expect("run edgegw");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("broker.example:1883"), "{all}");
+    assert!(!all.contains("url-s3cret"), "{all}");
+}
