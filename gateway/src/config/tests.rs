@@ -419,3 +419,91 @@ fn uplink_session_retry_and_downlink_bounds_are_configurable_and_checked() {
         assert!(err.contains(needle), "{needle} missing in: {err}");
     }
 }
+
+/// Issue 20.14: a syntax error on a secret's line says where and why, not the line itself.
+#[test]
+fn syntax_errors_do_not_echo_the_line() {
+    for text in [
+        "[standalone]\nemail = \"a@b.c\"\ntoken = \"hunter2-secret-token-value\n",
+        "[standalone]\ntoken = hunter2-secret-token-value\n",
+        "[uplink]\npassword = 'hunter2-secret-token-value\" x\n",
+    ] {
+        let f = file(text);
+        let err = load_from(
+            &Source::Explicit(f.path().into()),
+            Profile::Production,
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("line "), "{err}");
+    }
+}
+
+/// A secret of the wrong type is refused without its value.
+#[test]
+fn type_errors_on_secrets_do_not_echo_the_value() {
+    let f = file("[standalone]\ntoken = 987654321987654321\n[uplink]\npassword = 123456789123\n");
+    let err = load_from(
+        &Source::Explicit(f.path().into()),
+        Profile::Production,
+        env(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("standalone.token"), "{err}");
+    assert!(!err.contains("987654321987654321"), "{err}");
+    let f = file("[uplink]\npassword = 123456789123\n");
+    let err = load_from(
+        &Source::Explicit(f.path().into()),
+        Profile::Production,
+        env(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("uplink.password"), "{err}");
+    assert!(!err.contains("123456789123"), "{err}");
+}
+
+/// `check-config` and URL errors show `uplink.url` without its userinfo.
+#[test]
+fn uplink_url_userinfo_is_redacted() {
+    let config = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[
+            (
+                "EDGEGW_UPLINK_URL",
+                "mqtt://gw:url-pass-42@broker.example:1883/x",
+            ),
+            ("EDGEGW_UPLINK_INSECURE", "true"),
+        ]),
+    )
+    .unwrap();
+    let text = config.to_redacted_toml();
+    assert!(!text.contains("url-pass-42"), "{text}");
+    assert!(
+        text.contains("mqtt://<redacted>@broker.example:1883/x"),
+        "{text}"
+    );
+    assert!(text.parse::<toml::Table>().is_ok());
+    let warnings = config.warnings.join("\n");
+    assert!(!warnings.contains("url-pass-42"), "{warnings}");
+    let err = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[("EDGEGW_UPLINK_URL", "tcp://gw:url-pass-42@broker.example")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!err.contains("url-pass-42"), "{err}");
+    assert_eq!(
+        value::redact_userinfo("mqtts://host:8883"),
+        "mqtts://host:8883"
+    );
+    assert_eq!(
+        value::redact_userinfo("mqtts://host:8883/a@b"),
+        "mqtts://host:8883/a@b"
+    );
+}

@@ -33,7 +33,7 @@ use certs::*;
 use channels::*;
 use clients::*;
 use error::ApiError;
-pub(super) use error::timeout_response;
+pub(super) use error::{throttled_response, timeout_response};
 use health::*;
 use pats::*;
 use users::*;
