@@ -103,18 +103,17 @@ impl Sensor {
     }
 }
 
-/// Writes `<dir>/serial.toml`: one serial port behind `link` (reopened quickly after an
-/// unplug), for `edgegw --config`. Returns its path.
-pub fn port_config(dir: &Path, link: &Path) -> std::path::PathBuf {
+/// Writes `<dir>/serial.toml`: one serial port behind each of `links` (reopened quickly after
+/// an unplug), for `edgegw --config`. Returns its path.
+pub fn port_config(dir: &Path, links: &[&Path]) -> std::path::PathBuf {
     let config = dir.join("serial.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[serial]\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n\
-             [[serial.ports]]\npath = \"{}\"\nbaud = 115200\n",
+    let mut text = String::from("[serial]\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n");
+    for link in links {
+        text.push_str(&format!(
+            "[[serial.ports]]\npath = \"{}\"\nbaud = 115200\n",
             link.display()
-        ),
-    )
-    .expect("write serial config");
+        ));
+    }
+    std::fs::write(&config, text).expect("write serial config");
     config
 }

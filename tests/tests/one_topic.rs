@@ -25,7 +25,7 @@ fn every_path_of_a_channel_goes_upstream_on_one_topic_and_commands_come_back_on_
     let (id, secret) = (setup.channel_id.clone(), setup.secret.clone());
     let link = setup.path().join("ttySENSOR");
     let mut sensor = Sensor::plug_in(&link);
-    let config = pty::port_config(setup.path(), &link);
+    let config = pty::port_config(setup.path(), &[&link]);
     // The serial sensor is a client of its own: a client has one downlink mailbox per
     // channel, which the CoAP observer below takes.
     let serial = setup.cli(&["client", "add", "lamp-2"]);

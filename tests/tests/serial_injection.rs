@@ -17,7 +17,7 @@ fn upstream_commands_cannot_forge_serial_lines_and_refusals_are_counted() {
     let setup = Downlink::new();
     let link = setup.path().join("ttySENSOR");
     let mut sensor = Sensor::plug_in(&link);
-    let config = pty::port_config(setup.path(), &link);
+    let config = pty::port_config(setup.path(), &[&link]);
     let (mut daemon, _) = setup.run(Some(&config), &[]);
     daemon.wait_for_log("serial port open", WAIT);
     assert_eq!(sensor.ask(&format!("AUTH lamp-1 {}", setup.secret)), "OK");
