@@ -351,8 +351,9 @@ impl Shell {
     }
 
     /// Who sent a request: on CoAPS the client of the peer's DTLS session (`Ok(Some(c))`), on
-    /// plain CoAP nobody yet (`Ok(None)`: the query carries the credentials). A CoAPS peer
-    /// without an authenticated session is refused.
+    /// plain CoAP and in a server-only CoAPS session nobody yet (`Ok(None)`: the query carries
+    /// the credentials, authenticated and throttled per request). Any other CoAPS peer is
+    /// refused.
     fn caller(&self, peer: SocketAddr) -> Result<Option<ClientRef>, Refusal> {
         let Some(sessions) = &self.sessions else {
             return Ok(None);
@@ -362,6 +363,7 @@ impl Shell {
                 id: p.client_id.clone(),
                 identity: p.identity.clone(),
             })),
+            None if sessions.is_server_only(peer) => Ok(None),
             None => Err(Refusal::Unauthenticated),
         }
     }

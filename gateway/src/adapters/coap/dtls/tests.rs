@@ -70,6 +70,7 @@ fn settings() -> DtlsSettings {
         max_handshakes: 4,
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(600),
+        server_only_auth: false,
     }
 }
 
