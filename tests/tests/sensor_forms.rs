@@ -144,9 +144,13 @@ impl Gateway {
 
 /// A libcoap request at verbosity 6, which prints the response PDU (`c:2.04`).
 fn coap(args: &[&str]) -> String {
+    coap_with(CLIENT, args)
+}
+
+fn coap_with(client: &str, args: &[&str]) -> String {
     let mut all = vec!["-v", "6"];
     all.extend_from_slice(args);
-    coap_client(CLIENT, &all)
+    coap_client(client, &all)
 }
 
 /// The response code libcoap printed (`2.04`, `4.01`, …), if any.
@@ -231,8 +235,26 @@ fn server_only_coaps_with_a_query_secret_works_beside_psk_and_certificates() {
         let out = coap(&args);
         assert_eq!(code(&out).as_deref(), Some("2.04"), "{payload}: {out}");
     }
+    // GnuTLS's client in the same mode (no credentials at all: `-n`, secret in the query).
+    let auth_option = format!("15,auth={}", gw.secret);
+    let out = coap_with(
+        "coap-client-gnutls",
+        &[
+            "-n",
+            "-m",
+            "post",
+            "-e",
+            "server-only-gnutls",
+            "-O",
+            &auth_option,
+            &gw.coaps_url(&publish),
+        ],
+    );
+    assert_eq!(code(&out).as_deref(), Some("2.04"), "gnutls: {out}");
+    let mut payloads = cases.map(|(p, ..)| p).to_vec();
+    payloads.push("server-only-gnutls");
     assert!(
-        gw.upstream("coaps", &cases.map(|(p, ..)| p)),
+        gw.upstream("coaps", &payloads),
         "not upstream: {:?}",
         gw.sub.lines
     );
