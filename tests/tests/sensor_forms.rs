@@ -17,6 +17,7 @@
 //!   plain CoAP; off with `coap_dtls.server_only_auth = false`.
 
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gateway::auth::{AuthStore, CertificateRecord};
@@ -60,7 +61,11 @@ impl Gateway {
         vars.push(("EDGEGW_GATEWAY_DOMAIN_ID".into(), DOMAIN.into()));
         let channel = json_cli(root, &vars, &["channel", "add", "sf"]);
         let client = json_cli(root, &vars, &["client", "add", "sf-1"]);
-        json_cli(root, &vars, &["connect", "sf-1", "sf", "--publish"]);
+        json_cli(
+            root,
+            &vars,
+            &["connect", "sf-1", "sf", "--publish", "--subscribe"],
+        );
         let text = |v: &serde_json::Value, k: &str| v[k].as_str().expect(k).to_owned();
         let (id, secret) = (text(&client, "id"), text(&client, "secret"));
 
@@ -422,4 +427,52 @@ fn server_only_auth_false_refuses_certificate_less_sessions_but_keeps_psk() {
             .any(|l| l.contains("without a client certificate")),
         "a server-only session was established"
     );
+}
+
+/// Server-only sessions authenticate nobody, so they may hold at most half of
+/// `coap_dtls.max_sessions`: with 2, two held server-only observers leave room for a PSK
+/// sensor (the quieter one gives way) instead of filling the table.
+#[test]
+fn server_only_sessions_hold_at_most_half_of_the_table() {
+    let mut gw = Gateway::start(&[("EDGEGW_COAP_DTLS_MAX_SESSIONS", "2")]);
+    let observe = gw.coaps_url(&format!("m/{DOMAIN}/c/sf?auth={}", gw.secret));
+    let hold = |source: &str| {
+        Command::new(CLIENT)
+            .args([
+                "-a", source, "-n", "-B", "30", "-s", "30", "-m", "get", &observe,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("coap-client-openssl")
+    };
+    let needle = "dtls session established without a client certificate";
+    let mut first = hold("127.0.0.5");
+    gw.daemon
+        .wait_for_nth_log(needle, 1, Duration::from_secs(15));
+    let mut second = hold("127.0.0.6");
+    gw.daemon
+        .wait_for_nth_log(needle, 2, Duration::from_secs(15));
+    let out = coap(&[
+        "-m",
+        "post",
+        "-e",
+        "psk-beside-server-only",
+        "-u",
+        "sf-1",
+        "-k",
+        &gw.secret,
+        &gw.coaps_url(&format!("m/{DOMAIN}/c/sf/cap")),
+    ]);
+    for child in [&mut first, &mut second] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let log = gw.daemon.log().join("\n");
+    assert!(
+        !log.contains("session limit reached"),
+        "the PSK sensor found the table full: {out}"
+    );
+    assert_eq!(code(&out).as_deref(), Some("2.04"), "{out}");
+    assert!(log.contains("server-only sessions at their cap"), "{log}");
 }

@@ -455,6 +455,30 @@ impl Sessions {
         }
     }
 
+    /// Server-only sessions authenticate nobody, so anyone who reaches the port can open one:
+    /// they may hold at most half of `max_sessions` (the rest stays for PSK and certificate
+    /// sessions). Called before a new one goes live: at the cap, the server-only session
+    /// quiet the longest gives way.
+    fn cap_server_only(&mut self, now: Instant) {
+        let cap = (self.settings.max_sessions / 2).max(1);
+        let mut count = 0;
+        let mut quietest: Option<(Instant, SocketAddr)> = None;
+        for (peer, c) in &self.live {
+            if c.established && c.principal.is_none() {
+                count += 1;
+                if quietest.is_none_or(|(t, _)| c.last_activity < t) {
+                    quietest = Some((c.last_activity, *peer));
+                }
+            }
+        }
+        if count >= cap
+            && let Some((_, peer)) = quietest
+        {
+            info!(%peer, "dtls session ended: server-only sessions at their cap (half of coap_dtls.max_sessions)");
+            self.close_live(peer, now);
+        }
+    }
+
     /// Ends every session of a client (revoked certificate, disabled client).
     pub fn end_client(&mut self, client_id: &str, now: Instant) {
         let peers: Vec<_> = self

@@ -154,6 +154,9 @@ impl Sessions {
             && let Some(mut conn) = self.pending.remove(&peer)
         {
             conn.last_activity = now;
+            if conn.principal.is_none() && !self.live.contains_key(&peer) {
+                self.cap_server_only(now);
+            }
             if let Some(t) = conn.next_timer {
                 self.timers.push(Reverse((t, peer, false)));
             }
