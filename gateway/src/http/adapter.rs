@@ -96,7 +96,13 @@ pub(super) fn credentials(value: &str) -> SensorCredentials {
             SensorCredentials::Secret(rest.trim().as_bytes().to_vec())
         }
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => {
-            let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
+            // Standard base64 (RFC 7617, curl -u); SuperMQ's own decoder takes the URL-safe
+            // alphabet (supermq v0.19.1 `http/handler.go` `decodeAuth`): either.
+            let rest = rest.trim();
+            let Ok(decoded) = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(rest))
+            else {
                 return SensorCredentials::None;
             };
             let Ok(decoded) = String::from_utf8(decoded) else {

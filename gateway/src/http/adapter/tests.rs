@@ -140,6 +140,17 @@ fn authorization_values_parse_to_sensor_credentials() {
             secret: b"pass".to_vec()
         }
     );
+    // `u?>:p` is `dT8+OnA=` in standard base64, `dT8-OnA=` in the URL-safe alphabet.
+    for encoded in ["dT8+OnA=", "dT8-OnA="] {
+        assert_eq!(
+            credentials(&format!("Basic {encoded}")),
+            SensorCredentials::UserSecret {
+                user: "u?>".into(),
+                secret: b"p".to_vec()
+            },
+            "{encoded}"
+        );
+    }
     assert_eq!(credentials("Basic !!!"), SensorCredentials::None);
     assert_eq!(
         credentials("Basic dTo="),
