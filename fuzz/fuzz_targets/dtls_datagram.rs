@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         max_sessions_per_client: 16,
         handshake_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
+        server_only_auth: false,
     };
     let Ok(mut table) = Sessions::new(settings, Arc::new(Deny)) else {
         return;

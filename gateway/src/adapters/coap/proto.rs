@@ -28,7 +28,7 @@ pub use answer::{CoapAnswer, coap_answer};
 use block1::BlockTransfer;
 use dedup::{DedupEntry, DedupState};
 use observe::Observer;
-use uri::{PathError, parse_path, parse_query, unsupported_critical_option};
+use uri::{PathError, Resource, parse_query, parse_resource, unsupported_critical_option};
 
 /// RFC 7252 §4.8.2 EXCHANGE_LIFETIME with the default transmission parameters.
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
@@ -163,6 +163,15 @@ pub enum Event {
         target: Target,
         credentials: Credentials,
     },
+    /// POST `hc/<domain>`, SuperMQ's health check: authenticate in that domain, then
+    /// `complete` with [`Outcome::Checked`] (2.01 Created, as supermq v0.19.1
+    /// `coap/api/transport.go` answers a POST). The payload is ignored, nothing is stored.
+    HealthCheck {
+        exchange: ExchangeId,
+        peer: SocketAddr,
+        domain: String,
+        credentials: Credentials,
+    },
     /// An observer is gone (deregistered, reset, re-registered or unreachable).
     ObserveEnded { observer: ExchangeId },
 }
@@ -176,6 +185,8 @@ pub enum Outcome {
     Subscribed,
     /// Block 0 of a Block1 transfer may go on (see [`Event::Authorize`]).
     Authorized,
+    /// Health check passed: 2.01 Created.
+    Checked,
     /// Poll answer: 2.05 Content (an empty payload means no command is waiting).
     Content {
         payload: Vec<u8>,
@@ -216,6 +227,7 @@ pub struct Stats {
 #[derive(Debug)]
 enum Kind {
     Publish,
+    Health,
     Subscribe,
     Poll,
     /// Block 0 of a Block1 transfer waiting for [`Outcome::Authorized`].
@@ -357,6 +369,7 @@ impl Server {
             (Kind::Publish, Outcome::Stored) => {
                 (ResponseType::Changed, None, Vec::new(), None::<u16>)
             }
+            (Kind::Health, Outcome::Checked) => (ResponseType::Created, None, Vec::new(), None),
             (Kind::Subscribe, Outcome::Subscribed) => {
                 let key = (p.peer, p.token.clone());
                 if let Some(old) = self.observer_by_token.remove(&key) {
@@ -494,8 +507,8 @@ impl Server {
             self.respond_now(&req, code, RefusalKind::BadRequest, |_| {});
             return;
         }
-        let target = match parse_path(packet) {
-            Ok(t) => t,
+        let resource = match parse_resource(packet) {
+            Ok(r) => r,
             Err(PathError::NotFound) => {
                 self.respond_failure_req(&req, Refusal::NotFound, now);
                 return;
@@ -508,6 +521,29 @@ impl Server {
         let Ok(credentials) = parse_query(packet) else {
             self.respond_failure_req(&req, Refusal::BadRequest, now);
             return;
+        };
+        let target = match (resource, method) {
+            (Resource::Channel(target), _) => target,
+            (Resource::Health { domain }, RequestType::Post) => {
+                self.start_exchange(req, Kind::Health, None, now, |exchange, peer| {
+                    Event::HealthCheck {
+                        exchange,
+                        peer,
+                        domain,
+                        credentials,
+                    }
+                });
+                return;
+            }
+            (Resource::Health { .. }, _) => {
+                self.respond_now(
+                    &req,
+                    ResponseType::MethodNotAllowed,
+                    RefusalKind::BadRequest,
+                    |_| {},
+                );
+                return;
+            }
         };
         match method {
             RequestType::Post => self.handle_post(req, target, credentials, packet, now),

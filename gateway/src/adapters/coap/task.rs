@@ -374,8 +374,9 @@ impl Shell {
     }
 
     /// Who sent a request: on CoAPS the client of the peer's DTLS session (`Ok(Some(c))`), on
-    /// plain CoAP nobody yet (`Ok(None)`: the query carries the credentials). A CoAPS peer
-    /// without an authenticated session is refused.
+    /// plain CoAP and in a server-only CoAPS session nobody yet (`Ok(None)`: the query carries
+    /// the credentials, authenticated and throttled per request). Any other CoAPS peer is
+    /// refused.
     fn caller(&self, peer: SocketAddr) -> Result<Option<ClientRef>, Refusal> {
         let Some(sessions) = &self.sessions else {
             return Ok(None);
@@ -385,6 +386,7 @@ impl Shell {
                 id: p.client_id.clone(),
                 identity: p.identity.clone(),
             })),
+            None if sessions.is_server_only(peer) => Ok(None),
             None => Err(Refusal::Unauthenticated),
         }
     }
@@ -447,18 +449,21 @@ impl Shell {
         op: Op,
     ) -> Result<Admitted, Refusal> {
         let session = self.caller(peer)?;
-        let credentials = match (&session, credentials) {
-            (Some(client), _) => intake::Credentials::Session(client),
-            (None, Credentials::None) => intake::Credentials::None,
-            (None, Credentials::Secret(secret)) => intake::Credentials::Secret(secret),
-            (None, Credentials::UsernamePassword { username, password }) => {
-                intake::Credentials::IdentitySecret {
-                    identity: username,
-                    secret: password,
-                }
-            }
-        };
+        let credentials = intake_credentials(session.as_ref(), credentials);
         self.intake.admit(Some(peer.ip()), credentials, target, op)
+    }
+
+    /// `hc/<domain>`: throttle → authenticate → domain membership, by intake.
+    fn check_health(
+        &self,
+        peer: SocketAddr,
+        domain: &str,
+        credentials: &Credentials,
+    ) -> Result<ClientRef, Refusal> {
+        let session = self.caller(peer)?;
+        let credentials = intake_credentials(session.as_ref(), credentials);
+        self.intake
+            .check_health(Some(peer.ip()), credentials, domain)
     }
 
     fn handle_event(&mut self, ev: Event) {
@@ -557,10 +562,41 @@ impl Shell {
                 };
                 self.server.complete(exchange, outcome, now);
             }
+            Event::HealthCheck {
+                exchange,
+                peer,
+                domain,
+                credentials,
+            } => {
+                let outcome = match self.check_health(peer, &domain, &credentials) {
+                    Ok(_) => Outcome::Checked,
+                    Err(r) => Outcome::Refused(r),
+                };
+                self.server.complete(exchange, outcome, now);
+            }
             Event::ObserveEnded { observer } => {
                 // Dropping the subscription marks the client offline: later commands are
                 // kept for it.
                 self.observations.remove(&observer);
+            }
+        }
+    }
+}
+
+/// The intake credentials of a request: the DTLS session's client if it has one (its query
+/// is not looked at), else what the Uri-Query carried.
+fn intake_credentials<'a>(
+    session: Option<&'a ClientRef>,
+    query: &'a Credentials,
+) -> intake::Credentials<'a> {
+    match (session, query) {
+        (Some(client), _) => intake::Credentials::Session(client),
+        (None, Credentials::None) => intake::Credentials::None,
+        (None, Credentials::Secret(secret)) => intake::Credentials::Secret(secret),
+        (None, Credentials::UsernamePassword { username, password }) => {
+            intake::Credentials::IdentitySecret {
+                identity: username,
+                secret: password,
             }
         }
     }

@@ -113,6 +113,11 @@ impl Sessions {
                         conn.principal = Some(p);
                         conn.established = true;
                     }
+                    // No certificate was sent (a sent one is verified above or refused) and
+                    // server-only sessions are allowed: established, authenticating nothing.
+                    None if conn.mode == Mode::Certificate && settings.server_only_auth => {
+                        conn.established = true;
+                    }
                     None => {
                         outcome = Some(match conn.mode {
                             Mode::Psk => ALERT_DECRYPT_ERROR,
@@ -150,11 +155,16 @@ impl Sessions {
             && let Some(mut conn) = self.pending.remove(&peer)
         {
             conn.last_activity = now;
+            if conn.principal.is_none() && !self.live.contains_key(&peer) {
+                self.cap_server_only(now);
+            }
             if let Some(t) = conn.next_timer {
                 self.timers.push(Reverse((t, peer, false)));
             }
             if let Some(p) = &conn.principal {
                 info!(%peer, client = %p.identity, mode = ?conn.mode, "dtls session established");
+            } else {
+                info!(%peer, "dtls session established without a client certificate (server-only: each request needs its secret)");
             }
             self.handshakes.completed += 1;
             if let Some(p) = conn.principal.clone() {

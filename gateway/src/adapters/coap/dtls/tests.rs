@@ -84,6 +84,7 @@ fn settings() -> DtlsSettings {
         max_sessions_per_client: 16,
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(600),
+        server_only_auth: false,
     }
 }
 
@@ -204,6 +205,9 @@ fn psk_session_is_established_and_carries_data_both_ways() {
         s.principal(peer(1)).map(|p| p.client_id.as_str()),
         Some("id-a")
     );
+    // A PSK session authenticates its client: it is not a server-only one.
+    assert!(!s.is_server_only(peer(1)));
+    assert!(!s.is_server_only(peer(2)), "no session at all");
     c.send_application_data(b"coap bytes").expect("send");
     pump(&mut s, &mut c, peer(1), now);
     assert_eq!(
