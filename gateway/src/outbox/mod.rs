@@ -9,6 +9,13 @@
 //! uplink reads the database with its own connection only for a backlog (after a restart, an
 //! outage, a feed that overflowed: [`Outbox::fetch_backlog`]). It reports acknowledgements with
 //! [`Outbox::ack`]; they are deleted in the next group commit. This module never talks MQTT.
+//!
+//! A message the upstream keeps refusing is moved by the uplink into the **quarantine**
+//! ([`Outbox::quarantine`]): a table of the same database, kept durable under the entry's
+//! sequence number with the reason and the number of attempts, never expired and never
+//! dropped to make room. An operator lists it ([`Outbox::quarantined`]), queues an entry again
+//! (at the end of the queue, under a new sequence number: [`Outbox::requeue`]) or drops it
+//! ([`Outbox::discard`], counted).
 
 pub mod policy;
 mod store;
@@ -112,6 +119,30 @@ pub enum OutboxError {
     Thread(std::io::Error),
 }
 
+/// An entry the upstream refused, kept in the quarantine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Its sequence number while it was queued (the quarantine's id for it).
+    pub seq: u64,
+    pub message: Message,
+    /// Why the uplink gave up on it (the broker's reason code, or the closed connection).
+    pub reason: String,
+    /// How many times it was refused before it was moved.
+    pub attempts: u32,
+    pub quarantined_at_ms: u64,
+}
+
+/// Why a quarantine operation did nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuarantineError {
+    #[error("no quarantined message {0}")]
+    NotFound(u64),
+    #[error("outbox closed (shutting down)")]
+    Closed,
+    #[error("outbox storage failed: {0}")]
+    Storage(String),
+}
+
 /// Counters and gauges of the outbox (status, metrics).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct OutboxStats {
@@ -126,6 +157,14 @@ pub struct OutboxStats {
     pub commits_total: u64,
     /// Highest committed sequence number.
     pub last_seq: u64,
+    /// Messages in the quarantine now, and their bytes.
+    pub quarantined: u64,
+    pub quarantined_bytes: u64,
+    /// Messages moved into the quarantine, queued again from it, and dropped from it by an
+    /// operator, since start.
+    pub quarantined_total: u64,
+    pub requeued_total: u64,
+    pub discarded_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -139,14 +178,23 @@ struct Counters {
     expired_total: AtomicU64,
     commits_total: AtomicU64,
     last_seq: AtomicU64,
+    quarantined: AtomicU64,
+    quarantined_bytes: AtomicU64,
+    quarantined_total: AtomicU64,
+    requeued_total: AtomicU64,
+    discarded_total: AtomicU64,
 }
 
 type Reply = oneshot::Sender<Result<u64, IngestError>>;
+type QuarantineReply = oneshot::Sender<Result<u64, QuarantineError>>;
 
 #[derive(Debug, Default)]
 struct Pending {
     appends: Vec<(Message, u64, Reply)>,
     acks: Vec<u64>,
+    quarantine: Vec<store::ToQuarantine>,
+    requeue: Vec<(u64, QuarantineReply)>,
+    discard: Vec<(u64, QuarantineReply)>,
     bytes: u64,
     /// Bytes of the batch being committed right now (not yet in the stored counter).
     committing_bytes: u64,
@@ -336,6 +384,12 @@ impl Outbox {
             .oldest_received_ms
             .store(initial.oldest_received_ms, Ordering::Relaxed);
         counters.last_seq.store(initial.last_seq, Ordering::Relaxed);
+        counters
+            .quarantined
+            .store(initial.quarantined, Ordering::Relaxed);
+        counters
+            .quarantined_bytes
+            .store(initial.quarantined_bytes, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             feed: Mutex::new(Feed::new(initial.last_seq)),
@@ -373,8 +427,11 @@ impl Outbox {
         if pending.closing {
             return Err(IngestError::Closed);
         }
+        // The quarantine is in the same file and counts against outbox.max_bytes.
+        let c = &self.shared.counters;
         let load = Load {
-            stored_bytes: self.shared.counters.queued_bytes.load(Ordering::Relaxed),
+            stored_bytes: c.queued_bytes.load(Ordering::Relaxed)
+                + c.quarantined_bytes.load(Ordering::Relaxed),
             pending_bytes: pending.bytes + pending.committing_bytes,
             pending_count: pending.appends.len(),
         };
@@ -406,6 +463,57 @@ impl Outbox {
         if wake {
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Moves a queued entry into the quarantine in the next group commit (nothing happens if
+    /// it was acknowledged or expired meanwhile). The uplink no longer sends it.
+    pub fn quarantine(&self, seq: u64, reason: String, attempts: u32) {
+        let mut pending = self.lock();
+        pending.quarantine.push(store::ToQuarantine {
+            seq,
+            reason,
+            attempts,
+        });
+        drop(pending);
+        self.shared.wake.notify_one();
+    }
+
+    /// Queues a quarantined entry again, at the end of the queue; resolves with its new
+    /// sequence number once that is durable.
+    pub fn requeue(&self, seq: u64) -> QuarantineReceipt {
+        self.quarantine_op(seq, |p| &mut p.requeue)
+    }
+
+    /// Deletes a quarantined entry (an operator's decision; counted in `discarded_total`).
+    pub fn discard(&self, seq: u64) -> QuarantineReceipt {
+        self.quarantine_op(seq, |p| &mut p.discard)
+    }
+
+    fn quarantine_op(
+        &self,
+        seq: u64,
+        queue: impl FnOnce(&mut Pending) -> &mut Vec<(u64, QuarantineReply)>,
+    ) -> QuarantineReceipt {
+        let (tx, rx) = oneshot::channel();
+        let mut pending = self.lock();
+        if pending.closing {
+            let _ = tx.send(Err(QuarantineError::Closed));
+        } else {
+            queue(&mut pending).push((seq, tx));
+        }
+        drop(pending);
+        self.shared.wake.notify_one();
+        QuarantineReceipt { rx }
+    }
+
+    /// Up to `limit` quarantined entries after `after`, oldest first (blocking: call from a
+    /// blocking thread).
+    pub fn quarantined(&self, after: u64, limit: usize) -> Result<Vec<Quarantined>, OutboxError> {
+        let reader = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reader.quarantined(after, limit)
     }
 
     /// Up to `limit` entries with a sequence number above `after`, in order (blocking: call
@@ -461,6 +569,11 @@ impl Outbox {
             expired_total: c.expired_total.load(Ordering::Relaxed),
             commits_total: c.commits_total.load(Ordering::Relaxed),
             last_seq: c.last_seq.load(Ordering::Relaxed),
+            quarantined: c.quarantined.load(Ordering::Relaxed),
+            quarantined_bytes: c.quarantined_bytes.load(Ordering::Relaxed),
+            quarantined_total: c.quarantined_total.load(Ordering::Relaxed),
+            requeued_total: c.requeued_total.load(Ordering::Relaxed),
+            discarded_total: c.discarded_total.load(Ordering::Relaxed),
         }
     }
 
@@ -478,6 +591,23 @@ impl Outbox {
     }
 }
 
+/// Resolves once a quarantine operation is durable: the new sequence number of a re-queued
+/// entry, the id of a dropped one.
+#[derive(Debug)]
+pub struct QuarantineReceipt {
+    rx: oneshot::Receiver<Result<u64, QuarantineError>>,
+}
+
+impl Future for QuarantineReceipt {
+    type Output = Result<u64, QuarantineError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(QuarantineError::Closed)))
+    }
+}
+
 /// The outbox file inside the state directory.
 pub fn default_path(state_dir: &Path) -> PathBuf {
     state_dir.join("outbox.db")
@@ -491,13 +621,16 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
     // A full disk is logged once per episode (at its start and end), not per refused batch.
     let mut disk_full = false;
     loop {
-        let (appends, acks, closing) = {
+        let (appends, acks, quarantine, requeue, discard, closing) = {
             let mut pending = shared
                 .pending
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             while pending.appends.is_empty()
                 && pending.acks.is_empty()
+                && pending.quarantine.is_empty()
+                && pending.requeue.is_empty()
+                && pending.discard.is_empty()
                 && !pending.closing
                 && last_expiry.elapsed() < EXPIRY_EVERY
             {
@@ -515,6 +648,9 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
             (
                 std::mem::take(&mut pending.appends),
                 std::mem::take(&mut pending.acks),
+                std::mem::take(&mut pending.quarantine),
+                std::mem::take(&mut pending.requeue),
+                std::mem::take(&mut pending.discard),
                 pending.closing,
             )
         };
@@ -534,9 +670,18 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 crate::config::FullPolicy::DropOldest => Some(shared.limits.max_bytes),
                 crate::config::FullPolicy::Reject => None,
             },
+            quarantine: &quarantine,
+            requeue: &requeue.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            discard: &discard.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         };
         let c = &shared.counters;
-        if batch.appends.is_empty() && acks.is_empty() && expire_before.is_none() {
+        if batch.appends.is_empty()
+            && acks.is_empty()
+            && expire_before.is_none()
+            && quarantine.is_empty()
+            && requeue.is_empty()
+            && discard.is_empty()
+        {
             if closing {
                 break;
             }
@@ -554,6 +699,12 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 c.queued.store(done.stats.queued, Ordering::Relaxed);
                 c.queued_bytes
                     .store(done.stats.queued_bytes, Ordering::Relaxed);
+                c.quarantined
+                    .store(done.stats.quarantined, Ordering::Relaxed);
+                c.quarantined_bytes
+                    .store(done.stats.quarantined_bytes, Ordering::Relaxed);
+                c.quarantined_total
+                    .fetch_add(done.quarantined, Ordering::Relaxed);
                 // The batch is now in the stored counter: stop counting it as in progress
                 // before anyone learns it is durable.
                 shared
@@ -580,13 +731,41 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                         "outbox full: dropped the oldest queued messages (outbox.full_policy = drop_oldest)"
                     );
                 }
-                let last = done.seqs.last().copied();
-                let mut fed = Vec::with_capacity(appends.len());
+                if done.quarantined > 0 {
+                    tracing::warn!(
+                        count = done.quarantined,
+                        "outbox: messages the upstream refused moved to the quarantine (edgegw quarantine list)"
+                    );
+                }
+                let mut fed = Vec::with_capacity(appends.len() + requeue.len());
                 let mut replies = Vec::with_capacity(appends.len());
                 for ((message, _, reply), seq) in appends.into_iter().zip(done.seqs) {
                     replies.push((reply, seq));
                     fed.push(Entry { seq, message });
                 }
+                // Re-queued entries were inserted after the appends: the feed stays in order.
+                let mut q_replies = Vec::with_capacity(requeue.len() + discard.len());
+                for ((old, reply), entry) in requeue.into_iter().zip(done.requeued) {
+                    match entry {
+                        Some(entry) => {
+                            c.requeued_total.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(id = old, seq = entry.seq, "quarantine: message queued again");
+                            q_replies.push((reply, Ok(entry.seq)));
+                            fed.push(entry);
+                        }
+                        None => q_replies.push((reply, Err(QuarantineError::NotFound(old)))),
+                    }
+                }
+                for ((seq, reply), existed) in discard.into_iter().zip(done.discarded) {
+                    if existed {
+                        c.discarded_total.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(id = seq, "quarantine: message dropped by the operator");
+                        q_replies.push((reply, Ok(seq)));
+                    } else {
+                        q_replies.push((reply, Err(QuarantineError::NotFound(seq))));
+                    }
+                }
+                let last = fed.last().map(|e| e.seq);
                 // Fed and published before any receipt resolves: whoever learns that a
                 // message is durable finds it in the feed and in `last_seq`.
                 if let Some(last) = last {
@@ -600,6 +779,9 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 }
                 for (reply, seq) in replies {
                     let _ = reply.send(Ok(seq));
+                }
+                for (reply, result) in q_replies {
+                    let _ = reply.send(result);
                 }
             }
             Err(e) => {
@@ -619,12 +801,16 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 for (_, _, reply) in appends {
                     let _ = reply.send(Err(refusal.clone()));
                 }
+                for (_, reply) in requeue.into_iter().chain(discard) {
+                    let _ = reply.send(Err(QuarantineError::Storage(e.to_string())));
+                }
                 // Acknowledgements are retried with the next commit.
                 let mut pending = shared
                     .pending
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 pending.acks.extend(acks);
+                pending.quarantine.extend(quarantine);
                 pending.committing_bytes = 0;
                 drop(pending);
                 if closing {
@@ -639,7 +825,12 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 .pending
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if pending.appends.is_empty() && pending.acks.is_empty() {
+            if pending.appends.is_empty()
+                && pending.acks.is_empty()
+                && pending.quarantine.is_empty()
+                && pending.requeue.is_empty()
+                && pending.discard.is_empty()
+            {
                 break;
             }
         }
