@@ -749,7 +749,11 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                     match entry {
                         Some(entry) => {
                             c.requeued_total.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(id = old, seq = entry.seq, "quarantine: message queued again");
+                            tracing::info!(
+                                id = old,
+                                seq = entry.seq,
+                                "quarantine: message queued again"
+                            );
                             q_replies.push((reply, Ok(entry.seq)));
                             fed.push(entry);
                         }

@@ -328,7 +328,8 @@ impl Writer {
                  SELECT seq, client_id, channel_id, domain_id, subtopic, content_format, payload, \
                  received_at_ms, size, ?2, ?3, ?4 FROM outbox WHERE seq = ?1",
             )?;
-            let mut remove = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING size")?;
+            let mut remove =
+                tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING size")?;
             for q in batch.quarantine {
                 let seq = i64::try_from(q.seq).unwrap_or(i64::MAX);
                 if copy.execute(params![seq, q.reason, q.attempts, now])? == 0 {

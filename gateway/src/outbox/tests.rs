@@ -560,9 +560,15 @@ fn a_quarantined_entry_leaves_the_queue_is_kept_across_a_restart_and_counted() {
     outbox.quarantine(seqs[2], "late".into(), 1);
     barrier(&outbox, &rt);
     let stats = outbox.stats();
-    assert_eq!((stats.queued, stats.quarantined, stats.quarantined_total), (1, 1, 1));
+    assert_eq!(
+        (stats.queued, stats.quarantined, stats.quarantined_total),
+        (1, 1, 1)
+    );
     assert!(stats.quarantined_bytes > 0);
-    assert_eq!(super::tests::seqs(&outbox.fetch_after(0, 10).unwrap()), vec![seqs[0]]);
+    assert_eq!(
+        super::tests::seqs(&outbox.fetch_after(0, 10).unwrap()),
+        vec![seqs[0]]
+    );
     outbox.close();
     worker.join();
 
@@ -570,8 +576,14 @@ fn a_quarantined_entry_leaves_the_queue_is_kept_across_a_restart_and_counted() {
     let listed = outbox.quarantined(0, 10).unwrap();
     assert_eq!(listed.len(), 1);
     let q = &listed[0];
-    assert_eq!((q.seq, q.reason.as_str(), q.attempts), (seqs[1], "NotAuthorized", 3));
-    assert_eq!(q.message, msg("c", "m1").with_received_at(q.message.received_at));
+    assert_eq!(
+        (q.seq, q.reason.as_str(), q.attempts),
+        (seqs[1], "NotAuthorized", 3)
+    );
+    assert_eq!(
+        q.message,
+        msg("c", "m1").with_received_at(q.message.received_at)
+    );
     assert_eq!(outbox.stats().quarantined, 1, "loaded from the database");
     assert_eq!(outbox.stats().queued, 1);
     outbox.close();
@@ -604,7 +616,12 @@ fn a_requeued_entry_goes_to_the_end_of_the_queue_and_is_fed_a_dropped_one_is_cou
     assert_eq!(rt.block_on(outbox.discard(seqs[1])), Ok(seqs[1]));
     let stats = outbox.stats();
     assert_eq!(
-        (stats.queued, stats.quarantined, stats.requeued_total, stats.discarded_total),
+        (
+            stats.queued,
+            stats.quarantined,
+            stats.requeued_total,
+            stats.discarded_total
+        ),
         (2, 0, 1, 1)
     );
     assert_eq!(stats.quarantined_bytes, 0);
@@ -623,7 +640,10 @@ fn the_quarantine_counts_against_max_bytes() {
     let big = "x".repeat(300);
     let mut seqs = Vec::new();
     for i in 0..3 {
-        seqs.push(rt.block_on(outbox.accept(msg("c", &format!("{i}{big}"))).unwrap()).unwrap());
+        seqs.push(
+            rt.block_on(outbox.accept(msg("c", &format!("{i}{big}"))).unwrap())
+                .unwrap(),
+        );
     }
     for s in &seqs {
         outbox.quarantine(*s, "r".into(), 1);

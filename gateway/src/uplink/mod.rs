@@ -105,7 +105,10 @@ const ROTATION_DRAIN: Duration = Duration::from_secs(5);
 enum SessionEnd {
     Stopped,
     Reconnect,
+    /// Could not connect.
     Failed(ConnectionFailed),
+    /// Connected, then lost (closed by the broker or the network).
+    Lost(ConnectionFailed),
 }
 
 impl Uplink {
@@ -251,7 +254,10 @@ impl Uplink {
             self.config.reconnect_min.get(),
             self.config.reconnect_max.get(),
         );
-        let mut window = Window::new(usize::from(self.config.inflight));
+        let mut window = Window::new(
+            usize::from(self.config.inflight),
+            self.config.quarantine_after,
+        );
         let mut committed = self.outbox.committed();
         let mut reloads_open = true;
         loop {
@@ -264,11 +270,27 @@ impl Uplink {
                 .session(&mut window, &mut committed, &token, &mut backoff)
                 .await;
             self.outbox.ack(&window.poll_acks());
-            window.handle_disconnect();
+            let end = match end {
+                SessionEnd::Lost(e) => {
+                    window.handle_connection_lost(std::time::Instant::now());
+                    self.quarantine(&mut window);
+                    if window.suspects() > 0 {
+                        info!(
+                            suspects = window.suspects(),
+                            "uplink: the connection was lost with messages in flight; they are sent one at a time until each is acknowledged (a message the upstream closes the connection on is quarantined after uplink.quarantine_after tries)"
+                        );
+                    }
+                    SessionEnd::Failed(e)
+                }
+                other => {
+                    window.handle_disconnect();
+                    other
+                }
+            };
             self.status.send_modify(|s| s.connected_since_ms = None);
             match end {
                 SessionEnd::Stopped => break,
-                SessionEnd::Reconnect => {}
+                SessionEnd::Reconnect | SessionEnd::Lost(_) => {}
                 SessionEnd::Failed(e) => {
                     let delay = backoff.poll_delay(fastrand::f64());
                     warn!(
@@ -412,24 +434,29 @@ impl Uplink {
             let deadline = leaving.map(|(_, d)| d);
             tokio::select! {
                 r = events.poll() => match r {
-                    Ok(mqtt::Event::Sent(pkid)) => window.handle_sent(pkid),
+                    Ok(mqtt::Event::Sent(pkid)) => window.handle_sent(pkid, std::time::Instant::now()),
                     Ok(mqtt::Event::PubAck { pkid, ok: true, .. }) => {
                         window.handle_puback(pkid);
                     }
                     Ok(mqtt::Event::PubAck { pkid, reason, .. }) => {
-                        if window.handle_puback_refused(pkid).is_some() {
+                        let refused = window.handle_puback_refused(pkid, &reason);
+                        if refused.is_some() {
                             self.status.send_modify(|s| s.refused_total += 1);
+                        }
+                        if let Some((_, window::Refused::GivenUp)) = refused {
+                            self.quarantine(window);
+                        } else if refused.is_some() {
                             if retry_at.is_none() {
                                 // Once per retry round, not once per message.
                                 let delay = self.config.refused_retry.get();
-                                error!(reason, retry_in = ?delay, "broker refused a message (MQTT 5 PUBACK); it stays in the outbox and is sent again");
+                                error!(reason, retry_in = ?delay, "broker refused a message (MQTT 5 PUBACK); it stays in the outbox and is sent again (quarantined after uplink.quarantine_after refusals)");
                                 retry_at = Some(tokio::time::Instant::now() + delay);
                             }
                         }
                     }
                     Ok(mqtt::Event::Publish { topic, payload }) => self.handle_command(&topic, payload),
                     Ok(_) => {}
-                    Err(e) => return SessionEnd::Failed(e),
+                    Err(e) => return SessionEnd::Lost(e),
                 },
                 () = token.cancelled(), if !stopping => {
                     info!(in_flight = window.inflight(), "uplink: delivering what is in flight, then disconnecting");
@@ -538,6 +565,20 @@ impl Uplink {
         })
         .await;
         info!("uplink disconnected");
+    }
+
+    /// Moves the entries the window gave up on into the outbox's quarantine (durable in its
+    /// next group commit; the window never sends them again).
+    fn quarantine(&self, window: &mut Window) {
+        for g in window.poll_quarantine() {
+            error!(
+                seq = g.seq,
+                attempts = g.attempts,
+                "uplink: message quarantined: {}; other messages keep flowing (edgegw quarantine list / requeue / drop)",
+                g.reason
+            );
+            self.outbox.quarantine(g.seq, g.reason, g.attempts);
+        }
     }
 
     /// Sets `gateway.domain_id`, the upstream domain of channels without one.
