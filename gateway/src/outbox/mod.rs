@@ -17,11 +17,12 @@
 //! (at the end of the queue, under a new sequence number: [`Outbox::requeue`]) or drops it
 //! ([`Outbox::discard`], counted).
 
+mod feed;
 pub mod policy;
+mod quarantine;
 mod store;
 
 use crate::runtime::watchdog::Heartbeat;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -35,7 +36,12 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::OutboxConfig;
+#[cfg(test)]
+use feed::FEED_MAX_ENTRIES;
+use feed::Feed;
 use policy::{Admission, Limits, Load};
+use quarantine::QuarantineReply;
+pub use quarantine::{QuarantineError, QuarantineReceipt, Quarantined};
 
 /// One message from a sensor, as the adapters hand it over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,30 +125,6 @@ pub enum OutboxError {
     Thread(std::io::Error),
 }
 
-/// An entry the upstream refused, kept in the quarantine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Quarantined {
-    /// Its sequence number while it was queued (the quarantine's id for it).
-    pub seq: u64,
-    pub message: Message,
-    /// Why the uplink gave up on it (the broker's reason code, or the closed connection).
-    pub reason: String,
-    /// How many times it was refused before it was moved.
-    pub attempts: u32,
-    pub quarantined_at_ms: u64,
-}
-
-/// Why a quarantine operation did nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QuarantineError {
-    #[error("no quarantined message {0}")]
-    NotFound(u64),
-    #[error("outbox closed (shutting down)")]
-    Closed,
-    #[error("outbox storage failed: {0}")]
-    Storage(String),
-}
-
 /// Counters and gauges of the outbox (status, metrics).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct OutboxStats {
@@ -186,7 +168,6 @@ struct Counters {
 }
 
 type Reply = oneshot::Sender<Result<u64, IngestError>>;
-type QuarantineReply = oneshot::Sender<Result<u64, QuarantineError>>;
 
 #[derive(Debug, Default)]
 struct Pending {
@@ -199,84 +180,6 @@ struct Pending {
     /// Bytes of the batch being committed right now (not yet in the stored counter).
     committing_bytes: u64,
     closing: bool,
-}
-
-/// Most entries, and most bytes ([`Message::weight`]), the feed holds for the uplink. Past
-/// either, the feed is emptied and the uplink reads the database until it caught up: memory
-/// stays bounded whatever the upstream does.
-const FEED_MAX_ENTRIES: usize = 8192;
-const FEED_MAX_BYTES: u64 = 2 << 20;
-
-/// Entries just made durable, in sequence order, for the uplink. Every committed entry with a
-/// sequence number from `from` to `last` is either here or was taken by the uplink already
-/// (in order); `from == u64::MAX` when nothing is (after an overflow, until the next commit).
-#[derive(Debug)]
-struct Feed {
-    entries: VecDeque<Entry>,
-    bytes: u64,
-    from: u64,
-    last: u64,
-}
-
-impl Feed {
-    fn new(last_seq: u64) -> Self {
-        Self {
-            entries: VecDeque::new(),
-            bytes: 0,
-            from: last_seq.saturating_add(1),
-            last: last_seq,
-        }
-    }
-
-    /// Appends one commit's entries (consecutive sequence numbers, after `last`).
-    fn push(&mut self, entries: Vec<Entry>) {
-        let (Some(first), Some(end)) = (entries.first(), entries.last()) else {
-            return;
-        };
-        let (first, end) = (first.seq, end.seq);
-        let bytes: u64 = entries.iter().map(|e| e.message.weight()).sum();
-        let contiguous = self.from != u64::MAX && first == self.last.saturating_add(1);
-        if !contiguous
-            || self.entries.len() + entries.len() > FEED_MAX_ENTRIES
-            || self.bytes + bytes > FEED_MAX_BYTES
-        {
-            // Start a new run; what was here is in the database (the uplink reads it there).
-            self.entries.clear();
-            self.bytes = 0;
-            self.from = first;
-            if entries.len() > FEED_MAX_ENTRIES || bytes > FEED_MAX_BYTES {
-                self.from = u64::MAX;
-                self.last = end;
-                return;
-            }
-        }
-        self.entries.extend(entries);
-        self.bytes += bytes;
-        self.last = end;
-    }
-
-    /// Up to `limit` entries after `after`, if the feed holds everything committed after it.
-    fn take(&mut self, after: u64, limit: usize) -> Option<Fetched> {
-        while let Some(front) = self.entries.front() {
-            if front.seq > after {
-                break;
-            }
-            self.bytes = self.bytes.saturating_sub(front.message.weight());
-            self.entries.pop_front();
-        }
-        if self.from == u64::MAX || self.from > after.saturating_add(1) {
-            return None;
-        }
-        let n = limit.min(self.entries.len());
-        let entries: Vec<Entry> = self.entries.drain(..n).collect();
-        let taken: u64 = entries.iter().map(|e| e.message.weight()).sum();
-        self.bytes = self.bytes.saturating_sub(taken);
-        let through = match entries.last() {
-            Some(e) if entries.len() == limit => e.seq,
-            _ => self.last.max(after),
-        };
-        Some(Fetched { entries, through })
-    }
 }
 
 /// What the uplink gets from [`Outbox::take_fed`] or [`Outbox::fetch_backlog`]: entries in
@@ -465,57 +368,6 @@ impl Outbox {
         }
     }
 
-    /// Moves a queued entry into the quarantine in the next group commit (nothing happens if
-    /// it was acknowledged or expired meanwhile). The uplink no longer sends it.
-    pub fn quarantine(&self, seq: u64, reason: String, attempts: u32) {
-        let mut pending = self.lock();
-        pending.quarantine.push(store::ToQuarantine {
-            seq,
-            reason,
-            attempts,
-        });
-        drop(pending);
-        self.shared.wake.notify_one();
-    }
-
-    /// Queues a quarantined entry again, at the end of the queue; resolves with its new
-    /// sequence number once that is durable.
-    pub fn requeue(&self, seq: u64) -> QuarantineReceipt {
-        self.quarantine_op(seq, |p| &mut p.requeue)
-    }
-
-    /// Deletes a quarantined entry (an operator's decision; counted in `discarded_total`).
-    pub fn discard(&self, seq: u64) -> QuarantineReceipt {
-        self.quarantine_op(seq, |p| &mut p.discard)
-    }
-
-    fn quarantine_op(
-        &self,
-        seq: u64,
-        queue: impl FnOnce(&mut Pending) -> &mut Vec<(u64, QuarantineReply)>,
-    ) -> QuarantineReceipt {
-        let (tx, rx) = oneshot::channel();
-        let mut pending = self.lock();
-        if pending.closing {
-            let _ = tx.send(Err(QuarantineError::Closed));
-        } else {
-            queue(&mut pending).push((seq, tx));
-        }
-        drop(pending);
-        self.shared.wake.notify_one();
-        QuarantineReceipt { rx }
-    }
-
-    /// Up to `limit` quarantined entries after `after`, oldest first (blocking: call from a
-    /// blocking thread).
-    pub fn quarantined(&self, after: u64, limit: usize) -> Result<Vec<Quarantined>, OutboxError> {
-        let reader = self
-            .reader
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        reader.quarantined(after, limit)
-    }
-
     /// Up to `limit` entries with a sequence number above `after`, in order (blocking: call
     /// from a blocking thread).
     pub fn fetch_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, OutboxError> {
@@ -588,23 +440,6 @@ impl Outbox {
             .pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Resolves once a quarantine operation is durable: the new sequence number of a re-queued
-/// entry, the id of a dropped one.
-#[derive(Debug)]
-pub struct QuarantineReceipt {
-    rx: oneshot::Receiver<Result<u64, QuarantineError>>,
-}
-
-impl Future for QuarantineReceipt {
-    type Output = Result<u64, QuarantineError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(QuarantineError::Closed)))
     }
 }
 
