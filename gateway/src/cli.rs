@@ -46,6 +46,9 @@ pub enum Command {
     Certs(CertsCommand),
     /// Ask the running daemon for its state (uplink, queue depth, certificate expiry).
     Status,
+    /// Messages the upstream refused (uplink.quarantine_after times): list, re-queue, drop.
+    #[command(subcommand)]
+    Quarantine(crate::runtime::quarantine::QuarantineCommand),
 }
 
 #[derive(Debug, Subcommand)]

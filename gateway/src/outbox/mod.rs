@@ -19,7 +19,7 @@
 
 mod feed;
 pub mod policy;
-mod quarantine;
+pub mod quarantine;
 mod store;
 
 use crate::runtime::watchdog::Heartbeat;

@@ -105,3 +105,37 @@ impl Future for QuarantineReceipt {
             .map(|r| r.unwrap_or(Err(QuarantineError::Closed)))
     }
 }
+
+/// The JSON of a quarantined entry (control socket, API, `edgegw quarantine list --json`).
+/// The payload is shown as text (invalid UTF-8 replaced), at most [`PAYLOAD_SHOWN`] bytes of it.
+impl serde::Serialize for Quarantined {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let m = &self.message;
+        let shown = &m.payload[..m.payload.len().min(PAYLOAD_SHOWN)];
+        let received_ms = m
+            .received_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut st = s.serialize_struct("Quarantined", 12)?;
+        st.serialize_field("id", &self.seq)?;
+        st.serialize_field("channel_id", &m.channel_id)?;
+        st.serialize_field("domain_id", &m.domain_id)?;
+        st.serialize_field("client_id", &m.client_id)?;
+        st.serialize_field("subtopic", &m.subtopic)?;
+        st.serialize_field("content_format", &m.content_format)?;
+        st.serialize_field("payload", &String::from_utf8_lossy(shown))?;
+        st.serialize_field("payload_size", &m.payload.len())?;
+        st.serialize_field("received_at_ms", &received_ms)?;
+        st.serialize_field("quarantined_at_ms", &self.quarantined_at_ms)?;
+        st.serialize_field("reason", &self.reason)?;
+        st.serialize_field("attempts", &self.attempts)?;
+        st.end()
+    }
+}
+
+/// Payload bytes shown in a listing.
+pub const PAYLOAD_SHOWN: usize = 256;
+
+/// At most this many entries in one listing.
+pub const LIST_MAX: usize = 1000;

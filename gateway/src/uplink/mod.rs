@@ -443,15 +443,15 @@ impl Uplink {
                         if refused.is_some() {
                             self.status.send_modify(|s| s.refused_total += 1);
                         }
-                        if let Some((_, window::Refused::GivenUp)) = refused {
-                            self.quarantine(window);
-                        } else if refused.is_some() {
-                            if retry_at.is_none() {
-                                // Once per retry round, not once per message.
+                        match refused {
+                            Some((_, window::Refused::GivenUp)) => self.quarantine(window),
+                            // Once per retry round, not once per message.
+                            Some((_, window::Refused::Held)) if retry_at.is_none() => {
                                 let delay = self.config.refused_retry.get();
                                 error!(reason, retry_in = ?delay, "broker refused a message (MQTT 5 PUBACK); it stays in the outbox and is sent again (quarantined after uplink.quarantine_after refusals)");
                                 retry_at = Some(tokio::time::Instant::now() + delay);
                             }
+                            _ => {}
                         }
                     }
                     Ok(mqtt::Event::Publish { topic, payload }) => self.handle_command(&topic, payload),
