@@ -6,25 +6,10 @@
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use clap::Subcommand;
 use serde_json::Value;
 
+use crate::cli::QuarantineCommand;
 use crate::runtime::control;
-
-#[derive(Debug, Subcommand)]
-pub enum QuarantineCommand {
-    /// List quarantined messages (oldest first): id, channel, reason, attempts, payload.
-    List {
-        /// Only ids above this one (paging: at most 1000 per answer).
-        #[arg(long, default_value_t = 0)]
-        after: u64,
-    },
-    /// Queue a quarantined message again (at the end of the queue); do this once the upstream
-    /// allows it (e.g. the gateway's client was connected to the channel).
-    Requeue { id: u64 },
-    /// Drop a quarantined message for good (counted in edgegw_outbox_quarantine_dropped_total).
-    Drop { id: u64 },
-}
 
 /// Runs one `edgegw quarantine` command against the daemon of `runtime_dir`.
 pub fn command(runtime_dir: &Path, cmd: &QuarantineCommand, json: bool) -> anyhow::Result<()> {
