@@ -10,10 +10,12 @@
 //! This module owns no SQLite handle of its own and never decides what is durable.
 
 mod mqtt;
+pub mod subscriptions;
 pub mod topics;
+mod url;
 pub mod window;
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -29,7 +31,9 @@ pub use crate::runtime::status::uplink::{UplinkState, UplinkStatus, status_chann
 use crate::tls::{self, UplinkTls, UplinkTlsFiles};
 use crate::topic::matches_filter;
 pub use mqtt::ConnectionFailed;
+use subscriptions::Subscriptions;
 use topics::Topics;
+pub use url::parse_url;
 use window::{Backoff, Window};
 
 /// Why the uplink cannot start.
@@ -45,37 +49,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Splits `mqtts://host:port` into (tls, host, port).
-pub fn parse_url(url: &str) -> Result<(bool, String, u16), UplinkError> {
-    let bad = || UplinkError::BadUrl(url.to_owned());
-    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
-    let tls = match scheme {
-        "mqtts" => true,
-        "mqtt" => false,
-        _ => return Err(bad()),
-    };
-    let rest = rest.trim_end_matches('/');
-    let default_port = if tls { 8883 } else { 1883 };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or_else(bad)?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None if after.is_empty() => default_port,
-            None => return Err(bad()),
-        };
-        (host.to_owned(), port)
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
-            None => (rest.to_owned(), default_port),
-        }
-    };
-    if host.is_empty() || host.contains(['/', '@']) {
-        return Err(bad());
-    }
-    Ok((tls, host, port))
 }
 
 /// Everything the uplink task needs; built by [`crate::pipeline`].
@@ -94,6 +67,7 @@ pub struct Uplink {
     /// harnesses), local ids are the upstream ids.
     directory: Option<watch::Receiver<ChannelSet>>,
     topics: Topics,
+    subs: Subscriptions,
     reloads: watch::Receiver<u64>,
     status: watch::Sender<UplinkStatus>,
     report: StatusHandle,
@@ -147,6 +121,7 @@ impl Uplink {
         }
         let uplink = Self {
             topics,
+            subs: Subscriptions::new(config.quarantine_after),
             directory,
             config,
             host,
@@ -272,7 +247,20 @@ impl Uplink {
             self.outbox.ack(&window.poll_acks());
             let end = match end {
                 SessionEnd::Lost(e) => {
-                    window.handle_connection_lost(std::time::Instant::now());
+                    let (blamed, refused) = self.subs.handle_connection_lost();
+                    if let Some(r) = refused {
+                        error!(
+                            filter = %r.filter,
+                            "uplink: no more command subscription on this filter: {}; is the gateway's client connected to that channel upstream? (SIGHUP asks again)",
+                            r.reason
+                        );
+                    }
+                    if blamed {
+                        // A SUBSCRIBE was in flight, and nothing was published since it went out.
+                        window.handle_disconnect();
+                    } else {
+                        window.handle_connection_lost(std::time::Instant::now());
+                    }
                     self.quarantine(&mut window);
                     if window.suspects() > 0 {
                         info!(
@@ -284,6 +272,7 @@ impl Uplink {
                 }
                 other => {
                     window.handle_disconnect();
+                    self.subs.handle_disconnect();
                     other
                 }
             };
@@ -368,8 +357,8 @@ impl Uplink {
         {
             window.handle_own_publish();
         }
-        let mut subscribed = HashSet::new();
-        self.sync_subscriptions(&client, &mut subscribed);
+        self.subs.handle_disconnect();
+        self.sync_subscriptions(&client);
         let mut stats_tick = tokio::time::interval(self.config.status_interval.get());
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Leaving this connection: (because of shutdown, deadline). Shutdown waits for the
@@ -386,7 +375,10 @@ impl Uplink {
                 error!("uplink: cannot read the outbox: {e}");
             }
             let mut published = 0;
-            while let Some(entry) = window.poll_publish() {
+            // Nothing is published while a SUBSCRIBE waits for its SUBACK (see subscriptions.rs).
+            while !self.subs.busy()
+                && let Some(entry) = window.poll_publish()
+            {
                 let (seq, m) = (entry.seq, &entry.message);
                 let topic = match self.topics.message(m) {
                     Ok(t) => t,
@@ -455,6 +447,12 @@ impl Uplink {
                         }
                     }
                     Ok(mqtt::Event::Publish { topic, payload }) => self.handle_command(&topic, payload),
+                    Ok(mqtt::Event::SubAck { ok, reason }) => {
+                        if let Some(r) = self.subs.handle_suback(ok, &reason) {
+                            error!(filter = %r.filter, "uplink: the broker refused the command subscription ({}); not asked again until SIGHUP", r.reason);
+                        }
+                        self.send_subscription(&client);
+                    }
                     Ok(_) => {}
                     Err(e) => return SessionEnd::Lost(e),
                 },
@@ -472,8 +470,13 @@ impl Uplink {
                 r = self.reloads.changed(), if reloads_open => {
                     if r.is_err() {
                         reloads_open = false;
-                    } else if self.reload_tls() && leaving.is_none() {
-                        leaving = Some((false, tokio::time::Instant::now() + ROTATION_DRAIN));
+                    } else {
+                        // Refused command subscriptions are asked for again.
+                        self.subs.handle_reload();
+                        self.sync_subscriptions(&client);
+                        if self.reload_tls() && leaving.is_none() {
+                            leaving = Some((false, tokio::time::Instant::now() + ROTATION_DRAIN));
+                        }
                     }
                 }
                 r = async {
@@ -488,7 +491,7 @@ impl Uplink {
                             if let Some(d) = &mut self.directory {
                                 self.topics.handle_directory(&d.borrow_and_update());
                             }
-                            self.sync_subscriptions(&client, &mut subscribed);
+                            self.sync_subscriptions(&client);
                         }
                     }
                 }
@@ -496,7 +499,7 @@ impl Uplink {
                     if r.is_err() {
                         channels_open = false;
                     } else {
-                        self.sync_subscriptions(&client, &mut subscribed);
+                        self.sync_subscriptions(&client);
                     }
                 }
                 _ = stats_tick.tick() => {
@@ -600,9 +603,9 @@ impl Uplink {
         }
     }
 
-    fn sync_subscriptions(&mut self, client: &mqtt::Client, subscribed: &mut HashSet<String>) {
+    fn sync_subscriptions(&mut self, client: &mqtt::Client) {
         let channels = self.channels.borrow_and_update().clone();
-        let mut wanted = HashSet::new();
+        let mut wanted = BTreeSet::new();
         for c in channels.iter() {
             match self.topics.command_prefix(c) {
                 Ok(prefix) => {
@@ -611,17 +614,22 @@ impl Uplink {
                 Err(e) => warn!(channel = %c.id, "uplink: no command subscription: {e}"),
             }
         }
-        for filter in wanted.difference(subscribed) {
-            if client.subscribe(filter).is_err() {
+        for filter in self.subs.handle_wanted(wanted) {
+            let _ = client.unsubscribe(&filter);
+        }
+        self.send_subscription(client);
+    }
+
+    /// Sends the next wanted SUBSCRIBE if none is waiting for its SUBACK.
+    fn send_subscription(&mut self, client: &mqtt::Client) {
+        if let Some(filter) = self.subs.poll_subscribe() {
+            if client.subscribe(&filter).is_err() {
+                self.subs.handle_not_sent();
                 warn!(filter, "uplink: cannot subscribe now; retried on reconnect");
             } else {
-                debug!(filter, "uplink: subscribed for commands");
+                debug!(filter, "uplink: subscribing for commands");
             }
         }
-        for filter in subscribed.difference(&wanted) {
-            let _ = client.unsubscribe(filter);
-        }
-        *subscribed = wanted;
     }
 
     fn handle_command(&self, topic: &str, payload: Bytes) {
@@ -647,29 +655,5 @@ impl Uplink {
             return;
         }
         debug!(topic, "uplink: message on an unknown topic ignored");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_split_into_host_and_port() {
-        assert_eq!(
-            parse_url("mqtts://broker.example:8884").unwrap(),
-            (true, "broker.example".into(), 8884)
-        );
-        assert_eq!(
-            parse_url("mqtts://broker").unwrap(),
-            (true, "broker".into(), 8883)
-        );
-        assert_eq!(
-            parse_url("mqtt://[::1]:1884").unwrap(),
-            (false, "::1".into(), 1884)
-        );
-        for bad in ["http://x", "mqtts://", "mqtts://h:port", "mqtts://u@h:1"] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
     }
 }

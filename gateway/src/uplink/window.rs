@@ -201,8 +201,8 @@ impl Window {
     }
 
     /// The connection was lost at `now` after it was up (not a clean disconnect). With one
-    /// entry in flight while probing, written shortly before, that is a strike for it; with
-    /// several, they all become suspects and are probed one at a time. Then everything is
+    /// entry in flight, written shortly before, that is a strike for it; with several, they
+    /// all become suspects and are probed one at a time. Then everything is
     /// sent again as after [`Window::handle_disconnect`].
     pub fn handle_connection_lost(&mut self, now: Instant) {
         let written: Vec<u64> = self
@@ -211,7 +211,8 @@ impl Window {
             .copied()
             .filter(|s| self.sent_at.contains_key(s))
             .collect();
-        if !self.suspects.is_empty() && self.inflight.len() == 1 && written.len() == 1 {
+        // Alone in flight (probing, or simply the only one): unambiguous.
+        if self.inflight.len() == 1 && written.len() == 1 {
             let seq = written[0];
             let just_sent = self
                 .sent_at
