@@ -36,7 +36,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     #[error("the daemon sent an unreadable answer: {0}")]
-    BadAnswer(String),
+    BadAnswer(#[source] serde_json::Error),
 }
 
 /// Binds the control socket in `runtime_dir`, replacing a stale one left by a crash.
@@ -191,5 +191,5 @@ pub fn request(runtime_dir: &Path, line: &str) -> Result<serde_json::Value, Cont
     BufReader::new(std::io::Read::take(stream, 1 << 20))
         .read_line(&mut line)
         .map_err(io)?;
-    serde_json::from_str(&line).map_err(|e| ControlError::BadAnswer(e.to_string()))
+    serde_json::from_str(&line).map_err(ControlError::BadAnswer)
 }
