@@ -49,6 +49,9 @@ pub enum Command {
     /// Messages the upstream refused (uplink.quarantine_after times): list, re-queue, drop.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Fetch this gateway's config from the bootstrap service ([bootstrap]) and apply it now;
+    /// a running daemon picks it up on SIGHUP.
+    Bootstrap,
 }
 
 #[derive(Debug, Subcommand)]
