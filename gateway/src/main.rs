@@ -54,6 +54,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Certs(ref cmd) => provision(&cli, |c| gateway::pki::command(c, cmd, cli.json)),
         Command::Status => status(&cli),
+        Command::Quarantine(ref cmd) => load_config(&cli).and_then(|c| {
+            gateway::runtime::quarantine::command(&c.gateway.runtime_dir, cmd, cli.json)
+                .map(|()| exit::OK)
+        }),
         Command::Bootstrap => provision(&cli, |c| {
             gateway::bootstrap::command::run(c, source(&cli), cli.json)
         }),

@@ -10,6 +10,7 @@ pub mod mosquitto;
 pub mod pki;
 pub mod pty;
 pub mod sensor;
+pub mod supermq_upstream;
 pub mod uplink;
 
 use std::io::{BufRead, BufReader};

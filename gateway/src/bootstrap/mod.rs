@@ -332,7 +332,7 @@ impl Bootstrapper {
         plan: &Plan,
         previous: Option<&Applied>,
     ) -> Result<(), BootstrapError> {
-        let mut db = Db::open(&crate::auth::path_in(&self.state_dir))?;
+        let mut db = Db::open(&crate::auth::path_in(&self.state_dir)).map_err(AuthError::from)?;
         // Read-only checks first: a clash refuses before anything is written.
         for ch in &plan.applied.channels {
             match db.channel(&ch.name) {

@@ -242,7 +242,7 @@ pub fn load_layered(
         text.parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax {
                 path: path.clone().unwrap_or_default(),
-                message: e.to_string().trim_end().to_owned(),
+                message: syntax_message(&text, &e),
             })?;
     let layered = match layer {
         Some(layer) => merge_under(&mut table, &layer.table),
@@ -261,6 +261,13 @@ pub fn load_layered(
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             let message = e.into_inner().to_string();
+            let message = if is_secret_key(&key) {
+                without_quoted_values(&message)
+            } else if key.ends_with("url") {
+                value::redact_userinfo_in(&message)
+            } else {
+                message
+            };
             // toml appends "in `section`" on a second line; the key path already says where.
             let message = message.lines().next().unwrap_or_default().trim_end();
             let message = match message
@@ -310,6 +317,54 @@ pub fn load_layered(
             list: errors.iter().map(|e| format!("  - {e}")).collect(),
         }),
     }
+}
+
+/// A TOML syntax error as position and reason, without toml's excerpt of the offending line:
+/// that line may hold a secret (a token with a stray quote).
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let reason = e.message().lines().next().unwrap_or_default().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {reason}")
+        }
+        None => reason.to_owned(),
+    }
+}
+
+/// Keys whose values are secrets: never echoed in an error.
+fn is_secret_key(key: &str) -> bool {
+    let name = key.rsplit('.').next().unwrap_or(key);
+    ["token", "password", "secret", "external_key"]
+        .iter()
+        .any(|s| name == *s || name.ends_with(&format!("_{s}")))
+}
+
+/// `message` with every `` `…` `` and `"…"` quoted part replaced by `<redacted>` (serde
+/// quotes the value it could not use).
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(['`', '"']) {
+        let quote = rest[i..].chars().next().unwrap_or('`');
+        out.push_str(&rest[..i]);
+        match rest[i + 1..].find(quote) {
+            Some(j) => {
+                out.push(quote);
+                out.push_str("<redacted>");
+                out.push(quote);
+                rest = &rest[i + 1 + j + 1..];
+            }
+            None => {
+                out.push_str("<redacted>");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Puts the keys of `layer` into `table` where the file did not set them (per key inside a
@@ -389,8 +444,25 @@ impl Check<'_> {
 
 impl Config {
     /// The effective configuration as TOML, secrets redacted (`edgegw check-config`).
+    /// URLs (`uplink.url`, any `*url` key) are shown without their userinfo.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        let mut table = match toml::Table::try_from(self) {
+            Ok(t) => t,
+            Err(e) => return format!("# cannot render configuration: {e}\n"),
+        };
+        for (_, section) in table.iter_mut() {
+            let toml::Value::Table(keys) = section else {
+                continue;
+            };
+            for (key, v) in keys.iter_mut() {
+                if let toml::Value::String(url) = v
+                    && key.ends_with("url")
+                {
+                    *url = value::redact_userinfo(url);
+                }
+            }
+        }
+        toml::to_string(&table).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
 

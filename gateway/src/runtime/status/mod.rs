@@ -134,6 +134,11 @@ impl StatusHandle {
         }
     }
 
+    /// The outbox the report counts (the control socket's quarantine requests act on it).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     pub fn report(&self) -> StatusReport {
         let (accepted_per_s, delivered_per_s) = self.sample();
         let outbox = self.outbox.stats();

@@ -64,6 +64,17 @@ pub fn render(v: &serde_json::Value) -> String {
             get(&["outbox", "expired_total"])
         ),
     );
+    line(
+        "quarantined",
+        format!(
+            "{} messages, {} bytes (total {}, re-queued {}, dropped {}; edgegw quarantine list)",
+            get(&["outbox", "quarantined"]),
+            get(&["outbox", "quarantined_bytes"]),
+            get(&["outbox", "quarantined_total"]),
+            get(&["outbox", "requeued_total"]),
+            get(&["outbox", "discarded_total"])
+        ),
+    );
     line("uplink cert", get(&["uplink", "cert", "subject"]));
     line(
         "cert expires in",
