@@ -77,8 +77,6 @@ pub enum BootstrapError {
     },
     #[error("cannot mirror the bootstrap channels into the auth store: {0}")]
     Auth(#[from] AuthError),
-    #[error("cannot open the auth store to mirror the bootstrap channels")]
-    Store(#[from] crate::auth::StoreError),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
