@@ -537,6 +537,7 @@ impl Uplink {
             }
         })
         .await;
+        events.close().await;
         info!("uplink disconnected");
     }
 
