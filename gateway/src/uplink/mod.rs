@@ -567,6 +567,7 @@ impl Uplink {
             }
         })
         .await;
+        events.close().await;
         info!("uplink disconnected");
     }
 

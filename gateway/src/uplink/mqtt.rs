@@ -1,5 +1,11 @@
 //! A thin layer over rumqttc that hides the MQTT 3.1.1 / 5 split from the uplink task: one
 //! client handle, one event loop, and the few events the uplink cares about.
+//!
+//! TLS is ours, not rumqttc's: rumqttc 0.25 owns the stream it opens and drops it without a
+//! TLS close_notify (issue 21.3), and offers no hook to shut it down. So rumqttc talks plain
+//! MQTT over a Unix socket in a private (0700) directory to [`close_notify::Bridge`], which
+//! holds the TCP + TLS connection to the broker (built from the one uplink rustls config) and,
+//! when rumqttc's side closes after DISCONNECT, ends TLS with close_notify before the FIN.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +68,14 @@ pub enum Client {
     V5(rumqttc::v5::AsyncClient),
 }
 
-pub enum EventLoop {
+pub struct EventLoop {
+    inner: Inner,
+    /// The TLS side of the connection (`None`: plain TCP, or the bridge could not be set up
+    /// and rumqttc does TLS itself).
+    bridge: Option<close_notify::Bridge>,
+}
+
+enum Inner {
     V4(Box<rumqttc::EventLoop>),
     V5(Box<rumqttc::v5::EventLoop>),
 }
@@ -74,14 +87,32 @@ fn request_capacity(inflight: u16) -> usize {
 }
 
 pub fn connect(p: &ConnectParams) -> (Client, EventLoop) {
-    let transport = match &p.tls {
-        Some(config) => Transport::Tls(TlsConfiguration::Rustls(config.clone())),
-        None => Transport::Tcp,
+    let bridge = p.tls.as_ref().and_then(|config| {
+        close_notify::Bridge::start(&p.host, p.port, config.clone())
+            .map_err(|e| {
+                tracing::warn!(
+                    "uplink: cannot set up the TLS bridge ({e}); TLS ends without close_notify"
+                );
+            })
+            .ok()
+    });
+    let (transport, addr) = match (&p.tls, &bridge) {
+        (_, Some(b)) => (Transport::Unix, b.path().display().to_string()),
+        (Some(config), None) => (
+            Transport::Tls(TlsConfiguration::Rustls(config.clone())),
+            p.host.clone(),
+        ),
+        (None, None) => (Transport::Tcp, p.host.clone()),
     };
+    let (client, inner) = connect_inner(p, transport, &addr);
+    (client, EventLoop { inner, bridge })
+}
+
+fn connect_inner(p: &ConnectParams, transport: Transport, addr: &str) -> (Client, Inner) {
     let secs = p.connect_timeout.as_secs().max(1);
     match p.version {
         MqttVersion::V311 => {
-            let mut o = rumqttc::MqttOptions::new(&p.client_id, &p.host, p.port);
+            let mut o = rumqttc::MqttOptions::new(&p.client_id, addr, p.port);
             o.set_transport(transport)
                 .set_keep_alive(p.keep_alive)
                 .set_clean_session(p.session_expiry.is_zero())
@@ -100,10 +131,10 @@ pub fn connect(p: &ConnectParams) -> (Client, EventLoop) {
             }
             let (c, mut l) = rumqttc::AsyncClient::new(o, request_capacity(p.inflight));
             l.network_options.set_connection_timeout(secs);
-            (Client::V4(c), EventLoop::V4(Box::new(l)))
+            (Client::V4(c), Inner::V4(Box::new(l)))
         }
         MqttVersion::V5 => {
-            let mut o = rumqttc::v5::MqttOptions::new(&p.client_id, &p.host, p.port);
+            let mut o = rumqttc::v5::MqttOptions::new(&p.client_id, addr, p.port);
             o.set_transport(transport)
                 .set_keep_alive(p.keep_alive)
                 .set_clean_start(p.session_expiry.is_zero())
@@ -128,7 +159,7 @@ pub fn connect(p: &ConnectParams) -> (Client, EventLoop) {
                 o.set_credentials(user, &p.password);
             }
             let (c, l) = rumqttc::v5::AsyncClient::new(o, request_capacity(p.inflight));
-            (Client::V5(c), EventLoop::V5(Box::new(l)))
+            (Client::V5(c), Inner::V5(Box::new(l)))
         }
     }
 }
@@ -235,17 +266,45 @@ impl ConnectionFailed {
 
 impl std::fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::V4(_) => "EventLoop(MQTT 3.1.1)",
-            Self::V5(_) => "EventLoop(MQTT 5)",
+        f.write_str(match self.inner {
+            Inner::V4(_) => "EventLoop(MQTT 3.1.1)",
+            Inner::V5(_) => "EventLoop(MQTT 5)",
         })
     }
 }
 
 impl EventLoop {
     pub async fn poll(&mut self) -> Result<Event, ConnectionFailed> {
-        match self {
-            Self::V4(l) => {
+        let r = self.poll_inner().await;
+        // A failure on the TLS side shows in rumqttc as a closed Unix socket: report the
+        // bridge's own error (with its certificate hints) instead.
+        r.map_err(|e| {
+            match self
+                .bridge
+                .as_ref()
+                .and_then(close_notify::Bridge::take_error)
+            {
+                Some(message) => ConnectionFailed::new(message),
+                None => e,
+            }
+        })
+    }
+
+    /// Closes the connection after DISCONNECT: rumqttc's side first, then (bounded) the TLS
+    /// side with close_notify.
+    pub async fn close(&mut self) {
+        match &mut self.inner {
+            Inner::V4(l) => l.clean(),
+            Inner::V5(l) => l.clean(),
+        }
+        if let Some(b) = self.bridge.as_ref() {
+            b.finish(Duration::from_secs(2)).await;
+        }
+    }
+
+    async fn poll_inner(&mut self) -> Result<Event, ConnectionFailed> {
+        match &mut self.inner {
+            Inner::V4(l) => {
                 use rumqttc::{Event as E, Packet};
                 match l.poll().await {
                     Ok(E::Incoming(Packet::ConnAck(_))) => Ok(Event::ConnAck),
@@ -271,7 +330,7 @@ impl EventLoop {
                     Err(e) => Err(ConnectionFailed::new(error_chain(&e))),
                 }
             }
-            Self::V5(l) => {
+            Inner::V5(l) => {
                 use rumqttc::v5::Event as E;
                 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
                 match l.poll().await {
@@ -324,4 +383,174 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         out.push_str(&format!(" [{debug}]"));
     }
     out
+}
+
+mod close_notify {
+    //! The TLS side of the uplink connection, bridged to rumqttc over a Unix socket.
+
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::Duration;
+
+    use rustls_pki_types::ServerName;
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::net::{TcpStream, UnixListener, UnixStream};
+    use tokio::task::JoinHandle;
+
+    #[derive(Debug, Default)]
+    struct Shared {
+        /// The last TLS-side failure, for the next error rumqttc reports.
+        error: Option<String>,
+        /// The connection being bridged (one at a time: a new one replaces it).
+        current: Option<JoinHandle<()>>,
+    }
+
+    #[derive(Debug)]
+    pub struct Bridge {
+        dir: PathBuf,
+        path: PathBuf,
+        shared: Arc<Mutex<Shared>>,
+        accept: JoinHandle<()>,
+    }
+
+    impl Bridge {
+        /// A Unix socket in a new 0700 directory under the temporary directory (private under
+        /// systemd's PrivateTmp), and the task that accepts rumqttc on it.
+        pub fn start(
+            host: &str,
+            port: u16,
+            config: Arc<rustls::ClientConfig>,
+        ) -> std::io::Result<Self> {
+            use std::os::unix::fs::DirBuilderExt as _;
+            let mut random = [0u8; 8];
+            getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            let dir = std::env::temp_dir().join(format!("edgegw-uplink-{name}"));
+            std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+            let path = dir.join("mqtt.sock");
+            let listener = match UnixListener::bind(&path) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&dir);
+                    return Err(e);
+                }
+            };
+            let server_name = ServerName::try_from(host.to_owned())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let shared = Arc::new(Mutex::new(Shared::default()));
+            let accept = tokio::spawn(accept_loop(
+                listener,
+                format!("{host}:{port}"),
+                server_name,
+                tokio_rustls::TlsConnector::from(config),
+                Arc::clone(&shared),
+            ));
+            Ok(Self {
+                dir,
+                path,
+                shared,
+                accept,
+            })
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.path
+        }
+
+        pub fn take_error(&self) -> Option<String> {
+            lock(&self.shared).error.take()
+        }
+
+        /// Waits (at most `limit`) until the current connection has ended its TLS side.
+        pub async fn finish(&self, limit: Duration) {
+            let current = lock(&self.shared).current.take();
+            if let Some(mut task) = current
+                && tokio::time::timeout(limit, &mut task).await.is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+
+    impl Drop for Bridge {
+        fn drop(&mut self) {
+            self.accept.abort();
+            if let Some(task) = lock(&self.shared).current.take() {
+                task.abort();
+            }
+            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+
+    fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn accept_loop(
+        listener: UnixListener,
+        addr: String,
+        server_name: ServerName<'static>,
+        tls: tokio_rustls::TlsConnector,
+        shared: Arc<Mutex<Shared>>,
+    ) {
+        while let Ok((mqtt, _)) = listener.accept().await {
+            let task = tokio::spawn(serve(
+                mqtt,
+                addr.clone(),
+                server_name.clone(),
+                tls.clone(),
+                Arc::clone(&shared),
+            ));
+            if let Some(old) = lock(&shared).current.replace(task) {
+                old.abort();
+            }
+        }
+    }
+
+    /// Connects TCP + TLS and copies both ways. When rumqttc's side ends (after DISCONNECT,
+    /// or on a reconnect), TLS is shut down: close_notify, then FIN.
+    async fn serve(
+        mqtt: UnixStream,
+        addr: String,
+        server_name: ServerName<'static>,
+        tls: tokio_rustls::TlsConnector,
+        shared: Arc<Mutex<Shared>>,
+    ) {
+        let stream = async {
+            let tcp = TcpStream::connect(&addr).await?;
+            tls.connect(server_name, tcp).await
+        }
+        .await;
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                lock(&shared).error = Some(super::error_chain(&e));
+                return;
+            }
+        };
+        let (mut mqtt_rx, mut mqtt_tx) = tokio::io::split(mqtt);
+        let (mut tls_rx, mut tls_tx) = tokio::io::split(stream);
+        let up = async {
+            let _ = tokio::io::copy(&mut mqtt_rx, &mut tls_tx).await;
+            // close_notify, then the TCP write side.
+            let _ = tls_tx.shutdown().await;
+        };
+        let down = async {
+            // A refusal after the handshake (TLS 1.3 reports a rejected client certificate on
+            // the first read) is kept before rumqttc sees its side close.
+            if let Err(e) = tokio::io::copy(&mut tls_rx, &mut mqtt_tx).await {
+                lock(&shared).error = Some(super::error_chain(&e));
+            }
+            let _ = mqtt_tx.shutdown().await;
+        };
+        tokio::pin!(up, down);
+        tokio::select! {
+            () = &mut up => {
+                // The broker closes after DISCONNECT; do not wait for it long.
+                let _ = tokio::time::timeout(Duration::from_secs(2), down).await;
+            }
+            () = &mut down => up.await,
+        }
+    }
 }
