@@ -9,6 +9,8 @@ mod caller;
 mod certs;
 mod channels;
 mod clients;
+#[cfg(test)]
+mod contract;
 mod error;
 mod health;
 mod pats;
