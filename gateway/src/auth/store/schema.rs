@@ -333,4 +333,42 @@ mod tests {
         let db = Db::open(&path).unwrap();
         assert_eq!(db.client("old-client").unwrap().tags, tags);
     }
+
+    /// A chosen client id: SuperMQ's canonical UUID only; taken as an id or as another
+    /// client's identity (lookups take either) → duplicate.
+    #[test]
+    fn chosen_client_ids_are_canonical_uuids_and_unambiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("auth.db")).unwrap();
+        let id = "1c0de5e1-2b7a-4c3d-9e8f-a0b1c2d3e4f5";
+        let new = |identity, id| NewClient {
+            identity,
+            id: Some(id),
+            ..Default::default()
+        };
+        assert_eq!(db.add_client_as(&new("a", id)).unwrap().id, id);
+        assert!(matches!(
+            db.add_client_as(&new("b", id)),
+            Err(AuthError::Duplicate { .. })
+        ));
+        let uuid_identity = "2c0de5e1-2b7a-4c3d-9e8f-a0b1c2d3e4f5";
+        db.add_client(uuid_identity, None, None, None).unwrap();
+        assert!(matches!(
+            db.add_client_as(&new("c", uuid_identity)),
+            Err(AuthError::Duplicate { .. })
+        ));
+        for bad in [
+            "1C0DE5E1-2B7A-4C3D-9E8F-A0B1C2D3E4F5",
+            "{1c0de5e1-2b7a-4c3d-9e8f-a0b1c2d3e4f5}",
+            "1c0de5e12b7a4c3d9e8fa0b1c2d3e4f5",
+            "1c0de5e1-2b7a-4c3d-9e8f-a0b1c2d3e4fz",
+            "kitchen",
+            "",
+        ] {
+            assert!(
+                matches!(db.add_client_as(&new("d", bad)), Err(AuthError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }
