@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::AuthError;
+use super::StoreError;
 use super::store::{AuditEvent, Db, now_ms};
 
 /// Events waiting to be written; beyond this they are dropped (and counted), never queued.
@@ -63,12 +63,12 @@ pub struct Audit {
 
 impl Audit {
     /// Starts the writer on its own connection to `path` (already opened and migrated).
-    pub fn start(path: &Path, keep: u64) -> Result<Audit, AuthError> {
+    pub fn start(path: &Path, keep: u64) -> Result<Audit, StoreError> {
         Self::start_every(path, keep, AGGREGATE_EVERY)
     }
 
     /// [`Audit::start`] with another aggregation interval.
-    pub fn start_every(path: &Path, keep: u64, every: Duration) -> Result<Audit, AuthError> {
+    pub fn start_every(path: &Path, keep: u64, every: Duration) -> Result<Audit, StoreError> {
         let db = Db::attach(path)?;
         let (tx, rx) = sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -78,7 +78,7 @@ impl Audit {
         let thread = std::thread::Builder::new()
             .name("edgegw-audit".into())
             .spawn(move || write_loop(db, &rx, keep, &counter, &tallies, every))
-            .map_err(|source| AuthError::Io {
+            .map_err(|source| StoreError::Io {
                 path: path.to_owned(),
                 source,
             })?;

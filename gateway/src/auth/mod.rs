@@ -12,6 +12,7 @@
 mod audit;
 pub mod cache;
 pub mod cli;
+mod error;
 pub mod secret;
 pub mod store;
 pub mod throttle;
@@ -31,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::AuthConfig;
 pub use cache::Snapshot;
+pub use error::{AuthError, Denied, Invalid, StoreError};
 use store::{AuditEvent, Db};
 pub use throttle::Throttled;
 
@@ -73,94 +75,6 @@ pub struct CertificateRecord {
     pub not_before: i64,
     pub not_after: i64,
     pub revoked_at: Option<i64>,
-}
-
-/// Why the auth store refused or failed. The first group are decisions; to a sensor,
-/// everything for which [`AuthError::is_unauthenticated`] is true must look the same.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("unknown client identity")]
-    UnknownIdentity,
-    #[error("wrong client secret")]
-    BadSecret,
-    #[error("client is disabled")]
-    ClientDisabled,
-    #[error("client is not connected to the channel for this operation")]
-    NotConnected,
-    #[error("unknown channel")]
-    UnknownChannel,
-    #[error("certificate {serial} is revoked")]
-    CertRevoked { serial: String },
-    #[error("certificate is not recorded for this client")]
-    CertUnknown,
-    #[error("certificate is not valid now (expired or not yet valid)")]
-    CertExpired,
-    #[error(
-        "auth store {} is corrupt: {reason}. It was left unchanged; restore it from a backup, \
-         or move it away to start with an empty store", path.display()
-    )]
-    Corrupt { path: PathBuf, reason: String },
-    #[error(
-        "auth store {} has schema version {found}, newer than this edgegw supports \
-         ({supported}); it was left unchanged. Run the newer edgegw that wrote it", path.display()
-    )]
-    SchemaTooNew {
-        path: PathBuf,
-        found: i64,
-        supported: i64,
-    },
-    #[error("{what} `{value}` already exists")]
-    Duplicate { what: &'static str, value: String },
-    #[error("no {what} `{value}`")]
-    NotFound { what: &'static str, value: String },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("auth store {}: {source}", path.display())]
-    Sqlite {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the operating system's random number generator failed: {0}")]
-    Random(String),
-}
-
-impl AuthError {
-    /// Answered to a sensor as "unauthenticated" (CoAP 4.01, `ERR auth`), indistinguishably.
-    pub fn is_unauthenticated(&self) -> bool {
-        matches!(
-            self,
-            Self::UnknownIdentity
-                | Self::BadSecret
-                | Self::ClientDisabled
-                | Self::CertRevoked { .. }
-                | Self::CertUnknown
-                | Self::CertExpired
-        )
-    }
-
-    /// Answered as "forbidden" (CoAP 4.03): authenticated, but not allowed on that channel.
-    pub fn is_forbidden(&self) -> bool {
-        matches!(self, Self::NotConnected | Self::UnknownChannel)
-    }
-
-    fn outcome(&self) -> &'static str {
-        match self {
-            Self::UnknownIdentity => "unknown_identity",
-            Self::BadSecret => "bad_secret",
-            Self::ClientDisabled => "client_disabled",
-            Self::CertUnknown => "cert_unknown",
-            Self::CertRevoked { .. } => "cert_revoked",
-            Self::CertExpired => "cert_expired",
-            _ => "other",
-        }
-    }
 }
 
 /// The auth store handle: cheap to clone, `Send + Sync`.
@@ -224,7 +138,7 @@ impl AuthStore {
     /// Opens/creates `path` (0600, parent 0700), applies migrations, refuses a newer schema or
     /// a corrupt/truncated file (naming it, never altering it), loads the cache and starts the
     /// change watcher and the audit writer.
-    pub fn open(path: &Path, config: &AuthConfig) -> Result<AuthStore, AuthError> {
+    pub fn open(path: &Path, config: &AuthConfig) -> Result<AuthStore, StoreError> {
         let mut db = Db::open(path)?;
         let snapshot = Snapshot::build(db.load()?);
         let watcher_db = Db::attach(path)?;
@@ -266,7 +180,7 @@ impl AuthStore {
         std::thread::Builder::new()
             .name("edgegw-authwatch".into())
             .spawn(move || watch_loop(&weak, watcher_db, &stop_rx))
-            .map_err(|source| AuthError::Io {
+            .map_err(|source| StoreError::Io {
                 path: path.to_owned(),
                 source,
             })?;
@@ -283,7 +197,7 @@ impl AuthStore {
     }
 
     /// By identity and secret (serial `AUTH`, CoAP `username=&password=`).
-    pub fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<ClientRef, AuthError> {
+    pub fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<ClientRef, Denied> {
         self.authenticate_from(None, identity, secret)
     }
 
@@ -293,14 +207,14 @@ impl AuthStore {
         remote: Option<IpAddr>,
         identity: &str,
         secret: &[u8],
-    ) -> Result<ClientRef, AuthError> {
+    ) -> Result<ClientRef, Denied> {
         let result = self.snapshot().authenticate(identity, secret);
         self.conclude("identity", remote, Some(identity), &result);
         result
     }
 
     /// By secret alone (SuperMQ `auth=<secret>`).
-    pub fn authenticate_secret(&self, secret: &[u8]) -> Result<ClientRef, AuthError> {
+    pub fn authenticate_secret(&self, secret: &[u8]) -> Result<ClientRef, Denied> {
         self.authenticate_secret_from(None, secret)
     }
 
@@ -308,7 +222,7 @@ impl AuthStore {
         &self,
         remote: Option<IpAddr>,
         secret: &[u8],
-    ) -> Result<ClientRef, AuthError> {
+    ) -> Result<ClientRef, Denied> {
         let result = self.snapshot().authenticate_secret(secret);
         self.conclude("secret", remote, None, &result);
         result
@@ -322,7 +236,7 @@ impl AuthStore {
         cn: &str,
         serial_hex: &str,
         fingerprint_sha256_hex: &str,
-    ) -> Result<ClientRef, AuthError> {
+    ) -> Result<ClientRef, Denied> {
         self.authenticate_certificate_from(None, cn, serial_hex, fingerprint_sha256_hex)
     }
 
@@ -332,7 +246,7 @@ impl AuthStore {
         cn: &str,
         serial_hex: &str,
         fingerprint_sha256_hex: &str,
-    ) -> Result<ClientRef, AuthError> {
+    ) -> Result<ClientRef, Denied> {
         let result = self.snapshot().authenticate_certificate(
             cn,
             serial_hex,
@@ -355,7 +269,7 @@ impl AuthStore {
         client: &ClientRef,
         channel: &str,
         op: Op,
-    ) -> Result<ChannelRef, AuthError> {
+    ) -> Result<ChannelRef, Denied> {
         self.snapshot().authorize(client, channel, op)
     }
 
@@ -407,7 +321,7 @@ impl AuthStore {
         method: &'static str,
         remote: Option<IpAddr>,
         identity: Option<&str>,
-        result: &Result<ClientRef, AuthError>,
+        result: &Result<ClientRef, Denied>,
     ) {
         let outcome = match result {
             Ok(client) => {
@@ -451,7 +365,8 @@ impl AuthStore {
     pub fn record_certificate(&self, rec: &CertificateRecord) -> Result<(), AuthError> {
         let mut db = lock(&self.inner.writer);
         db.record_certificate(rec)?;
-        self.inner.reload(&mut db).map(drop)
+        self.inner.reload(&mut db)?;
+        Ok(())
     }
 
     /// Revokes a certificate by serial, or all of a client's (id or identity). Subscribers of
@@ -488,7 +403,7 @@ impl AuthStore {
 
     /// Reloads the snapshot now, after this process changed `auth.db` through another
     /// connection (the management API), instead of waiting for the watcher's next poll.
-    pub fn reload_now(&self) -> Result<(), AuthError> {
+    pub fn reload_now(&self) -> Result<(), StoreError> {
         let mut db = lock(&self.inner.writer);
         self.inner.reload(&mut db).map(drop)
     }
@@ -530,7 +445,7 @@ impl Inner {
         Arc::clone(&self.snapshot.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn reload(&self, db: &mut Db) -> Result<Arc<Snapshot>, AuthError> {
+    fn reload(&self, db: &mut Db) -> Result<Arc<Snapshot>, StoreError> {
         let _guard = lock(&self.install);
         let current = Arc::new(Snapshot::build(db.load()?));
         let previous = std::mem::replace(
@@ -619,16 +534,9 @@ fn watch_loop(inner: &Weak<Inner>, mut db: Db, stop: &std::sync::mpsc::Receiver<
 /// `<state_dir>/auth.db`.
 /// With `uplink.platform = "supermq"` every channel needs a domain: SuperMQ topics are
 /// `m/<domain>/c/<channel>` and an empty level is never published or subscribed.
-pub fn check_upstream_domain(
-    config: &crate::config::Config,
-    domain: &str,
-) -> Result<(), AuthError> {
+pub fn check_upstream_domain(config: &crate::config::Config, domain: &str) -> Result<(), Invalid> {
     if config.uplink.platform == crate::config::Platform::Supermq && domain.trim().is_empty() {
-        return Err(AuthError::Invalid(
-            "with uplink.platform = \"supermq\" a channel needs its SuperMQ domain id: pass \
-             --domain <domain id> (API: \"domain_id\") or set gateway.domain_id"
-                .into(),
-        ));
+        return Err(Invalid::DomainRequired);
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use subtle::ConstantTimeEq as _;
 
-use super::AuthError;
+use super::{AuthError, Invalid};
 
 /// Shortest secret accepted from a user (bytes).
 pub const MIN_SECRET_LEN: usize = 16;
@@ -16,30 +16,27 @@ const GENERATED_BYTES: usize = 32;
 /// A new secret: 256 bits from the OS RNG as URL-safe base64 without padding (43 characters).
 pub fn generate() -> Result<String, AuthError> {
     let mut bytes = [0u8; GENERATED_BYTES];
-    getrandom::fill(&mut bytes).map_err(|e| AuthError::Random(e.to_string()))?;
+    getrandom::fill(&mut bytes).map_err(AuthError::Random)?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Checks a user-given secret: 16..=128 bytes of printable ASCII without spaces (it travels in
 /// a serial `AUTH` line and a CoAP Uri-Query).
-pub fn validate(secret: &str) -> Result<(), AuthError> {
+pub fn validate(secret: &str) -> Result<(), Invalid> {
     if secret.len() < MIN_SECRET_LEN {
-        return Err(AuthError::Invalid(format!(
-            "the secret is too short ({} bytes; at least {MIN_SECRET_LEN}: it is also the \
-             client's DTLS-PSK key — unlike SuperMQ, which has no minimum)",
-            secret.len()
-        )));
+        return Err(Invalid::SecretTooShort {
+            len: secret.len(),
+            min: MIN_SECRET_LEN,
+        });
     }
     if secret.len() > MAX_SECRET_LEN {
-        return Err(AuthError::Invalid(format!(
-            "the secret is too long ({} bytes; at most {MAX_SECRET_LEN})",
-            secret.len()
-        )));
+        return Err(Invalid::SecretTooLong {
+            len: secret.len(),
+            max: MAX_SECRET_LEN,
+        });
     }
     if !secret.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(AuthError::Invalid(
-            "the secret must be printable ASCII without spaces".into(),
-        ));
+        return Err(Invalid::SecretCharacters);
     }
     Ok(())
 }
@@ -47,7 +44,7 @@ pub fn validate(secret: &str) -> Result<(), AuthError> {
 /// A random (version 4) UUID in its hyphenated lowercase form.
 pub fn new_uuid() -> Result<String, AuthError> {
     let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|e| AuthError::Random(e.to_string()))?;
+    getrandom::fill(&mut b).map_err(AuthError::Random)?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();

@@ -94,16 +94,16 @@ fn authenticate_by_identity_secret_and_certificate() {
     assert_eq!(store.authenticate("s1", SECRET.as_bytes()).unwrap(), me);
     assert!(matches!(
         store.authenticate("s1", b"0123456789abcdef-secreT"),
-        Err(AuthError::BadSecret)
+        Err(Denied::BadSecret)
     ));
     let unknown = store.authenticate("nobody", SECRET.as_bytes()).unwrap_err();
-    assert!(matches!(unknown, AuthError::UnknownIdentity));
+    assert!(matches!(unknown, Denied::UnknownIdentity));
     // To a sensor both look the same.
-    assert!(unknown.is_unauthenticated() && AuthError::BadSecret.is_unauthenticated());
+    assert!(unknown.is_unauthenticated() && Denied::BadSecret.is_unauthenticated());
     assert_eq!(store.authenticate_secret(SECRET.as_bytes()).unwrap(), me);
     assert!(matches!(
         store.authenticate_secret(b"not-the-secret-at-all"),
-        Err(AuthError::BadSecret)
+        Err(Denied::BadSecret)
     ));
     assert_eq!(
         store
@@ -113,21 +113,21 @@ fn authenticate_by_identity_secret_and_certificate() {
     );
     assert!(matches!(
         store.authenticate_certificate("s1", "01", FP_01),
-        Err(AuthError::CertExpired)
+        Err(Denied::CertExpired)
     ));
     assert!(matches!(
         store.authenticate_certificate("s1", "02", FP_0ABC),
-        Err(AuthError::CertUnknown)
+        Err(Denied::CertUnknown)
     ));
     assert!(matches!(
         store.authenticate_certificate("other", "0abc", FP_0ABC),
-        Err(AuthError::CertUnknown)
+        Err(Denied::CertUnknown)
     ));
     // The recorded serial on a certificate that is not the recorded one (another CA in the
     // bundle, same serial): refused.
     assert!(matches!(
         store.authenticate_certificate("s1", "0abc", &"ab".repeat(32)),
-        Err(AuthError::CertUnknown)
+        Err(Denied::CertUnknown)
     ));
     assert_eq!(
         store.psk_for_identity("s1").as_deref(),
@@ -149,15 +149,15 @@ fn authorize_by_channel_id_or_name_and_operation() {
     assert_eq!(store.authorize(&me, &ch1.id, Op::Publish).unwrap(), by_name);
     assert!(matches!(
         store.authorize(&me, "ch1", Op::Subscribe),
-        Err(AuthError::NotConnected)
+        Err(Denied::NotConnected)
     ));
     assert!(matches!(
         store.authorize(&me, "ch2", Op::Publish),
-        Err(AuthError::NotConnected)
+        Err(Denied::NotConnected)
     ));
     assert!(matches!(
         store.authorize(&me, "nope", Op::Publish),
-        Err(AuthError::UnknownChannel)
+        Err(Denied::UnknownChannel)
     ));
 }
 
@@ -174,13 +174,13 @@ fn cli_style_changes_from_another_connection_apply_within_a_second() {
     assert!(
         eventually(Duration::from_secs(1), || matches!(
             store.authorize(&me, "ch1", Op::Publish),
-            Err(AuthError::ClientDisabled)
+            Err(Denied::ClientDisabled)
         )),
         "disable not seen within 1 s"
     );
     assert!(matches!(
         store.authenticate("s1", SECRET.as_bytes()),
-        Err(AuthError::ClientDisabled)
+        Err(Denied::ClientDisabled)
     ));
     assert_eq!(store.psk_for_identity("s1"), None);
 
@@ -201,7 +201,7 @@ fn cli_style_changes_from_another_connection_apply_within_a_second() {
     assert!(
         eventually(Duration::from_secs(1), || matches!(
             store.authorize(&me, "ch2", Op::Subscribe),
-            Err(AuthError::UnknownIdentity)
+            Err(Denied::UnknownIdentity)
         )),
         "removal not seen within 1 s"
     );
@@ -252,7 +252,7 @@ fn a_revocation_by_another_process_is_broadcast_and_refused() {
     assert!(event.revoked_at.is_some());
     assert!(matches!(
         daemon.authenticate_certificate("s1", "beef", &"aa".repeat(32)),
-        Err(AuthError::CertRevoked { serial }) if serial == "beef"
+        Err(Denied::CertRevoked { serial }) if serial == "beef"
     ));
     // Revoking again finds nothing new; the list still shows it.
     assert!(cli.revoke_certificate("beef").unwrap().is_empty());
@@ -491,7 +491,7 @@ fn assert_refused_unchanged(path: &Path, bytes: &[u8], want: &str) {
     assert!(
         matches!(
             err,
-            AuthError::Corrupt { .. } | AuthError::SchemaTooNew { .. }
+            StoreError::Corrupt { .. } | StoreError::SchemaTooNew { .. }
         ),
         "{err:?}"
     );
@@ -534,7 +534,7 @@ fn a_newer_schema_is_refused_untouched() {
     assert!(
         matches!(
             err,
-            AuthError::SchemaTooNew {
+            StoreError::SchemaTooNew {
                 found: 99,
                 supported: super::store::SCHEMA_VERSION,
                 ..
@@ -651,8 +651,8 @@ proptest! {
         for c in 0u8..4 {
             let auth = snap.authenticate(&format!("c{c}"), secret_of(c).as_bytes());
             match m.clients.get(&c) {
-                None => prop_assert!(matches!(auth, Err(AuthError::UnknownIdentity))),
-                Some(false) => prop_assert!(matches!(auth, Err(AuthError::ClientDisabled))),
+                None => prop_assert!(matches!(auth, Err(Denied::UnknownIdentity))),
+                Some(false) => prop_assert!(matches!(auth, Err(Denied::ClientDisabled))),
                 Some(true) => prop_assert!(auth.is_ok()),
             }
             let identity = format!("c{c}");
@@ -673,10 +673,10 @@ proptest! {
                     };
                     let got = match got {
                         Ok(_) => "ok",
-                        Err(AuthError::UnknownIdentity) => "unknown_identity",
-                        Err(AuthError::ClientDisabled) => "disabled",
-                        Err(AuthError::UnknownChannel) => "unknown_channel",
-                        Err(AuthError::NotConnected) => "not_connected",
+                        Err(Denied::UnknownIdentity) => "unknown_identity",
+                        Err(Denied::ClientDisabled) => "disabled",
+                        Err(Denied::UnknownChannel) => "unknown_channel",
+                        Err(Denied::NotConnected) => "not_connected",
                         Err(e) => panic!("unexpected {e}"),
                     };
                     prop_assert_eq!(got, want, "client c{} channel h{} {:?}", c, h, op);

@@ -45,7 +45,7 @@ use bytes::Bytes;
 pub use refusal::{Refusal, RefusalCounts, RefusalKind, SHUTDOWN_RETRY_AFTER, STORAGE_RETRY_AFTER};
 pub use request::Target;
 
-use crate::auth::{AuthError, AuthStore, ChannelRef, ClientRef, Op};
+use crate::auth::{AuthStore, ChannelRef, ClientRef, Denied, Op};
 use crate::downlink::{Command, DownlinkHub, Subscription};
 use crate::outbox::{IngestError, Message, Outbox, Receipt};
 
@@ -293,7 +293,7 @@ impl Intake {
 }
 
 /// An auth store decision as a refusal.
-pub fn auth_refusal(e: &AuthError) -> Refusal {
+pub fn auth_refusal(e: &Denied) -> Refusal {
     if e.is_forbidden() {
         Refusal::Forbidden
     } else if e.is_unauthenticated() {

@@ -103,7 +103,7 @@ fn a_full_outbox_is_busy_and_a_closed_one_unavailable() {
 
 #[test]
 fn storage_failure_and_shutdown_are_the_same_refusal() {
-    let storage = ingest_refusal(&IngestError::Storage("disk I/O error".into()));
+    let storage = ingest_refusal(&IngestError::storage_for_tests());
     let closed = ingest_refusal(&IngestError::Closed);
     assert_eq!(storage.kind(), RefusalKind::Unavailable);
     assert_eq!(closed.kind(), RefusalKind::Unavailable);

@@ -101,7 +101,7 @@ const ALERT_INTERNAL_ERROR: u8 = 80;
 #[derive(Debug, thiserror::Error)]
 pub enum DtlsSetupError {
     #[error("DTLS configuration refused by dimpl: {0}")]
-    Engine(String),
+    Engine(#[source] dimpl::Error),
     #[error("client CA certificate {index} is not a usable trust anchor: {reason}")]
     TrustAnchor { index: usize, reason: String },
     #[error(transparent)]
@@ -221,7 +221,7 @@ impl Sessions {
                 base_config(&settings)
                     .require_client_certificate(true)
                     .build()
-                    .map_err(|e| DtlsSetupError::Engine(e.to_string()))?,
+                    .map_err(DtlsSetupError::Engine)?,
             ))
         };
         let psk_current = CurrentSlot::default();

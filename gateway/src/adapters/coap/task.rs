@@ -648,7 +648,7 @@ mod tests {
         }
         // A storage failure is the shutdown answer: 5.03 with Max-Age.
         let storage =
-            crate::intake::ingest_refusal(&crate::outbox::IngestError::Storage("eio".into()));
+            crate::intake::ingest_refusal(&crate::outbox::IngestError::storage_for_tests());
         let answer = super::super::proto::coap_answer(&storage);
         assert_eq!(answer.code, ResponseType::ServiceUnavailable);
         assert_eq!(answer.max_age, Some(Duration::from_secs(30)));

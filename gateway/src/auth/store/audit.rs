@@ -50,7 +50,7 @@ impl AuditEvent {
 
 impl Db {
     /// Appends a batch in one transaction, then rotates out all but the newest `keep` events.
-    pub fn append_audit(&mut self, events: &[AuditEvent], keep: u64) -> Result<(), AuthError> {
+    pub fn append_audit(&mut self, events: &[AuditEvent], keep: u64) -> Result<(), StoreError> {
         let path = self.path.clone();
         let e = |e| sqlite_at(&path, e);
         let tx = self.conn.transaction().map_err(e)?;
@@ -90,7 +90,7 @@ impl Db {
     }
 
     /// The newest `limit` audit events, newest first.
-    pub fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, AuthError> {
+    pub fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         let mut st = self
             .conn
             .prepare(
@@ -120,7 +120,7 @@ impl Db {
         .map_err(|e| self.err(e))
     }
 
-    pub fn audit_count(&self) -> Result<i64, AuthError> {
+    pub fn audit_count(&self) -> Result<i64, StoreError> {
         self.conn
             .query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))
             .map_err(|e| self.err(e))

@@ -82,7 +82,7 @@ async fn each_refusal_has_its_documented_status_and_is_counted_once() {
         assert_eq!(snap.adapters["http"].messages_in, 0);
     }
     // The storage-failure refusal is the shutdown one: same status, Retry-After.
-    let storage = crate::intake::ingest_refusal(&crate::outbox::IngestError::Storage("eio".into()));
+    let storage = crate::intake::ingest_refusal(&crate::outbox::IngestError::storage_for_tests());
     let r = http_answer(&storage, "x");
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers()[header::RETRY_AFTER], "30");

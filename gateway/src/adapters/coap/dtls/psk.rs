@@ -76,7 +76,7 @@ pub(super) fn psk_config(
     settings: &DtlsSettings,
     current: CurrentSlot,
     backend: Arc<dyn DtlsCredentials>,
-) -> Result<DimplConfig, String> {
+) -> Result<DimplConfig, dimpl::Error> {
     let resolver = SlotResolver {
         current,
         backend,
@@ -85,7 +85,6 @@ pub(super) fn psk_config(
     base_config(settings)
         .with_psk_server(None, Arc::new(resolver))
         .build()
-        .map_err(|e| e.to_string())
 }
 
 /// A per-process random key for unknown identities (never matches a client's secret).
