@@ -159,7 +159,7 @@ impl Db {
                 what: "channel",
                 value: name.to_owned(),
             }),
-            Err(e) => Err(self.err(e)),
+            Err(e) => Err(self.err(e).into()),
         }
     }
 
