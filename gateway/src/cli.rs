@@ -72,6 +72,13 @@ pub enum ClientCommand {
         /// Metadata as a JSON object.
         #[arg(long, value_name = "JSON")]
         metadata: Option<String>,
+        /// Client id [default: a new UUID]; a UUID, as SuperMQ requires (use the SuperMQ
+        /// client id to mirror a platform client under the same id).
+        #[arg(long)]
+        id: Option<String>,
+        /// A tag (repeatable): `--tag kitchen --tag floor-2`.
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
     },
     /// List clients.
     List,
@@ -112,6 +119,9 @@ pub enum ChannelCommand {
         /// local id].
         #[arg(long, value_name = "ID")]
         upstream_id: Option<String>,
+        /// A tag (repeatable): `--tag kitchen --tag floor-2`.
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
     },
     /// List channels.
     List,

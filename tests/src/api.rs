@@ -35,6 +35,17 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// Unix seconds of an RFC 3339 time in an API answer (SuperMQ's JSON times are Go `time.Time`,
+/// RFC 3339 strings); panics naming the value when it is not one (an integer included).
+pub fn rfc3339(v: &Value) -> i64 {
+    let text = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not an RFC 3339 string: {v}"));
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("`{text}` is not RFC 3339: {e}"))
+        .unix_timestamp()
+}
+
 /// Runs a curl command made by [`Api::curl`] and parses its reply.
 pub fn run(mut cmd: Command) -> Reply {
     let out = cmd.output().expect("run curl");

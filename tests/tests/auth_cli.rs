@@ -341,3 +341,55 @@ fn provisioning_as_root_leaves_the_state_files_to_the_state_dirs_owner() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `client add --id` (a UUID, SuperMQ's rule) and `--tag`, for clients and channels: honoured,
+/// a taken id refused, a non-UUID refused, tags in `--json` and in the list tables; times in
+/// `--json` are RFC 3339 like the API's.
+#[test]
+fn chosen_client_ids_and_tags_from_the_command_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let id = "0b7d3c1e-5f2a-4e6b-8c9d-1a2b3c4d5e6f";
+    let added = ok_json(
+        dir,
+        &[
+            "client", "add", "pump", "--id", id, "--tag", "water", "--tag", "roof",
+        ],
+    );
+    assert_eq!(added["id"], id);
+    assert_eq!(added["tags"], serde_json::json!(["water", "roof"]));
+    system_tests::api::rfc3339(&added["created_at"]);
+    fails(
+        dir,
+        &["client", "add", "pump-2", "--id", id],
+        1,
+        "already exists",
+    );
+    fails(
+        dir,
+        &["client", "add", "pump-3", "--id", "pump"],
+        64,
+        "UUID",
+    );
+    let ch = ok_json(dir, &["channel", "add", "tank", "--tag", "level"]);
+    assert_eq!(ch["tags"], serde_json::json!(["level"]));
+    system_tests::api::rfc3339(&ch["updated_at"]);
+    let list = cli(dir, &["client", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.ends_with("water,roof"), "{text}");
+    let list = cli(dir, &["channel", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.lines().next().is_some_and(|h| h.ends_with("TAGS")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("tank") && l.ends_with("level")),
+        "{text}"
+    );
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use system_tests::api::{ADMIN_TOKEN, Api, EMAIL, bearer, run};
+use system_tests::api::{ADMIN_TOKEN, Api, EMAIL, bearer, rfc3339, run};
 use system_tests::{Daemon, edgegw};
 
 fn start(dir: &Path, extra: &[(&str, &str)]) -> Daemon {
@@ -157,6 +157,10 @@ fn crud_round_trips_and_adapter_publish_reach_the_outbox() {
         .expect("secret")
         .to_owned();
     assert_eq!(created.body["status"], "enabled");
+    // Times are RFC 3339 strings; no tags given → none.
+    let created_at = rfc3339(&created.body["created_at"]);
+    assert_eq!(created_at, rfc3339(&created.body["updated_at"]));
+    assert_eq!(created.body["tags"], json!([]));
     let dup = api.call(
         "POST",
         "/clients",
@@ -169,10 +173,12 @@ fn crud_round_trips_and_adapter_publish_reach_the_outbox() {
         "/clients",
         auth,
         Some(&json!({
-            "credentials": { "identity": "hall", "secret": "hall-secret-0123456789" }
+            "credentials": { "identity": "hall", "secret": "hall-secret-0123456789" },
+            "tags": ["hall", "floor-1"]
         })),
     );
     assert_eq!(given.status, 201);
+    assert_eq!(given.body["tags"], json!(["hall", "floor-1"]));
     assert_eq!(
         given.body["credentials"]["secret"],
         "hall-secret-0123456789"
@@ -190,6 +196,7 @@ fn crud_round_trips_and_adapter_publish_reach_the_outbox() {
     assert_eq!(page.body["total"], 3); // demo-sensor, hall, kitchen
     assert_eq!(page.body["clients"].as_array().expect("array").len(), 1);
     assert_eq!(page.body["clients"][0]["identity"], "hall");
+    assert_eq!(page.body["clients"][0]["tags"], json!(["hall", "floor-1"]));
     let updated = api.call(
         "PATCH",
         &format!("/clients/{id}"),
@@ -199,6 +206,27 @@ fn crud_round_trips_and_adapter_publish_reach_the_outbox() {
     assert_eq!(updated.status, 200);
     assert_eq!(updated.body["name"], "Kitchen 2");
     assert_eq!(updated.body["metadata"]["room"], 1);
+    assert_eq!(rfc3339(&updated.body["created_at"]), created_at);
+    assert!(rfc3339(&updated.body["updated_at"]) >= created_at);
+    // Tags through PATCH /clients/{id} too; 65 tags are refused (the store's bound).
+    let tagged = api.call(
+        "PATCH",
+        &format!("/clients/{id}"),
+        auth,
+        Some(&json!({ "tags": ["a"] })),
+    );
+    assert_eq!(
+        (tagged.status, &tagged.body["tags"], &tagged.body["name"]),
+        (200, &json!(["a"]), &json!("Kitchen 2"))
+    );
+    let many: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
+    let too_many = api.call(
+        "PATCH",
+        &format!("/clients/{id}/tags"),
+        auth,
+        Some(&json!({ "tags": many })),
+    );
+    assert_eq!(too_many.status, 400, "{}", too_many.text);
 
     // Channel and connection.
     let ch = api.call("POST", "/channels", auth, Some(&json!({ "name": "temps" })));
@@ -276,8 +304,7 @@ fn crud_round_trips_and_adapter_publish_reach_the_outbox() {
             .expect("key")
             .contains("PRIVATE KEY")
     );
-    let lifetime = cert.body["not_after"].as_i64().expect("not_after")
-        - cert.body["not_before"].as_i64().expect("not_before");
+    let lifetime = rfc3339(&cert.body["not_after"]) - rfc3339(&cert.body["not_before"]);
     assert!((lifetime - 8760 * 3600).abs() < 600, "lifetime {lifetime}");
     let bad_ttl = api.call(
         "POST",
@@ -300,7 +327,12 @@ fn crud_round_trips_and_adapter_publish_reach_the_outbox() {
     assert_eq!(certs.body["certs"][0]["serial_hex"], serial.as_str());
     let revoked = api.call("DELETE", &format!("/certs/{serial}"), auth, None);
     assert_eq!(revoked.status, 200, "{}", revoked.body);
-    assert!(revoked.body["revoked"][0]["revoked_at"].is_i64());
+    let revoked_at = rfc3339(&revoked.body["revoked"][0]["revoked_at"]);
+    assert!(
+        (revoked_at - rfc3339(&cert.body["not_before"])).abs() < 600,
+        "{}",
+        revoked.body
+    );
     assert_eq!(
         api.call("DELETE", &format!("/certs/{serial}"), auth, None)
             .status,
@@ -366,6 +398,11 @@ fn crud_round_trips_and_adapter_publish_reach_the_outbox() {
     // Audit trail of the adapter's authentications is readable.
     let audit = api.call("GET", "/audit?limit=50", auth, None);
     assert_eq!(audit.status, 200);
+    let events = audit.body["events"].as_array().expect("events");
+    assert!(!events.is_empty(), "{}", audit.text);
+    for e in events {
+        assert!(rfc3339(&e["at"]) >= created_at - 60, "{e}");
+    }
     let metrics = api.curl("GET", "/metrics", None).output().expect("metrics");
     let text = String::from_utf8_lossy(&metrics.stdout);
     assert!(text.contains("edgegw_http_messages_in_total 4"), "{text}");

@@ -6,10 +6,29 @@
 use std::path::Path;
 
 use serde_json::json;
-use system_tests::api::{ADMIN_TOKEN, Api, EMAIL, bearer};
+use system_tests::api::{ADMIN_TOKEN, Api, EMAIL, bearer, rfc3339};
 use system_tests::{Daemon, edgegw};
 
 const DOMAIN: &str = "6e5e10b3-d4df-4758-b426-4929d55ad740";
+/// A client id chosen by the caller, as SuperMQ scripts mirror a platform client.
+const CHOSEN_ID: &str = "1c0de5e1-2b7a-4c3d-9e8f-a0b1c2d3e4f5";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        .try_into()
+        .expect("fits")
+}
+
+/// A time in an answer is RFC 3339 (Go's `time.Time` in SuperMQ's JSON: `clients/clients.go`,
+/// `Client.CreatedAt`) and about now.
+fn recent(v: &serde_json::Value) -> i64 {
+    let t = rfc3339(v);
+    assert!((t - now()).abs() < 600, "{v} is not about now");
+    t
+}
 
 fn start(dir: &Path) -> Daemon {
     let mut cmd = edgegw(dir);
@@ -67,6 +86,75 @@ fn supermq_users_session_answers_as_supermq() {
         !identity.contains(' ') && !identity.is_empty(),
         "{identity}"
     );
+    // Times are RFC 3339 strings (clients/clients.go: `CreatedAt time.Time`).
+    assert_eq!(
+        recent(&client.body["created_at"]),
+        recent(&client.body["updated_at"])
+    );
+
+    // A caller-chosen id (a UUID: api/http/common.go, ValidateUUID, called by
+    // clients/api/http/requests.go, createClientReq.validate) and tags (clients/clients.go,
+    // `Tags []string`) → 201 with both honoured.
+    let chosen = api.call(
+        "POST",
+        &d("/clients"),
+        admin,
+        Some(&json!({
+            "id": CHOSEN_ID, "name": "boiler", "tags": ["heating", "basement"],
+            "credentials": { "identity": "boiler-1", "secret": "0123456789abcdef-b" }
+        })),
+    );
+    assert_eq!(chosen.status, 201, "{}", chosen.text);
+    assert_eq!(chosen.body["id"], CHOSEN_ID);
+    assert_eq!(chosen.body["tags"], json!(["heating", "basement"]));
+    // The same id again → 409 (apidocs/openapi/clients.yaml, createClient: "409 Failed due to
+    // using an existing identity"); an id that is not a UUID → 400 (ErrInvalidIDFormat is a
+    // request error: api/http/common.go, EncodeError).
+    let again = api.call(
+        "POST",
+        &d("/clients"),
+        admin,
+        Some(&json!({ "id": CHOSEN_ID, "credentials": { "identity": "boiler-2" } })),
+    );
+    assert_eq!(again.status, 409, "{}", again.text);
+    for bad in [
+        "boiler",
+        "1C0DE5E1-2B7A-4C3D-9E8F-A0B1C2D3E4F5",
+        "1c0de5e12b7a4c3d9e8fa0b1c2d3e4f5",
+    ] {
+        let refused = api.call(
+            "POST",
+            &d("/clients"),
+            admin,
+            Some(&json!({ "id": bad, "credentials": { "identity": "boiler-3" } })),
+        );
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.text);
+    }
+    // `PATCH /{d}/clients/{id}/tags` replaces them → 200 and the client
+    // (clients/api/http/clients.go, "update_client_tags"; responses.go, updateClientRes).
+    let retagged = api.call(
+        "PATCH",
+        &d(&format!("/clients/{CHOSEN_ID}/tags")),
+        admin,
+        Some(&json!({ "tags": ["heating"] })),
+    );
+    assert_eq!(retagged.status, 200, "{}", retagged.text);
+    assert_eq!(retagged.body["tags"], json!(["heating"]));
+    assert!(rfc3339(&retagged.body["updated_at"]) >= rfc3339(&chosen.body["created_at"]));
+    // Viewed (viewClientRes) and listed (clientsPageRes) with them.
+    let viewed = api.call("GET", &d(&format!("/clients/{CHOSEN_ID}")), admin, None);
+    assert_eq!(viewed.status, 200, "{}", viewed.text);
+    assert_eq!(viewed.body["tags"], json!(["heating"]));
+    let listed = api.call("GET", &d("/clients?limit=100"), admin, None);
+    let row = listed.body["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .find(|c| c["id"] == CHOSEN_ID)
+        .cloned()
+        .expect("listed");
+    assert_eq!(row["tags"], json!(["heating"]));
+    recent(&row["created_at"]);
 
     // Create a channel under the domain → 201 (channels/api/http/responses.go,
     // createChannelRes); it belongs to the path's domain.
@@ -74,13 +162,55 @@ fn supermq_users_session_answers_as_supermq() {
         "POST",
         &d("/channels"),
         admin,
-        Some(&json!({ "name": "kitchen" })),
+        Some(&json!({ "name": "kitchen", "tags": ["indoor"] })),
     );
     assert_eq!(channel.status, 201, "{}", channel.text);
     let channel_id = channel.body["id"].as_str().expect("id").to_owned();
     assert_eq!(channel.body["domain_id"], DOMAIN);
+    assert_eq!(channel.body["tags"], json!(["indoor"]));
+    recent(&channel.body["created_at"]);
     let view = api.call("GET", &d(&format!("/channels/{channel_id}")), admin, None);
     assert_eq!(view.status, 200, "{}", view.text);
+    assert_eq!(view.body["tags"], json!(["indoor"]));
+    // Tags replaced (`PATCH /{d}/channels/{id}/tags`, channels/api/http/transport.go) and the
+    // channel updated (`PATCH /{d}/channels/{id}`, updateChannelReq: name, metadata, tags)
+    // → 200 and the channel (responses.go, updateChannelRes).
+    let retagged = api.call(
+        "PATCH",
+        &d(&format!("/channels/{channel_id}/tags")),
+        admin,
+        Some(&json!({ "tags": ["indoor", "ground-floor"] })),
+    );
+    assert_eq!(retagged.status, 200, "{}", retagged.text);
+    assert_eq!(retagged.body["tags"], json!(["indoor", "ground-floor"]));
+    let updated = api.call(
+        "PATCH",
+        &d(&format!("/channels/{channel_id}")),
+        admin,
+        Some(&json!({ "name": "kitchen-main", "metadata": { "floor": 0 } })),
+    );
+    assert_eq!(updated.status, 200, "{}", updated.text);
+    assert_eq!(
+        (
+            &updated.body["name"],
+            &updated.body["metadata"]["floor"],
+            &updated.body["tags"]
+        ),
+        (
+            &json!("kitchen-main"),
+            &json!(0),
+            &json!(["indoor", "ground-floor"])
+        )
+    );
+    let listed = api.call("GET", &d("/channels"), admin, None);
+    let row = listed.body["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .find(|c| c["id"] == channel_id.as_str())
+        .cloned()
+        .expect("listed");
+    assert_eq!(row["tags"], json!(["indoor", "ground-floor"]));
 
     // Another domain: authenticated → 403 (api/http/common.go, EncodeError: authorization
     // errors are 403); no credentials → 401 (authentication comes first).
@@ -111,19 +241,21 @@ fn supermq_users_session_answers_as_supermq() {
     );
     assert_eq!(cert.status, 201, "{}", cert.text);
     let serial = cert.body["serial"].as_str().expect("serial").to_owned();
+    // RFC 3339 validity, ten hours (give or take the backdating of not_before) apart.
+    let lifetime = rfc3339(&cert.body["not_after"]) - rfc3339(&cert.body["not_before"]);
+    assert!((lifetime - 10 * 3600).abs() < 600, "{}", cert.text);
     let revoked = api.call("PATCH", &d(&format!("/certs/{serial}/revoke")), admin, None);
     assert_eq!(revoked.status, 204, "{}", revoked.text);
     let certs = api.call("GET", &d("/certs"), admin, None);
     assert_eq!(certs.status, 200);
-    assert!(
-        certs.body["certs"]
-            .as_array()
-            .expect("certs")
-            .iter()
-            .any(|c| c["serial_hex"] == serial.as_str() && c["revoked_at"].is_i64()),
-        "{}",
-        certs.text
-    );
+    let listed = certs.body["certs"]
+        .as_array()
+        .expect("certs")
+        .iter()
+        .find(|c| c["serial_hex"] == serial.as_str())
+        .cloned()
+        .expect("listed");
+    recent(&listed["revoked_at"]);
 
     // Create a PAT → 201 (auth/api/http/pats/responses.go, createPatRes).
     let pat = api.call(
@@ -133,6 +265,11 @@ fn supermq_users_session_answers_as_supermq() {
         Some(&json!({ "name": "ci", "description": "pipeline", "duration": "1h" })),
     );
     assert_eq!(pat.status, 201, "{}", pat.text);
+    // RFC 3339 times one hour apart (auth/pat.go, `PAT`: IssuedAt / ExpiresAt time.Time).
+    assert_eq!(
+        rfc3339(&pat.body["expires_at"]) - recent(&pat.body["issued_at"]),
+        3600
+    );
     let pat_id = pat.body["id"].as_str().expect("id").to_owned();
     let pat_auth = bearer(pat.body["secret"].as_str().expect("secret"));
     let pat_auth = Some(pat_auth.as_str());

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::store::{AuditEvent, Channel, Client, Db, Grant, NewChannel};
+use super::store::{AuditEvent, Channel, Client, Db, Grant, NewChannel, NewClient};
 use crate::cli::{ChannelCommand, ClientCommand, ConnectArgs};
 use crate::config::Config;
 
@@ -70,13 +70,23 @@ fn rights(g: &Grant) -> &'static str {
     }
 }
 
+/// Tags for the human tables: comma-separated, `-` when none.
+fn tags_text(tags: &[String]) -> String {
+    if tags.is_empty() {
+        "-".to_owned()
+    } else {
+        tags.join(",")
+    }
+}
+
 fn client_text(c: &Client) -> String {
     format!(
-        "id:        {}\nidentity:  {}\nname:      {}\nstatus:    {}\nmetadata:  {}\n",
+        "id:        {}\nidentity:  {}\nname:      {}\nstatus:    {}\ntags:      {}\nmetadata:  {}\n",
         c.id,
         c.identity,
         c.name,
         status(c),
+        tags_text(&c.tags),
         c.metadata
     )
 }
@@ -103,14 +113,18 @@ pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Resul
             secret,
             psk_compatible,
             metadata,
+            id,
+            tags,
         } => {
             let secret = chosen_secret(secret.as_deref(), *psk_compatible)?;
-            let c = db.add_client(
+            let c = db.add_client_as(&NewClient {
                 identity,
-                name.as_deref(),
-                secret.as_deref(),
-                metadata.as_deref(),
-            )?;
+                name: name.as_deref(),
+                secret: secret.as_deref(),
+                metadata: metadata.as_deref(),
+                id: id.as_deref(),
+                tags,
+            })?;
             record_audit(&mut db, config, "client.create", "clients", &c.id);
             if json {
                 print_json(&client_json(&c, true));
@@ -133,15 +147,19 @@ pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Resul
             } else if list.is_empty() {
                 println!("no clients");
             } else {
-                let mut out = format!("{:<36}  {:<8}  {:<24}  NAME\n", "ID", "STATUS", "IDENTITY");
+                let mut out = format!(
+                    "{:<36}  {:<8}  {:<24}  {:<24}  TAGS\n",
+                    "ID", "STATUS", "IDENTITY", "NAME"
+                );
                 for c in &list {
                     let _ = writeln!(
                         out,
-                        "{:<36}  {:<8}  {:<24}  {}",
+                        "{:<36}  {:<8}  {:<24}  {:<24}  {}",
                         c.id,
                         status(c),
                         c.identity,
-                        c.name
+                        c.name,
+                        tags_text(&c.tags)
                     );
                 }
                 print!("{out}");
@@ -229,8 +247,13 @@ pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Resul
 
 fn channel_text(ch: &Channel) -> String {
     format!(
-        "id:          {}\nname:        {}\ndomain_id:   {}\nupstream_id: {}\nmetadata:    {}\n",
-        ch.id, ch.name, ch.domain_id, ch.upstream_id, ch.metadata
+        "id:          {}\nname:        {}\ndomain_id:   {}\nupstream_id: {}\ntags:        {}\nmetadata:    {}\n",
+        ch.id,
+        ch.name,
+        ch.domain_id,
+        ch.upstream_id,
+        tags_text(&ch.tags),
+        ch.metadata
     )
 }
 
@@ -244,6 +267,7 @@ pub fn channel(config: &Config, json: bool, cmd: &ChannelCommand) -> anyhow::Res
             metadata,
             id,
             upstream_id,
+            tags,
         } => {
             let domain = domain.as_deref().unwrap_or(&config.gateway.domain_id);
             super::check_upstream_domain(config, domain)?;
@@ -253,6 +277,7 @@ pub fn channel(config: &Config, json: bool, cmd: &ChannelCommand) -> anyhow::Res
                 metadata: metadata.as_deref(),
                 id: id.as_deref(),
                 upstream_id: upstream_id.as_deref(),
+                tags,
             })?;
             record_audit(&mut db, config, "channel.create", "channels", &ch.id);
             if json {
@@ -269,14 +294,18 @@ pub fn channel(config: &Config, json: bool, cmd: &ChannelCommand) -> anyhow::Res
                 println!("no channels");
             } else {
                 let mut out = format!(
-                    "{:<36}  {:<24}  {:<36}  UPSTREAM ID\n",
-                    "ID", "NAME", "DOMAIN"
+                    "{:<36}  {:<24}  {:<36}  {:<36}  TAGS\n",
+                    "ID", "NAME", "DOMAIN", "UPSTREAM ID"
                 );
                 for ch in &list {
                     let _ = writeln!(
                         out,
-                        "{:<36}  {:<24}  {:<36}  {}",
-                        ch.id, ch.name, ch.domain_id, ch.upstream_id
+                        "{:<36}  {:<24}  {:<36}  {:<36}  {}",
+                        ch.id,
+                        ch.name,
+                        ch.domain_id,
+                        ch.upstream_id,
+                        tags_text(&ch.tags)
                     );
                 }
                 print!("{out}");

@@ -154,6 +154,15 @@ pub enum Invalid {
     SecretInUse,
     #[error("connect needs publish and/or subscribe")]
     NoOperation,
+    #[error(
+        "the client id `{}` must be a UUID in lowercase 8-4-4-4-12 form (SuperMQ's rule)",
+        id.escape_debug()
+    )]
+    ClientId { id: String },
+    #[error("at most {max} tags (got {count})")]
+    TooManyTags { count: usize, max: usize },
+    #[error("a tag must not be empty")]
+    EmptyTag,
 }
 
 /// What a management operation on the auth store answers.

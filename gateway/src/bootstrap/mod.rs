@@ -395,6 +395,7 @@ impl Bootstrapper {
                     metadata: metadata.as_deref(),
                     id: Some(&ch.id),
                     upstream_id: Some(&ch.id),
+                    tags: &[],
                 })?;
             }
         }

@@ -59,8 +59,21 @@ pub const ACTIONS: &[(&str, &str, &str, &str)] = &[
         "client.rotate_secret",
         "clients",
     ),
+    (
+        "patch",
+        "/clients/{id}/tags",
+        "client.update_tags",
+        "clients",
+    ),
     ("post", "/channels", "channel.create", "channels"),
+    ("patch", "/channels/{id}", "channel.update", "channels"),
     ("delete", "/channels/{id}", "channel.delete", "channels"),
+    (
+        "patch",
+        "/channels/{id}/tags",
+        "channel.update_tags",
+        "channels",
+    ),
     ("post", "/connect", "connection.create", "connections"),
     (
         "post",

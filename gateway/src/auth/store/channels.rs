@@ -11,7 +11,11 @@ pub struct Channel {
     /// the channel was created with another one.
     pub upstream_id: String,
     pub metadata: serde_json::Value,
+    pub tags: Vec<String>,
+    /// Unix seconds, shown as RFC 3339 (`2026-12-02T00:47:45Z`) in JSON.
+    #[serde(serialize_with = "super::serialize_rfc3339")]
     pub created_at: i64,
+    #[serde(serialize_with = "super::serialize_rfc3339")]
     pub updated_at: i64,
 }
 
@@ -25,6 +29,7 @@ pub struct NewChannel<'a> {
     pub id: Option<&'a str>,
     /// The channel's id upstream (default: the local id).
     pub upstream_id: Option<&'a str>,
+    pub tags: &'a [String],
 }
 
 impl Db {
@@ -40,6 +45,7 @@ impl Db {
             metadata,
             id: None,
             upstream_id: None,
+            tags: &[],
         })
     }
 
@@ -49,6 +55,7 @@ impl Db {
         validate_channel_name(new.name)?;
         validate_domain(new.domain_id)?;
         let metadata = parse_metadata(new.metadata)?;
+        validate_tags(new.tags)?;
         let now = now_unix();
         let id = match new.id {
             Some(id) => {
@@ -65,9 +72,17 @@ impl Db {
             None => id.clone(),
         };
         let result = self.conn.execute(
-            "INSERT INTO channels (id, domain_id, name, metadata, created_at, updated_at, upstream_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
-            params![id, new.domain_id, new.name, metadata.to_string(), now, upstream_id],
+            "INSERT INTO channels (id, domain_id, name, metadata, created_at, updated_at, upstream_id, tags)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
+            params![
+                id,
+                new.domain_id,
+                new.name,
+                metadata.to_string(),
+                now,
+                upstream_id,
+                tags_text(new.tags)
+            ],
         );
         match result {
             Ok(_) => self.channel(&id),
@@ -117,6 +132,42 @@ impl Db {
         }
     }
 
+    /// Changes a channel's name, metadata and/or tags (management API `PATCH /channels/{id}`).
+    pub fn update_channel(
+        &mut self,
+        key: &str,
+        name: Option<&str>,
+        metadata: Option<&str>,
+        tags: Option<&[String]>,
+    ) -> Result<Channel, AuthError> {
+        let channel = self.channel(key)?;
+        let name = name.unwrap_or(&channel.name);
+        validate_channel_name(name)?;
+        let metadata = match metadata {
+            Some(m) => parse_metadata(Some(m))?,
+            None => channel.metadata.clone(),
+        };
+        let tags = tags.unwrap_or(&channel.tags);
+        validate_tags(tags)?;
+        let result = self.conn.execute(
+            "UPDATE channels SET name = ?2, metadata = ?3, tags = ?4, updated_at = ?5 WHERE id = ?1",
+            params![channel.id, name, metadata.to_string(), tags_text(tags), now_unix()],
+        );
+        match result {
+            Ok(_) => self.channel(&channel.id),
+            Err(e) if is_unique(&e, "channels.name") => Err(AuthError::Duplicate {
+                what: "channel",
+                value: name.to_owned(),
+            }),
+            Err(e) => Err(self.err(e).into()),
+        }
+    }
+
+    /// Replaces a channel's tags (SuperMQ's `PATCH /channels/{id}/tags`).
+    pub fn set_channel_tags(&mut self, key: &str, tags: &[String]) -> Result<Channel, AuthError> {
+        self.update_channel(key, None, None, Some(tags))
+    }
+
     pub fn list_channels(&self) -> Result<Vec<Channel>, AuthError> {
         let mut st = self
             .conn
@@ -156,8 +207,10 @@ impl Db {
 }
 
 pub(super) const CHANNEL_SELECT: &str =
-    "SELECT id, name, domain_id, metadata, created_at, updated_at, upstream_id FROM channels";
+    "SELECT id, name, domain_id, metadata, created_at, updated_at, upstream_id, tags FROM channels";
 
+/// A row of [`CHANNEL_SELECT`]'s columns, in its order (`connections_of` selects the same
+/// eight first).
 pub(super) fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Channel> {
     let id: String = r.get(0)?;
     let upstream_id: String = r.get(6)?;
@@ -173,5 +226,6 @@ pub(super) fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Channel> {
         metadata: json_column(r, 3)?,
         created_at: r.get(4)?,
         updated_at: r.get(5)?,
+        tags: tags_column(r, 7)?,
     })
 }

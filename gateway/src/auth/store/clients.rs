@@ -14,8 +14,25 @@ pub struct Client {
     #[serde(rename = "status", serialize_with = "status")]
     pub enabled: bool,
     pub metadata: serde_json::Value,
+    pub tags: Vec<String>,
+    /// Unix seconds, shown as RFC 3339 (`2026-12-02T00:47:45Z`) in JSON.
+    #[serde(serialize_with = "super::serialize_rfc3339")]
     pub created_at: i64,
+    #[serde(serialize_with = "super::serialize_rfc3339")]
     pub updated_at: i64,
+}
+
+/// What [`Db::add_client_as`] creates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewClient<'a> {
+    pub identity: &'a str,
+    pub name: Option<&'a str>,
+    /// Generated when `None`.
+    pub secret: Option<&'a str>,
+    pub metadata: Option<&'a str>,
+    /// Caller-chosen id (a UUID, SuperMQ's rule; default: a new UUID).
+    pub id: Option<&'a str>,
+    pub tags: &'a [String],
 }
 
 impl std::fmt::Debug for Client {
@@ -42,26 +59,63 @@ impl Db {
         secret: Option<&str>,
         metadata: Option<&str>,
     ) -> Result<Client, AuthError> {
+        self.add_client_as(&NewClient {
+            identity,
+            name,
+            secret,
+            metadata,
+            id: None,
+            tags: &[],
+        })
+    }
+
+    /// Adds a client with a caller-chosen id and/or tags. A chosen id already used as another
+    /// client's id or identity is a duplicate: lookups take either, so it would be ambiguous.
+    pub fn add_client_as(&mut self, new: &NewClient<'_>) -> Result<Client, AuthError> {
+        let identity = new.identity;
         validate_identity(identity)?;
-        let name = name.unwrap_or(identity);
+        let name = new.name.unwrap_or(identity);
         validate_text("name", name, 256)?;
-        let secret = match secret {
+        validate_tags(new.tags)?;
+        if let Some(id) = new.id {
+            validate_client_id(id)?;
+            match self.client(id) {
+                Ok(_) => {
+                    return Err(AuthError::Duplicate {
+                        what: "client",
+                        value: id.to_owned(),
+                    });
+                }
+                Err(AuthError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let secret = match new.secret {
             Some(s) => {
                 secret::validate(s)?;
                 s.to_owned()
             }
             None => secret::generate()?,
         };
-        let metadata = parse_metadata(metadata)?;
+        let metadata = parse_metadata(new.metadata)?;
         let now = now_unix();
-        let id = secret::new_uuid()?;
+        let id = match new.id {
+            Some(id) => id.to_owned(),
+            None => secret::new_uuid()?,
+        };
         let result = self.conn.execute(
-            "INSERT INTO clients (id, identity, name, secret, enabled, metadata, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6)",
-            params![id, identity, name, secret, metadata.to_string(), now],
+            "INSERT INTO clients (id, identity, name, secret, enabled, metadata, created_at, updated_at, tags)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?6, ?7)",
+            params![id, identity, name, secret, metadata.to_string(), now, tags_text(new.tags)],
         );
         match result {
             Ok(_) => {}
+            Err(e) if is_unique(&e, "clients.id") => {
+                return Err(AuthError::Duplicate {
+                    what: "client",
+                    value: id,
+                });
+            }
             Err(e) if is_unique(&e, "clients.identity") => {
                 return Err(AuthError::Duplicate {
                     what: "client",
@@ -124,12 +178,13 @@ impl Db {
         Ok(client)
     }
 
-    /// Changes a client's name and/or metadata (management API `PATCH /clients/{id}`).
+    /// Changes a client's name, metadata and/or tags (management API `PATCH /clients/{id}`).
     pub fn update_client(
         &mut self,
         key: &str,
         name: Option<&str>,
         metadata: Option<&str>,
+        tags: Option<&[String]>,
     ) -> Result<Client, AuthError> {
         let client = self.client(key)?;
         let name = name.unwrap_or(&client.name);
@@ -138,13 +193,20 @@ impl Db {
             Some(m) => parse_metadata(Some(m))?,
             None => client.metadata.clone(),
         };
+        let tags = tags.unwrap_or(&client.tags);
+        validate_tags(tags)?;
         self.conn
             .execute(
-                "UPDATE clients SET name = ?2, metadata = ?3, updated_at = ?4 WHERE id = ?1",
-                params![client.id, name, metadata.to_string(), now_unix()],
+                "UPDATE clients SET name = ?2, metadata = ?3, tags = ?4, updated_at = ?5 WHERE id = ?1",
+                params![client.id, name, metadata.to_string(), tags_text(tags), now_unix()],
             )
             .map_err(|e| self.fail(e))?;
         self.client(&client.id)
+    }
+
+    /// Replaces a client's tags (SuperMQ's `PATCH /clients/{id}/tags`).
+    pub fn set_client_tags(&mut self, key: &str, tags: &[String]) -> Result<Client, AuthError> {
+        self.update_client(key, None, None, Some(tags))
     }
 
     /// Replaces a client's secret (generated when `secret` is `None`); returns the row with the
@@ -170,8 +232,7 @@ impl Db {
     }
 }
 
-pub(super) const CLIENT_SELECT: &str =
-    "SELECT id, identity, name, secret, enabled, metadata, created_at, updated_at FROM clients";
+pub(super) const CLIENT_SELECT: &str = "SELECT id, identity, name, secret, enabled, metadata, created_at, updated_at, tags FROM clients";
 
 pub(super) fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
     Ok(Client {
@@ -183,5 +244,6 @@ pub(super) fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
         metadata: json_column(r, 5)?,
         created_at: r.get(6)?,
         updated_at: r.get(7)?,
+        tags: tags_column(r, 8)?,
     })
 }

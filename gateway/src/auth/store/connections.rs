@@ -97,7 +97,7 @@ impl Db {
             .conn
             .prepare(
                 "SELECT ch.id, ch.name, ch.domain_id, ch.metadata, ch.created_at, ch.updated_at,
-                        ch.upstream_id, c.client_id, c.channel_id, c.publish, c.subscribe
+                        ch.upstream_id, ch.tags, c.client_id, c.channel_id, c.publish, c.subscribe
                  FROM connections c JOIN channels ch ON ch.id = c.channel_id
                  WHERE c.client_id = ?1 ORDER BY ch.name",
             )
@@ -106,10 +106,10 @@ impl Db {
             Ok((
                 channel_row(r)?,
                 Grant {
-                    client_id: r.get(7)?,
-                    channel_id: r.get(8)?,
-                    publish: r.get(9)?,
-                    subscribe: r.get(10)?,
+                    client_id: r.get(8)?,
+                    channel_id: r.get(9)?,
+                    publish: r.get(10)?,
+                    subscribe: r.get(11)?,
                 },
             ))
         })

@@ -24,13 +24,14 @@ mod validate;
 
 pub use audit::AuditEvent;
 pub use channels::{Channel, NewChannel};
-pub use clients::Client;
+pub use clients::{Client, NewClient};
 pub use connections::Grant;
 pub use schema::SCHEMA_VERSION;
 #[cfg(test)]
 pub use schema::migrations_for_tests;
 pub use validate::{
-    normalize_serial, parse_metadata, validate_channel_id, validate_channel_name, validate_identity,
+    MAX_TAG_LEN, MAX_TAGS, normalize_serial, parse_metadata, validate_channel_id,
+    validate_channel_name, validate_client_id, validate_identity, validate_tags,
 };
 
 use certificates::{CERT_SELECT, cert_row};
@@ -66,6 +67,35 @@ pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `2026-12-02T00:47:45Z`: how the management API and the CLI's `--json` show a time stored as
+/// unix seconds (SuperMQ's JSON times are RFC 3339 strings: Go's `time.Time`). Out of range →
+/// the integer as text, never a panic.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// [`rfc3339`] for unix milliseconds (`2026-12-02T00:47:45.123Z`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// `serialize_with` for a unix-seconds field shown as [`rfc3339`].
+pub fn serialize_rfc3339<S: serde::Serializer>(unix: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*unix))
 }
 
 /// An open `auth.db`.
@@ -258,6 +288,18 @@ impl Db {
 }
 
 fn json_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<serde_json::Value> {
+    let text: String = r.get(i)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// Tags as stored: a JSON array of strings.
+fn tags_text(tags: &[String]) -> String {
+    serde_json::to_string(tags).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn tags_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<String>> {
     let text: String = r.get(i)?;
     serde_json::from_str(&text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))

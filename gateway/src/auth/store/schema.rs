@@ -96,6 +96,12 @@ ALTER TABLE audit_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
 -- topics. Empty: the same as the local id (channels created before this column).
 ALTER TABLE channels ADD COLUMN upstream_id TEXT NOT NULL DEFAULT '';
 "#,
+    r#"
+-- SuperMQ's `tags` on clients and channels (`clients/clients.go`, `channels/channels.go`): a
+-- JSON array of strings. Rows from before this column have none.
+ALTER TABLE clients ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE channels ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 /// The migrations, for tests that build a store of an older schema.
@@ -272,4 +278,97 @@ pub(super) fn create(path: &Path, dir: &Path) -> Result<(), StoreError> {
     })();
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file written by the previous binary (schema 4: no `tags`) opens, is upgraded in
+    /// place, keeps its rows (tags empty) and takes tags afterwards.
+    #[test]
+    fn a_schema_4_file_upgrades_to_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (i, m) in MIGRATIONS.iter().take(4).enumerate() {
+                conn.execute_batch(m).unwrap();
+                conn.execute_batch(&format!("PRAGMA user_version = {};", i + 1))
+                    .unwrap();
+            }
+            conn.execute_batch(&format!(
+                "PRAGMA application_id = {APPLICATION_ID};
+                 INSERT INTO clients (id, identity, name, secret, enabled, metadata, created_at, updated_at)
+                 VALUES ('old-client', 'old-sensor', 'old', 'old-secret-0123456789', 1, '{{}}', 1, 1);
+                 INSERT INTO channels (id, domain_id, name, metadata, created_at, updated_at, upstream_id)
+                 VALUES ('old-channel', 'dom', 'old', '{{}}', 1, 1, '');"
+            ))
+            .unwrap();
+        }
+        let mut db = Db::open(&path).unwrap();
+        let version: i64 = db
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let c = db.client("old-sensor").unwrap();
+        assert_eq!((c.id.as_str(), c.tags.len()), ("old-client", 0));
+        let ch = db.channel("old").unwrap();
+        assert_eq!((ch.id.as_str(), ch.tags.len()), ("old-channel", 0));
+        let tags = vec!["kitchen".to_owned(), "floor 2".to_owned()];
+        assert_eq!(db.set_client_tags("old-sensor", &tags).unwrap().tags, tags);
+        assert_eq!(db.set_channel_tags("old", &tags).unwrap().tags, tags);
+        // A connection's channel carries its tags too (`client show`, `/clients/{id}/connections`).
+        db.connect("old-client", "old-channel", true, false)
+            .unwrap();
+        let conns = db.connections_of("old-client").unwrap();
+        assert_eq!(conns.len(), 1);
+        assert_eq!(
+            (conns[0].0.tags.clone(), conns[0].1.publish),
+            (tags.clone(), true)
+        );
+        drop(db);
+        // And opens again as an up-to-date store.
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.client("old-client").unwrap().tags, tags);
+    }
+
+    /// A chosen client id: SuperMQ's canonical UUID only; taken as an id or as another
+    /// client's identity (lookups take either) → duplicate.
+    #[test]
+    fn chosen_client_ids_are_canonical_uuids_and_unambiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("auth.db")).unwrap();
+        let id = "1c0de5e1-2b7a-4c3d-9e8f-a0b1c2d3e4f5";
+        let new = |identity, id| NewClient {
+            identity,
+            id: Some(id),
+            ..Default::default()
+        };
+        assert_eq!(db.add_client_as(&new("a", id)).unwrap().id, id);
+        assert!(matches!(
+            db.add_client_as(&new("b", id)),
+            Err(AuthError::Duplicate { .. })
+        ));
+        let uuid_identity = "2c0de5e1-2b7a-4c3d-9e8f-a0b1c2d3e4f5";
+        db.add_client(uuid_identity, None, None, None).unwrap();
+        assert!(matches!(
+            db.add_client_as(&new("c", uuid_identity)),
+            Err(AuthError::Duplicate { .. })
+        ));
+        for bad in [
+            "1C0DE5E1-2B7A-4C3D-9E8F-A0B1C2D3E4F5",
+            "{1c0de5e1-2b7a-4c3d-9e8f-a0b1c2d3e4f5}",
+            "1c0de5e12b7a4c3d9e8fa0b1c2d3e4f5",
+            "1c0de5e1-2b7a-4c3d-9e8f-a0b1c2d3e4fz",
+            "kitchen",
+            "",
+        ] {
+            assert!(
+                matches!(db.add_client_as(&new("d", bad)), Err(AuthError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }

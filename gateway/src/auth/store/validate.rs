@@ -106,3 +106,40 @@ pub fn parse_metadata(text: Option<&str>) -> Result<serde_json::Value, Invalid> 
         }),
     }
 }
+
+/// A caller-chosen client id: SuperMQ accepts a UUID only, in its canonical lowercase
+/// 8-4-4-4-12 form (`api/http/common.go`, `ValidateUUID`: parsed, then compared with its
+/// `String()`), so that is the rule here too.
+pub fn validate_client_id(id: &str) -> Result<(), Invalid> {
+    let canonical = id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        });
+    if !canonical {
+        return Err(Invalid::ClientId { id: id.to_owned() });
+    }
+    Ok(())
+}
+
+/// Most tags an entity carries, and the longest tag (SuperMQ sets no bound; the store does).
+pub const MAX_TAGS: usize = 64;
+pub const MAX_TAG_LEN: usize = 128;
+
+/// Tags of a client or channel: at most [`MAX_TAGS`], each 1 to [`MAX_TAG_LEN`] bytes without
+/// control characters.
+pub fn validate_tags(tags: &[String]) -> Result<(), Invalid> {
+    if tags.len() > MAX_TAGS {
+        return Err(Invalid::TooManyTags {
+            count: tags.len(),
+            max: MAX_TAGS,
+        });
+    }
+    for t in tags {
+        if t.is_empty() {
+            return Err(Invalid::EmptyTag);
+        }
+        validate_text("tag", t, MAX_TAG_LEN)?;
+    }
+    Ok(())
+}

@@ -13,7 +13,25 @@ use super::caller::authenticate;
 use super::error::ApiError;
 use super::{St, with_db};
 use crate::auth::AuthError;
+use crate::auth::store::{rfc3339, rfc3339_ms};
 use crate::http::AppState;
+
+/// A certificate record as the API shows it: times as RFC 3339 strings, as SuperMQ's
+/// (`certs/certs.go`, `Cert.ExpiryTime time.Time`).
+fn cert_json(r: &crate::auth::CertificateRecord) -> Value {
+    json!({
+        "serial_hex": r.serial_hex,
+        "client_id": r.client_id,
+        "fingerprint_sha256_hex": r.fingerprint_sha256_hex,
+        "not_before": rfc3339(r.not_before),
+        "not_after": rfc3339(r.not_after),
+        "revoked_at": r.revoked_at.map(rfc3339),
+    })
+}
+
+fn certs_json(all: &[crate::auth::CertificateRecord]) -> Vec<Value> {
+    all.iter().map(cert_json).collect()
+}
 
 pub(super) async fn list_certs(
     State(state): St,
@@ -21,7 +39,9 @@ pub(super) async fn list_certs(
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&state, &headers)?.require("certs", "read", None)?;
     let all = state.auth.list_certificates()?;
-    Ok(Json(json!({ "total": all.len(), "certs": all })))
+    Ok(Json(
+        json!({ "total": all.len(), "certs": certs_json(&all) }),
+    ))
 }
 
 pub(super) async fn revoke_cert(
@@ -73,7 +93,7 @@ async fn revoke(
             "no unrevoked certificate matches",
         ));
     }
-    Ok(Json(json!({ "revoked": revoked })))
+    Ok(Json(json!({ "revoked": certs_json(&revoked) })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,8 +188,8 @@ async fn issue(
             "serial": record.serial_hex,
             "client_id": record.client_id,
             "fingerprint_sha256": record.fingerprint_sha256_hex,
-            "not_before": record.not_before,
-            "not_after": record.not_after,
+            "not_before": rfc3339(record.not_before),
+            "not_after": rfc3339(record.not_after),
             "certificate": issued.cert_pem,
             "key": issued.key_pem,
         })),
@@ -194,7 +214,7 @@ pub(super) async fn audit(
         .into_iter()
         .map(|e| {
             json!({
-                "at_ms": e.at_ms, "method": e.method, "identity": e.identity,
+                "at": rfc3339_ms(e.at_ms), "method": e.method, "identity": e.identity,
                 "client_id": e.client_id, "remote": e.remote, "outcome": e.outcome,
                 "actor": e.actor, "action": e.action, "entity_type": e.entity_type,
                 "entity_id": e.entity_id, "reason": e.reason,

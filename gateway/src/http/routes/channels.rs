@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::caller::authenticate;
-use super::clients::{Page, metadata_text};
+use super::clients::{Page, Tags, metadata_text};
 use super::error::ApiError;
 use super::{PathDomain, St, with_db};
 use crate::http::AppState;
@@ -25,6 +25,8 @@ pub(super) struct CreateChannel {
     id: Option<String>,
     /// The channel's id upstream [default: the local id].
     upstream_id: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 /// Under `/{domainID}/channels` the channel's domain defaults to the path's, and a body
@@ -56,6 +58,7 @@ pub(super) async fn create_channel(
             metadata: metadata.as_deref(),
             id: req.id.as_deref(),
             upstream_id: req.upstream_id.as_deref(),
+            tags: &req.tags,
         })
     })
     .await?;
@@ -95,20 +98,75 @@ pub(super) async fn get_channel(
     Ok(Json(serde_json::to_value(ch).unwrap_or_default()))
 }
 
+#[derive(Debug, Deserialize)]
+pub(super) struct UpdateChannel {
+    name: Option<String>,
+    metadata: Option<Value>,
+    tags: Option<Vec<String>>,
+}
+
+/// Resolves `key` (id or name) under the principal's `op` scope and the path's domain.
+async fn authorized_channel(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    key: String,
+    op: &str,
+    path_domain: Option<Extension<PathDomain>>,
+) -> Result<String, ApiError> {
+    let p = authenticate(state, headers)?;
+    let k = key.clone();
+    let ch = with_db(state, move |db| db.channel(&k))
+        .await
+        .map_err(|e| p.hide_missing("channels", op, &key, e))?;
+    p.require("channels", op, Some(&ch.id))?;
+    same_domain(path_domain, &ch.domain_id)?;
+    Ok(ch.id)
+}
+
+/// SuperMQ's `PATCH /{domainID}/channels/{chanID}` (name, metadata, tags; 200 and the channel:
+/// `channels/api/http/requests.go`, `updateChannelReq`; `responses.go`, `updateChannelRes`).
+pub(super) async fn update_channel(
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    path_domain: Option<Extension<PathDomain>>,
+    Json(req): Json<UpdateChannel>,
+) -> Result<Json<Value>, ApiError> {
+    let id = authorized_channel(&state, &headers, id, "update", path_domain).await?;
+    let metadata = metadata_text(req.metadata);
+    let ch = with_db(&state, move |db| {
+        db.update_channel(
+            &id,
+            req.name.as_deref(),
+            metadata.as_deref(),
+            req.tags.as_deref(),
+        )
+    })
+    .await?;
+    Ok(Json(serde_json::to_value(ch).unwrap_or_default()))
+}
+
+/// SuperMQ's `PATCH /{domainID}/channels/{chanID}/tags` (`updateChannelTagsReq`).
+pub(super) async fn update_channel_tags(
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    path_domain: Option<Extension<PathDomain>>,
+    Json(req): Json<Tags>,
+) -> Result<Json<Value>, ApiError> {
+    let id = authorized_channel(&state, &headers, id, "update", path_domain).await?;
+    let ch = with_db(&state, move |db| db.set_channel_tags(&id, &req.tags)).await?;
+    Ok(Json(serde_json::to_value(ch).unwrap_or_default()))
+}
+
 pub(super) async fn delete_channel(
     State(state): St,
     headers: HeaderMap,
     Path(id): Path<String>,
     path_domain: Option<Extension<PathDomain>>,
 ) -> Result<StatusCode, ApiError> {
-    let p = authenticate(&state, &headers)?;
-    let key = id.clone();
-    let ch = with_db(&state, move |db| db.channel(&key))
-        .await
-        .map_err(|e| p.hide_missing("channels", "delete", &id, e))?;
-    p.require("channels", "delete", Some(&ch.id))?;
-    same_domain(path_domain, &ch.domain_id)?;
-    with_db(&state, move |db| db.remove_channel(&ch.id)).await?;
+    let id = authorized_channel(&state, &headers, id, "delete", path_domain).await?;
+    with_db(&state, move |db| db.remove_channel(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -216,6 +274,17 @@ pub(super) struct ChannelConnect {
     types: Option<Vec<String>>,
 }
 
+impl ChannelConnect {
+    /// The pairs of the one channel in the path.
+    fn on(self, channel_id: String) -> ConnectRequest {
+        ConnectRequest {
+            client_ids: self.client_ids,
+            channel_ids: vec![channel_id],
+            types: self.types,
+        }
+    }
+}
+
 /// SuperMQ's `POST /{domainID}/channels/{channelID}/connect` (`channels/api/http/transport.go`).
 pub(super) async fn connect_channel(
     State(state): St,
@@ -223,12 +292,7 @@ pub(super) async fn connect_channel(
     Path(id): Path<String>,
     Json(req): Json<ChannelConnect>,
 ) -> Result<Response, ApiError> {
-    let req = ConnectRequest {
-        client_ids: req.client_ids,
-        channel_ids: vec![id],
-        types: req.types,
-    };
-    connect_or_not(state, headers, req, true).await
+    connect_or_not(state, headers, req.on(id), true).await
 }
 
 /// SuperMQ's `POST /{domainID}/channels/{channelID}/disconnect`.
@@ -238,10 +302,5 @@ pub(super) async fn disconnect_channel(
     Path(id): Path<String>,
     Json(req): Json<ChannelConnect>,
 ) -> Result<Response, ApiError> {
-    let req = ConnectRequest {
-        client_ids: req.client_ids,
-        channel_ids: vec![id],
-        types: req.types,
-    };
-    connect_or_not(state, headers, req, false).await
+    connect_or_not(state, headers, req.on(id), false).await
 }

@@ -41,6 +41,11 @@ pub(super) struct CreateClient {
     identity: Option<String>,
     metadata: Option<Value>,
     status: Option<String>,
+    /// Caller-chosen id: a UUID (SuperMQ's rule, `clients/api/http/requests.go`,
+    /// `createClientReq.validate`); 409 when taken.
+    id: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 pub(super) fn metadata_text(m: Option<Value>) -> Option<String> {
@@ -106,13 +111,16 @@ pub(super) async fn create_client(
     };
     let name = req.name;
     let metadata = metadata_text(req.metadata);
+    let (id, tags) = (req.id, req.tags);
     let client = with_db(&state, move |db| {
-        let c = db.add_client(
-            &identity,
-            name.as_deref(),
-            secret.as_deref(),
-            metadata.as_deref(),
-        )?;
+        let c = db.add_client_as(&crate::auth::store::NewClient {
+            identity: &identity,
+            name: name.as_deref(),
+            secret: secret.as_deref(),
+            metadata: metadata.as_deref(),
+            id: id.as_deref(),
+            tags: &tags,
+        })?;
         if disabled {
             let secret = c.secret.clone();
             let mut c = db.set_client_enabled(&c.id, false)?;
@@ -180,6 +188,16 @@ pub(super) async fn get_client(
 pub(super) struct UpdateClient {
     name: Option<String>,
     metadata: Option<Value>,
+    /// SuperMQ's `updateClientReq` carries tags too (`clients/api/http/requests.go`).
+    tags: Option<Vec<String>>,
+}
+
+/// `PATCH /clients/{id}/tags` and `/channels/{id}/tags` (SuperMQ's `updateClientTagsReq`,
+/// `updateChannelTagsReq`): the tags replace the entity's.
+#[derive(Debug, Deserialize)]
+pub(super) struct Tags {
+    #[serde(default)]
+    pub(super) tags: Vec<String>,
 }
 
 /// Resolves `key` (id or identity) to the client id, then checks the principal's scope on it.
@@ -207,9 +225,26 @@ pub(super) async fn update_client(
     let id = authorized_client(&state, &headers, id, "update").await?;
     let metadata = metadata_text(req.metadata);
     let c = with_db(&state, move |db| {
-        db.update_client(&id, req.name.as_deref(), metadata.as_deref())
+        db.update_client(
+            &id,
+            req.name.as_deref(),
+            metadata.as_deref(),
+            req.tags.as_deref(),
+        )
     })
     .await?;
+    Ok(Json(client_json(&c, false)))
+}
+
+/// 200 and the client (`clients/api/http/responses.go`, `updateClientRes`).
+pub(super) async fn update_client_tags(
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(req): Json<Tags>,
+) -> Result<Json<Value>, ApiError> {
+    let id = authorized_client(&state, &headers, id, "update").await?;
+    let c = with_db(&state, move |db| db.set_client_tags(&id, &req.tags)).await?;
     Ok(Json(client_json(&c, false)))
 }
 

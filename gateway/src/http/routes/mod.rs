@@ -9,6 +9,8 @@ mod caller;
 mod certs;
 mod channels;
 mod clients;
+#[cfg(test)]
+mod contract;
 mod error;
 mod health;
 mod pats;
@@ -79,9 +81,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/clients/{id}/enable", post(enable_client))
         .route("/clients/{id}/disable", post(disable_client))
         .route("/clients/{id}/secret", patch(rotate_secret))
+        .route("/clients/{id}/tags", patch(update_client_tags))
         .route("/clients/{id}/connections", get(client_connections))
         .route("/channels", post(create_channel).get(list_channels))
-        .route("/channels/{id}", get(get_channel).delete(delete_channel))
+        .route(
+            "/channels/{id}",
+            get(get_channel)
+                .patch(update_channel)
+                .delete(delete_channel),
+        )
+        .route("/channels/{id}/tags", patch(update_channel_tags))
         .route("/channels/connect", post(connect))
         .route("/channels/disconnect", post(disconnect))
         .route("/channels/{id}/connect", post(connect_channel))
@@ -199,11 +208,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/clients/{id}/enable"),
     ("post", "/clients/{id}/disable"),
     ("patch", "/clients/{id}/secret"),
+    ("patch", "/clients/{id}/tags"),
     ("get", "/clients/{id}/connections"),
     ("post", "/channels"),
     ("get", "/channels"),
     ("get", "/channels/{id}"),
+    ("patch", "/channels/{id}"),
     ("delete", "/channels/{id}"),
+    ("patch", "/channels/{id}/tags"),
     ("post", "/channels/connect"),
     ("post", "/channels/disconnect"),
     ("post", "/channels/{id}/connect"),
@@ -247,11 +259,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/{domainID}/clients/{id}/enable"),
     ("post", "/{domainID}/clients/{id}/disable"),
     ("patch", "/{domainID}/clients/{id}/secret"),
+    ("patch", "/{domainID}/clients/{id}/tags"),
     ("get", "/{domainID}/clients/{id}/connections"),
     ("post", "/{domainID}/channels"),
     ("get", "/{domainID}/channels"),
     ("get", "/{domainID}/channels/{id}"),
+    ("patch", "/{domainID}/channels/{id}"),
     ("delete", "/{domainID}/channels/{id}"),
+    ("patch", "/{domainID}/channels/{id}/tags"),
     ("post", "/{domainID}/channels/connect"),
     ("post", "/{domainID}/channels/disconnect"),
     ("post", "/{domainID}/channels/{id}/connect"),

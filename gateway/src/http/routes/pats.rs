@@ -13,6 +13,7 @@ use super::St;
 use super::caller::authenticate;
 use super::clients::Page;
 use super::error::ApiError;
+use crate::auth::store::rfc3339;
 use crate::http::AppState;
 use crate::http::pats::{PatError, Scope};
 
@@ -46,8 +47,17 @@ pub(super) async fn pat_blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-pub(super) fn pat_with_secret(pat: &crate::http::pats::Pat, secret: &str) -> Value {
+/// A PAT as the API shows it: `issued_at` / `expires_at` as RFC 3339 strings, as SuperMQ's
+/// (`auth/pat.go`, `PAT`: `time.Time`). The PAT file keeps unix seconds.
+pub(super) fn pat_json(pat: &crate::http::pats::Pat) -> Value {
     let mut v = serde_json::to_value(pat).unwrap_or_default();
+    v["issued_at"] = json!(rfc3339(pat.issued_at));
+    v["expires_at"] = json!(rfc3339(pat.expires_at));
+    v
+}
+
+pub(super) fn pat_with_secret(pat: &crate::http::pats::Pat, secret: &str) -> Value {
+    let mut v = pat_json(pat);
     v["secret"] = json!(secret);
     v
 }
@@ -77,7 +87,7 @@ pub(super) async fn list_pats(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&state, &headers)?.admin_only()?;
-    let pats = state.pats.list();
+    let pats: Vec<Value> = state.pats.list().iter().map(pat_json).collect();
     Ok(Json(json!({ "total": pats.len(), "pats": pats })))
 }
 
@@ -87,9 +97,7 @@ pub(super) async fn get_pat(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&state, &headers)?.admin_only()?;
-    Ok(Json(
-        serde_json::to_value(state.pats.get(&id)?).unwrap_or_default(),
-    ))
+    Ok(Json(pat_json(&state.pats.get(&id)?)))
 }
 
 pub(super) async fn delete_pat(
@@ -143,7 +151,7 @@ pub(super) async fn rename_pat(
 ) -> Result<Response, ApiError> {
     authenticate(&state, &headers)?.admin_only()?;
     let pat = pat_blocking(&state, move |s| s.rename(&id, &req.name)).await?;
-    Ok((StatusCode::ACCEPTED, Json(pat)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(pat_json(&pat))).into_response())
 }
 
 /// 202 and the PAT, as SuperMQ (`updatePatDescriptionRes`).
@@ -155,7 +163,7 @@ pub(super) async fn describe_pat(
 ) -> Result<Response, ApiError> {
     authenticate(&state, &headers)?.admin_only()?;
     let pat = pat_blocking(&state, move |s| s.describe(&id, &req.description)).await?;
-    Ok((StatusCode::ACCEPTED, Json(pat)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(pat_json(&pat))).into_response())
 }
 
 fn scope_json(s: &Scope, pat_id: &str) -> Value {
@@ -327,5 +335,5 @@ pub(super) async fn change_scopes(
         }
     })
     .await?;
-    Ok(Json(serde_json::to_value(pat).unwrap_or_default()))
+    Ok(Json(pat_json(&pat)))
 }
