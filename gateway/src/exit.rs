@@ -13,7 +13,7 @@ use gateway::config::{ConfigError, ConfigFileError};
 use gateway::http::HttpError;
 use gateway::outbox::OutboxError;
 use gateway::pipeline::PipelineError;
-use gateway::pki::PkiCommandError;
+use gateway::pki::{CertError, PkiCommandError};
 use gateway::runtime::control::ControlError;
 use gateway::uplink::UplinkError;
 
@@ -34,13 +34,7 @@ fn status_of(cause: &(dyn StdError + 'static)) -> Option<u8> {
         return Some(CONFIG);
     }
     if let Some(e) = cause.downcast_ref::<AuthError>() {
-        return Some(match e {
-            AuthError::Store(s) => auth_store_status(s),
-            AuthError::Invalid(_) => USAGE,
-            AuthError::Duplicate { .. } | AuthError::NotFound { .. } | AuthError::Random(_) => {
-                FAILURE
-            }
-        });
+        return Some(auth_status(e));
     }
     if let Some(e) = cause.downcast_ref::<StoreError>() {
         return Some(auth_store_status(e));
@@ -48,13 +42,20 @@ fn status_of(cause: &(dyn StdError + 'static)) -> Option<u8> {
     if cause.is::<Invalid>() {
         return Some(USAGE);
     }
+    if let Some(e) = cause.downcast_ref::<CertError>() {
+        return Some(match e {
+            CertError::BadTtl { .. } => USAGE,
+            CertError::NoDeviceCa | CertError::DeviceCa { .. } | CertError::DevPki(_) => CONFIG,
+            CertError::Store(a) => auth_status(a),
+            CertError::UnknownClient { .. }
+            | CertError::Refused(_)
+            | CertError::Issue(_)
+            | CertError::NothingToRevoke { .. } => FAILURE,
+        });
+    }
     if let Some(e) = cause.downcast_ref::<PkiCommandError>() {
         return Some(match e {
-            PkiCommandError::BadTtl { .. } => USAGE,
-            PkiCommandError::NoDeviceCa | PkiCommandError::DeviceCa { .. } => CONFIG,
-            PkiCommandError::OutputExists { .. }
-            | PkiCommandError::ReadCsr { .. }
-            | PkiCommandError::NothingToRevoke { .. } => FAILURE,
+            PkiCommandError::OutputExists { .. } | PkiCommandError::ReadCsr { .. } => FAILURE,
         });
     }
     if let Some(e) = cause.downcast_ref::<HttpError>() {
@@ -88,6 +89,14 @@ fn status_of(cause: &(dyn StdError + 'static)) -> Option<u8> {
         return Some(UNAVAILABLE);
     }
     None
+}
+
+fn auth_status(e: &AuthError) -> u8 {
+    match e {
+        AuthError::Store(s) => auth_store_status(s),
+        AuthError::Invalid(_) => USAGE,
+        AuthError::Duplicate { .. } | AuthError::NotFound { .. } | AuthError::Random(_) => FAILURE,
+    }
 }
 
 /// A store the operator must restore or move away: restarting will not help.
@@ -142,17 +151,31 @@ mod tests {
             source: rusqlite::Error::InvalidQuery,
         };
         assert_eq!(code(AuthError::from(sqlite)), FAILURE);
-        assert_eq!(code(PkiCommandError::NoDeviceCa), CONFIG);
+        assert_eq!(code(CertError::NoDeviceCa), CONFIG);
+        let corrupt_store = CertError::from(StoreError::Corrupt {
+            path: PathBuf::from("/x/auth.db"),
+            reason: "not a database".into(),
+        });
+        assert_eq!(code(corrupt_store), CONFIG);
         assert_eq!(code(UplinkError::BadUrl("x".into())), CONFIG);
     }
 
     #[test]
     fn usage_unavailable_and_plain_failures() {
-        let ttl = PkiCommandError::BadTtl {
+        let ttl = CertError::BadTtl {
             ttl: "30".into(),
-            reason: "no unit".into(),
+            problem: gateway::pki::TtlProblem::Syntax,
         };
         assert_eq!(code(ttl), USAGE);
+        // As the CLI reports it: under the `--ttl 30` context.
+        let flagged = anyhow::Error::from(CertError::BadTtl {
+            ttl: "30".into(),
+            problem: gateway::pki::TtlProblem::Syntax,
+        })
+        .context("--ttl 30");
+        assert_eq!(code_for(&flagged), USAGE);
+        let unknown = CertError::UnknownClient { client: "x".into() };
+        assert_eq!(code(unknown), FAILURE);
         assert_eq!(code(Invalid::IdentityLength), USAGE);
         assert_eq!(code(AuthError::from(Invalid::SecretInUse)), USAGE);
         let not_running = ControlError::NotRunning {
@@ -177,7 +200,7 @@ mod tests {
 
     #[test]
     fn the_first_known_cause_in_the_chain_decides() {
-        let err = Err::<(), _>(PkiCommandError::NoDeviceCa)
+        let err = Err::<(), _>(CertError::NoDeviceCa)
             .context("certs issue")
             .unwrap_err();
         assert_eq!(code_for(&err), CONFIG);
