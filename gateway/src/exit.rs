@@ -15,6 +15,7 @@ use gateway::outbox::OutboxError;
 use gateway::pipeline::PipelineError;
 use gateway::pki::{CertError, PkiCommandError};
 use gateway::runtime::control::ControlError;
+use gateway::runtime::listeners::BindError;
 use gateway::uplink::UplinkError;
 
 pub const OK: u8 = 0;
@@ -58,12 +59,12 @@ fn status_of(cause: &(dyn StdError + 'static)) -> Option<u8> {
             PkiCommandError::OutputExists { .. } | PkiCommandError::ReadCsr { .. } => FAILURE,
         });
     }
-    if let Some(e) = cause.downcast_ref::<HttpError>() {
-        // TLS files and key/PAT files are configuration problems; a port in use is not.
-        return Some(match e {
-            HttpError::Bind { .. } => FAILURE,
-            _ => CONFIG,
-        });
+    // TLS files and key/PAT files are configuration problems; a port in use is not.
+    if cause.is::<HttpError>() {
+        return Some(CONFIG);
+    }
+    if cause.is::<BindError>() {
+        return Some(FAILURE);
     }
     // A corrupt outbox or unusable uplink TLS files: restarting will not help.
     if let Some(e) = cause.downcast_ref::<PipelineError>() {
@@ -183,7 +184,9 @@ mod tests {
             reason: "no such file".into(),
         };
         assert_eq!(code(not_running), UNAVAILABLE);
-        let bind = HttpError::Bind {
+        let bind = BindError {
+            what: "HTTP",
+            transport: "tcp",
             addr: "127.0.0.1:1".parse().unwrap(),
             source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
         };
