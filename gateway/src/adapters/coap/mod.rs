@@ -13,7 +13,7 @@ pub mod task;
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::auth::AuthStore;
 use crate::config::Config;
@@ -78,8 +78,10 @@ pub fn dtls_settings(config: &Config) -> Result<Option<dtls::DtlsSettings>, Conf
         client_intermediates,
         max_sessions: c.max_sessions,
         max_handshakes: c.max_handshakes,
+        max_sessions_per_client: c.max_sessions_per_client,
         handshake_timeout: c.handshake_timeout.get(),
         idle_timeout: c.idle_timeout.get(),
+        server_only_auth: c.server_only_auth,
     }))
 }
 
@@ -117,8 +119,21 @@ pub fn start(
     }
     match dtls_settings(config)? {
         Some(settings) => {
-            if settings.client_cas.is_empty() {
-                warn!("coap_dtls.client_ca_certs is not set: CoAPS accepts DTLS-PSK only");
+            match (settings.client_cas.is_empty(), settings.server_only_auth) {
+                (true, false) => {
+                    warn!("coap_dtls.client_ca_certs is not set: CoAPS accepts DTLS-PSK only");
+                }
+                (true, true) => warn!(
+                    "coap_dtls.client_ca_certs is not set: CoAPS accepts DTLS-PSK and \
+                     server-only sessions (secret in ?auth=), no device certificates"
+                ),
+                _ => {}
+            }
+            if settings.server_only_auth {
+                info!(
+                    "coaps: server-only sessions (no client certificate, secret in each request's \
+                     query) are on; coap_dtls.server_only_auth = false turns them off"
+                );
             }
             let sessions = dtls::Sessions::new(
                 settings,

@@ -12,6 +12,7 @@ mod clients;
 mod error;
 mod health;
 mod pats;
+mod quarantine;
 mod users;
 
 use std::net::SocketAddr;
@@ -33,7 +34,7 @@ use certs::*;
 use channels::*;
 use clients::*;
 use error::ApiError;
-pub(super) use error::timeout_response;
+pub(super) use error::{throttled_response, timeout_response};
 use health::*;
 use pats::*;
 use users::*;
@@ -108,10 +109,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/pats/{id}/scope/add", patch(add_scope))
         .route("/pats/{id}/scope/remove", patch(remove_scope))
         .route("/m/{domain}/c/{channel}", post(super::adapter::publish))
+        .route("/hc/{domain}", post(super::adapter::health_check))
         .route(
             "/m/{domain}/c/{channel}/{*subtopic}",
             post(super::adapter::publish_subtopic),
         )
+        .merge(quarantine::routes())
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             super::audit::layer,
@@ -231,6 +234,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("patch", "/pats/{id}/scope/remove"),
     ("post", "/m/{domain}/c/{channel}"),
     ("post", "/m/{domain}/c/{channel}/{subtopic}"),
+    ("post", "/hc/{domain}"),
+    ("get", "/quarantine"),
+    ("delete", "/quarantine/{id}"),
+    ("post", "/quarantine/{id}/requeue"),
     // SuperMQ's domain-first forms of the clients, channels and certs routes.
     ("post", "/{domainID}/clients"),
     ("get", "/{domainID}/clients"),
