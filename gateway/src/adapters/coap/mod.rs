@@ -96,7 +96,11 @@ pub fn start(
     coap: Option<UdpSocket>,
     coaps: Option<UdpSocket>,
 ) -> Result<(), ConfigFileError> {
-    let backend: Arc<dyn task::Backend> = Arc::new(backend::StoreBackend { auth: auth.clone() });
+    let backend: Arc<dyn task::Backend> = Arc::new(backend::StoreBackend {
+        auth: auth.clone(),
+        tracker: supervisor.tracker(Stage::Intake),
+        cancel: supervisor.token(Stage::Intake),
+    });
     let intake = crate::intake::Intake::new(
         auth.clone(),
         pipeline.outbox.clone(),
