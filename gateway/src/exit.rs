@@ -14,8 +14,9 @@ use gateway::config::{ConfigError, ConfigFileError};
 use gateway::http::HttpError;
 use gateway::outbox::OutboxError;
 use gateway::pipeline::PipelineError;
-use gateway::pki::PkiCommandError;
+use gateway::pki::{CertError, PkiCommandError};
 use gateway::runtime::control::ControlError;
+use gateway::runtime::listeners::BindError;
 use gateway::uplink::UplinkError;
 
 pub const OK: u8 = 0;
@@ -35,13 +36,7 @@ fn status_of(cause: &(dyn StdError + 'static)) -> Option<u8> {
         return Some(CONFIG);
     }
     if let Some(e) = cause.downcast_ref::<AuthError>() {
-        return Some(match e {
-            AuthError::Store(s) => auth_store_status(s),
-            AuthError::Invalid(_) => USAGE,
-            AuthError::Duplicate { .. } | AuthError::NotFound { .. } | AuthError::Random(_) => {
-                FAILURE
-            }
-        });
+        return Some(auth_status(e));
     }
     if let Some(e) = cause.downcast_ref::<StoreError>() {
         return Some(auth_store_status(e));
@@ -49,21 +44,28 @@ fn status_of(cause: &(dyn StdError + 'static)) -> Option<u8> {
     if cause.is::<Invalid>() {
         return Some(USAGE);
     }
-    if let Some(e) = cause.downcast_ref::<PkiCommandError>() {
+    if let Some(e) = cause.downcast_ref::<CertError>() {
         return Some(match e {
-            PkiCommandError::BadTtl { .. } => USAGE,
-            PkiCommandError::NoDeviceCa | PkiCommandError::DeviceCa { .. } => CONFIG,
-            PkiCommandError::OutputExists { .. }
-            | PkiCommandError::ReadCsr { .. }
-            | PkiCommandError::NothingToRevoke { .. } => FAILURE,
+            CertError::BadTtl { .. } => USAGE,
+            CertError::NoDeviceCa | CertError::DeviceCa { .. } | CertError::DevPki(_) => CONFIG,
+            CertError::Store(a) => auth_status(a),
+            CertError::UnknownClient { .. }
+            | CertError::Refused(_)
+            | CertError::Issue(_)
+            | CertError::NothingToRevoke { .. } => FAILURE,
         });
     }
-    if let Some(e) = cause.downcast_ref::<HttpError>() {
-        // TLS files and key/PAT files are configuration problems; a port in use is not.
+    if let Some(e) = cause.downcast_ref::<PkiCommandError>() {
         return Some(match e {
-            HttpError::Bind { .. } => FAILURE,
-            _ => CONFIG,
+            PkiCommandError::OutputExists { .. } | PkiCommandError::ReadCsr { .. } => FAILURE,
         });
+    }
+    // TLS files and key/PAT files are configuration problems; a port in use is not.
+    if cause.is::<HttpError>() {
+        return Some(CONFIG);
+    }
+    if cause.is::<BindError>() {
+        return Some(FAILURE);
     }
     // A corrupt outbox or unusable uplink TLS files: restarting will not help.
     if let Some(e) = cause.downcast_ref::<PipelineError>() {
@@ -103,6 +105,14 @@ fn status_of(cause: &(dyn StdError + 'static)) -> Option<u8> {
         return Some(UNAVAILABLE);
     }
     None
+}
+
+fn auth_status(e: &AuthError) -> u8 {
+    match e {
+        AuthError::Store(s) => auth_store_status(s),
+        AuthError::Invalid(_) => USAGE,
+        AuthError::Duplicate { .. } | AuthError::NotFound { .. } | AuthError::Random(_) => FAILURE,
+    }
 }
 
 /// A store the operator must restore or move away: restarting will not help.
@@ -157,7 +167,12 @@ mod tests {
             source: rusqlite::Error::InvalidQuery,
         };
         assert_eq!(code(AuthError::from(sqlite)), FAILURE);
-        assert_eq!(code(PkiCommandError::NoDeviceCa), CONFIG);
+        assert_eq!(code(CertError::NoDeviceCa), CONFIG);
+        let corrupt_store = CertError::from(StoreError::Corrupt {
+            path: PathBuf::from("/x/auth.db"),
+            reason: "not a database".into(),
+        });
+        assert_eq!(code(corrupt_store), CONFIG);
         assert_eq!(code(UplinkError::BadUrl("x".into())), CONFIG);
         let record = BootstrapError::Record {
             path: PathBuf::from("/x/bootstrap.json"),
@@ -173,11 +188,20 @@ mod tests {
 
     #[test]
     fn usage_unavailable_and_plain_failures() {
-        let ttl = PkiCommandError::BadTtl {
+        let ttl = CertError::BadTtl {
             ttl: "30".into(),
-            reason: "no unit".into(),
+            problem: gateway::pki::TtlProblem::Syntax,
         };
         assert_eq!(code(ttl), USAGE);
+        // As the CLI reports it: under the `--ttl 30` context.
+        let flagged = anyhow::Error::from(CertError::BadTtl {
+            ttl: "30".into(),
+            problem: gateway::pki::TtlProblem::Syntax,
+        })
+        .context("--ttl 30");
+        assert_eq!(code_for(&flagged), USAGE);
+        let unknown = CertError::UnknownClient { client: "x".into() };
+        assert_eq!(code(unknown), FAILURE);
         assert_eq!(code(Invalid::IdentityLength), USAGE);
         assert_eq!(code(AuthError::from(Invalid::SecretInUse)), USAGE);
         let not_running = ControlError::NotRunning {
@@ -185,7 +209,9 @@ mod tests {
             reason: "no such file".into(),
         };
         assert_eq!(code(not_running), UNAVAILABLE);
-        let bind = HttpError::Bind {
+        let bind = BindError {
+            what: "HTTP",
+            transport: "tcp",
             addr: "127.0.0.1:1".parse().unwrap(),
             source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
         };
@@ -202,7 +228,7 @@ mod tests {
 
     #[test]
     fn the_first_known_cause_in_the_chain_decides() {
-        let err = Err::<(), _>(PkiCommandError::NoDeviceCa)
+        let err = Err::<(), _>(CertError::NoDeviceCa)
             .context("certs issue")
             .unwrap_err();
         assert_eq!(code_for(&err), CONFIG);

@@ -207,6 +207,9 @@ fn run(config: &Config, source: Source) -> anyhow::Result<u8> {
         // Bound before anything starts: a second daemon on the same runtime directory stops here.
         let control = gateway::runtime::control::bind(&config.gateway.runtime_dir)
             .context("cannot open the control socket")?;
+        // Every network listener, bound here and handed to its adapter (serial ports are
+        // opened by their tasks: a port may be plugged in after the start).
+        let listeners = gateway::runtime::listeners::bind(config)?;
         // Outbox, uplink, control socket (issue 4). Adapters take `pipeline.outbox`.
         // Commands are kept for every subscribe-connected client (CoAP, serial), so that a
         // sensor that polls with GET or comes back later finds those published meanwhile.
@@ -242,17 +245,24 @@ fn run(config: &Config, source: Source) -> anyhow::Result<u8> {
             pipeline.status.serial(),
             &supervisor,
         );
-        // CoAP / CoAPS adapters (issue 6): listeners bound before "ready".
-        gateway::adapters::coap::start(config, &supervisor, &auth_store, &pipeline)?;
-        // Management API and HTTP adapter (issue 9): bound before "ready".
+        // CoAP / CoAPS adapters (issue 6) and the management API + HTTP adapter (issue 9) on
+        // the listeners bound above, before "ready".
+        gateway::adapters::coap::start(
+            config,
+            &supervisor,
+            &auth_store,
+            &pipeline,
+            listeners.coap,
+            listeners.coaps,
+        )?;
         gateway::http::start(
             config,
             &supervisor,
+            listeners.http,
             auth_store.clone(),
             pipeline.outbox.clone(),
             Some(pipeline.status.clone()),
-        )
-        .await?;
+        )?;
         // Bootstrap provisioning (issue 15): first start, SIGHUP, periodic re-check.
         if let Some(b) = gateway::bootstrap::Bootstrapper::new(config, source)? {
             let current = gateway::bootstrap::read_applied(&config.gateway.state_dir)?;

@@ -74,7 +74,11 @@ async fn observers_receive_commands_as_notifications_in_order() {
         socket,
         ServerConfig::default(),
         None,
-        Arc::new(StoreBackend { auth }),
+        Arc::new(StoreBackend {
+            auth,
+            tracker: tokio_util::task::TaskTracker::new(),
+            cancel: cancel.clone(),
+        }),
         intake,
         Metrics::new(),
         cancel.clone(),

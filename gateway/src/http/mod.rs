@@ -1,8 +1,9 @@
 //! The HTTP server: the SuperMQ-style management API (tokens, clients, channels, connections,
 //! certificates, audit, PATs, health, metrics) and the HTTP adapter, on one listener.
 //!
-//! `server.rs`-shaped (mini-redis): the listener is bound by [`bind`] before READY and served by
-//! [`serve`] on the intake stage. HTTPS when `http.server_cert`/`server_key` are set (config
+//! `server.rs`-shaped (mini-redis): the composition root binds the listener before READY
+//! ([`crate::runtime::listeners`]), [`prepare`] builds the server state around it and [`serve`]
+//! runs it on the intake stage. HTTPS when `http.server_cert`/`server_key` are set (config
 //! built by [`crate::tls::http_server`]); plain HTTP only on loopback (refused by the config
 //! check, exit 78). Bounded: connections (`max_connections`), bodies (`max_body` → 413),
 //! header read and request time (`request_timeout`). Handlers never log secrets or tokens.
@@ -35,12 +36,6 @@ pub use routes::{ROUTES, router};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot bind the HTTP listener on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("HTTPS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
@@ -142,9 +137,10 @@ impl Listener {
     }
 }
 
-/// Loads the signing key and the PAT store, builds TLS, binds `http.bind`.
-pub async fn bind(
+/// Loads the signing key and the PAT store and builds TLS around the bound `listener`.
+pub fn prepare(
     config: &Config,
+    listener: TcpListener,
     auth: AuthStore,
     outbox: Outbox,
     status: Option<crate::runtime::status::StatusHandle>,
@@ -184,16 +180,7 @@ pub async fn bind(
         status,
         adapters,
     });
-    let listener = TcpListener::bind(http.bind)
-        .await
-        .map_err(|source| HttpError::Bind {
-            addr: http.bind,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| HttpError::Bind {
-        addr: http.bind,
-        source,
-    })?;
+    let addr = listener.local_addr().unwrap_or(http.bind);
     info!(
         %addr,
         scheme = if tls.is_some() { "https" } else { "http" },
@@ -216,47 +203,38 @@ fn admin_credential(admin: &crate::config::StandaloneConfig) -> zeroize::Zeroizi
     c
 }
 
-/// Binds (when `http.enabled`) and spawns the server on the intake stage. In the development
-/// profile a port already in use is a warning (the API is then off), as for the CoAP
-/// listeners; in production it stops the daemon.
-pub async fn start(
+/// Serves the HTTP API and adapter on `listener` (bound by the composition root; `None`: the
+/// API is off) on the intake stage.
+pub fn start(
     config: &Config,
     supervisor: &crate::runtime::supervisor::Supervisor,
+    listener: Option<TcpListener>,
     auth: AuthStore,
     outbox: Outbox,
     status: Option<crate::runtime::status::StatusHandle>,
 ) -> Result<(), HttpError> {
     use crate::runtime::supervisor::Stage;
-    if !config.http.enabled {
-        info!("HTTP API disabled (http.enabled = false)");
+    let Some(listener) = listener else {
         return Ok(());
-    }
-    match bind(config, auth, outbox, status).await {
-        Ok(listener) => {
-            supervisor.spawn(
-                Stage::Intake,
-                reload_keys_on_sighup(
-                    Arc::clone(&listener.state),
-                    supervisor.reloads(),
-                    supervisor.token(Stage::Intake),
-                ),
-            );
-            supervisor.spawn(
-                Stage::Intake,
-                serve(
-                    listener,
-                    supervisor.tracker(Stage::Intake),
-                    supervisor.token(Stage::Intake),
-                ),
-            );
-            Ok(())
-        }
-        Err(e @ HttpError::Bind { .. }) if config.profile.is_dev() => {
-            warn!("{e}; development profile: continuing without the HTTP API");
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+    };
+    let listener = prepare(config, listener, auth, outbox, status)?;
+    supervisor.spawn(
+        Stage::Intake,
+        reload_keys_on_sighup(
+            Arc::clone(&listener.state),
+            supervisor.reloads(),
+            supervisor.token(Stage::Intake),
+        ),
+    );
+    supervisor.spawn(
+        Stage::Intake,
+        serve(
+            listener,
+            supervisor.tracker(Stage::Intake),
+            supervisor.token(Stage::Intake),
+        ),
+    );
+    Ok(())
 }
 
 /// Re-reads the JWT signing key file on every SIGHUP (an operator may have replaced it). A

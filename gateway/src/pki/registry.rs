@@ -8,6 +8,7 @@ use crate::auth::store::Db;
 use crate::config::Config;
 
 pub use crate::auth::CertificateRecord;
+use crate::auth::StoreError;
 pub type RegistryError = crate::auth::AuthError;
 
 /// The auth store, as `edgegw certs` uses it.
@@ -17,7 +18,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn open(config: &Config) -> Result<Self, RegistryError> {
+    pub fn open(config: &Config) -> Result<Self, StoreError> {
         Ok(Self {
             db: Db::open(&crate::auth::path_in(&config.gateway.state_dir))?,
         })

@@ -3,8 +3,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::cli::{file_stem, parse_ttl, status_of};
+use super::registry::CertificateRecord;
 use super::*;
 use crate::config::{Source, load_from};
+use certs::Authority;
 
 const DAY: i64 = 86_400;
 
@@ -47,12 +50,19 @@ fn uplink_config(cert: &Path, key: &Path, refuse: Option<&Path>) -> Config {
 
 #[test]
 fn ttls_take_hours_or_days_and_a_bare_number_is_a_usage_error() {
-    assert_eq!(parse_ttl("8760h").unwrap().as_secs(), 8760 * 3600);
-    assert_eq!(parse_ttl("30d").unwrap().as_secs(), 30 * 86_400);
-    let err = parse_ttl("30").unwrap_err();
-    // A usage error at the edge (exit 64, main.rs's exit table).
-    assert!(matches!(err, PkiCommandError::BadTtl { .. }), "{err:?}");
-    assert!(err.to_string().contains("--ttl 30"), "{err}");
+    assert_eq!(Ttl::parse("8760h").unwrap().get().as_secs(), 8760 * 3600);
+    assert_eq!(Ttl::parse("30d").unwrap().get().as_secs(), 30 * 86_400);
+    let err = Ttl::parse("30").unwrap_err();
+    // A usage error at the edge (exit 64, main.rs's exit table), in the API's words.
+    assert!(
+        matches!(&err, CertError::BadTtl { ttl, problem: TtlProblem::Syntax } if ttl == "30"),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("--ttl"), "{err}");
+    // The CLI names its flag around it.
+    let flagged = parse_ttl("30").unwrap_err();
+    assert!(flagged.to_string().contains("--ttl 30"), "{flagged}");
+    assert!(flagged.downcast_ref::<CertError>().is_some(), "{flagged:?}");
 }
 
 #[test]

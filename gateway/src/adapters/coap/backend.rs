@@ -5,15 +5,21 @@
 use std::net::IpAddr;
 
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::proto::Refusal;
 use super::task::{Backend, Principal};
 use crate::auth::AuthStore;
 
-/// The auth store as the DTLS session table's credential source.
+/// The auth store as the DTLS session table's credential source. Its revocation forwarder
+/// runs on `tracker` (the supervisor's intake stage) and ends on `cancel`, so shutdown waits
+/// for it and it never outlives the listener.
 #[derive(Debug, Clone)]
 pub struct StoreBackend {
     pub auth: AuthStore,
+    pub tracker: TaskTracker,
+    pub cancel: CancellationToken,
 }
 
 impl Backend for StoreBackend {
@@ -87,9 +93,16 @@ impl Backend for StoreBackend {
     fn ended_clients(&self) -> Option<mpsc::Receiver<String>> {
         let mut revocations = self.auth.revocations();
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
             loop {
-                match revocations.recv().await {
+                let received = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    // The listener is gone: nobody to tell.
+                    () = tx.closed() => break,
+                    received = revocations.recv() => received,
+                };
+                match received {
                     Ok(rec) => {
                         if tx.send(rec.client_id).await.is_err() {
                             break;

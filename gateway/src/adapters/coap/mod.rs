@@ -12,7 +12,7 @@ pub mod task;
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
+use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
 use crate::auth::AuthStore;
@@ -42,7 +42,7 @@ fn initial_message_id() -> u16 {
 
 /// The DTLS listener settings from `[coap_dtls]`; `None` when cert or key is unset. Files that
 /// cannot be used are a configuration error (exit 78).
-pub fn dtls_settings(config: &Config) -> anyhow::Result<Option<dtls::DtlsSettings>> {
+pub fn dtls_settings(config: &Config) -> Result<Option<dtls::DtlsSettings>, ConfigFileError> {
     let c = &config.coap_dtls;
     let (Some(cert_path), Some(key_path)) = (&c.cert, &c.key) else {
         return Ok(None);
@@ -85,63 +85,29 @@ pub fn dtls_settings(config: &Config) -> anyhow::Result<Option<dtls::DtlsSetting
     }))
 }
 
-/// Receive buffer asked for each listener: a burst from many sensors must not overflow the
-/// kernel's default (~200 KiB) while the task is busy. Capped by `net.core.rmem_max`.
-const RECV_BUFFER_BYTES: usize = 4 << 20;
-
-fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let context = || format!("cannot bind the {what} listener to udp {addr}");
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-        .with_context(context)?;
-    if addr.is_ipv6() {
-        // `[::]` serves IPv4 too, as a plain std bind would with the Linux default.
-        socket.set_only_v6(false).with_context(context)?;
-    }
-    if let Err(e) = socket.set_recv_buffer_size(RECV_BUFFER_BYTES) {
-        warn!("{what}: cannot enlarge the receive buffer: {e}");
-    }
-    socket.bind(&addr.into()).with_context(context)?;
-    socket.set_nonblocking(true)?;
-    Ok(tokio::net::UdpSocket::from_std(socket.into())?)
-}
-
-/// Binds a listener. A gateway that cannot listen must not pretend to run (error); in the
-/// development profile, where several daemons may share a machine (and the test suite runs
-/// several at once), a taken port only disables that listener, loudly.
-fn bind_or_skip(
-    config: &Config,
-    addr: std::net::SocketAddr,
-    what: &str,
-) -> anyhow::Result<Option<tokio::net::UdpSocket>> {
-    match bind(addr, what) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if config.profile.is_dev() => {
-            warn!("{e:#}: the {what} listener is off (development profile)");
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Binds the CoAP and CoAPS listeners and runs them in the intake stage (call inside the
-/// runtime, before "ready").
+/// Runs the CoAP and CoAPS listeners on the sockets the composition root bound
+/// ([`crate::runtime::listeners`]) in the intake stage; `None`: that listener is off.
+/// CoAPS needs its DTLS files (`[coap_dtls]`), which are checked here (exit 78 when unusable).
 pub fn start(
     config: &Config,
     supervisor: &Supervisor,
     auth: &AuthStore,
     pipeline: &Pipeline,
-) -> anyhow::Result<()> {
-    let backend: Arc<dyn task::Backend> = Arc::new(backend::StoreBackend { auth: auth.clone() });
+    coap: Option<UdpSocket>,
+    coaps: Option<UdpSocket>,
+) -> Result<(), ConfigFileError> {
+    let backend: Arc<dyn task::Backend> = Arc::new(backend::StoreBackend {
+        auth: auth.clone(),
+        tracker: supervisor.tracker(Stage::Intake),
+        cancel: supervisor.token(Stage::Intake),
+    });
     let intake = crate::intake::Intake::new(
         auth.clone(),
         pipeline.outbox.clone(),
         pipeline.downlink.clone(),
     )
     .with_gateway_domain(&config.gateway.domain_id);
-    if !config.coap.enabled {
-        info!("coap listener disabled (coap.enabled = false)");
-    } else if let Some(socket) = bind_or_skip(config, config.coap.bind, "CoAP")? {
+    if let Some(socket) = coap {
         let (core, backend, intake, token) = (
             server_config(config),
             backend.clone(),
@@ -187,7 +153,7 @@ pub fn start(
                     .unwrap_or_default(),
                 reason: e.to_string(),
             })?;
-            if let Some(socket) = bind_or_skip(config, config.coap_dtls.bind, "CoAPS")? {
+            if let Some(socket) = coaps {
                 let (core, token) = (server_config(config), supervisor.token(Stage::Intake));
                 let metrics = pipeline.status.metrics().clone();
                 supervisor.spawn(Stage::Intake, async move {

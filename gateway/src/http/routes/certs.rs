@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 use super::caller::authenticate;
 use super::error::ApiError;
 use super::{St, with_db};
-use crate::auth::AuthError;
 use crate::auth::store::{rfc3339, rfc3339_ms};
 use crate::http::AppState;
+use crate::pki::issue::{CertError, DEFAULT_TTL, IssueRequest, Ttl};
+use crate::pki::registry::Registry;
 
 /// A certificate record as the API shows it: times as RFC 3339 strings, as SuperMQ's
 /// (`certs/certs.go`, `Cert.ExpiryTime time.Time`).
@@ -80,19 +81,20 @@ pub(super) async fn revoke_certs_of(
 async fn revoke(
     state: &Arc<AppState>,
     headers: &HeaderMap,
-    serial: String,
+    target: String,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate(state, headers)?.require("certs", "delete", Some(&serial))?;
+    authenticate(state, headers)?.require("certs", "delete", Some(&target))?;
+    let config = state.config.clone();
     let auth = state.auth.clone();
-    let revoked = tokio::task::spawn_blocking(move || auth.revoke_certificate(&serial))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store task failed"))??;
-    if revoked.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no unrevoked certificate matches",
-        ));
-    }
+    let revoked = tokio::task::spawn_blocking(move || {
+        let mut registry = Registry::open(&config)?;
+        let revoked = crate::pki::issue::revoke(&mut registry, &target)?;
+        // Live CoAPS sessions of a revoked certificate close now, not at the next poll.
+        auth.reload_now()?;
+        Ok::<_, CertError>(revoked)
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store task failed"))??;
     Ok(Json(json!({ "revoked": certs_json(&revoked) })))
 }
 
@@ -145,42 +147,21 @@ async fn issue(
     if req.csr.as_ref().is_some_and(|c| c.len() > 16 * 1024) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "csr is too large"));
     }
+    let request = IssueRequest {
+        client: req.client_id,
+        ttl: Ttl::parse(req.ttl.as_deref().unwrap_or(DEFAULT_TTL))?,
+        csr_pem: req.csr,
+    };
     let config = state.config.clone();
     let auth = state.auth.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let out = crate::pki::issue_in_memory(
-            &config,
-            &req.client_id,
-            req.ttl.as_deref().unwrap_or("8760h"),
-            req.csr.as_deref(),
-        )?;
+    let out = tokio::task::spawn_blocking(move || {
+        let out = crate::pki::issue::issue(&config, &request)?;
         auth.reload_now()?;
-        anyhow::Ok(out)
+        Ok::<_, CertError>(out)
     })
     .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "certificate task failed"))?;
-    let (record, issued) = result.map_err(|e| {
-        let status = if let Some(a) = e.downcast_ref::<AuthError>() {
-            return ApiError::new(
-                match a {
-                    AuthError::NotFound { .. } => StatusCode::NOT_FOUND,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                },
-                a.to_string(),
-            );
-        } else if let Some(p) = e.downcast_ref::<crate::pki::PkiCommandError>() {
-            match p {
-                crate::pki::PkiCommandError::BadTtl { .. } => StatusCode::BAD_REQUEST,
-                crate::pki::PkiCommandError::NoDeviceCa => StatusCode::CONFLICT,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            }
-        } else if e.downcast_ref::<certs::PkiError>().is_some() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        ApiError::new(status, e.to_string())
-    })?;
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "certificate task failed"))??;
+    let (record, issued) = (out.record, out.issued);
     Ok((
         StatusCode::CREATED,
         axum::Extension(crate::http::audit::AuditEntity(record.serial_hex.clone())),
@@ -222,4 +203,104 @@ pub(super) async fn audit(
         })
         .collect();
     Ok(Json(json!({ "total": items.len(), "events": items })))
+}
+
+/// The one mapping of the PKI API's errors to HTTP, for `POST /certs`, `DELETE /certs…` and
+/// their SuperMQ forms. The caller's mistakes are 4xx with the API's own words; the gateway's
+/// own failures are 500 (logged, the answer names no file).
+pub(super) fn cert_status(e: &CertError) -> StatusCode {
+    match e {
+        CertError::BadTtl { .. } | CertError::Refused(_) => StatusCode::BAD_REQUEST,
+        CertError::UnknownClient { .. } | CertError::NothingToRevoke { .. } => {
+            StatusCode::NOT_FOUND
+        }
+        CertError::NoDeviceCa => StatusCode::CONFLICT,
+        CertError::DeviceCa { .. }
+        | CertError::DevPki(_)
+        | CertError::Issue(_)
+        | CertError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<CertError> for ApiError {
+    fn from(e: CertError) -> Self {
+        let status = cert_status(&e);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::warn!("management API: certificates: {e}");
+            return ApiError::new(status, "certificate operation failed on the gateway");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: CertError) -> (StatusCode, String) {
+        let e = ApiError::from(e);
+        (e.status, e.message)
+    }
+
+    #[test]
+    fn a_bad_ttl_is_400_in_the_apis_words_without_cli_flags() {
+        let err = Ttl::parse("soon").unwrap_err();
+        let (status, message) = answer(err);
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.contains("ttl `soon`"), "{message}");
+        assert!(!message.contains("--"), "{message}");
+        let beyond = CertError::BadTtl {
+            ttl: "3651d".into(),
+            problem: crate::pki::TtlProblem::BeyondCa { ca_not_after: 0 },
+        };
+        let (status, message) = answer(beyond);
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.contains("beyond the CA"), "{message}");
+        assert!(!message.contains("--"), "{message}");
+    }
+
+    #[test]
+    fn unknown_clients_and_nothing_to_revoke_are_404() {
+        let (status, message) = answer(CertError::UnknownClient {
+            client: "nobody".into(),
+        });
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(message.contains("nobody"), "{message}");
+        let (status, _) = answer(CertError::NothingToRevoke {
+            target: "beef".into(),
+        });
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        // The store's "no client" from a lookup becomes UnknownClient, not a 500.
+        let from_store = CertError::from(crate::auth::AuthError::NotFound {
+            what: "client",
+            value: "x".into(),
+        });
+        assert_eq!(cert_status(&from_store), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn no_device_ca_is_409_without_cli_flags() {
+        let (status, message) = answer(CertError::NoDeviceCa);
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(!message.contains("--"), "{message}");
+    }
+
+    #[test]
+    fn a_refused_csr_is_400_and_the_gateways_own_failures_are_500_without_detail() {
+        let (status, _) = answer(CertError::Refused(certs::PkiError::CsrKeyNotP256));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let store = CertError::from(crate::auth::StoreError::Io {
+            path: "/var/lib/edgegw/auth.db".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        });
+        let (status, message) = answer(store);
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!message.contains("/var/lib"), "{message}");
+        let device_ca = CertError::DeviceCa {
+            cert: "/etc/edgegw/ca.crt".into(),
+            key: "/etc/edgegw/ca.key".into(),
+            source: certs::PkiError::KeyMismatch,
+        };
+        assert_eq!(cert_status(&device_ca), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

@@ -66,6 +66,8 @@ async fn each_refusal_has_its_documented_code_and_is_counted_once() {
             None,
             Arc::new(StoreBackend {
                 auth: f.auth.clone(),
+                tracker: tokio_util::task::TaskTracker::new(),
+                cancel: cancel.clone(),
             }),
             f.intake.clone(),
             metrics.clone(),
