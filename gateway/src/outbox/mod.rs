@@ -668,8 +668,12 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 for (_, _, reply) in appends {
                     let _ = reply.send(Err(refusal.clone()));
                 }
+                let failed = match refusal {
+                    IngestError::Storage(e) => QuarantineError::Storage(e),
+                    _ => QuarantineError::DiskFull,
+                };
                 for (_, reply) in requeue.into_iter().chain(discard) {
-                    let _ = reply.send(Err(QuarantineError::Storage(e.to_string())));
+                    let _ = reply.send(Err(failed.clone()));
                 }
                 // Acknowledgements are retried with the next commit.
                 let mut pending = shared
