@@ -104,15 +104,10 @@ struct Inner {
     /// The generation of every installed snapshot: adapters re-check live subscriptions.
     changes: watch::Sender<i64>,
     revocations: broadcast::Sender<CertificateRecord>,
-    throttle: Mutex<Throttles>,
+    throttle: Mutex<throttle::AuthThrottle>,
     audit: Option<audit::Audit>,
     /// Dropping it stops the watcher thread.
     _stop_watcher: std::sync::mpsc::Sender<()>,
-}
-
-struct Throttles {
-    by_remote: throttle::Buckets<IpAddr>,
-    by_identity: throttle::Buckets<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,18 +156,11 @@ impl AuthStore {
             directory,
             changes,
             revocations,
-            throttle: Mutex::new(Throttles {
-                by_remote: throttle::Buckets::new(
-                    config.failure_burst,
-                    config.failure_refill.get(),
-                    max_tracked,
-                ),
-                by_identity: throttle::Buckets::new(
-                    config.failure_burst,
-                    config.failure_refill.get(),
-                    max_tracked,
-                ),
-            }),
+            throttle: Mutex::new(throttle::AuthThrottle::new(
+                config.failure_burst,
+                config.failure_refill.get(),
+                max_tracked,
+            )),
             audit,
             _stop_watcher: stop_tx,
         });
@@ -290,7 +278,8 @@ impl AuthStore {
         self.inner.changes.subscribe()
     }
 
-    /// Ok unless `remote` or `identity` used up its failed-authentication budget.
+    /// Ok unless `remote` or `identity` used up its failed-authentication budget (the
+    /// identity's budget does not stop an address it authenticated from recently).
     pub fn throttle_check(
         &self,
         remote: Option<IpAddr>,
@@ -305,17 +294,33 @@ impl AuthStore {
         identity: Option<&str>,
         now: Instant,
     ) -> Result<(), Throttled> {
-        let t = lock(&self.inner.throttle);
-        let a = remote.map_or(Ok(()), |ip| t.by_remote.check(&ip, now));
-        let b = identity.map_or(Ok(()), |id| t.by_identity.check(id, now));
-        match (a, b) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(x), Ok(())) | (Ok(()), Err(x)) => Err(x),
-            (Err(x), Err(y)) => Err(x.max_by_retry(y)),
-        }
+        lock(&self.inner.throttle).check(remote, identity, now)
     }
 
-    /// Audit, log and (on failure) charge the throttle.
+    /// A DTLS-PSK handshake that failed on its key (or named an unknown identity) from
+    /// `remote`: audited and charged to the throttle like any other failed authentication.
+    pub fn psk_failed_from(&self, remote: IpAddr, identity: &str) {
+        // The key itself is not known here: an empty secret (never a client's) tells a known
+        // identity (BadSecret, its bucket is charged) from an unknown one.
+        let result = match self.snapshot().authenticate(identity, &[]) {
+            Ok(_) => Err(Denied::BadSecret),
+            Err(e) => Err(e),
+        };
+        self.conclude("psk", Some(remote), Some(identity), &result);
+    }
+
+    /// A DTLS-PSK handshake whose key proved right, from `remote`: the client if it is
+    /// still known and enabled (audited as a success, and the pair becomes trusted).
+    pub fn psk_succeeded_from(&self, remote: IpAddr, identity: &str) -> Option<ClientRef> {
+        let key = self.psk_for_identity(identity)?;
+        let result = self.snapshot().authenticate(identity, &key);
+        self.conclude("psk", Some(remote), Some(identity), &result);
+        result.ok()
+    }
+
+    /// Audit, log and charge the throttle (failures), or trust the address (successes).
+    /// Failures from sources that have not authenticated recently are audited in sums
+    /// (see `audit`), so a flood of them cannot rotate the table.
     fn conclude(
         &self,
         method: &'static str,
@@ -323,9 +328,13 @@ impl AuthStore {
         identity: Option<&str>,
         result: &Result<ClientRef, Denied>,
     ) {
+        let mut trusted_source = false;
         let outcome = match result {
             Ok(client) => {
                 debug!(method, identity = %client.identity, remote = ?remote, "authenticated");
+                if remote.is_some() {
+                    lock(&self.inner.throttle).success(remote, &client.identity, Instant::now());
+                }
                 "ok"
             }
             Err(e) => {
@@ -335,12 +344,11 @@ impl AuthStore {
                 if identity.is_some() || remote.is_some() {
                     let now = Instant::now();
                     let mut t = lock(&self.inner.throttle);
-                    if let Some(ip) = remote {
-                        t.by_remote.charge(ip, now);
-                    }
-                    if let Some(id) = identity.filter(|id| id.len() <= 128) {
-                        t.by_identity.charge(id.to_owned(), now);
-                    }
+                    // An unknown identity gets no bucket of its own: made-up names would
+                    // only fill the table (the address is still charged).
+                    let known = identity.filter(|_| !matches!(e, Denied::UnknownIdentity));
+                    t.failure(remote, known, now);
+                    trusted_source = remote.is_some_and(|ip| t.is_trusted_source(ip, now));
                 }
                 e.outcome()
             }
@@ -349,15 +357,22 @@ impl AuthStore {
             (None, _) => {}
             // Aggregated per client × remote × method and interval (see `audit`).
             (Some(audit), Ok(c)) => audit.record_success(method, &c.id, &c.identity, remote),
-            (Some(audit), Err(_)) => audit.record(AuditEvent {
-                at_ms: now_ms(),
-                method,
-                identity: identity.map(shown),
-                client_id: None,
-                remote: remote.map(|ip| ip.to_string()),
-                outcome,
-                ..AuditEvent::default()
-            }),
+            (Some(audit), Err(_)) => {
+                let event = AuditEvent {
+                    at_ms: now_ms(),
+                    method,
+                    identity: identity.map(shown),
+                    client_id: None,
+                    remote: remote.map(|ip| ip.to_string()),
+                    outcome,
+                    ..AuditEvent::default()
+                };
+                if trusted_source {
+                    audit.record(event);
+                } else {
+                    audit.record_failure(event, remote);
+                }
+            }
         }
     }
 
@@ -428,16 +443,6 @@ pub const DEMO_CHANNEL: &str = "demo";
 /// The domain of the dev profile's demo channel when `gateway.domain_id` is unset, so the demo
 /// channel has one upstream topic `m/<domain>/c/<id>/…` on every adapter.
 pub const DEV_DOMAIN: &str = "00000000-0000-4000-8000-00000000d0e0";
-
-impl Throttled {
-    fn max_by_retry(self, other: Throttled) -> Throttled {
-        if other.retry_after > self.retry_after {
-            other
-        } else {
-            self
-        }
-    }
-}
 
 impl Inner {
     /// Loads the tables through `db` and installs them as the new snapshot.

@@ -12,11 +12,35 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub const MAX_SECRET_LEN: usize = 128;
 /// Random bytes in a generated secret: 256 bits.
 const GENERATED_BYTES: usize = 32;
+/// Random bytes in a PSK-compatible secret: 96 bits, 16 characters of base64.
+const PSK_COMPATIBLE_BYTES: usize = 12;
+/// Length of a PSK-compatible secret (characters = key bytes): tinydtls, the DTLS stack of
+/// aiocoap and many constrained devices, keeps at most 16 PSK key bytes.
+pub const PSK_COMPATIBLE_LEN: usize = 16;
+
+/// How long a generated secret is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// 43 characters, 256 bits: the default.
+    Full,
+    /// [`PSK_COMPATIBLE_LEN`] characters, 96 bits: usable as a tinydtls DTLS-PSK key.
+    PskCompatible,
+}
 
 /// A new secret: 256 bits from the OS RNG as URL-safe base64 without padding (43 characters).
 pub fn generate() -> Result<String, AuthError> {
+    generate_kind(SecretKind::Full)
+}
+
+/// A new secret of `kind`, from the OS RNG as URL-safe base64 without padding.
+pub fn generate_kind(kind: SecretKind) -> Result<String, AuthError> {
     let mut bytes = [0u8; GENERATED_BYTES];
-    getrandom::fill(&mut bytes).map_err(AuthError::Random)?;
+    let n = match kind {
+        SecretKind::Full => GENERATED_BYTES,
+        SecretKind::PskCompatible => PSK_COMPATIBLE_BYTES,
+    };
+    let bytes = &mut bytes[..n];
+    getrandom::fill(bytes).map_err(AuthError::Random)?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -72,6 +96,20 @@ mod tests {
         let a = generate().unwrap();
         let b = generate().unwrap();
         assert_eq!(a.len(), 43);
+        assert_ne!(a, b);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        validate(&a).unwrap();
+    }
+
+    #[test]
+    fn psk_compatible_secrets_are_sixteen_url_safe_characters_and_valid() {
+        let a = generate_kind(SecretKind::PskCompatible).unwrap();
+        let b = generate_kind(SecretKind::PskCompatible).unwrap();
+        assert_eq!(a.len(), PSK_COMPATIBLE_LEN);
+        assert_eq!(PSK_COMPATIBLE_LEN, MIN_SECRET_LEN);
         assert_ne!(a, b);
         assert!(
             a.bytes()

@@ -266,6 +266,24 @@ fn coap_defaults_follow_the_profile_and_dtls_is_off_without_cert_and_key() {
     assert_eq!(prod.coap_dtls.bind.to_string(), "[::]:5684");
     assert_eq!(prod.coap.max_payload.0, 64 * 1024);
     assert!(!prod.coap_dtls.enabled());
+    assert!(
+        prod.coap_dtls.server_only_auth,
+        "SuperMQ's CoAPS model is on by default"
+    );
+    let off = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[("EDGEGW_COAP_DTLS_SERVER_ONLY_AUTH", "false")]),
+    )
+    .unwrap();
+    assert!(!off.coap_dtls.server_only_auth);
+    let bad = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[("EDGEGW_COAP_DTLS_SERVER_ONLY_AUTH", "maybe")]),
+    )
+    .unwrap_err();
+    assert!(bad.to_string().contains("server_only_auth"), "{bad}");
     let dev = load_from(&Source::None, Profile::dev_in_current_dir(), env(&[])).unwrap();
     assert_eq!(dev.coap.bind.to_string(), "127.0.0.1:5683");
     assert_eq!(dev.coap_dtls.bind.to_string(), "127.0.0.1:5684");
@@ -423,4 +441,92 @@ fn uplink_session_retry_and_downlink_bounds_are_configurable_and_checked() {
     ] {
         assert!(err.contains(needle), "{needle} missing in: {err}");
     }
+}
+
+/// Issue 20.14: a syntax error on a secret's line says where and why, not the line itself.
+#[test]
+fn syntax_errors_do_not_echo_the_line() {
+    for text in [
+        "[standalone]\nemail = \"a@b.c\"\ntoken = \"hunter2-secret-token-value\n",
+        "[standalone]\ntoken = hunter2-secret-token-value\n",
+        "[uplink]\npassword = 'hunter2-secret-token-value\" x\n",
+    ] {
+        let f = file(text);
+        let err = load_from(
+            &Source::Explicit(f.path().into()),
+            Profile::Production,
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("line "), "{err}");
+    }
+}
+
+/// A secret of the wrong type is refused without its value.
+#[test]
+fn type_errors_on_secrets_do_not_echo_the_value() {
+    let f = file("[standalone]\ntoken = 987654321987654321\n[uplink]\npassword = 123456789123\n");
+    let err = load_from(
+        &Source::Explicit(f.path().into()),
+        Profile::Production,
+        env(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("standalone.token"), "{err}");
+    assert!(!err.contains("987654321987654321"), "{err}");
+    let f = file("[uplink]\npassword = 123456789123\n");
+    let err = load_from(
+        &Source::Explicit(f.path().into()),
+        Profile::Production,
+        env(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("uplink.password"), "{err}");
+    assert!(!err.contains("123456789123"), "{err}");
+}
+
+/// `check-config` and URL errors show `uplink.url` without its userinfo.
+#[test]
+fn uplink_url_userinfo_is_redacted() {
+    let config = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[
+            (
+                "EDGEGW_UPLINK_URL",
+                "mqtt://gw:url-pass-42@broker.example:1883/x",
+            ),
+            ("EDGEGW_UPLINK_INSECURE", "true"),
+        ]),
+    )
+    .unwrap();
+    let text = config.to_redacted_toml();
+    assert!(!text.contains("url-pass-42"), "{text}");
+    assert!(
+        text.contains("mqtt://<redacted>@broker.example:1883/x"),
+        "{text}"
+    );
+    assert!(text.parse::<toml::Table>().is_ok());
+    let warnings = config.warnings.join("\n");
+    assert!(!warnings.contains("url-pass-42"), "{warnings}");
+    let err = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[("EDGEGW_UPLINK_URL", "tcp://gw:url-pass-42@broker.example")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!err.contains("url-pass-42"), "{err}");
+    assert_eq!(
+        value::redact_userinfo("mqtts://host:8883"),
+        "mqtts://host:8883"
+    );
+    assert_eq!(
+        value::redact_userinfo("mqtts://host:8883/a@b"),
+        "mqtts://host:8883/a@b"
+    );
 }

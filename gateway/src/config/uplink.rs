@@ -176,17 +176,18 @@ impl RawUplink {
         };
         let url = self.url.filter(|u| !u.trim().is_empty());
         if let Some(url) = &url {
+            let shown = super::value::redact_userinfo(url);
             match url.split_once("://").map(|(scheme, _)| scheme) {
                 Some("mqtts") => {}
                 Some("mqtt") if self.insecure => check.warn(format!(
-                    "uplink.url `{url}` is plain MQTT: data and credentials cross the network \
+                    "uplink.url `{shown}` is plain MQTT: data and credentials cross the network \
                      unencrypted (uplink.insecure = true)"
                 )),
                 Some("mqtt") => check.invalid(
                     "uplink.url",
                     "plain mqtt:// is refused unless uplink.insecure = true; use mqtts://",
                 ),
-                _ => check.invalid("uplink.url", format!("`{url}` must be mqtts://host:port")),
+                _ => check.invalid("uplink.url", format!("`{shown}` must be mqtts://host:port")),
             }
         }
         match (&self.client_cert, &self.client_key) {

@@ -129,6 +129,35 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// `url` without the userinfo of its authority (`mqtts://user:pass@host` →
+/// `mqtts://<redacted>@host`): shown in `check-config` and in errors, where a password in the
+/// URL must not appear.
+pub fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// [`redact_userinfo`] on every URL-looking word of `text`.
+pub fn redact_userinfo_in(text: &str) -> String {
+    text.split(' ')
+        .map(|w| {
+            if w.contains("://") {
+                let start = w.find(|c: char| c.is_ascii_alphanumeric()).unwrap_or(0);
+                format!("{}{}", &w[..start], redact_userinfo(&w[start..]))
+            } else {
+                w.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A secret value (token, password). Never printed: `Debug`, `Display` and `Serialize` redact it.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);

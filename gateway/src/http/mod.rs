@@ -11,12 +11,14 @@ pub mod adapter;
 pub mod audit;
 pub mod pats;
 mod routes;
+pub mod sessions;
 pub mod tokens;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -60,6 +62,44 @@ impl HttpMetrics {
     }
 }
 
+/// Failed authentications on the management API, per remote address (issue 20.6): the auth
+/// store's token-bucket policy with its settings (`auth.failure_burst`, `auth.failure_refill`,
+/// `auth.throttle_max_tracked`), in buckets of its own. Every 401 the API answers charges the
+/// caller's address; while the address has no failure left, each request of it that presents
+/// credentials (an `Authorization` header, or the body of `/users/tokens/issue`) is answered
+/// 429 with `Retry-After`, the right credentials included, so a guess cannot be confirmed. The
+/// HTTP adapter's publishes (`/m/…`) are throttled by the intake instead.
+#[derive(Debug)]
+pub struct ApiThrottle {
+    buckets: std::sync::Mutex<crate::auth::throttle::Buckets<IpAddr>>,
+}
+
+impl ApiThrottle {
+    pub fn new(config: &crate::config::AuthConfig) -> Self {
+        Self {
+            buckets: std::sync::Mutex::new(crate::auth::throttle::Buckets::new(
+                config.failure_burst,
+                config.failure_refill.get(),
+                config.throttle_max_tracked as usize,
+            )),
+        }
+    }
+
+    fn buckets(&self) -> std::sync::MutexGuard<'_, crate::auth::throttle::Buckets<IpAddr>> {
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), crate::auth::Throttled> {
+        self.buckets().check(&ip.to_canonical(), now)
+    }
+
+    pub fn charge(&self, ip: IpAddr, now: Instant) {
+        self.buckets().charge(ip.to_canonical(), now);
+    }
+}
+
 /// Everything the handlers share.
 #[derive(Debug)]
 pub struct AppState {
@@ -70,6 +110,7 @@ pub struct AppState {
     pub pats: pats::PatStore,
     pub config: Config,
     pub metrics: HttpMetrics,
+    pub throttle: ApiThrottle,
     /// Uplink state and totals for `/metrics` (absent in unit tests).
     pub status: Option<crate::runtime::status::StatusHandle>,
     /// The daemon's shared per-adapter counters (adapter `http` is counted by `adapter`).
@@ -134,10 +175,12 @@ pub async fn bind(
             &config.gateway.state_dir,
             http.access_token_ttl.get(),
             http.refresh_token_ttl.get(),
+            &admin_credential(&config.standalone),
         )?,
         pats: pats::PatStore::open(&config.gateway.state_dir)?,
         config: config.clone(),
         metrics: HttpMetrics::default(),
+        throttle: ApiThrottle::new(&config.auth),
         status,
         adapters,
     });
@@ -161,6 +204,16 @@ pub async fn bind(
         tls,
         state,
     })
+}
+
+/// What the login sessions are made under: a change of either ends them
+/// ([`sessions`]).
+fn admin_credential(admin: &crate::config::StandaloneConfig) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut c = zeroize::Zeroizing::new(Vec::new());
+    c.extend_from_slice(admin.email.as_bytes());
+    c.push(0);
+    c.extend_from_slice(admin.token.expose().as_bytes());
+    c
 }
 
 /// Binds (when `http.enabled`) and spawns the server on the intake stage. In the development
@@ -243,8 +296,10 @@ pub async fn serve(listener: Listener, tracker: TaskTracker, token: Cancellation
     } = listener;
     let http = state.config.http.clone();
     let permits = Arc::new(Semaphore::new(http.max_connections));
-    let app = router(state);
+    let per_peer = Arc::new(PerPeer::new(per_peer_limit(http.max_connections)));
+    let app = router(Arc::clone(&state));
     let timeout = http.request_timeout.get();
+    let header_timeout = timeout.min(HEADER_TIMEOUT);
     loop {
         let permit = tokio::select! {
             () = token.cancelled() => break,
@@ -262,38 +317,39 @@ pub async fn serve(listener: Listener, tracker: TaskTracker, token: Cancellation
                 }
             },
         };
+        // One address may hold only its share of the slots: the rest is closed at once, so
+        // its idle connections cannot keep everyone else out (issue 20.12).
+        let Some(peer_slot) = PerPeer::take(&per_peer, peer.ip()) else {
+            debug!(%peer, "HTTP connection refused: too many from this address");
+            drop(stream);
+            continue;
+        };
         let app = app.clone();
         let tls = tls.clone();
         let token = token.clone();
+        let state = Arc::clone(&state);
         tracker.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
+            let _peer_slot = peer_slot;
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let app = app.clone();
+                    let state = Arc::clone(&state);
                     async move {
-                        use tower::ServiceExt as _;
-                        match tokio::time::timeout(
-                            timeout,
-                            app.oneshot(req.map(axum::body::Body::new)),
+                        Ok::<_, std::convert::Infallible>(
+                            answer(app, &state, peer, req.map(axum::body::Body::new), timeout)
+                                .await,
                         )
-                        .await
-                        {
-                            Ok(r) => r,
-                            Err(_) => Ok(routes::timeout_response()),
-                        }
                     }
-                },
-            );
+                });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(64 * 1024);
             let result = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => serve_conn(&builder, TokioIo::new(s), service, &token).await,
                         Ok(Err(e)) => {
                             debug!(%peer, "TLS handshake failed: {e}");
@@ -309,6 +365,106 @@ pub async fn serve(listener: Listener, tracker: TaskTracker, token: Cancellation
             }
         });
     }
+}
+
+/// Longest wait for a request's header (from the connection's start or the previous answer),
+/// and for the TLS handshake; `http.request_timeout` when shorter. A connection that sends
+/// nothing is closed after it.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connections one remote address may hold: a quarter of `http.max_connections` (at least 1).
+fn per_peer_limit(max_connections: usize) -> usize {
+    max_connections.div_ceil(4).max(1)
+}
+
+/// Open connections per remote address, bounded ([`per_peer_limit`]).
+#[derive(Debug)]
+struct PerPeer {
+    limit: usize,
+    open: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerPeer`], given back when dropped.
+#[derive(Debug)]
+struct PeerSlot {
+    table: Arc<PerPeer>,
+    ip: IpAddr,
+}
+
+impl PerPeer {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<IpAddr, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for `ip`, unless it holds `limit` connections already. The table has at most
+    /// one entry per open connection (`max_connections`).
+    fn take(table: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+        let ip = ip.to_canonical();
+        let mut open = table.lock();
+        let n = open.entry(ip).or_insert(0);
+        if *n >= table.limit {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            table: Arc::clone(table),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.lock();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One request: the failed-authentication throttle ([`ApiThrottle`]) around the router, and
+/// `request_timeout` (503) on the whole answer.
+async fn answer(
+    app: axum::Router,
+    state: &AppState,
+    peer: SocketAddr,
+    mut req: axum::extract::Request,
+    timeout: std::time::Duration,
+) -> axum::response::Response {
+    use tower::ServiceExt as _;
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    let path = req.uri().path();
+    let management = !path.starts_with("/m/");
+    let presents_credentials = req.headers().contains_key(hyper::header::AUTHORIZATION)
+        || path.trim_end_matches('/') == "/users/tokens/issue";
+    if management
+        && presents_credentials
+        && let Err(t) = state.throttle.check(peer.ip(), Instant::now())
+    {
+        return routes::throttled_response(t.retry_after);
+    }
+    let response = match tokio::time::timeout(timeout, app.oneshot(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(never)) => match never {},
+        Err(_) => routes::timeout_response(),
+    };
+    if management && response.status() == hyper::StatusCode::UNAUTHORIZED {
+        state.throttle.charge(peer.ip(), Instant::now());
+    }
+    response
 }
 
 async fn serve_conn<I, S>(
@@ -351,6 +507,16 @@ pub(crate) fn test_state_over(
         Vec::<(std::ffi::OsString, std::ffi::OsString)>::new(),
     )
     .unwrap();
+    test_state_from(dir, auth, outbox, config)
+}
+
+#[cfg(test)]
+fn test_state_from(
+    dir: &std::path::Path,
+    auth: AuthStore,
+    outbox: Outbox,
+    config: Config,
+) -> Arc<AppState> {
     let intake = crate::intake::Intake::new(
         auth.clone(),
         outbox.clone(),
@@ -367,6 +533,7 @@ pub(crate) fn test_state_over(
             std::time::Duration::from_secs(60),
         ),
         pats: pats::PatStore::open(dir).unwrap(),
+        throttle: ApiThrottle::new(&config.auth),
         config,
         metrics: HttpMetrics::default(),
         status: None,
@@ -378,16 +545,26 @@ pub(crate) fn test_state_over(
 /// layers. Keep the worker alive as long as the state.
 #[cfg(test)]
 pub(crate) fn test_state(dir: &std::path::Path) -> (Arc<AppState>, crate::outbox::OutboxWorker) {
+    test_state_with(dir, &[])
+}
+
+/// [`test_state`] with `EDGEGW_*` settings.
+#[cfg(test)]
+pub(crate) fn test_state_with(
+    dir: &std::path::Path,
+    vars: &[(&str, &str)],
+) -> (Arc<AppState>, crate::outbox::OutboxWorker) {
     let config = crate::config::load_from(
         &crate::config::Source::None,
         crate::config::Profile::Production,
-        Vec::<(std::ffi::OsString, std::ffi::OsString)>::new(),
+        vars.iter()
+            .map(|(k, v)| (std::ffi::OsString::from(k), std::ffi::OsString::from(v))),
     )
     .unwrap();
     let auth = crate::auth::AuthStore::open(&dir.join("auth.db"), &config.auth).unwrap();
     let (outbox, worker) =
         crate::outbox::Outbox::open(&dir.join("outbox.db"), &config.outbox).unwrap();
-    let state = test_state_over(dir, auth, outbox);
+    let state = test_state_from(dir, auth, outbox, config);
     (state, worker)
 }
 
@@ -399,6 +576,97 @@ mod tests {
 
     use super::*;
     use crate::runtime::supervisor::{Shutdown, Signal, Stage, Supervisor};
+
+    #[test]
+    fn one_address_holds_at_most_its_share_of_the_connections() {
+        assert_eq!(per_peer_limit(64), 16);
+        assert_eq!(per_peer_limit(1), 1);
+        let table = Arc::new(PerPeer::new(2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = PerPeer::take(&table, a).unwrap();
+        let _second = PerPeer::take(&table, mapped).unwrap();
+        assert!(
+            PerPeer::take(&table, a).is_none(),
+            "the same address, v4-mapped"
+        );
+        let _other = PerPeer::take(&table, b).unwrap();
+        drop(first);
+        assert!(
+            PerPeer::take(&table, a).is_some(),
+            "a closed connection frees its slot"
+        );
+    }
+
+    fn request(path: &str, auth: Option<&str>, body: &str) -> axum::extract::Request {
+        let mut b = hyper::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "application/json");
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(axum::body::Body::from(body.to_owned())).unwrap()
+    }
+
+    /// Issue 20.6: after `auth.failure_burst` failed authentications from one address (wrong
+    /// passwords, wrong bearer tokens, wrong PATs), its requests with credentials are 429 with
+    /// Retry-After, the right password included; another address and credential-less
+    /// requests are not affected.
+    #[tokio::test]
+    async fn failed_authentications_are_throttled_per_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _worker) = test_state_with(
+            dir.path(),
+            &[
+                ("EDGEGW_STANDALONE_EMAIL", "admin@example.com"),
+                ("EDGEGW_STANDALONE_TOKEN", "the-admin-token-0123"),
+                ("EDGEGW_AUTH_FAILURE_BURST", "3"),
+                ("EDGEGW_AUTH_FAILURE_REFILL", "1h"),
+            ],
+        );
+        let app = router(Arc::clone(&state));
+        let t = Duration::from_secs(10);
+        let attacker: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let other: SocketAddr = "[2001:db8::1]:40000".parse().unwrap();
+        let wrong = r#"{"email":"admin@example.com","password":"guess"}"#;
+        let right = r#"{"email":"admin@example.com","password":"the-admin-token-0123"}"#;
+        let call = |peer, req| answer(app.clone(), &state, peer, req, t);
+        // Three kinds of failure, one token each.
+        let r = call(attacker, request("/users/tokens/issue", None, wrong)).await;
+        assert_eq!(r.status(), 401);
+        let r = call(
+            attacker,
+            request("/clients", Some("Bearer not-a-jwt"), "{}"),
+        )
+        .await;
+        assert_eq!(r.status(), 401);
+        let r = call(attacker, request("/clients", Some("Bearer pat_x_y"), "{}")).await;
+        assert_eq!(r.status(), 401);
+        for req in [
+            request("/users/tokens/issue", None, wrong),
+            request("/users/tokens/issue", None, right),
+            request("/clients", Some("Bearer the-admin-token-0123"), "{}"),
+        ] {
+            let r = call(attacker, req).await;
+            assert_eq!(r.status(), 429);
+            let after: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((3000..=3600).contains(&after), "Retry-After {after}");
+        }
+        // Without credentials nothing is checked (and there is nothing to guess).
+        let health = hyper::Request::get("/health")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(call(attacker, health).await.status(), 200);
+        // Another address logs in.
+        let r = call(other, request("/users/tokens/issue", None, right)).await;
+        assert_eq!(r.status(), 201);
+    }
 
     /// A publish whose body is still arriving when SIGTERM comes is answered (202, durable),
     /// and the pipeline stage is not cancelled while it is open: the connection task is tracked by the

@@ -8,13 +8,18 @@
 //! unless it is asked to drop the previous key at once (compromise: every older token → 401).
 //! [`Tokens::reload`] re-reads the file (SIGHUP), so an operator can replace it. Tokens without
 //! a `kid` (issued before kids existed) are checked against the current key. Access and refresh
-//! tokens carry a `typ` claim and are not interchangeable. Never logs a token or a key.
+//! tokens carry a `typ` claim and are not interchangeable. Every token also names its login
+//! session (`sid`, see [`super::sessions`]): a token whose session ended (age cap, a reused
+//! refresh token, a change of the administrator's credentials) is refused, and a refresh token
+//! (`jti`) is good for one refresh. Never logs a token or a key.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+
+use super::sessions::{Refresh, SessionError, Sessions};
 
 /// File name of the signing key in the state directory.
 pub const KEY_FILE: &str = "http-jwt.key";
@@ -41,6 +46,10 @@ pub enum TokenError {
     },
     #[error("cannot sign token: {0}")]
     Sign(#[source] jsonwebtoken::errors::Error),
+    #[error(transparent)]
+    Sessions(#[from] SessionError),
+    #[error("refresh token was used before; its session is ended")]
+    Reused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +75,12 @@ struct Claims {
     iat: u64,
     exp: u64,
     iss: String,
+    /// The login session (absent in tokens issued before sessions existed: refused).
+    #[serde(default)]
+    sid: String,
+    /// A refresh token's own id (single use).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    jti: String,
 }
 
 const ISSUER: &str = "edgegw";
@@ -164,6 +179,7 @@ pub struct Tokens {
     rotating: Mutex<()>,
     access_ttl: std::time::Duration,
     refresh_ttl: std::time::Duration,
+    sessions: Mutex<Sessions>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -235,7 +251,7 @@ pub fn load_or_create_key(state_dir: &Path) -> Result<Vec<u8>, TokenError> {
 }
 
 impl Tokens {
-    /// Tokens signed with `key`, kept in memory only (rotation does not persist).
+    /// Tokens signed with `key`, kept in memory only (rotation and sessions do not persist).
     pub fn new(
         key: &[u8],
         access_ttl: std::time::Duration,
@@ -247,21 +263,26 @@ impl Tokens {
                 previous: None,
             },
             None,
+            Sessions::in_memory(b""),
             access_ttl,
             refresh_ttl,
         )
     }
 
-    /// Loads (or creates) `<state_dir>/http-jwt.key`; rotations are written back to it.
+    /// Loads (or creates) `<state_dir>/http-jwt.key`; rotations are written back to it. The
+    /// login sessions are `<state_dir>/http-sessions.json`; `credential` (the administrator's
+    /// email and standalone token) differing from the one they were made under ends them.
     pub fn open(
         state_dir: &Path,
         access_ttl: std::time::Duration,
         refresh_ttl: std::time::Duration,
+        credential: &[u8],
     ) -> Result<Self, TokenError> {
         let file = load_or_create_keys(state_dir)?;
         Ok(Self::with_keys(
             &file,
             Some(state_dir.join(KEY_FILE)),
+            Sessions::open(state_dir, credential)?,
             access_ttl,
             refresh_ttl,
         ))
@@ -270,6 +291,7 @@ impl Tokens {
     fn with_keys(
         file: &KeyFile,
         path: Option<PathBuf>,
+        sessions: Sessions,
         access_ttl: std::time::Duration,
         refresh_ttl: std::time::Duration,
     ) -> Self {
@@ -279,7 +301,12 @@ impl Tokens {
             rotating: Mutex::new(()),
             access_ttl,
             refresh_ttl,
+            sessions: Mutex::new(sessions),
         }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn key_set(file: &KeyFile) -> KeySet {
@@ -336,39 +363,111 @@ impl Tokens {
         Ok(self.install(Self::key_set(&file)))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn sign(
-        &self,
         keys: &KeySet,
         subject: &str,
         typ: Kind,
         ttl: std::time::Duration,
+        now: u64,
+        session: (&str, u64),
+        jti: &str,
     ) -> Result<String, TokenError> {
-        let iat = now_secs();
+        let (sid, ends) = session;
         let claims = Claims {
             sub: subject.to_owned(),
             typ,
-            iat,
-            exp: iat.saturating_add(ttl.as_secs().max(1)),
+            iat: now,
+            exp: now.saturating_add(ttl.as_secs().max(1)).min(ends),
             iss: ISSUER.to_owned(),
+            sid: sid.to_owned(),
+            jti: jti.to_owned(),
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(keys.current.kid.clone());
         jsonwebtoken::encode(&header, &claims, &keys.current.encoding).map_err(TokenError::Sign)
     }
 
-    /// A new access + refresh pair for `subject` (the administrator's email), signed with the
-    /// current key.
-    pub fn issue(&self, subject: &str) -> Result<TokenPair, TokenError> {
+    fn pair(
+        &self,
+        subject: &str,
+        now: u64,
+        session: (&str, u64),
+        refresh_id: &str,
+    ) -> Result<TokenPair, TokenError> {
         let keys = self.keys();
         Ok(TokenPair {
-            access_token: self.sign(&keys, subject, Kind::Access, self.access_ttl)?,
-            refresh_token: self.sign(&keys, subject, Kind::Refresh, self.refresh_ttl)?,
+            access_token: Self::sign(
+                &keys,
+                subject,
+                Kind::Access,
+                self.access_ttl,
+                now,
+                session,
+                "",
+            )?,
+            refresh_token: Self::sign(
+                &keys,
+                subject,
+                Kind::Refresh,
+                self.refresh_ttl,
+                now,
+                session,
+                refresh_id,
+            )?,
             access_type: "Bearer",
         })
     }
 
-    /// Verifies key id, signature, issuer, expiry (no leeway) and kind; returns the subject.
+    /// A new login session and its first access + refresh pair for `subject` (the
+    /// administrator's email), signed with the current key. Writes the sessions file: call it
+    /// on a blocking thread.
+    pub fn issue(&self, subject: &str) -> Result<TokenPair, TokenError> {
+        self.issue_at(subject, now_secs())
+    }
+
+    fn issue_at(&self, subject: &str, now: u64) -> Result<TokenPair, TokenError> {
+        let max_age = super::sessions::max_age(self.refresh_ttl);
+        let (sid, refresh_id, ends) = self.sessions().start(now, max_age)?;
+        self.pair(subject, now, (&sid, ends), &refresh_id)
+    }
+
+    /// Uses a refresh token: the next pair of its session, or an error — a refresh token used
+    /// before ends its session ([`TokenError::Reused`]), and no token outlives the session's age
+    /// cap. Returns the subject with the pair. Writes the sessions file: call it on a blocking
+    /// thread.
+    pub fn refresh(&self, token: &str) -> Result<(String, TokenPair), TokenError> {
+        self.refresh_at(token, now_secs())
+    }
+
+    fn refresh_at(&self, token: &str, now: u64) -> Result<(String, TokenPair), TokenError> {
+        let claims = self.decode(token, Kind::Refresh, now)?;
+        let renewed = self.sessions().refresh(&claims.sid, &claims.jti, now)?;
+        match renewed {
+            Refresh::Renewed { next, ends } => {
+                let pair = self.pair(&claims.sub, now, (&claims.sid, ends), &next)?;
+                Ok((claims.sub, pair))
+            }
+            Refresh::Unknown => Err(TokenError::Invalid),
+            Refresh::Reused => Err(TokenError::Reused),
+        }
+    }
+
+    /// Verifies key id, signature, issuer, expiry (no leeway), kind and that its session is
+    /// live; returns the subject.
     pub fn verify(&self, token: &str, expected: Kind) -> Result<String, TokenError> {
+        self.verify_at(token, expected, now_secs())
+    }
+
+    fn verify_at(&self, token: &str, expected: Kind, now: u64) -> Result<String, TokenError> {
+        let claims = self.decode(token, expected, now)?;
+        if self.sessions().live(&claims.sid, now).is_none() {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims.sub)
+    }
+
+    fn decode(&self, token: &str, expected: Kind, now: u64) -> Result<Claims, TokenError> {
         let keys = self.keys();
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         let key = match header.kid.as_deref() {
@@ -382,17 +481,22 @@ impl Tokens {
         };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        // Expiry is checked below against `now` (the same rule: no leeway).
+        validation.validate_exp = false;
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map_err(|_| TokenError::Invalid)?;
+        if data.claims.exp <= now {
+            return Err(TokenError::Invalid);
+        }
         if data.claims.typ != expected {
             return Err(TokenError::WrongKind {
                 found: data.claims.typ.name(),
                 expected: expected.name(),
             });
         }
-        Ok(data.claims.sub)
+        Ok(data.claims)
     }
 }
 
@@ -467,7 +571,13 @@ mod tests {
     #[test]
     fn rotation_keeps_the_previous_key_until_the_next_rotation() {
         let dir = tempfile::tempdir().unwrap();
-        let t = Tokens::open(dir.path(), Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        let t = Tokens::open(
+            dir.path(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            b"cred",
+        )
+        .unwrap();
         let first = t.key_ids();
         assert_eq!(first.previous_kid, None);
         let old = t.issue("a@b.c").unwrap();
@@ -487,8 +597,13 @@ mod tests {
         let path = dir.path().join(KEY_FILE);
         assert_eq!(std::fs::read(&path).unwrap().len(), 2 * KEY_LEN);
         assert_eq!(mode(&path), 0o600);
-        let again =
-            Tokens::open(dir.path(), Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        let again = Tokens::open(
+            dir.path(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            b"cred",
+        )
+        .unwrap();
         assert_eq!(again.key_ids(), ids);
         assert!(again.verify(&old.access_token, Kind::Access).is_ok());
         // A second rotation drops the first key.
@@ -503,7 +618,13 @@ mod tests {
     #[test]
     fn rotation_with_revoke_previous_invalidates_every_older_token() {
         let dir = tempfile::tempdir().unwrap();
-        let t = Tokens::open(dir.path(), Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        let t = Tokens::open(
+            dir.path(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            b"cred",
+        )
+        .unwrap();
         let old = t.issue("a@b.c").unwrap();
         let ids = t.rotate(true).unwrap();
         assert_eq!(ids.previous_kid, None);
@@ -517,7 +638,13 @@ mod tests {
     #[test]
     fn reload_picks_up_a_replaced_file_and_keeps_keys_on_a_bad_one() {
         let dir = tempfile::tempdir().unwrap();
-        let t = Tokens::open(dir.path(), Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        let t = Tokens::open(
+            dir.path(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            b"cred",
+        )
+        .unwrap();
         let old = t.issue("a@b.c").unwrap();
         let path = dir.path().join(KEY_FILE);
         // A broken file: refused, the keys in use stay.
@@ -543,12 +670,16 @@ mod tests {
     fn tokens_without_kid_are_checked_against_the_current_key_and_unknown_kids_refused() {
         let key = [7u8; 32];
         let t = tokens(3600);
+        // A live session's id: the token is refused for its kid only, not its session.
+        let (sid, _, _) = t.sessions().start(now_secs(), 3600).unwrap();
         let claims = Claims {
             sub: "a@b.c".into(),
             typ: Kind::Access,
             iat: now_secs(),
             exp: now_secs() + 60,
             iss: ISSUER.into(),
+            sid,
+            jti: String::new(),
         };
         let legacy = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -565,6 +696,65 @@ mod tests {
             t.verify(&unknown, Kind::Access),
             Err(TokenError::Invalid)
         ));
+    }
+
+    /// Issue 20.10: a refresh token is good once; presenting it again ends its session, so
+    /// the access and refresh tokens of that family are all refused, while another login's
+    /// are not.
+    #[test]
+    fn a_reused_refresh_token_is_refused_and_ends_its_family() {
+        let t = tokens(3600);
+        let first = t.issue("a@b.c").unwrap();
+        let other = t.issue("a@b.c").unwrap();
+        let (sub, second) = t.refresh(&first.refresh_token).unwrap();
+        assert_eq!(sub, "a@b.c");
+        assert!(t.verify(&second.access_token, Kind::Access).is_ok());
+        assert!(matches!(
+            t.refresh(&first.refresh_token),
+            Err(TokenError::Reused)
+        ));
+        for token in [&first.access_token, &second.access_token] {
+            assert!(t.verify(token, Kind::Access).is_err());
+        }
+        assert!(t.refresh(&second.refresh_token).is_err());
+        assert!(t.verify(&other.access_token, Kind::Access).is_ok());
+        assert!(t.refresh(&other.refresh_token).is_ok());
+    }
+
+    /// Refreshing does not make a session last forever: no token outlives the age cap.
+    #[test]
+    fn refreshes_do_not_outlive_the_session_age_cap() {
+        let t = tokens(3600);
+        let cap = super::super::sessions::max_age(Duration::from_secs(86_400));
+        let start = 1_000_000;
+        let mut pair = t.issue_at("a@b.c", start).unwrap();
+        let mut now = start;
+        while now + 3_000 < start + cap {
+            now += 3_000;
+            pair = t.refresh_at(&pair.refresh_token, now).unwrap().1;
+            assert!(t.verify_at(&pair.access_token, Kind::Access, now).is_ok());
+        }
+        let end = start + cap;
+        assert!(t.verify_at(&pair.access_token, Kind::Access, end).is_err());
+        assert!(t.refresh_at(&pair.refresh_token, end).is_err());
+        let claims = t.decode(&pair.refresh_token, Kind::Refresh, now).unwrap();
+        assert!(claims.exp <= end, "exp {} past the cap {end}", claims.exp);
+    }
+
+    /// A daemon started with another standalone token refuses every token issued before.
+    #[test]
+    fn tokens_are_refused_after_the_standalone_token_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(3600);
+        let before = Tokens::open(dir.path(), ttl, ttl, b"a@b.c\0token-one")
+            .unwrap()
+            .issue("a@b.c")
+            .unwrap();
+        let same = Tokens::open(dir.path(), ttl, ttl, b"a@b.c\0token-one").unwrap();
+        assert!(same.verify(&before.access_token, Kind::Access).is_ok());
+        let changed = Tokens::open(dir.path(), ttl, ttl, b"a@b.c\0token-two").unwrap();
+        assert!(changed.verify(&before.access_token, Kind::Access).is_err());
+        assert!(changed.refresh(&before.refresh_token).is_err());
     }
 
     #[test]

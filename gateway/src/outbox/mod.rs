@@ -124,13 +124,13 @@ pub const DISK_FULL_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// The refusal for the appends of a failed commit. A full state disk is back-pressure like a
 /// full outbox (`Busy`: CoAP 5.03 + Max-Age, serial `ERR busy`, HTTP 503 + Retry-After): the
 /// sensor keeps the message and retries once space is freed. Anything else is a storage failure.
-fn commit_refusal(e: rusqlite::Error) -> IngestError {
-    if store::is_disk_full(&e) {
+fn commit_refusal(e: &Arc<rusqlite::Error>) -> IngestError {
+    if store::is_disk_full(e) {
         IngestError::Busy {
             retry_after: DISK_FULL_RETRY_AFTER,
         }
     } else {
-        IngestError::Storage(Arc::new(e))
+        IngestError::Storage(Arc::clone(e))
     }
 }
 

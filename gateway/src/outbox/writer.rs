@@ -2,6 +2,7 @@
 //! quarantine moves) and then tells everyone what it made durable: counters, the uplink's
 //! feed, the receipts.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
@@ -197,7 +198,8 @@ pub(super) fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                         DISK_FULL_RETRY_AFTER.as_secs()
                     );
                 }
-                let refusal = commit_refusal(e);
+                let e = Arc::new(e);
+                let refusal = commit_refusal(&e);
                 for (_, _, reply) in appends {
                     let _ = reply.send(Err(refusal.clone()));
                 }

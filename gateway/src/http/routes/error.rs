@@ -93,3 +93,15 @@ impl From<PatError> for ApiError {
 pub(crate) fn timeout_response() -> Response {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "request timed out").into_response()
 }
+
+/// 429 with `Retry-After` (whole seconds, rounded up) for an address the failed-authentication
+/// throttle refuses.
+pub(crate) fn throttled_response(retry_after: std::time::Duration) -> Response {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed authentications from this address",
+    );
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    e.retry_after = Some(secs.max(1));
+    e.into_response()
+}

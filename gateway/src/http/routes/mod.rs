@@ -34,7 +34,7 @@ use certs::*;
 use channels::*;
 use clients::*;
 use error::ApiError;
-pub(super) use error::timeout_response;
+pub(super) use error::{throttled_response, timeout_response};
 use health::*;
 use pats::*;
 use users::*;
@@ -109,6 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/pats/{id}/scope/add", patch(add_scope))
         .route("/pats/{id}/scope/remove", patch(remove_scope))
         .route("/m/{domain}/c/{channel}", post(super::adapter::publish))
+        .route("/hc/{domain}", post(super::adapter::health_check))
         .route(
             "/m/{domain}/c/{channel}/{*subtopic}",
             post(super::adapter::publish_subtopic),
@@ -233,6 +234,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("patch", "/pats/{id}/scope/remove"),
     ("post", "/m/{domain}/c/{channel}"),
     ("post", "/m/{domain}/c/{channel}/{subtopic}"),
+    ("post", "/hc/{domain}"),
     ("get", "/quarantine"),
     ("delete", "/quarantine/{id}"),
     ("post", "/quarantine/{id}/requeue"),

@@ -16,7 +16,7 @@ use super::error::ApiError;
 
 use super::caller::{bearer, standalone_token_matches};
 use crate::http::HttpMetrics;
-use crate::http::tokens::Kind;
+use crate::http::tokens::TokenError;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct IssueRequest {
@@ -44,9 +44,10 @@ pub(super) async fn issue_token(
         HttpMetrics::inc(&state.metrics.auth_failures);
         return Err(ApiError::unauthorized());
     }
-    let pair = state
-        .tokens
-        .issue(&admin.email)
+    let st = Arc::clone(&state);
+    let pair = tokio::task::spawn_blocking(move || st.tokens.issue(&st.config.standalone.email))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "token task failed"))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((StatusCode::CREATED, Json(pair)).into_response())
 }
@@ -55,18 +56,34 @@ pub(super) async fn refresh_token(
     State(state): St,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers).ok_or_else(ApiError::unauthorized)?;
-    let subject = state.tokens.verify(token, Kind::Refresh).map_err(|_| {
-        HttpMetrics::inc(&state.metrics.auth_failures);
-        ApiError::unauthorized()
-    })?;
+    let token = bearer(&headers)
+        .ok_or_else(ApiError::unauthorized)?
+        .to_owned();
+    // Single use: the refresh names its successor; a token presented twice ends its session.
+    let st = Arc::clone(&state);
+    let refreshed = tokio::task::spawn_blocking(move || st.tokens.refresh(&token))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "token task failed"))?;
+    let (subject, pair) = match refreshed {
+        Ok(x) => x,
+        Err(TokenError::Sessions(e)) => {
+            tracing::warn!("token refresh: {e}");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot record the session",
+            ));
+        }
+        Err(e) => {
+            if matches!(e, TokenError::Reused) {
+                tracing::warn!("a refresh token was presented twice; its session is ended");
+            }
+            HttpMetrics::inc(&state.metrics.auth_failures);
+            return Err(ApiError::unauthorized());
+        }
+    };
     if subject != state.config.standalone.email {
         return Err(ApiError::unauthorized());
     }
-    let pair = state
-        .tokens
-        .issue(&subject)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((StatusCode::CREATED, Json(pair)).into_response())
 }
 

@@ -112,6 +112,36 @@ pub fn render(v: &serde_json::Value) -> String {
             );
         }
     }
+    if let Some(b) = v.get("bootstrap").filter(|b| b.is_object()) {
+        let f = |k: &str| match b.get(k) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Null) | None => "-".to_owned(),
+            Some(other) => other.to_string(),
+        };
+        line(
+            "bootstrap",
+            format!("{} from {} as {}", f("state"), f("url"), f("external_id")),
+        );
+        line("bootstrap applied", f("applied_at"));
+        line("bootstrap client", f("client_id"));
+        let channels: Vec<&str> = b
+            .get("channels")
+            .and_then(|c| c.as_array())
+            .map(|c| c.iter().filter_map(|s| s.as_str()).collect())
+            .unwrap_or_default();
+        line("bootstrap channels", channels.join(", "));
+        if f("last_error") != "-" {
+            line(
+                "bootstrap error",
+                format!(
+                    "{} ({} failures, last {})",
+                    f("last_error"),
+                    f("failures"),
+                    f("last_attempt_at")
+                ),
+            );
+        }
+    }
     adapter_lines(v, &mut line);
     if let Some(warnings) = v.get("warnings").and_then(|w| w.as_array()) {
         for w in warnings {
