@@ -45,10 +45,16 @@ struct Reader {
 
 impl Reader {
     fn start(up: &SupermqUpstream) -> Self {
+        Self::start_with(up, &["-v"])
+    }
+
+    /// With output options `format` (e.g. `-v`, or `-V 5 -F …`).
+    fn start_with(up: &SupermqUpstream, format: &[&str]) -> Self {
         let mut child = Command::new("stdbuf")
             .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p"])
             .arg(up.broker_port.to_string())
-            .args(["-u", READER.0, "-P", READER.1, "-q", "1", "-v"])
+            .args(["-u", READER.0, "-P", READER.1, "-q", "1"])
+            .args(format)
             .args(["-t", "m/#", "-t", "probe/#"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -80,7 +86,8 @@ impl Reader {
                 .expect("mosquitto_pub");
             assert!(status.success());
             if r.wait_until(Duration::from_millis(500), |l| {
-                l.iter().any(|x| x == "probe/ready ready")
+                l.iter()
+                    .any(|x| x.starts_with("probe/ready") && x.ends_with("ready"))
             }) {
                 break;
             }
@@ -123,8 +130,8 @@ fn cli(root: &Path, vars: &[(String, String)], args: &[&str]) -> serde_json::Val
 }
 
 /// A local channel mirroring upstream channel `upstream` and a client connected to it; the
-/// client's secret.
-fn mirror(root: &Path, vars: &[(String, String)], name: &str, upstream: &str) -> String {
+/// client's (secret, local id).
+fn mirror(root: &Path, vars: &[(String, String)], name: &str, upstream: &str) -> (String, String) {
     cli(
         root,
         vars,
@@ -150,7 +157,10 @@ fn mirror(root: &Path, vars: &[(String, String)], name: &str, upstream: &str) ->
     let mut args = vec!["connect", &sensor, name];
     args.extend_from_slice(rights);
     cli(root, vars, &args);
-    client["secret"].as_str().expect("secret").to_owned()
+    (
+        client["secret"].as_str().expect("secret").to_owned(),
+        client["id"].as_str().expect("id").to_owned(),
+    )
 }
 
 struct Setup {
@@ -161,6 +171,8 @@ struct Setup {
     coap: SocketAddr,
     coaps: SocketAddr,
     secrets: Vec<(String, String)>,
+    /// Local channel name → its sensor's local client id.
+    clients: Vec<(String, String)>,
     serial: Option<Sensor>,
     daemon: Daemon,
 }
@@ -219,8 +231,11 @@ fn setup(mirrored: &[(&str, &str)], connected: &[&str], extra: &[(&str, &str)]) 
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
     let mut secrets = Vec::new();
+    let mut clients = Vec::new();
     for (name, upstream) in mirrored {
-        secrets.push(((*name).to_owned(), mirror(&root, &vars, name, upstream)));
+        let (secret, id) = mirror(&root, &vars, name, upstream);
+        secrets.push(((*name).to_owned(), secret));
+        clients.push(((*name).to_owned(), id));
     }
     // The dev profile's demo sensor exists already: no demo channel is made (the platform
     // would have to connect the gateway's client to it too).
@@ -264,6 +279,7 @@ fn setup(mirrored: &[(&str, &str)], connected: &[&str], extra: &[(&str, &str)]) 
         coap,
         coaps,
         secrets,
+        clients,
         serial: Some(serial),
         daemon,
     }
@@ -497,4 +513,34 @@ fn a_refused_channels_message_is_quarantined_the_others_flow_and_requeue_deliver
     assert_eq!(list["total"], 0, "{list}");
     let status = cli(&s.root, &s.vars, &["status"]);
     assert_eq!(status["outbox"]["requeued_total"], 1, "{status}");
+}
+
+#[test]
+fn the_sensor_stays_visible_upstream_in_the_topic_and_as_an_mqtt5_user_property() {
+    let s = setup(
+        &MIRRORED,
+        &[UP_COAP, UP_DTLS, UP_SERIAL, UP_STATUS],
+        &[
+            (
+                "EDGEGW_UPLINK_TOPIC_TEMPLATE",
+                "m/{domain}/c/{channel}/{client}/{subtopic}",
+            ),
+            ("EDGEGW_UPLINK_MQTT_VERSION", "5"),
+        ],
+    );
+    let mut reader = Reader::start_with(&s.up, &["-V", "5", "-F", "%t|%P|%p"]);
+    assert_eq!(coap_publish(&s, "coap", "temp", 5..8), vec![5, 6, 7]);
+    let client = &s
+        .clients
+        .iter()
+        .find(|(n, _)| n == "coap")
+        .expect("coap client")
+        .1;
+    let want: Vec<String> = (5..8)
+        .map(|n| format!("m/{DOMAIN}/c/{UP_COAP}/{client}/temp|edgegw-client:{client}|{n}"))
+        .collect();
+    let arrived = reader.wait_until(WAIT, |l| want.iter().all(|w| l.contains(w)));
+    assert!(arrived, "want {want:?}, got {:?}", reader.lines);
+    // Still only channel topics of connected channels: the front never closed anything.
+    assert_eq!(s.up.closes(), Vec::<String>::new());
 }

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
@@ -26,15 +27,32 @@ pub struct Quarantined {
 }
 
 /// Why a quarantine operation did nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QuarantineError {
     #[error("no quarantined message {0}")]
     NotFound(u64),
     #[error("outbox closed (shutting down)")]
     Closed,
+    #[error("the state disk is full; try again once space is freed")]
+    DiskFull,
+    /// The commit failed; every operation of that commit shares the one SQLite error.
     #[error("outbox storage failed: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<rusqlite::Error>),
 }
+
+/// Equal variants with equal fields; storage failures are equal when they are the same one.
+impl PartialEq for QuarantineError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::NotFound(a), Self::NotFound(b)) => a == b,
+            (Self::Closed, Self::Closed) | (Self::DiskFull, Self::DiskFull) => true,
+            (Self::Storage(a), Self::Storage(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for QuarantineError {}
 
 impl Outbox {
     /// Moves a queued entry into the quarantine in the next group commit (nothing happens if

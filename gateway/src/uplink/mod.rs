@@ -390,11 +390,12 @@ impl Uplink {
                     }
                 };
                 if client
-                    .publish(
+                    .publish_for(
                         &topic,
                         m.payload.clone(),
                         false,
                         m.content_format.as_deref(),
+                        Some(&m.client_id),
                     )
                     .is_err()
                 {

@@ -164,14 +164,17 @@ fn connect_inner(p: &ConnectParams, transport: Transport, addr: &str) -> (Client
     }
 }
 
+/// The MQTT 5 user property that names the sensor (its local client id) on every message, so
+/// the sensor stays visible upstream although one connection publishes for all.
+pub const SENSOR_PROPERTY: &str = "edgegw-client";
+
 /// The request queue is full (cannot happen while the window is respected).
 #[derive(Debug, thiserror::Error)]
 #[error("MQTT request queue full or closed")]
 pub struct QueueFull;
 
 impl Client {
-    /// QoS 1 publish. `content_type` goes into the MQTT 5 property of that name (3.1.1 has
-    /// nowhere to put it).
+    /// QoS 1 publish of the uplink's own messages (status, statistics).
     pub fn publish(
         &self,
         topic: &str,
@@ -179,25 +182,44 @@ impl Client {
         retain: bool,
         content_type: Option<&str>,
     ) -> Result<(), QueueFull> {
+        self.publish_for(topic, payload, retain, content_type, None)
+    }
+
+    /// QoS 1 publish. `content_type` goes into the MQTT 5 property of that name, `sensor`
+    /// (the local client id of the sensor that sent it) into the MQTT 5 user property
+    /// [`SENSOR_PROPERTY`]; MQTT 3.1.1 has nowhere to put either.
+    pub fn publish_for(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+        content_type: Option<&str>,
+        sensor: Option<&str>,
+    ) -> Result<(), QueueFull> {
         match self {
             Self::V4(c) => c
                 .try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.to_vec())
                 .map_err(|_| QueueFull),
             Self::V5(c) => {
                 let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
-                match content_type {
-                    Some(ct) => c.try_publish_with_properties(
-                        topic,
-                        qos,
-                        retain,
-                        payload,
-                        rumqttc::v5::mqttbytes::v5::PublishProperties {
-                            content_type: Some(ct.to_owned()),
-                            ..Default::default()
-                        },
-                    ),
-                    None => c.try_publish(topic, qos, retain, payload),
+                if content_type.is_none() && sensor.is_none() {
+                    return c
+                        .try_publish(topic, qos, retain, payload)
+                        .map_err(|_| QueueFull);
                 }
+                c.try_publish_with_properties(
+                    topic,
+                    qos,
+                    retain,
+                    payload,
+                    rumqttc::v5::mqttbytes::v5::PublishProperties {
+                        content_type: content_type.map(str::to_owned),
+                        user_properties: sensor
+                            .map(|s| vec![(SENSOR_PROPERTY.to_owned(), s.to_owned())])
+                            .unwrap_or_default(),
+                        ..Default::default()
+                    },
+                )
                 .map_err(|_| QueueFull)
             }
         }

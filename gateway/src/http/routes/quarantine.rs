@@ -38,7 +38,7 @@ pub(super) struct ListQuery {
 fn answer(e: QuarantineError) -> ApiError {
     let status = match e {
         QuarantineError::NotFound(_) => StatusCode::NOT_FOUND,
-        QuarantineError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        QuarantineError::Closed | QuarantineError::DiskFull => StatusCode::SERVICE_UNAVAILABLE,
         QuarantineError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, e.to_string())
