@@ -100,12 +100,69 @@ impl ApiThrottle {
     }
 }
 
+/// `auth.db` connections of the API handlers, kept for reuse (issue 20.15): opening one runs
+/// the store's checks (file, schema, integrity) and migrations, which is worth doing once, not
+/// on every request. At most [`DbPool::IDLE`] idle connections are kept; one whose work failed
+/// is dropped rather than reused. Used on blocking threads only.
+#[derive(Debug)]
+pub struct DbPool {
+    path: PathBuf,
+    idle: std::sync::Mutex<Vec<crate::auth::store::Db>>,
+    opens: AtomicU64,
+}
+
+impl DbPool {
+    const IDLE: usize = 4;
+
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: std::sync::Mutex::new(Vec::new()),
+            opens: AtomicU64::new(0),
+        }
+    }
+
+    /// An idle connection, or a newly opened (and checked) one.
+    pub fn take(&self) -> Result<crate::auth::store::Db, crate::auth::AuthError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(db) => Ok(db),
+            None => {
+                self.opens.fetch_add(1, Ordering::Relaxed);
+                crate::auth::store::Db::open(&self.path)
+            }
+        }
+    }
+
+    /// Gives a connection back after work that succeeded.
+    pub fn put(&self, db: crate::auth::store::Db) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < Self::IDLE {
+            idle.push(db);
+        }
+    }
+
+    /// Connections opened so far.
+    pub fn opens(&self) -> u64 {
+        self.opens.load(Ordering::Relaxed)
+    }
+}
+
 /// Everything the handlers share.
 #[derive(Debug)]
 pub struct AppState {
     pub auth: AuthStore,
     pub outbox: Outbox,
     pub auth_db: PathBuf,
+    /// Connections to `auth_db` for the handlers.
+    pub db: DbPool,
     pub tokens: tokens::Tokens,
     pub pats: pats::PatStore,
     pub config: Config,
@@ -171,6 +228,7 @@ pub async fn bind(
         auth,
         outbox,
         auth_db: crate::auth::path_in(&config.gateway.state_dir),
+        db: DbPool::new(crate::auth::path_in(&config.gateway.state_dir)),
         tokens: tokens::Tokens::open(
             &config.gateway.state_dir,
             http.access_token_ttl.get(),
@@ -527,6 +585,7 @@ fn test_state_from(
         auth,
         outbox,
         auth_db: dir.join("auth.db"),
+        db: DbPool::new(dir.join("auth.db")),
         tokens: tokens::Tokens::new(
             &[1; 32],
             std::time::Duration::from_secs(60),
@@ -597,6 +656,85 @@ mod tests {
             PerPeer::take(&table, a).is_some(),
             "a closed connection frees its slot"
         );
+    }
+
+    /// Issue 20.15: the handlers reuse one checked `auth.db` connection instead of opening
+    /// (and checking) the store on every request, and a PAT refused by its scopes costs no
+    /// store work at all.
+    #[tokio::test]
+    async fn requests_reuse_one_store_connection_and_refused_pats_open_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _worker) = test_state_with(
+            dir.path(),
+            &[
+                ("EDGEGW_STANDALONE_EMAIL", "admin@example.com"),
+                ("EDGEGW_STANDALONE_TOKEN", "the-admin-token-0123"),
+            ],
+        );
+        let app = router(Arc::clone(&state));
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let t = Duration::from_secs(10);
+        let (pat, secret) = state
+            .pats
+            .create(
+                "ch",
+                "",
+                Duration::from_secs(3600),
+                crate::auth::store::now_unix(),
+            )
+            .unwrap();
+        state
+            .pats
+            .add_scopes(
+                &pat.id,
+                &[pats::Scope {
+                    entity_type: "channels".into(),
+                    operation: "read".into(),
+                    entity_id: "*".into(),
+                }],
+            )
+            .unwrap();
+        let get = |path: &str, auth: &str| {
+            hyper::Request::get(path)
+                .header("authorization", auth)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let r = answer(
+            app.clone(),
+            &state,
+            peer,
+            get("/clients", &format!("Bearer {secret}")),
+            t,
+        )
+        .await;
+        assert_eq!(r.status(), 403);
+        assert_eq!(state.db.opens(), 0, "a refused PAT opened the store");
+        for i in 0..5 {
+            let r = answer(
+                app.clone(),
+                &state,
+                peer,
+                request(
+                    "/channels",
+                    Some("Bearer the-admin-token-0123"),
+                    &format!(r#"{{"name":"ch-{i}"}}"#),
+                ),
+                t,
+            )
+            .await;
+            assert_eq!(r.status(), 201);
+            let r = answer(
+                app.clone(),
+                &state,
+                peer,
+                get("/clients", "Bearer the-admin-token-0123"),
+                t,
+            )
+            .await;
+            assert_eq!(r.status(), 200);
+        }
+        assert_eq!(state.db.opens(), 1, "one connection, reused");
     }
 
     fn request(path: &str, auth: Option<&str>, body: &str) -> axum::extract::Request {
