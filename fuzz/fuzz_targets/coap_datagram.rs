@@ -24,6 +24,9 @@ fuzz_target!(|data: &[u8]| {
         while let Some(ev) = server.poll_event() {
             match ev {
                 Event::Publish { exchange, .. } => server.complete(exchange, Outcome::Stored, now),
+                Event::Authorize { exchange, .. } => {
+                    server.complete(exchange, Outcome::Authorized, now);
+                }
                 Event::Subscribe { exchange, .. } => {
                     server.complete(exchange, Outcome::Subscribed, now);
                     let _ = server.notify(exchange, b"cmd".to_vec(), None, now);

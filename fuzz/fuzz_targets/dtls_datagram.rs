@@ -38,8 +38,10 @@ fuzz_target!(|data: &[u8]| {
         client_intermediates: Vec::new(),
         max_sessions: 4,
         max_handshakes: 4,
+        max_sessions_per_client: 16,
         handshake_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
+        server_only_auth: false,
     };
     let Ok(mut table) = Sessions::new(settings, Arc::new(Deny)) else {
         return;

@@ -59,6 +59,10 @@ pub enum ClientCommand {
         /// Use this secret (at least 16 bytes) instead of generating one.
         #[arg(long)]
         secret: Option<String>,
+        /// Generate a 16-character secret (96 bits) instead of 43 (256 bits): usable as the
+        /// DTLS-PSK key of tinydtls-based sensors, which keep at most 16 key bytes.
+        #[arg(long, conflicts_with = "secret")]
+        psk_compatible: bool,
         /// Metadata as a JSON object.
         #[arg(long, value_name = "JSON")]
         metadata: Option<String>,
@@ -78,6 +82,9 @@ pub enum ClientCommand {
         client: String,
         #[arg(long)]
         secret: Option<String>,
+        /// Generate a 16-character secret (see `client add --psk-compatible`).
+        #[arg(long, conflicts_with = "secret")]
+        psk_compatible: bool,
     },
 }
 

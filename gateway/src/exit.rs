@@ -8,7 +8,7 @@
 use std::error::Error as StdError;
 use std::process::ExitCode;
 
-use gateway::auth::AuthError;
+use gateway::auth::{AuthError, Invalid, StoreError};
 use gateway::config::{ConfigError, ConfigFileError};
 use gateway::http::HttpError;
 use gateway::outbox::OutboxError;
@@ -35,11 +35,18 @@ fn status_of(cause: &(dyn StdError + 'static)) -> Option<u8> {
     }
     if let Some(e) = cause.downcast_ref::<AuthError>() {
         return Some(match e {
-            // A store the operator must restore or move away.
-            AuthError::Corrupt { .. } | AuthError::SchemaTooNew { .. } => CONFIG,
+            AuthError::Store(s) => auth_store_status(s),
             AuthError::Invalid(_) => USAGE,
-            _ => FAILURE,
+            AuthError::Duplicate { .. } | AuthError::NotFound { .. } | AuthError::Random(_) => {
+                FAILURE
+            }
         });
+    }
+    if let Some(e) = cause.downcast_ref::<StoreError>() {
+        return Some(auth_store_status(e));
+    }
+    if cause.is::<Invalid>() {
+        return Some(USAGE);
     }
     if let Some(e) = cause.downcast_ref::<PkiCommandError>() {
         return Some(match e {
@@ -83,6 +90,11 @@ fn status_of(cause: &(dyn StdError + 'static)) -> Option<u8> {
     None
 }
 
+/// A store the operator must restore or move away: restarting will not help.
+fn auth_store_status(e: &StoreError) -> u8 {
+    if e.needs_operator() { CONFIG } else { FAILURE }
+}
+
 /// Prints `error: …` and the cause chain one per line on stderr, and returns the status.
 pub fn report(err: &anyhow::Error) -> ExitCode {
     eprintln!("edgegw: error: {err}");
@@ -112,17 +124,24 @@ mod tests {
             reason: "expired".into(),
         };
         assert_eq!(code(file), CONFIG);
-        let corrupt = AuthError::Corrupt {
+        let corrupt = || StoreError::Corrupt {
             path: PathBuf::from("/x/auth.db"),
             reason: "not a database".into(),
         };
-        assert_eq!(code(corrupt), CONFIG);
-        let too_new = AuthError::SchemaTooNew {
+        assert_eq!(code(corrupt()), CONFIG);
+        // Wrapped as a management operation's error (a CLI command opening the store) too.
+        assert_eq!(code(AuthError::from(corrupt())), CONFIG);
+        let too_new = StoreError::SchemaTooNew {
             path: PathBuf::from("/x/auth.db"),
             found: 9,
             supported: 1,
         };
         assert_eq!(code(too_new), CONFIG);
+        let sqlite = StoreError::Sqlite {
+            path: PathBuf::from("/x/auth.db"),
+            source: rusqlite::Error::InvalidQuery,
+        };
+        assert_eq!(code(AuthError::from(sqlite)), FAILURE);
         assert_eq!(code(PkiCommandError::NoDeviceCa), CONFIG);
         assert_eq!(code(UplinkError::BadUrl("x".into())), CONFIG);
     }
@@ -134,7 +153,8 @@ mod tests {
             reason: "no unit".into(),
         };
         assert_eq!(code(ttl), USAGE);
-        assert_eq!(code(AuthError::Invalid("bad name".into())), USAGE);
+        assert_eq!(code(Invalid::IdentityLength), USAGE);
+        assert_eq!(code(AuthError::from(Invalid::SecretInUse)), USAGE);
         let not_running = ControlError::NotRunning {
             path: PathBuf::from("/run/edgegw/control.sock"),
             reason: "no such file".into(),

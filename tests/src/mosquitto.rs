@@ -109,6 +109,16 @@ impl Mosquitto {
         broker
     }
 
+    /// Restarts the broker with `line` added to its configuration (e.g. `tls_version tlsv1.2`).
+    pub fn add_config(&mut self, line: &str) {
+        self.stop();
+        let mut text = std::fs::read_to_string(&self.conf).expect("read mosquitto.conf");
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&self.conf, text).expect("write mosquitto.conf");
+        self.restart();
+    }
+
     /// Starts (again) on the same port with the same persistence.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "mosquitto is already running");

@@ -76,9 +76,44 @@ impl Sensor {
         }
     }
 
+    /// The next line from the daemon within `wait`, or `None`.
+    pub fn line_within(&mut self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return Some(String::from_utf8_lossy(&line[..pos]).into_owned());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut chunk = [0u8; 256];
+            match self.master.read(&mut chunk) {
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("pty read failed: {e}"),
+            }
+        }
+    }
+
     /// Sends one line and returns the answer.
     pub fn ask(&mut self, line: &str) -> String {
         self.send(format!("{line}\n").as_bytes());
         self.line()
     }
+}
+
+/// Writes `<dir>/serial.toml`: one serial port behind each of `links` (reopened quickly after
+/// an unplug), for `edgegw --config`. Returns its path.
+pub fn port_config(dir: &Path, links: &[&Path]) -> std::path::PathBuf {
+    let config = dir.join("serial.toml");
+    let mut text = String::from("[serial]\nreopen_min = \"100ms\"\nreopen_max = \"200ms\"\n");
+    for link in links {
+        text.push_str(&format!(
+            "[[serial.ports]]\npath = \"{}\"\nbaud = 115200\n",
+            link.display()
+        ));
+    }
+    std::fs::write(&config, text).expect("write serial config");
+    config
 }

@@ -1,138 +1,130 @@
-//! Issues 21.4 / 20.13: one channel has one upstream topic whichever path a sensor used. A
-//! channel without a domain goes upstream in `gateway.domain_id` over CoAP's SuperMQ path and
-//! the legacy path alike, a path naming another domain is refused (4.03) and never chooses the
-//! upstream domain, and a command on that one topic's `/cmd` reaches an observing sensor.
-//! Real mosquitto with mTLS, libcoap's `coap-client-notls`.
+//! Issues 21.4 / 20.13: one channel has one upstream topic whichever adapter and path a
+//! sensor used. A channel without a domain goes upstream in `gateway.domain_id` over CoAP's
+//! SuperMQ path and legacy path, the HTTP adapter (channel by name and by id, with a
+//! subtopic) and serial alike; a path naming another domain is refused (4.03 / 403) and never
+//! chooses the upstream domain; a command on that one topic's `/cmd` reaches an observing
+//! CoAP sensor and a serial sensor. Real mosquitto with mTLS, libcoap's `coap-client-notls`,
+//! curl, a pty pair.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use system_tests::mosquitto::{Mosquitto, Subscriber, free_port, publish};
-use system_tests::pki::Pki;
-use system_tests::uplink::env;
-use system_tests::{Daemon, edgegw, json_cli};
+use system_tests::api::Api;
+use system_tests::downlink::{Downlink, Observer};
+use system_tests::pty::{self, Sensor, WAIT};
 
 const GW_DOMAIN: &str = "gw-dom";
 
 fn coap(args: &[&str]) -> String {
-    let out = Command::new("coap-client-notls")
-        .args(["-B", "5"])
-        .args(args)
-        .output()
-        .expect("coap-client-notls (apt-get install libcoap3-bin)");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    system_tests::coap_client("coap-client-notls", args)
 }
 
 #[test]
 fn every_path_of_a_channel_goes_upstream_on_one_topic_and_commands_come_back_on_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::new(&dir.path().join("pki"));
-    let broker = Mosquitto::start(&dir.path().join("broker"), &pki);
-    let mut vars = env(dir.path(), &broker, &pki);
-    vars.push(("EDGEGW_GATEWAY_DOMAIN_ID".into(), GW_DOMAIN.into()));
-    // A channel with an empty domain_id (created with `--domain ""`).
-    let channel = json_cli(
-        dir.path(),
-        &vars,
-        &["channel", "add", "mixed", "--domain", ""],
-    );
-    let id = channel["id"].as_str().expect("channel id").to_owned();
-    let client = json_cli(dir.path(), &vars, &["client", "add", "mix-1"]);
-    let secret = client["secret"].as_str().expect("secret").to_owned();
-    json_cli(dir.path(), &vars, &["connect", "mix-1", "mixed"]);
+    // Channel `lamps` with an empty domain_id (created with `--domain ""`).
+    let setup = Downlink::with_domains("", Some(GW_DOMAIN));
+    let (id, secret) = (setup.channel_id.clone(), setup.secret.clone());
+    let link = setup.path().join("ttySENSOR");
+    let mut sensor = Sensor::plug_in(&link);
+    let config = pty::port_config(setup.path(), &[&link]);
+    // The serial sensor is a client of its own: a client has one downlink mailbox per
+    // channel, which the CoAP observer below takes.
+    let serial = setup.cli(&["client", "add", "lamp-2"]);
+    let serial_secret = serial["secret"].as_str().expect("secret").to_owned();
+    setup.cli(&["connect", "lamp-2", "lamps"]);
 
-    let mut sub = Subscriber::start(&broker, &pki, "#");
-    let port = free_port();
-    let mut cmd = edgegw(dir.path());
-    cmd.arg("run")
-        .envs(vars.iter().cloned())
-        .env("EDGEGW_COAP_BIND", format!("127.0.0.1:{port}"));
-    let mut daemon = Daemon::start(cmd);
-    daemon.wait_for_log("uplink connected", Duration::from_secs(30));
+    let mut sub = system_tests::mosquitto::Subscriber::start(&setup.broker, &setup.pki, "#");
+    let (mut daemon, port) = setup.run(Some(&config), &[]);
+    daemon.wait_for_log("serial port open", WAIT);
+    let api = Api::from_log(&mut daemon);
 
+    // CoAP, both paths.
     let url = |path: &str| format!("coap://127.0.0.1:{port}/{path}?auth={secret}");
     coap(&[
         "-m",
         "post",
         "-e",
         "via-supermq-path",
-        &url(&format!("m/{GW_DOMAIN}/c/mixed")),
+        &url(&format!("m/{GW_DOMAIN}/c/lamps")),
     ]);
     coap(&[
         "-m",
         "post",
         "-e",
         "via-legacy-path",
-        &url("channels/mixed/messages"),
+        &url("channels/lamps/messages"),
     ]);
     let foreign = coap(&[
         "-m",
         "post",
         "-e",
         "via-foreign",
-        &url("m/other-tenant/c/mixed"),
+        &url("m/other-tenant/c/lamps"),
     ]);
     assert!(
         foreign.contains("4.03"),
         "foreign domain not refused: {foreign}"
     );
+    // HTTP adapter: by name, by id with a subtopic, and a foreign domain.
+    let client_auth = format!("Client {secret}");
+    for (path, body, want) in [
+        (format!("/m/{GW_DOMAIN}/c/lamps"), "via-http-name", 202),
+        (format!("/m/{GW_DOMAIN}/c/{id}/sub/t"), "via-http-id", 202),
+        (
+            "/m/other-tenant/c/lamps".to_owned(),
+            "via-http-foreign",
+            403,
+        ),
+    ] {
+        let mut cmd = api.curl("POST", &path, Some(&client_auth));
+        cmd.args(["--data-binary", body]);
+        let r = system_tests::api::run(cmd);
+        assert_eq!(r.status, want, "{path}: {}", r.text);
+    }
+    // Serial.
+    assert_eq!(sensor.ask(&format!("AUTH lamp-2 {serial_secret}")), "OK");
+    let answer = sensor.ask("PUB lamps via-serial");
+    assert!(answer.starts_with("OK "), "{answer}");
 
     let topic = format!("m/{GW_DOMAIN}/c/{id}");
     let want = [
         format!("{topic} via-supermq-path"),
         format!("{topic} via-legacy-path"),
+        format!("{topic} via-http-name"),
+        format!("{topic}/sub/t via-http-id"),
+        format!("{topic} via-serial"),
     ];
     let seen = sub.wait_until(Duration::from_secs(30), |l| {
         want.iter().all(|w| l.contains(w))
     });
-    assert!(seen, "not both on {topic}: {:?}", sub.lines);
+    assert!(seen, "not all on {topic}: {:?}", sub.lines);
     assert!(
         !sub.lines
             .iter()
-            .any(|l| l.contains("via-foreign") || l.contains("other-tenant")),
+            .any(|l| l.contains("foreign") || l.contains("other-tenant")),
         "{:?}",
         sub.lines
     );
 
-    // A command on that one topic reaches a sensor observing on the legacy path.
-    let mut observer = Command::new("coap-client-notls")
-        .args(["-B", "60", "-s", "60", "-w", "-m", "get"])
-        .arg(url("channels/mixed/messages/cmd"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("coap-client-notls");
-    let out = observer.stdout.take().expect("stdout");
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut got = None;
-    while got.is_none() && Instant::now() < deadline {
-        publish(&broker, &pki, &format!("{topic}/cmd"), "one-topic-cmd");
-        while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
-            if line.contains("one-topic-cmd") {
-                got = Some(line);
-                break;
-            }
-        }
-    }
-    let _ = observer.kill();
-    let _ = observer.wait();
-    assert_eq!(
-        got.as_deref(),
-        Some("one-topic-cmd"),
-        "command on {topic}/cmd not delivered; log:\n{}",
+    // One command on that one topic reaches a sensor observing on the legacy path and the
+    // serial sensor.
+    let mut observer = Observer::start(
+        "coap-client-notls",
+        &[],
+        &url("channels/lamps/messages/cmd"),
+    );
+    let got = setup.command_until(
+        &format!("{topic}/cmd"),
+        "one-topic-cmd",
+        Duration::from_secs(30),
+        |wait| observer.saw("one-topic-cmd", wait),
+    );
+    assert!(
+        got,
+        "command on {topic}/cmd not delivered to CoAP ({:?}); log:\n{}",
+        observer.seen,
         daemon.log().join("\n")
     );
+    // The serial session subscribed at AUTH, so it got every command published above.
+    let line = sensor.line();
+    assert_eq!(line, "CMD lamps one-topic-cmd");
 }

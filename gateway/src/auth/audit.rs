@@ -6,9 +6,14 @@
 //! address × method and per interval ([`AGGREGATE_EVERY`]), the first success is written at
 //! once (`count` 1) and the rest of that interval as one row at its end (`count` = how many
 //! more, `at_ms` = the last of them). A plain-CoAP sensor authenticates with every message;
-//! a row per message would make the audit writer one of the gateway's biggest costs. Every
-//! failure, and every management action, is still one row of its own. The sum of `count`
-//! over the rows is the number of decisions.
+//! a row per message would make the audit writer one of the gateway's biggest costs.
+//!
+//! Failures from a source that authenticated recently (a sensor with a stale secret) are one
+//! row each. Failures from any other source (what an attacker, spoofed or not, sends) are
+//! summed the same way per method × outcome × remote × identity and interval; beyond
+//! [`MAX_KEYS`] such keys in one interval they are summed per method × outcome with no remote
+//! or identity. Management actions are one row each, with their own retention
+//! (`Db::append_audit`). The sum of `count` over the rows is the number of decisions.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::AuthError;
+use super::StoreError;
 use super::store::{AuditEvent, Db, now_ms};
 
 /// Events waiting to be written; beyond this they are dropped (and counted), never queued.
@@ -33,7 +38,17 @@ const BATCH: usize = 512;
 pub const AGGREGATE_EVERY: Duration = Duration::from_secs(60);
 /// Most client × remote × method keys aggregated per interval; successes beyond them are
 /// written one row each (as before aggregation), so the map stays bounded.
-const MAX_KEYS: usize = 4096;
+pub const MAX_KEYS: usize = 4096;
+
+/// Failures of one method × outcome × remote × identity (`None` beyond [`MAX_KEYS`]).
+type FailureKey = (&'static str, &'static str, Option<IpAddr>, Option<String>);
+
+/// Failures of one key in the current interval, after the first.
+#[derive(Debug)]
+struct FailTally {
+    more: u64,
+    last_ms: i64,
+}
 
 /// Successes of one key in the current interval, after the first.
 #[derive(Debug)]
@@ -51,6 +66,7 @@ type Tallies = HashMap<String, HashMap<(&'static str, Option<IpAddr>), Tally>>;
 struct Aggregate {
     tallies: Tallies,
     keys: usize,
+    failures: HashMap<FailureKey, FailTally>,
 }
 
 #[derive(Debug)]
@@ -63,12 +79,12 @@ pub struct Audit {
 
 impl Audit {
     /// Starts the writer on its own connection to `path` (already opened and migrated).
-    pub fn start(path: &Path, keep: u64) -> Result<Audit, AuthError> {
+    pub fn start(path: &Path, keep: u64) -> Result<Audit, StoreError> {
         Self::start_every(path, keep, AGGREGATE_EVERY)
     }
 
     /// [`Audit::start`] with another aggregation interval.
-    pub fn start_every(path: &Path, keep: u64, every: Duration) -> Result<Audit, AuthError> {
+    pub fn start_every(path: &Path, keep: u64, every: Duration) -> Result<Audit, StoreError> {
         let db = Db::attach(path)?;
         let (tx, rx) = sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -78,7 +94,7 @@ impl Audit {
         let thread = std::thread::Builder::new()
             .name("edgegw-audit".into())
             .spawn(move || write_loop(db, &rx, keep, &counter, &tallies, every))
-            .map_err(|source| AuthError::Io {
+            .map_err(|source| StoreError::Io {
                 path: path.to_owned(),
                 source,
             })?;
@@ -106,7 +122,7 @@ impl Audit {
                 .aggregate
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let Aggregate { tallies, keys } = &mut *agg;
+            let Aggregate { tallies, keys, .. } = &mut *agg;
             if let Some(t) = tallies
                 .get_mut(client_id)
                 .and_then(|per| per.get_mut(&(method, remote)))
@@ -137,6 +153,44 @@ impl Audit {
             count: 1,
             ..AuditEvent::default()
         });
+    }
+
+    /// A failed authentication from a source that has not authenticated recently: the first
+    /// of its method × outcome × remote × identity in this interval is queued now, the others
+    /// are summed into one row at the end of the interval.
+    pub fn record_failure(&self, event: AuditEvent, remote: Option<IpAddr>) {
+        {
+            let mut agg = self
+                .aggregate
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let failures = &mut agg.failures;
+            let mut key = (event.method, event.outcome, remote, event.identity.clone());
+            if !failures.contains_key(&key) && failures.len() >= MAX_KEYS {
+                // A flood of distinct sources: one sum per method × outcome.
+                key = (event.method, event.outcome, None, None);
+                let t = failures.entry(key).or_insert(FailTally {
+                    more: 0,
+                    last_ms: event.at_ms,
+                });
+                t.more += 1;
+                t.last_ms = event.at_ms;
+                return;
+            }
+            if let Some(t) = failures.get_mut(&key) {
+                t.more += 1;
+                t.last_ms = event.at_ms;
+                return;
+            }
+            failures.insert(
+                key,
+                FailTally {
+                    more: 0,
+                    last_ms: event.at_ms,
+                },
+            );
+        }
+        self.record(event);
     }
 
     /// Queues an event without waiting.
@@ -173,12 +227,28 @@ const DROP_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(1
 /// The rows of an interval's aggregated successes (after the first of each key), and an
 /// empty map for the next interval.
 fn take_tallies(aggregate: &Mutex<Aggregate>) -> Vec<AuditEvent> {
-    let tallies = {
+    let (tallies, failures) = {
         let mut agg = aggregate.lock().unwrap_or_else(PoisonError::into_inner);
         agg.keys = 0;
-        std::mem::take(&mut agg.tallies)
+        (
+            std::mem::take(&mut agg.tallies),
+            std::mem::take(&mut agg.failures),
+        )
     };
     let mut rows = Vec::new();
+    for ((method, outcome, remote, identity), t) in failures {
+        if t.more > 0 {
+            rows.push(AuditEvent {
+                at_ms: t.last_ms,
+                method,
+                identity,
+                remote: remote.map(|ip| ip.to_string()),
+                outcome,
+                count: t.more,
+                ..AuditEvent::default()
+            });
+        }
+    }
     for (client_id, per) in tallies {
         for ((method, remote), t) in per {
             if t.more > 0 {
@@ -211,6 +281,7 @@ fn write_loop(
     let mut reported = 0;
     let mut last_warning: Option<std::time::Instant> = None;
     let mut interval_end = Instant::now() + every;
+    let mut rotated = 0;
     loop {
         let wait = interval_end.saturating_duration_since(Instant::now());
         let open = match rx.recv_timeout(wait) {
@@ -237,7 +308,7 @@ fn write_loop(
             }
             continue;
         }
-        if let Err(e) = db.append_audit(&batch, keep) {
+        if let Err(e) = db.append_audit_from(&batch, keep, &mut rotated) {
             warn!(error = %e, events = batch.len(), "cannot write audit events; dropped");
         }
         batch.clear();

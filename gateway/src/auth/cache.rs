@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::store::Tables;
-use super::{AuthError, CertificateRecord, ChannelRef, ClientRef, Op, secret};
+use super::{CertificateRecord, ChannelRef, ClientRef, Denied, Op, secret};
 
 /// Compared against when the identity is unknown, so an unknown identity costs what a wrong
 /// secret does (same length as a generated secret).
@@ -169,20 +169,20 @@ impl Snapshot {
 
     /// By identity and secret. Wrong secret and unknown identity take the same path: one
     /// constant-time comparison.
-    pub fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<ClientRef, AuthError> {
+    pub fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<ClientRef, Denied> {
         match self.by_identity.get(identity) {
             Some(c) => {
                 if !secret::ct_eq(&c.secret.0, secret) {
-                    Err(AuthError::BadSecret)
+                    Err(Denied::BadSecret)
                 } else if !c.enabled {
-                    Err(AuthError::ClientDisabled)
+                    Err(Denied::ClientDisabled)
                 } else {
                     Ok(c.to_ref())
                 }
             }
             None => {
                 let _ = secret::ct_eq(DUMMY_SECRET, secret);
-                Err(AuthError::UnknownIdentity)
+                Err(Denied::UnknownIdentity)
             }
         }
     }
@@ -198,18 +198,18 @@ impl Snapshot {
     }
 
     /// By secret alone (SuperMQ `auth=<secret>`): secrets are unique in the store.
-    pub fn authenticate_secret(&self, secret: &[u8]) -> Result<ClientRef, AuthError> {
+    pub fn authenticate_secret(&self, secret: &[u8]) -> Result<ClientRef, Denied> {
         match self.by_secret.get(secret) {
             Some(c) if secret::ct_eq(&c.secret.0, secret) => {
                 if c.enabled {
                     Ok(c.to_ref())
                 } else {
-                    Err(AuthError::ClientDisabled)
+                    Err(Denied::ClientDisabled)
                 }
             }
             _ => {
                 let _ = secret::ct_eq(DUMMY_SECRET, secret);
-                Err(AuthError::BadSecret)
+                Err(Denied::BadSecret)
             }
         }
     }
@@ -225,33 +225,33 @@ impl Snapshot {
         serial_hex: &str,
         fingerprint_sha256_hex: Option<&str>,
         now: i64,
-    ) -> Result<ClientRef, AuthError> {
-        let client = self.by_identity.get(cn).ok_or(AuthError::CertUnknown)?;
+    ) -> Result<ClientRef, Denied> {
+        let client = self.by_identity.get(cn).ok_or(Denied::CertUnknown)?;
         let cert = match self.certificates.get(serial_hex) {
             Some(c) => c,
             None => super::store::normalize_serial(serial_hex)
                 .ok()
                 .and_then(|s| self.certificates.get(&s))
-                .ok_or(AuthError::CertUnknown)?,
+                .ok_or(Denied::CertUnknown)?,
         };
         if cert.client_id != client.id {
-            return Err(AuthError::CertUnknown);
+            return Err(Denied::CertUnknown);
         }
         if let Some(fingerprint) = fingerprint_sha256_hex
             && !fingerprint.eq_ignore_ascii_case(&cert.fingerprint_sha256_hex)
         {
-            return Err(AuthError::CertUnknown);
+            return Err(Denied::CertUnknown);
         }
         if cert.revoked_at.is_some() {
-            return Err(AuthError::CertRevoked {
+            return Err(Denied::CertRevoked {
                 serial: cert.serial_hex.clone(),
             });
         }
         if now < cert.not_before || now > cert.not_after {
-            return Err(AuthError::CertExpired);
+            return Err(Denied::CertExpired);
         }
         if !client.enabled {
-            return Err(AuthError::ClientDisabled);
+            return Err(Denied::ClientDisabled);
         }
         Ok(client.to_ref())
     }
@@ -279,19 +279,16 @@ impl Snapshot {
         client: &ClientRef,
         channel: &str,
         op: Op,
-    ) -> Result<ChannelRef, AuthError> {
-        let c = self
-            .by_id
-            .get(&client.id)
-            .ok_or(AuthError::UnknownIdentity)?;
+    ) -> Result<ChannelRef, Denied> {
+        let c = self.by_id.get(&client.id).ok_or(Denied::UnknownIdentity)?;
         if !c.enabled {
-            return Err(AuthError::ClientDisabled);
+            return Err(Denied::ClientDisabled);
         }
         let ch = self
             .channels_by_id
             .get(channel)
             .or_else(|| self.channels_by_name.get(channel))
-            .ok_or(AuthError::UnknownChannel)?;
+            .ok_or(Denied::UnknownChannel)?;
         let grant = c.grants.get(&ch.id).copied().unwrap_or_default();
         let allowed = match op {
             Op::Publish => grant.publish,
@@ -300,7 +297,7 @@ impl Snapshot {
         if allowed {
             Ok((**ch).clone())
         } else {
-            Err(AuthError::NotConnected)
+            Err(Denied::NotConnected)
         }
     }
 

@@ -81,6 +81,18 @@ fn client_text(c: &Client) -> String {
     )
 }
 
+/// The secret to store: the given one, a generated PSK-compatible one (16 characters), or
+/// `None` for the store to generate the default (43 characters).
+fn chosen_secret(given: Option<&str>, psk_compatible: bool) -> anyhow::Result<Option<String>> {
+    Ok(match (given, psk_compatible) {
+        (Some(s), _) => Some(s.to_owned()),
+        (None, true) => Some(super::secret::generate_kind(
+            super::secret::SecretKind::PskCompatible,
+        )?),
+        (None, false) => None,
+    })
+}
+
 /// `edgegw client …`
 pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Result<()> {
     let mut db = open(config)?;
@@ -89,8 +101,10 @@ pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Resul
             identity,
             name,
             secret,
+            psk_compatible,
             metadata,
         } => {
+            let secret = chosen_secret(secret.as_deref(), *psk_compatible)?;
             let c = db.add_client(
                 identity,
                 name.as_deref(),
@@ -192,7 +206,12 @@ pub fn client(config: &Config, json: bool, cmd: &ClientCommand) -> anyhow::Resul
                 println!("client {} ({}) removed", c.identity, c.id);
             }
         }
-        ClientCommand::RotateSecret { client, secret } => {
+        ClientCommand::RotateSecret {
+            client,
+            secret,
+            psk_compatible,
+        } => {
+            let secret = chosen_secret(secret.as_deref(), *psk_compatible)?;
             let c = db.rotate_secret(client, secret.as_deref())?;
             record_audit(&mut db, config, "client.rotate_secret", "clients", &c.id);
             if json {

@@ -12,6 +12,7 @@
 mod audit;
 pub mod cache;
 pub mod cli;
+mod error;
 pub mod secret;
 pub mod store;
 pub mod throttle;
@@ -31,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::AuthConfig;
 pub use cache::Snapshot;
+pub use error::{AuthError, Denied, Invalid, StoreError};
 use store::{AuditEvent, Db};
 pub use throttle::Throttled;
 
@@ -75,94 +77,6 @@ pub struct CertificateRecord {
     pub revoked_at: Option<i64>,
 }
 
-/// Why the auth store refused or failed. The first group are decisions; to a sensor,
-/// everything for which [`AuthError::is_unauthenticated`] is true must look the same.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("unknown client identity")]
-    UnknownIdentity,
-    #[error("wrong client secret")]
-    BadSecret,
-    #[error("client is disabled")]
-    ClientDisabled,
-    #[error("client is not connected to the channel for this operation")]
-    NotConnected,
-    #[error("unknown channel")]
-    UnknownChannel,
-    #[error("certificate {serial} is revoked")]
-    CertRevoked { serial: String },
-    #[error("certificate is not recorded for this client")]
-    CertUnknown,
-    #[error("certificate is not valid now (expired or not yet valid)")]
-    CertExpired,
-    #[error(
-        "auth store {} is corrupt: {reason}. It was left unchanged; restore it from a backup, \
-         or move it away to start with an empty store", path.display()
-    )]
-    Corrupt { path: PathBuf, reason: String },
-    #[error(
-        "auth store {} has schema version {found}, newer than this edgegw supports \
-         ({supported}); it was left unchanged. Run the newer edgegw that wrote it", path.display()
-    )]
-    SchemaTooNew {
-        path: PathBuf,
-        found: i64,
-        supported: i64,
-    },
-    #[error("{what} `{value}` already exists")]
-    Duplicate { what: &'static str, value: String },
-    #[error("no {what} `{value}`")]
-    NotFound { what: &'static str, value: String },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("auth store {}: {source}", path.display())]
-    Sqlite {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the operating system's random number generator failed: {0}")]
-    Random(String),
-}
-
-impl AuthError {
-    /// Answered to a sensor as "unauthenticated" (CoAP 4.01, `ERR auth`), indistinguishably.
-    pub fn is_unauthenticated(&self) -> bool {
-        matches!(
-            self,
-            Self::UnknownIdentity
-                | Self::BadSecret
-                | Self::ClientDisabled
-                | Self::CertRevoked { .. }
-                | Self::CertUnknown
-                | Self::CertExpired
-        )
-    }
-
-    /// Answered as "forbidden" (CoAP 4.03): authenticated, but not allowed on that channel.
-    pub fn is_forbidden(&self) -> bool {
-        matches!(self, Self::NotConnected | Self::UnknownChannel)
-    }
-
-    fn outcome(&self) -> &'static str {
-        match self {
-            Self::UnknownIdentity => "unknown_identity",
-            Self::BadSecret => "bad_secret",
-            Self::ClientDisabled => "client_disabled",
-            Self::CertUnknown => "cert_unknown",
-            Self::CertRevoked { .. } => "cert_revoked",
-            Self::CertExpired => "cert_expired",
-            _ => "other",
-        }
-    }
-}
-
 /// The auth store handle: cheap to clone, `Send + Sync`.
 #[derive(Clone)]
 pub struct AuthStore {
@@ -190,15 +104,10 @@ struct Inner {
     /// The generation of every installed snapshot: adapters re-check live subscriptions.
     changes: watch::Sender<i64>,
     revocations: broadcast::Sender<CertificateRecord>,
-    throttle: Mutex<Throttles>,
+    throttle: Mutex<throttle::AuthThrottle>,
     audit: Option<audit::Audit>,
     /// Dropping it stops the watcher thread.
     _stop_watcher: std::sync::mpsc::Sender<()>,
-}
-
-struct Throttles {
-    by_remote: throttle::Buckets<IpAddr>,
-    by_identity: throttle::Buckets<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -224,7 +133,7 @@ impl AuthStore {
     /// Opens/creates `path` (0600, parent 0700), applies migrations, refuses a newer schema or
     /// a corrupt/truncated file (naming it, never altering it), loads the cache and starts the
     /// change watcher and the audit writer.
-    pub fn open(path: &Path, config: &AuthConfig) -> Result<AuthStore, AuthError> {
+    pub fn open(path: &Path, config: &AuthConfig) -> Result<AuthStore, StoreError> {
         let mut db = Db::open(path)?;
         let snapshot = Snapshot::build(db.load()?);
         let watcher_db = Db::attach(path)?;
@@ -247,18 +156,11 @@ impl AuthStore {
             directory,
             changes,
             revocations,
-            throttle: Mutex::new(Throttles {
-                by_remote: throttle::Buckets::new(
-                    config.failure_burst,
-                    config.failure_refill.get(),
-                    max_tracked,
-                ),
-                by_identity: throttle::Buckets::new(
-                    config.failure_burst,
-                    config.failure_refill.get(),
-                    max_tracked,
-                ),
-            }),
+            throttle: Mutex::new(throttle::AuthThrottle::new(
+                config.failure_burst,
+                config.failure_refill.get(),
+                max_tracked,
+            )),
             audit,
             _stop_watcher: stop_tx,
         });
@@ -266,7 +168,7 @@ impl AuthStore {
         std::thread::Builder::new()
             .name("edgegw-authwatch".into())
             .spawn(move || watch_loop(&weak, watcher_db, &stop_rx))
-            .map_err(|source| AuthError::Io {
+            .map_err(|source| StoreError::Io {
                 path: path.to_owned(),
                 source,
             })?;
@@ -283,7 +185,7 @@ impl AuthStore {
     }
 
     /// By identity and secret (serial `AUTH`, CoAP `username=&password=`).
-    pub fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<ClientRef, AuthError> {
+    pub fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<ClientRef, Denied> {
         self.authenticate_from(None, identity, secret)
     }
 
@@ -293,14 +195,14 @@ impl AuthStore {
         remote: Option<IpAddr>,
         identity: &str,
         secret: &[u8],
-    ) -> Result<ClientRef, AuthError> {
+    ) -> Result<ClientRef, Denied> {
         let result = self.snapshot().authenticate(identity, secret);
         self.conclude("identity", remote, Some(identity), &result);
         result
     }
 
     /// By secret alone (SuperMQ `auth=<secret>`).
-    pub fn authenticate_secret(&self, secret: &[u8]) -> Result<ClientRef, AuthError> {
+    pub fn authenticate_secret(&self, secret: &[u8]) -> Result<ClientRef, Denied> {
         self.authenticate_secret_from(None, secret)
     }
 
@@ -308,7 +210,7 @@ impl AuthStore {
         &self,
         remote: Option<IpAddr>,
         secret: &[u8],
-    ) -> Result<ClientRef, AuthError> {
+    ) -> Result<ClientRef, Denied> {
         let result = self.snapshot().authenticate_secret(secret);
         self.conclude("secret", remote, None, &result);
         result
@@ -322,7 +224,7 @@ impl AuthStore {
         cn: &str,
         serial_hex: &str,
         fingerprint_sha256_hex: &str,
-    ) -> Result<ClientRef, AuthError> {
+    ) -> Result<ClientRef, Denied> {
         self.authenticate_certificate_from(None, cn, serial_hex, fingerprint_sha256_hex)
     }
 
@@ -332,7 +234,7 @@ impl AuthStore {
         cn: &str,
         serial_hex: &str,
         fingerprint_sha256_hex: &str,
-    ) -> Result<ClientRef, AuthError> {
+    ) -> Result<ClientRef, Denied> {
         let result = self.snapshot().authenticate_certificate(
             cn,
             serial_hex,
@@ -355,7 +257,7 @@ impl AuthStore {
         client: &ClientRef,
         channel: &str,
         op: Op,
-    ) -> Result<ChannelRef, AuthError> {
+    ) -> Result<ChannelRef, Denied> {
         self.snapshot().authorize(client, channel, op)
     }
 
@@ -376,7 +278,8 @@ impl AuthStore {
         self.inner.changes.subscribe()
     }
 
-    /// Ok unless `remote` or `identity` used up its failed-authentication budget.
+    /// Ok unless `remote` or `identity` used up its failed-authentication budget (the
+    /// identity's budget does not stop an address it authenticated from recently).
     pub fn throttle_check(
         &self,
         remote: Option<IpAddr>,
@@ -391,27 +294,47 @@ impl AuthStore {
         identity: Option<&str>,
         now: Instant,
     ) -> Result<(), Throttled> {
-        let t = lock(&self.inner.throttle);
-        let a = remote.map_or(Ok(()), |ip| t.by_remote.check(&ip, now));
-        let b = identity.map_or(Ok(()), |id| t.by_identity.check(id, now));
-        match (a, b) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(x), Ok(())) | (Ok(()), Err(x)) => Err(x),
-            (Err(x), Err(y)) => Err(x.max_by_retry(y)),
-        }
+        lock(&self.inner.throttle).check(remote, identity, now)
     }
 
-    /// Audit, log and (on failure) charge the throttle.
+    /// A DTLS-PSK handshake that failed on its key (or named an unknown identity) from
+    /// `remote`: audited and charged to the throttle like any other failed authentication.
+    pub fn psk_failed_from(&self, remote: IpAddr, identity: &str) {
+        // The key itself is not known here: an empty secret (never a client's) tells a known
+        // identity (BadSecret, its bucket is charged) from an unknown one.
+        let result = match self.snapshot().authenticate(identity, &[]) {
+            Ok(_) => Err(Denied::BadSecret),
+            Err(e) => Err(e),
+        };
+        self.conclude("psk", Some(remote), Some(identity), &result);
+    }
+
+    /// A DTLS-PSK handshake whose key proved right, from `remote`: the client if it is
+    /// still known and enabled (audited as a success, and the pair becomes trusted).
+    pub fn psk_succeeded_from(&self, remote: IpAddr, identity: &str) -> Option<ClientRef> {
+        let key = self.psk_for_identity(identity)?;
+        let result = self.snapshot().authenticate(identity, &key);
+        self.conclude("psk", Some(remote), Some(identity), &result);
+        result.ok()
+    }
+
+    /// Audit, log and charge the throttle (failures), or trust the address (successes).
+    /// Failures from sources that have not authenticated recently are audited in sums
+    /// (see `audit`), so a flood of them cannot rotate the table.
     fn conclude(
         &self,
         method: &'static str,
         remote: Option<IpAddr>,
         identity: Option<&str>,
-        result: &Result<ClientRef, AuthError>,
+        result: &Result<ClientRef, Denied>,
     ) {
+        let mut trusted_source = false;
         let outcome = match result {
             Ok(client) => {
                 debug!(method, identity = %client.identity, remote = ?remote, "authenticated");
+                if remote.is_some() {
+                    lock(&self.inner.throttle).success(remote, &client.identity, Instant::now());
+                }
                 "ok"
             }
             Err(e) => {
@@ -421,12 +344,11 @@ impl AuthStore {
                 if identity.is_some() || remote.is_some() {
                     let now = Instant::now();
                     let mut t = lock(&self.inner.throttle);
-                    if let Some(ip) = remote {
-                        t.by_remote.charge(ip, now);
-                    }
-                    if let Some(id) = identity.filter(|id| id.len() <= 128) {
-                        t.by_identity.charge(id.to_owned(), now);
-                    }
+                    // An unknown identity gets no bucket of its own: made-up names would
+                    // only fill the table (the address is still charged).
+                    let known = identity.filter(|_| !matches!(e, Denied::UnknownIdentity));
+                    t.failure(remote, known, now);
+                    trusted_source = remote.is_some_and(|ip| t.is_trusted_source(ip, now));
                 }
                 e.outcome()
             }
@@ -435,15 +357,22 @@ impl AuthStore {
             (None, _) => {}
             // Aggregated per client × remote × method and interval (see `audit`).
             (Some(audit), Ok(c)) => audit.record_success(method, &c.id, &c.identity, remote),
-            (Some(audit), Err(_)) => audit.record(AuditEvent {
-                at_ms: now_ms(),
-                method,
-                identity: identity.map(shown),
-                client_id: None,
-                remote: remote.map(|ip| ip.to_string()),
-                outcome,
-                ..AuditEvent::default()
-            }),
+            (Some(audit), Err(_)) => {
+                let event = AuditEvent {
+                    at_ms: now_ms(),
+                    method,
+                    identity: identity.map(shown),
+                    client_id: None,
+                    remote: remote.map(|ip| ip.to_string()),
+                    outcome,
+                    ..AuditEvent::default()
+                };
+                if trusted_source {
+                    audit.record(event);
+                } else {
+                    audit.record_failure(event, remote);
+                }
+            }
         }
     }
 
@@ -451,7 +380,8 @@ impl AuthStore {
     pub fn record_certificate(&self, rec: &CertificateRecord) -> Result<(), AuthError> {
         let mut db = lock(&self.inner.writer);
         db.record_certificate(rec)?;
-        self.inner.reload(&mut db).map(drop)
+        self.inner.reload(&mut db)?;
+        Ok(())
     }
 
     /// Revokes a certificate by serial, or all of a client's (id or identity). Subscribers of
@@ -488,7 +418,7 @@ impl AuthStore {
 
     /// Reloads the snapshot now, after this process changed `auth.db` through another
     /// connection (the management API), instead of waiting for the watcher's next poll.
-    pub fn reload_now(&self) -> Result<(), AuthError> {
+    pub fn reload_now(&self) -> Result<(), StoreError> {
         let mut db = lock(&self.inner.writer);
         self.inner.reload(&mut db).map(drop)
     }
@@ -514,23 +444,13 @@ pub const DEMO_CHANNEL: &str = "demo";
 /// channel has one upstream topic `m/<domain>/c/<id>/…` on every adapter.
 pub const DEV_DOMAIN: &str = "00000000-0000-4000-8000-00000000d0e0";
 
-impl Throttled {
-    fn max_by_retry(self, other: Throttled) -> Throttled {
-        if other.retry_after > self.retry_after {
-            other
-        } else {
-            self
-        }
-    }
-}
-
 impl Inner {
     /// Loads the tables through `db` and installs them as the new snapshot.
     fn current(&self) -> Arc<Snapshot> {
         Arc::clone(&self.snapshot.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn reload(&self, db: &mut Db) -> Result<Arc<Snapshot>, AuthError> {
+    fn reload(&self, db: &mut Db) -> Result<Arc<Snapshot>, StoreError> {
         let _guard = lock(&self.install);
         let current = Arc::new(Snapshot::build(db.load()?));
         let previous = std::mem::replace(
@@ -619,16 +539,9 @@ fn watch_loop(inner: &Weak<Inner>, mut db: Db, stop: &std::sync::mpsc::Receiver<
 /// `<state_dir>/auth.db`.
 /// With `uplink.platform = "supermq"` every channel needs a domain: SuperMQ topics are
 /// `m/<domain>/c/<channel>` and an empty level is never published or subscribed.
-pub fn check_upstream_domain(
-    config: &crate::config::Config,
-    domain: &str,
-) -> Result<(), AuthError> {
+pub fn check_upstream_domain(config: &crate::config::Config, domain: &str) -> Result<(), Invalid> {
     if config.uplink.platform == crate::config::Platform::Supermq && domain.trim().is_empty() {
-        return Err(AuthError::Invalid(
-            "with uplink.platform = \"supermq\" a channel needs its SuperMQ domain id: pass \
-             --domain <domain id> (API: \"domain_id\") or set gateway.domain_id"
-                .into(),
-        ));
+        return Err(Invalid::DomainRequired);
     }
     Ok(())
 }

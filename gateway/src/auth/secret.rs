@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use subtle::ConstantTimeEq as _;
 
-use super::AuthError;
+use super::{AuthError, Invalid};
 
 /// Shortest secret accepted from a user (bytes).
 pub const MIN_SECRET_LEN: usize = 16;
@@ -12,34 +12,55 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub const MAX_SECRET_LEN: usize = 128;
 /// Random bytes in a generated secret: 256 bits.
 const GENERATED_BYTES: usize = 32;
+/// Random bytes in a PSK-compatible secret: 96 bits, 16 characters of base64.
+const PSK_COMPATIBLE_BYTES: usize = 12;
+/// Length of a PSK-compatible secret (characters = key bytes): tinydtls, the DTLS stack of
+/// aiocoap and many constrained devices, keeps at most 16 PSK key bytes.
+pub const PSK_COMPATIBLE_LEN: usize = 16;
+
+/// How long a generated secret is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// 43 characters, 256 bits: the default.
+    Full,
+    /// [`PSK_COMPATIBLE_LEN`] characters, 96 bits: usable as a tinydtls DTLS-PSK key.
+    PskCompatible,
+}
 
 /// A new secret: 256 bits from the OS RNG as URL-safe base64 without padding (43 characters).
 pub fn generate() -> Result<String, AuthError> {
+    generate_kind(SecretKind::Full)
+}
+
+/// A new secret of `kind`, from the OS RNG as URL-safe base64 without padding.
+pub fn generate_kind(kind: SecretKind) -> Result<String, AuthError> {
     let mut bytes = [0u8; GENERATED_BYTES];
-    getrandom::fill(&mut bytes).map_err(|e| AuthError::Random(e.to_string()))?;
+    let n = match kind {
+        SecretKind::Full => GENERATED_BYTES,
+        SecretKind::PskCompatible => PSK_COMPATIBLE_BYTES,
+    };
+    let bytes = &mut bytes[..n];
+    getrandom::fill(bytes).map_err(AuthError::Random)?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Checks a user-given secret: 16..=128 bytes of printable ASCII without spaces (it travels in
 /// a serial `AUTH` line and a CoAP Uri-Query).
-pub fn validate(secret: &str) -> Result<(), AuthError> {
+pub fn validate(secret: &str) -> Result<(), Invalid> {
     if secret.len() < MIN_SECRET_LEN {
-        return Err(AuthError::Invalid(format!(
-            "the secret is too short ({} bytes; at least {MIN_SECRET_LEN}: it is also the \
-             client's DTLS-PSK key — unlike SuperMQ, which has no minimum)",
-            secret.len()
-        )));
+        return Err(Invalid::SecretTooShort {
+            len: secret.len(),
+            min: MIN_SECRET_LEN,
+        });
     }
     if secret.len() > MAX_SECRET_LEN {
-        return Err(AuthError::Invalid(format!(
-            "the secret is too long ({} bytes; at most {MAX_SECRET_LEN})",
-            secret.len()
-        )));
+        return Err(Invalid::SecretTooLong {
+            len: secret.len(),
+            max: MAX_SECRET_LEN,
+        });
     }
     if !secret.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(AuthError::Invalid(
-            "the secret must be printable ASCII without spaces".into(),
-        ));
+        return Err(Invalid::SecretCharacters);
     }
     Ok(())
 }
@@ -47,7 +68,7 @@ pub fn validate(secret: &str) -> Result<(), AuthError> {
 /// A random (version 4) UUID in its hyphenated lowercase form.
 pub fn new_uuid() -> Result<String, AuthError> {
     let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|e| AuthError::Random(e.to_string()))?;
+    getrandom::fill(&mut b).map_err(AuthError::Random)?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -75,6 +96,20 @@ mod tests {
         let a = generate().unwrap();
         let b = generate().unwrap();
         assert_eq!(a.len(), 43);
+        assert_ne!(a, b);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        validate(&a).unwrap();
+    }
+
+    #[test]
+    fn psk_compatible_secrets_are_sixteen_url_safe_characters_and_valid() {
+        let a = generate_kind(SecretKind::PskCompatible).unwrap();
+        let b = generate_kind(SecretKind::PskCompatible).unwrap();
+        assert_eq!(a.len(), PSK_COMPATIBLE_LEN);
+        assert_eq!(PSK_COMPATIBLE_LEN, MIN_SECRET_LEN);
         assert_ne!(a, b);
         assert!(
             a.bytes()

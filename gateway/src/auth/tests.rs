@@ -94,16 +94,16 @@ fn authenticate_by_identity_secret_and_certificate() {
     assert_eq!(store.authenticate("s1", SECRET.as_bytes()).unwrap(), me);
     assert!(matches!(
         store.authenticate("s1", b"0123456789abcdef-secreT"),
-        Err(AuthError::BadSecret)
+        Err(Denied::BadSecret)
     ));
     let unknown = store.authenticate("nobody", SECRET.as_bytes()).unwrap_err();
-    assert!(matches!(unknown, AuthError::UnknownIdentity));
+    assert!(matches!(unknown, Denied::UnknownIdentity));
     // To a sensor both look the same.
-    assert!(unknown.is_unauthenticated() && AuthError::BadSecret.is_unauthenticated());
+    assert!(unknown.is_unauthenticated() && Denied::BadSecret.is_unauthenticated());
     assert_eq!(store.authenticate_secret(SECRET.as_bytes()).unwrap(), me);
     assert!(matches!(
         store.authenticate_secret(b"not-the-secret-at-all"),
-        Err(AuthError::BadSecret)
+        Err(Denied::BadSecret)
     ));
     assert_eq!(
         store
@@ -113,21 +113,21 @@ fn authenticate_by_identity_secret_and_certificate() {
     );
     assert!(matches!(
         store.authenticate_certificate("s1", "01", FP_01),
-        Err(AuthError::CertExpired)
+        Err(Denied::CertExpired)
     ));
     assert!(matches!(
         store.authenticate_certificate("s1", "02", FP_0ABC),
-        Err(AuthError::CertUnknown)
+        Err(Denied::CertUnknown)
     ));
     assert!(matches!(
         store.authenticate_certificate("other", "0abc", FP_0ABC),
-        Err(AuthError::CertUnknown)
+        Err(Denied::CertUnknown)
     ));
     // The recorded serial on a certificate that is not the recorded one (another CA in the
     // bundle, same serial): refused.
     assert!(matches!(
         store.authenticate_certificate("s1", "0abc", &"ab".repeat(32)),
-        Err(AuthError::CertUnknown)
+        Err(Denied::CertUnknown)
     ));
     assert_eq!(
         store.psk_for_identity("s1").as_deref(),
@@ -149,15 +149,15 @@ fn authorize_by_channel_id_or_name_and_operation() {
     assert_eq!(store.authorize(&me, &ch1.id, Op::Publish).unwrap(), by_name);
     assert!(matches!(
         store.authorize(&me, "ch1", Op::Subscribe),
-        Err(AuthError::NotConnected)
+        Err(Denied::NotConnected)
     ));
     assert!(matches!(
         store.authorize(&me, "ch2", Op::Publish),
-        Err(AuthError::NotConnected)
+        Err(Denied::NotConnected)
     ));
     assert!(matches!(
         store.authorize(&me, "nope", Op::Publish),
-        Err(AuthError::UnknownChannel)
+        Err(Denied::UnknownChannel)
     ));
 }
 
@@ -174,13 +174,13 @@ fn cli_style_changes_from_another_connection_apply_within_a_second() {
     assert!(
         eventually(Duration::from_secs(1), || matches!(
             store.authorize(&me, "ch1", Op::Publish),
-            Err(AuthError::ClientDisabled)
+            Err(Denied::ClientDisabled)
         )),
         "disable not seen within 1 s"
     );
     assert!(matches!(
         store.authenticate("s1", SECRET.as_bytes()),
-        Err(AuthError::ClientDisabled)
+        Err(Denied::ClientDisabled)
     ));
     assert_eq!(store.psk_for_identity("s1"), None);
 
@@ -201,7 +201,7 @@ fn cli_style_changes_from_another_connection_apply_within_a_second() {
     assert!(
         eventually(Duration::from_secs(1), || matches!(
             store.authorize(&me, "ch2", Op::Subscribe),
-            Err(AuthError::UnknownIdentity)
+            Err(Denied::UnknownIdentity)
         )),
         "removal not seen within 1 s"
     );
@@ -252,7 +252,7 @@ fn a_revocation_by_another_process_is_broadcast_and_refused() {
     assert!(event.revoked_at.is_some());
     assert!(matches!(
         daemon.authenticate_certificate("s1", "beef", &"aa".repeat(32)),
-        Err(AuthError::CertRevoked { serial }) if serial == "beef"
+        Err(Denied::CertRevoked { serial }) if serial == "beef"
     ));
     // Revoking again finds nothing new; the list still shows it.
     assert!(cli.revoke_certificate("beef").unwrap().is_empty());
@@ -360,6 +360,89 @@ fn failed_authentications_are_throttled_per_identity_and_address() {
     assert!(store.throttle_check(Some(other), None).is_ok());
 }
 
+/// Issue 20.5: wrong secrets for a sensor's identity from other addresses do not lock out
+/// the sensor (it authenticated from its own address before); made-up identities get no
+/// bucket of their own.
+#[test]
+fn others_guessing_an_identity_do_not_lock_out_the_sensor_and_unknown_identities_cost_nothing() {
+    let (_dir, path) = tmp();
+    drop(provisioned(&path));
+    let cfg = AuthConfig {
+        failure_burst: 3,
+        failure_refill: crate::config::value::Duration::from_secs(60),
+        ..config()
+    };
+    let store = AuthStore::open(&path, &cfg).unwrap();
+    let sensor: IpAddr = "192.0.2.20".parse().unwrap();
+    store
+        .authenticate_from(Some(sensor), "s1", SECRET.as_bytes())
+        .unwrap();
+    for i in 0..12u8 {
+        let attacker = IpAddr::from([198, 51, 100, i]);
+        let _ = store.authenticate_from(Some(attacker), "s1", b"wrong-secret-wrong");
+        let _ = store.authenticate_from(Some(attacker), "nobody", b"wrong-secret-wrong");
+    }
+    assert!(
+        store
+            .throttle_check(Some("198.51.100.200".parse().unwrap()), Some("s1"))
+            .is_err(),
+        "the identity bucket is charged for a known identity"
+    );
+    store.throttle_check(Some(sensor), Some("s1")).unwrap();
+    store
+        .throttle_check(Some("198.51.100.201".parse().unwrap()), Some("nobody"))
+        .unwrap();
+}
+
+/// Issue 20.4: failed DTLS-PSK handshakes are audited (`psk`) and charged like any other
+/// failure; a known identity's bucket is charged, an unknown one's is not.
+#[test]
+fn failed_psk_handshakes_are_audited_and_throttled() {
+    let (_dir, path) = tmp();
+    drop(provisioned(&path));
+    let cfg = AuthConfig {
+        failure_burst: 3,
+        failure_refill: crate::config::value::Duration::from_secs(60),
+        ..config()
+    };
+    let store = AuthStore::open(&path, &cfg).unwrap();
+    let ip: IpAddr = "192.0.2.30".parse().unwrap();
+    for _ in 0..2 {
+        store.psk_failed_from(ip, "s1");
+    }
+    store.psk_failed_from(ip, "nobody");
+    assert!(
+        store.throttle_check(Some(ip), None).is_err(),
+        "address not charged"
+    );
+    let elsewhere: IpAddr = "192.0.2.31".parse().unwrap();
+    assert!(store.throttle_check(Some(elsewhere), Some("s1")).is_ok());
+    store.psk_failed_from(elsewhere, "s1");
+    assert!(
+        store.throttle_check(Some(elsewhere), Some("s1")).is_err(),
+        "identity not charged"
+    );
+    assert!(
+        store
+            .throttle_check(Some(elsewhere), Some("nobody"))
+            .is_ok()
+    );
+    assert!(store.psk_succeeded_from(elsewhere, "s1").is_some());
+    drop(store);
+    let db = Db::open(&path).unwrap();
+    let events = db.recent_audit(100).unwrap();
+    let psk: Vec<_> = events.iter().filter(|e| e.method == "psk").collect();
+    let sum = |outcome: &str| -> u64 {
+        psk.iter()
+            .filter(|e| e.outcome == outcome)
+            .map(|e| e.count)
+            .sum()
+    };
+    assert_eq!(sum("bad_secret"), 3, "{psk:?}");
+    assert_eq!(sum("unknown_identity"), 1, "{psk:?}");
+    assert_eq!(sum("ok"), 1, "{psk:?}");
+}
+
 #[test]
 fn audit_records_successes_and_failures_without_secrets_and_rotates() {
     let (_dir, path) = tmp();
@@ -388,14 +471,127 @@ fn audit_records_successes_and_failures_without_secrets_and_rotates() {
     assert!(!dump.contains(SECRET) && !dump.contains("a-wrong-secret-given"));
     drop(db);
 
-    // Rotation: failures are one row each (successes are aggregated, see below).
+    // Rotation: failures from a source that authenticated are one row each (successes and
+    // other failures are aggregated, see below).
     let store = AuthStore::open(&path, &cfg).unwrap();
+    store
+        .authenticate_from(Some(ip), "s1", SECRET.as_bytes())
+        .unwrap();
     for _ in 0..20 {
-        let _ = store.authenticate("s1", b"a-wrong-secret-given");
+        let _ = store.authenticate_from(Some(ip), "s1", b"a-wrong-secret-given");
     }
     drop(store);
     let db = Db::open(&path).unwrap();
     assert_eq!(db.audit_count().unwrap(), 5);
+    let events = db.recent_audit(10).unwrap();
+    assert!(
+        events.iter().all(|e| e.outcome == "bad_secret"),
+        "{events:?}"
+    );
+}
+
+/// Issue 20.5: a flood of sensor failures must not rotate management events out: they have
+/// their own retention of `audit_max_events`.
+#[test]
+fn management_events_survive_a_flood_of_sensor_failures() {
+    let (_dir, path) = tmp();
+    let mut db = provisioned(&path);
+    let keep = 50;
+    let mut management = Vec::new();
+    for i in 0..10 {
+        let e = AuditEvent::management(
+            "api",
+            "admin",
+            "client.create",
+            "client",
+            Some(format!("c{i}")),
+        );
+        management.push(e.clone());
+        db.append_audit(&[e], keep).unwrap();
+    }
+    let failure = |n: u64| AuditEvent {
+        at_ms: 1,
+        method: "identity",
+        identity: Some(format!("guess-{n}")),
+        remote: Some("198.51.100.7".into()),
+        outcome: "unknown_identity",
+        ..AuditEvent::default()
+    };
+    let mut rotated = 0;
+    for batch in 0..40u64 {
+        let events: Vec<_> = (0..100).map(|n| failure(batch * 100 + n)).collect();
+        db.append_audit_from(&events, keep, &mut rotated).unwrap();
+    }
+    let all = db.recent_audit(10_000).unwrap();
+    let kept_management = all.iter().filter(|e| e.is_management()).count();
+    let kept_failures = all.iter().filter(|e| !e.is_management()).count();
+    assert_eq!(
+        kept_management, 10,
+        "management events rotated out by sensor failures"
+    );
+    assert!(kept_failures <= 50, "{kept_failures}");
+    assert!(kept_failures >= 40, "{kept_failures}");
+    // Management events rotate among themselves.
+    for i in 0..60 {
+        let e = AuditEvent::management(
+            "cli",
+            "cli",
+            "client.remove",
+            "client",
+            Some(format!("r{i}")),
+        );
+        db.append_audit(&[e], keep).unwrap();
+    }
+    let all = db.recent_audit(10_000).unwrap();
+    let kept: Vec<_> = all.iter().filter(|e| e.is_management()).collect();
+    assert_eq!(kept.len(), 50);
+    assert!(
+        kept.iter().all(|e| e.method == "cli"),
+        "the oldest went first"
+    );
+}
+
+/// Issue 20.5: failures from sources that never authenticated are summed per method ×
+/// outcome × remote × identity and interval, and beyond the key cap per method × outcome,
+/// so a flood of them writes a bounded number of rows; the counts still add up.
+#[test]
+fn failures_from_unauthenticated_sources_are_summed_and_bounded() {
+    let (_dir, path) = tmp();
+    drop(provisioned(&path));
+    let store = AuthStore::open(&path, &config()).unwrap();
+    let attacker: IpAddr = "198.51.100.9".parse().unwrap();
+    for _ in 0..500 {
+        let _ = store.authenticate_from(Some(attacker), "s1", b"a-wrong-secret-given");
+    }
+    let flood = audit::MAX_KEYS as u32 + 3000;
+    for i in 0..flood {
+        let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i));
+        let _ = store.authenticate_secret_from(Some(ip), b"some-unknown-secret-x");
+    }
+    let dropped = store.audit_dropped();
+    drop(store); // flushes the queue and the interval's sums
+    let db = Db::open(&path).unwrap();
+    let events = db.recent_audit(100_000).unwrap();
+    let from_attacker: Vec<_> = events
+        .iter()
+        .filter(|e| e.remote.as_deref() == Some("198.51.100.9"))
+        .collect();
+    assert_eq!(from_attacker.len(), 2, "{from_attacker:?}");
+    assert_eq!(from_attacker.iter().map(|e| e.count).sum::<u64>(), 500);
+    let secret_rows: Vec<_> = events.iter().filter(|e| e.method == "secret").collect();
+    assert!(
+        secret_rows.len() <= audit::MAX_KEYS,
+        "{} rows for {flood} failures",
+        secret_rows.len()
+    );
+    // Nothing is lost uncounted: what was written plus what the full queue dropped.
+    let written: u64 = secret_rows.iter().map(|e| e.count).sum();
+    assert_eq!(written + dropped, u64::from(flood));
+    assert!(
+        secret_rows
+            .iter()
+            .any(|e| e.remote.is_none() && e.count > 1)
+    );
 }
 
 #[test]
@@ -491,7 +687,7 @@ fn assert_refused_unchanged(path: &Path, bytes: &[u8], want: &str) {
     assert!(
         matches!(
             err,
-            AuthError::Corrupt { .. } | AuthError::SchemaTooNew { .. }
+            StoreError::Corrupt { .. } | StoreError::SchemaTooNew { .. }
         ),
         "{err:?}"
     );
@@ -534,7 +730,7 @@ fn a_newer_schema_is_refused_untouched() {
     assert!(
         matches!(
             err,
-            AuthError::SchemaTooNew {
+            StoreError::SchemaTooNew {
                 found: 99,
                 supported: super::store::SCHEMA_VERSION,
                 ..
@@ -651,8 +847,8 @@ proptest! {
         for c in 0u8..4 {
             let auth = snap.authenticate(&format!("c{c}"), secret_of(c).as_bytes());
             match m.clients.get(&c) {
-                None => prop_assert!(matches!(auth, Err(AuthError::UnknownIdentity))),
-                Some(false) => prop_assert!(matches!(auth, Err(AuthError::ClientDisabled))),
+                None => prop_assert!(matches!(auth, Err(Denied::UnknownIdentity))),
+                Some(false) => prop_assert!(matches!(auth, Err(Denied::ClientDisabled))),
                 Some(true) => prop_assert!(auth.is_ok()),
             }
             let identity = format!("c{c}");
@@ -673,10 +869,10 @@ proptest! {
                     };
                     let got = match got {
                         Ok(_) => "ok",
-                        Err(AuthError::UnknownIdentity) => "unknown_identity",
-                        Err(AuthError::ClientDisabled) => "disabled",
-                        Err(AuthError::UnknownChannel) => "unknown_channel",
-                        Err(AuthError::NotConnected) => "not_connected",
+                        Err(Denied::UnknownIdentity) => "unknown_identity",
+                        Err(Denied::ClientDisabled) => "disabled",
+                        Err(Denied::UnknownChannel) => "unknown_channel",
+                        Err(Denied::NotConnected) => "not_connected",
                         Err(e) => panic!("unexpected {e}"),
                     };
                     prop_assert_eq!(got, want, "client c{} channel h{} {:?}", c, h, op);

@@ -1,9 +1,17 @@
 //! Token-bucket throttling of failed authentications, keyed by remote address or identity.
 //! Sans-IO: the caller passes `now`, so tests run in virtual time. Memory is bounded: at most
-//! `max_tracked` keys; fully refilled buckets are forgotten first.
+//! `max_tracked` keys; fully refilled buckets are forgotten first, then the least throttled
+//! (most tokens left), so a flood of failures from spoofed distinct addresses cannot flush a
+//! throttled attacker's bucket.
+//!
+//! [`AuthThrottle`] is the sensor adapters' throttle over two [`Buckets`] (per remote address,
+//! per known identity) and the (address, identity) pairs that authenticated recently: the
+//! identity bucket does not stop such a pair, so wrong secrets for a sensor's identity sent
+//! from other addresses do not lock out the sensor itself.
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// A throttled caller: try again after `retry_after` (CoAP 4.29 Max-Age, `ERR busy`).
@@ -77,27 +85,161 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
         self.map.insert(key, Bucket { tokens, at: now });
     }
 
+    /// Makes room: forgets fully refilled buckets; if that frees nothing, forgets the eighth
+    /// of the keys with the most tokens left (the least throttled; among equals the longest
+    /// idle), so the worst offenders stay and eviction costs O(1) amortised per charge.
     fn evict(&mut self, now: Instant) {
         let burst = self.burst;
         let refill = self.refill.as_secs_f64();
         self.map.retain(|_, b| {
             b.tokens + now.saturating_duration_since(b.at).as_secs_f64() / refill < burst
         });
-        if self.map.len() >= self.max_tracked {
-            // Still full of active attackers: forget the one idle longest.
-            if let Some(oldest) = self
-                .map
-                .iter()
-                .min_by_key(|(_, b)| b.at)
-                .map(|(k, _)| k.clone())
-            {
-                self.map.remove(&oldest);
-            }
+        if self.map.len() < self.max_tracked {
+            return;
+        }
+        let mut ranked: Vec<(f64, Instant, K)> = self
+            .map
+            .iter()
+            .map(|(k, b)| (self.tokens(b, now), b.at, k.clone()))
+            .collect();
+        let drop = (self.max_tracked / 8).max(1).min(ranked.len());
+        // Most tokens first; among equal tokens the oldest first.
+        let order =
+            |a: &(f64, Instant, K), b: &(f64, Instant, K)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        if drop < ranked.len() {
+            ranked.select_nth_unstable_by(drop - 1, order);
+        }
+        for (_, _, key) in ranked.into_iter().take(drop) {
+            self.map.remove(&key);
         }
     }
 
     pub fn tracked(&self) -> usize {
         self.map.len()
+    }
+}
+
+/// How long a successful authentication keeps its (address, identity) pair trusted.
+pub const TRUSTED_FOR: Duration = Duration::from_secs(24 * 3600);
+/// Identities remembered as trusted per address (sensors behind one NAT); the oldest goes.
+const TRUSTED_PER_ADDRESS: usize = 16;
+
+/// The failed-authentication throttle of the sensor adapters. See the module docs.
+#[derive(Debug)]
+pub struct AuthThrottle {
+    by_remote: Buckets<IpAddr>,
+    by_identity: Buckets<String>,
+    /// address → identities that authenticated from it, with when they last did.
+    trusted: HashMap<IpAddr, Vec<(String, Instant)>>,
+    max_tracked: usize,
+}
+
+impl AuthThrottle {
+    pub fn new(burst: u32, refill: Duration, max_tracked: usize) -> Self {
+        Self {
+            by_remote: Buckets::new(burst, refill, max_tracked),
+            by_identity: Buckets::new(burst, refill, max_tracked),
+            trusted: HashMap::new(),
+            max_tracked: max_tracked.max(1),
+        }
+    }
+
+    /// Whether `identity` authenticated from `remote` within [`TRUSTED_FOR`].
+    pub fn is_trusted_pair(&self, remote: IpAddr, identity: &str, now: Instant) -> bool {
+        self.trusted.get(&remote).is_some_and(|ids| {
+            ids.iter()
+                .any(|(id, at)| id == identity && now.saturating_duration_since(*at) < TRUSTED_FOR)
+        })
+    }
+
+    /// Whether anyone authenticated from `remote` within [`TRUSTED_FOR`].
+    pub fn is_trusted_source(&self, remote: IpAddr, now: Instant) -> bool {
+        self.trusted.get(&remote).is_some_and(|ids| {
+            ids.iter()
+                .any(|(_, at)| now.saturating_duration_since(*at) < TRUSTED_FOR)
+        })
+    }
+
+    /// Ok unless `remote` used up its budget, or `identity` did and this pair is not trusted.
+    pub fn check(
+        &self,
+        remote: Option<IpAddr>,
+        identity: Option<&str>,
+        now: Instant,
+    ) -> Result<(), Throttled> {
+        let a = remote.map_or(Ok(()), |ip| self.by_remote.check(&ip, now));
+        let b = match identity {
+            None => Ok(()),
+            Some(id) => match self.by_identity.check(id, now) {
+                Err(_) if remote.is_some_and(|ip| self.is_trusted_pair(ip, id, now)) => Ok(()),
+                other => other,
+            },
+        };
+        match (a, b) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(x), Ok(())) | (Ok(()), Err(x)) => Err(x),
+            (Err(x), Err(y)) => Err(if y.retry_after > x.retry_after { y } else { x }),
+        }
+    }
+
+    /// A failed authentication from `remote`. `known_identity` is charged only when it names
+    /// an existing client: made-up identities would only fill the table.
+    pub fn failure(&mut self, remote: Option<IpAddr>, known_identity: Option<&str>, now: Instant) {
+        if let Some(ip) = remote {
+            self.by_remote.charge(ip, now);
+        }
+        if let Some(id) = known_identity.filter(|id| id.len() <= 128) {
+            self.by_identity.charge(id.to_owned(), now);
+        }
+    }
+
+    /// A successful authentication of `identity` from `remote`: the pair becomes trusted.
+    pub fn success(&mut self, remote: Option<IpAddr>, identity: &str, now: Instant) {
+        let Some(ip) = remote else { return };
+        if let Some(ids) = self.trusted.get_mut(&ip) {
+            if let Some(entry) = ids.iter_mut().find(|(id, _)| id == identity) {
+                entry.1 = now;
+                return;
+            }
+            if ids.len() >= TRUSTED_PER_ADDRESS
+                && let Some(oldest) = ids
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, e)| e.1)
+                    .map(|(i, _)| i)
+            {
+                ids.swap_remove(oldest);
+            }
+            ids.push((identity.to_owned(), now));
+            return;
+        }
+        if self.trusted.len() >= self.max_tracked {
+            self.trusted.retain(|_, ids| {
+                ids.retain(|(_, at)| now.saturating_duration_since(*at) < TRUSTED_FOR);
+                !ids.is_empty()
+            });
+            if self.trusted.len() >= self.max_tracked {
+                // Forget the address whose latest success is the oldest.
+                let oldest = self
+                    .trusted
+                    .iter()
+                    .min_by_key(|(_, ids)| ids.iter().map(|e| e.1).max())
+                    .map(|(ip, _)| *ip);
+                if let Some(ip) = oldest {
+                    self.trusted.remove(&ip);
+                }
+            }
+        }
+        self.trusted.insert(ip, vec![(identity.to_owned(), now)]);
+    }
+
+    /// Keys tracked: (addresses, identities, trusted addresses).
+    pub fn tracked(&self) -> (usize, usize, usize) {
+        (
+            self.by_remote.tracked(),
+            self.by_identity.tracked(),
+            self.trusted.len(),
+        )
     }
 }
 
@@ -136,6 +278,80 @@ mod tests {
         assert_eq!(b.tracked(), 16);
         // The most recent failure is still remembered.
         assert!(b.check(&99, t0 + Duration::from_millis(99)).is_err());
+    }
+
+    /// Issue 20.5: 25,000 failures from spoofed distinct addresses must not evict the bucket
+    /// of an attacker that used up its budget (it would be free to guess again).
+    #[test]
+    fn a_flood_of_distinct_keys_does_not_evict_a_throttled_one() {
+        let t0 = Instant::now();
+        let mut b = Buckets::new(10, Duration::from_secs(6), 1000);
+        for _ in 0..10 {
+            b.charge("attacker".to_owned(), t0);
+        }
+        assert!(b.check("attacker", t0).is_err());
+        for i in 0..25_000u32 {
+            let at = t0 + Duration::from_micros(u64::from(i));
+            b.charge(format!("spoofed-{i}"), at);
+            assert!(b.tracked() <= 1000);
+        }
+        let end = t0 + Duration::from_millis(30);
+        assert!(
+            b.check("attacker", end).is_err(),
+            "the throttled attacker's bucket was evicted by the flood"
+        );
+    }
+
+    #[test]
+    fn a_trusted_pair_passes_the_identity_bucket_but_not_the_address_bucket() {
+        let t0 = Instant::now();
+        let sensor: IpAddr = "192.0.2.10".parse().unwrap();
+        let attacker: IpAddr = "192.0.2.66".parse().unwrap();
+        let mut t = AuthThrottle::new(3, Duration::from_secs(60), 100);
+        t.success(Some(sensor), "s1", t0);
+        // Wrong secrets for s1 from other addresses empty the identity bucket.
+        for i in 0..12u8 {
+            t.failure(Some(IpAddr::from([198, 51, 100, i])), Some("s1"), t0);
+        }
+        assert!(t.check(Some(attacker), Some("s1"), t0).is_err());
+        assert!(t.check(None, Some("s1"), t0).is_err());
+        // The sensor that authenticated from its address before is not locked out.
+        t.check(Some(sensor), Some("s1"), t0).unwrap();
+        assert!(t.is_trusted_source(sensor, t0));
+        assert!(!t.is_trusted_source(attacker, t0));
+        // Its own address bucket still counts its own failures.
+        for _ in 0..3 {
+            t.failure(Some(sensor), Some("s1"), t0);
+        }
+        assert!(t.check(Some(sensor), Some("s1"), t0).is_err());
+        // Trust expires.
+        let later = t0 + TRUSTED_FOR;
+        assert!(!t.is_trusted_pair(sensor, "s1", later));
+    }
+
+    #[test]
+    fn trusted_pairs_are_bounded() {
+        let t0 = Instant::now();
+        let mut t = AuthThrottle::new(3, Duration::from_secs(60), 16);
+        for i in 0..100u8 {
+            t.success(
+                Some(IpAddr::from([10, 0, 0, i])),
+                "s",
+                t0 + Duration::from_millis(u64::from(i)),
+            );
+            for n in 0..20 {
+                t.success(Some(IpAddr::from([10, 0, 1, 1])), &format!("id{n}"), t0);
+            }
+        }
+        let (_, _, trusted) = t.tracked();
+        assert!(trusted <= 16, "{trusted}");
+        let ids = t
+            .trusted
+            .get(&IpAddr::from([10, 0, 1, 1]))
+            .map_or(0, Vec::len);
+        assert!(ids <= TRUSTED_PER_ADDRESS, "{ids}");
+        // The latest success is remembered.
+        assert!(t.is_trusted_pair(IpAddr::from([10, 0, 0, 99]), "s", t0));
     }
 
     proptest! {

@@ -1,4 +1,5 @@
-//! `[coap_dtls]`: the CoAP-over-DTLS listener (udp/5684), PSK and certificate modes on one port.
+//! `[coap_dtls]`: the CoAP-over-DTLS listener (udp/5684): PSK, certificate and (unless
+//! `server_only_auth = false`) SuperMQ's server-certificate-only mode on one port.
 //!
 //! SuperMQ rule: if `cert` or `key` is unset the listener is off (with a warning); a file that
 //! is set but unreadable stops the daemon (exit 78).
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::coap::{bind_addr, opt_number, positive};
 use super::value::Duration;
+use super::value::boolean;
 use super::{Check, Profile};
 
 #[derive(Debug, Default, Deserialize)]
@@ -24,8 +26,16 @@ pub struct RawCoapDtls {
     max_sessions: Option<usize>,
     #[serde(deserialize_with = "opt_number")]
     max_handshakes: Option<usize>,
+    #[serde(deserialize_with = "opt_number")]
+    max_sessions_per_client: Option<usize>,
     handshake_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
+    #[serde(deserialize_with = "opt_boolean")]
+    server_only_auth: Option<bool>,
+}
+
+fn opt_boolean<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    boolean(d).map(Some)
 }
 
 /// The validated `[coap_dtls]` section.
@@ -38,7 +48,8 @@ pub struct CoapDtlsConfig {
     /// Server private key (PEM). Unset: listener off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
-    /// CA bundle that signs device certificates. Unset: certificate mode refused (PSK only).
+    /// CA bundle that signs device certificates. Unset: no device certificates (PSK, and
+    /// server-only sessions unless `server_only_auth` is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca_certs: Option<PathBuf>,
     /// Intermediate CAs between `client_ca_certs` and the device certificates (chain
@@ -47,8 +58,15 @@ pub struct CoapDtlsConfig {
     pub client_intermediate_certs: Option<PathBuf>,
     pub max_sessions: usize,
     pub max_handshakes: usize,
+    /// Established sessions of one client (PSK identity or certificate CN); a new session
+    /// beyond it ends that client's least recently active one.
+    pub max_sessions_per_client: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// SuperMQ's CoAPS model: a DTLS session with the server certificate only (no client
+    /// certificate, no PSK), every request then authenticated by its own secret in the
+    /// Uri-Query (`auth=`, `username=&password=`), as on plain CoAP. Default on.
+    pub server_only_auth: bool,
 }
 
 impl CoapDtlsConfig {
@@ -112,8 +130,40 @@ impl RawCoapDtls {
             client_intermediate_certs: self.client_intermediate_certs,
             max_sessions: positive(check, "coap_dtls.max_sessions", self.max_sessions, 4096),
             max_handshakes: positive(check, "coap_dtls.max_handshakes", self.max_handshakes, 256),
+            max_sessions_per_client: positive(
+                check,
+                "coap_dtls.max_sessions_per_client",
+                self.max_sessions_per_client,
+                16,
+            ),
             handshake_timeout,
             idle_timeout,
+            server_only_auth: self.server_only_auth.unwrap_or(true),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use crate::config::{Profile, Source, load_from};
+
+    #[test]
+    fn max_sessions_per_client_defaults_to_16_and_must_be_positive() {
+        let env = |v: &str| {
+            vec![(
+                OsString::from("EDGEGW_COAP_DTLS_MAX_SESSIONS_PER_CLIENT"),
+                OsString::from(v),
+            )]
+        };
+        let config = load_from(&Source::None, Profile::Production, Vec::new()).unwrap();
+        assert_eq!(config.coap_dtls.max_sessions_per_client, 16);
+        let config = load_from(&Source::None, Profile::Production, env("2")).unwrap();
+        assert_eq!(config.coap_dtls.max_sessions_per_client, 2);
+        let err = load_from(&Source::None, Profile::Production, env("0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("coap_dtls.max_sessions_per_client"), "{err}");
     }
 }

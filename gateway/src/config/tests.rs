@@ -266,6 +266,24 @@ fn coap_defaults_follow_the_profile_and_dtls_is_off_without_cert_and_key() {
     assert_eq!(prod.coap_dtls.bind.to_string(), "[::]:5684");
     assert_eq!(prod.coap.max_payload.0, 64 * 1024);
     assert!(!prod.coap_dtls.enabled());
+    assert!(
+        prod.coap_dtls.server_only_auth,
+        "SuperMQ's CoAPS model is on by default"
+    );
+    let off = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[("EDGEGW_COAP_DTLS_SERVER_ONLY_AUTH", "false")]),
+    )
+    .unwrap();
+    assert!(!off.coap_dtls.server_only_auth);
+    let bad = load_from(
+        &Source::None,
+        Profile::Production,
+        env(&[("EDGEGW_COAP_DTLS_SERVER_ONLY_AUTH", "maybe")]),
+    )
+    .unwrap_err();
+    assert!(bad.to_string().contains("server_only_auth"), "{bad}");
     let dev = load_from(&Source::None, Profile::dev_in_current_dir(), env(&[])).unwrap();
     assert_eq!(dev.coap.bind.to_string(), "127.0.0.1:5683");
     assert_eq!(dev.coap_dtls.bind.to_string(), "127.0.0.1:5684");

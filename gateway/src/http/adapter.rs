@@ -1,5 +1,6 @@
 //! The HTTP adapter: `POST /m/<domain>/c/<channel>[/<subtopic>]` with a sensor's credentials,
-//! answered 202 once the message is durable. It translates HTTP ↔ intake and nothing else:
+//! answered 202 once the message is durable, and `POST /hc/<domain>`, SuperMQ's health
+//! (authentication) check, answered 200. It translates HTTP ↔ intake and nothing else:
 //! throttling, authentication, authorization and the hand-off to the outbox are
 //! [`crate::intake`]'s; [`http_answer`] is the one mapping from a refusal to a status, and
 //! the one place this adapter's answers are counted (`crate::runtime::metrics`, adapter `http`).
@@ -60,6 +61,29 @@ pub(super) async fn publish_subtopic(
     answer(&state, accept(&state, peer, &target, &headers, body).await)
 }
 
+/// `POST /hc/{domain}`: SuperMQ's health (authentication) check (supermq v0.19.1
+/// `http/api/transport.go` route, `http/api/response.go` `healthCheckRes`: 200, empty body;
+/// `http/handler.go` `authAccess`: the client authenticates in that domain, no channel
+/// authorization). Same credentials, throttling, audit and refusal answers as a publish
+/// ([`crate::intake::Intake::check_health`]); nothing is stored or counted as a message.
+pub(super) async fn health_check(
+    State(state): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(domain): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let credentials = header_credentials(&headers);
+    let decision =
+        match state
+            .intake
+            .check_health(Some(peer.ip()), credentials.as_intake(), &domain)
+        {
+            Ok(_) => Decision::Checked,
+            Err(r) => Decision::Refused(r, detail(&r)),
+        };
+    answer(&state, decision)
+}
+
 /// The sensor credentials of an `Authorization` header value (see the module docs).
 /// Undecodable Basic credentials are no credentials.
 pub(super) fn credentials(value: &str) -> SensorCredentials {
@@ -72,7 +96,13 @@ pub(super) fn credentials(value: &str) -> SensorCredentials {
             SensorCredentials::Secret(rest.trim().as_bytes().to_vec())
         }
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => {
-            let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
+            // Standard base64 (RFC 7617, curl -u); SuperMQ's own decoder takes the URL-safe
+            // alphabet (supermq v0.19.1 `http/handler.go` `decodeAuth`): either.
+            let rest = rest.trim();
+            let Ok(decoded) = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(rest))
+            else {
                 return SensorCredentials::None;
             };
             let Ok(decoded) = String::from_utf8(decoded) else {
@@ -138,6 +168,8 @@ fn header_credentials(headers: &HeaderMap) -> SensorCredentials {
 /// What the handler decided: accepted, or refused (with a detail for the JSON body).
 enum Decision {
     Accepted,
+    /// A health check passed (`/hc/{domain}`): 200, no message.
+    Checked,
     Refused(Refusal, &'static str),
     /// No Content-Type: a bad request HTTP has its own status for (415).
     NoContentType,
@@ -205,6 +237,7 @@ fn answer(state: &AppState, decision: Decision) -> Response {
             state.adapters.message_in(Adapter::Http);
             StatusCode::ACCEPTED.into_response()
         }
+        Decision::Checked => StatusCode::OK.into_response(),
         Decision::Refused(refusal, detail) => {
             state.adapters.refused(Adapter::Http, refusal.kind());
             if refusal == Refusal::Unauthenticated {

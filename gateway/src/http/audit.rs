@@ -105,8 +105,13 @@ fn classify<'p>(
     method: &Method,
     path: &'p str,
 ) -> Option<(&'static str, &'static str, Option<&'p str>)> {
-    // The HTTP adapter's hot path and every read leave at once.
-    if method == Method::GET || method == Method::HEAD || path.starts_with("/m/") {
+    // The HTTP adapter's hot path (publish, `/hc/` health checks: audited as authentications
+    // by the auth store) and every read leave at once.
+    if method == Method::GET
+        || method == Method::HEAD
+        || path.starts_with("/m/")
+        || path.starts_with("/hc/")
+    {
         return None;
     }
     let method = method.as_str().to_ascii_lowercase();
@@ -254,7 +259,11 @@ mod tests {
     fn every_mutating_management_route_is_audited() {
         for (method, route) in super::super::ROUTES {
             // The `/{domainID}/…` forms are audited as the route they are rewritten to.
-            if *method == "get" || route.starts_with("/m/") || route.starts_with("/{domainID}/") {
+            if *method == "get"
+                || route.starts_with("/m/")
+                || route.starts_with("/hc/")
+                || route.starts_with("/{domainID}/")
+            {
                 continue;
             }
             assert!(
@@ -286,6 +295,7 @@ mod tests {
         );
         assert_eq!(classify(&Method::GET, "/clients"), None);
         assert_eq!(classify(&Method::POST, "/m/d/c/ch"), None);
+        assert_eq!(classify(&Method::POST, "/hc/d"), None);
         assert_eq!(classify(&Method::DELETE, "/clients/"), None);
     }
 

@@ -25,16 +25,47 @@ pub enum PatError {
         #[source]
         source: std::io::Error,
     },
-    #[error("PAT store {} is corrupt: {reason}", path.display())]
-    Corrupt { path: PathBuf, reason: String },
-    #[error("no PAT `{0}`")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("PAT store {} is corrupt: {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot encode the PAT store {}: {source}", path.display())]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no PAT `{id}`")]
+    NotFound { id: String },
+    #[error(transparent)]
+    Invalid(#[from] InvalidPat),
     #[error("PAT is unknown, revoked or expired")]
     Unauthenticated,
     #[error("the operating system's random number generator failed: {0}")]
-    Random(String),
+    Random(#[source] getrandom::Error),
+}
+
+/// A PAT request the store does not take; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPat {
+    #[error("name must be 1..128 characters")]
+    Name,
+    #[error("description: at most 1024 characters")]
+    Description,
+    #[error("name must be 1..128 characters, description at most 1024")]
+    NameOrDescription,
+    #[error("at most {MAX_PATS} PATs")]
+    TooManyPats,
+    #[error("at most {MAX_SCOPES} scopes per PAT")]
+    TooManyScopes,
+    #[error("entity_type must be one of {ENTITY_TYPES:?}")]
+    EntityType,
+    #[error("operation must be one of {OPERATIONS:?}")]
+    Operation,
+    #[error("entity_id must be 1..128 characters or \"*\"")]
+    EntityId,
 }
 
 /// One permission: `operation` on `entity_type` for `entity_id` (`*`: any).
@@ -52,19 +83,13 @@ pub const OPERATIONS: &[&str] = &["create", "read", "update", "delete", "*"];
 impl Scope {
     pub fn validate(&self) -> Result<(), PatError> {
         if !ENTITY_TYPES.contains(&self.entity_type.as_str()) {
-            return Err(PatError::Invalid(format!(
-                "entity_type must be one of {ENTITY_TYPES:?}"
-            )));
+            return Err(InvalidPat::EntityType.into());
         }
         if !OPERATIONS.contains(&self.operation.as_str()) {
-            return Err(PatError::Invalid(format!(
-                "operation must be one of {OPERATIONS:?}"
-            )));
+            return Err(InvalidPat::Operation.into());
         }
         if self.entity_id.is_empty() || self.entity_id.len() > 128 {
-            return Err(PatError::Invalid(
-                "entity_id must be 1..128 characters or \"*\"".into(),
-            ));
+            return Err(InvalidPat::EntityId.into());
         }
         Ok(())
     }
@@ -124,7 +149,7 @@ fn sha256_hex(data: &[u8]) -> String {
 
 fn random_hex(bytes: usize) -> Result<String, PatError> {
     let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).map_err(|e| PatError::Random(e.to_string()))?;
+    getrandom::fill(&mut b).map_err(PatError::Random)?;
     Ok(b.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -139,9 +164,9 @@ impl PatStore {
     pub fn open(state_dir: &Path) -> Result<Self, PatError> {
         let path = state_dir.join(FILE_NAME);
         let pats = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| PatError::Corrupt {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| PatError::Corrupt {
                 path: path.clone(),
-                reason: e.to_string(),
+                source,
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => return Err(PatError::Io { path, source }),
@@ -159,9 +184,9 @@ impl PatStore {
     }
 
     fn save(&self, pats: &[Pat]) -> Result<(), PatError> {
-        let bytes = serde_json::to_vec_pretty(pats).map_err(|e| PatError::Corrupt {
+        let bytes = serde_json::to_vec_pretty(pats).map_err(|source| PatError::Encode {
             path: self.path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         certs::files::write_atomic(&self.path, &bytes, 0o600).map_err(|source| PatError::Io {
             path: self.path.clone(),
@@ -195,9 +220,7 @@ impl PatStore {
         now: i64,
     ) -> Result<(Pat, String), PatError> {
         if name.is_empty() || name.len() > 128 || description.len() > 1024 {
-            return Err(PatError::Invalid(
-                "name must be 1..128 characters, description at most 1024".into(),
-            ));
+            return Err(InvalidPat::NameOrDescription.into());
         }
         let id = random_hex(16)?;
         let secret = Self::new_secret(&id)?;
@@ -213,7 +236,7 @@ impl PatStore {
         };
         self.modify(|pats| {
             if pats.len() >= MAX_PATS {
-                return Err(PatError::Invalid(format!("at most {MAX_PATS} PATs")));
+                return Err(InvalidPat::TooManyPats.into());
             }
             pats.push(pat.clone());
             Ok(())
@@ -230,7 +253,7 @@ impl PatStore {
             .iter()
             .find(|p| p.id == id)
             .map(Pat::public)
-            .ok_or_else(|| PatError::NotFound(id.to_owned()))
+            .ok_or_else(|| PatError::NotFound { id: id.to_owned() })
     }
 
     fn update(
@@ -242,7 +265,7 @@ impl PatStore {
             let pat = pats
                 .iter_mut()
                 .find(|p| p.id == id)
-                .ok_or_else(|| PatError::NotFound(id.to_owned()))?;
+                .ok_or_else(|| PatError::NotFound { id: id.to_owned() })?;
             f(pat)?;
             Ok(pat.public())
         })
@@ -279,7 +302,7 @@ impl PatStore {
             let before = pats.len();
             pats.retain(|p| p.id != id);
             if pats.len() == before {
-                return Err(PatError::NotFound(id.to_owned()));
+                return Err(PatError::NotFound { id: id.to_owned() });
             }
             Ok(())
         })
@@ -296,9 +319,7 @@ impl PatStore {
                 }
             }
             if p.scopes.len() > MAX_SCOPES {
-                return Err(PatError::Invalid(format!(
-                    "at most {MAX_SCOPES} scopes per PAT"
-                )));
+                return Err(InvalidPat::TooManyScopes.into());
             }
             Ok(())
         })
@@ -322,7 +343,7 @@ impl PatStore {
 
     pub fn rename(&self, id: &str, name: &str) -> Result<Pat, PatError> {
         if name.is_empty() || name.len() > 128 {
-            return Err(PatError::Invalid("name must be 1..128 characters".into()));
+            return Err(InvalidPat::Name.into());
         }
         self.update(id, |p| {
             name.clone_into(&mut p.name);
@@ -332,9 +353,7 @@ impl PatStore {
 
     pub fn describe(&self, id: &str, description: &str) -> Result<Pat, PatError> {
         if description.len() > 1024 {
-            return Err(PatError::Invalid(
-                "description: at most 1024 characters".into(),
-            ));
+            return Err(InvalidPat::Description.into());
         }
         self.update(id, |p| {
             description.clone_into(&mut p.description);

@@ -36,7 +36,7 @@ pub enum TokenError {
     #[error("JWT signing key {} has {len} bytes, expected {KEY_LEN} (current key) or {} (current and previous); delete it to make a new one", path.display(), 2 * KEY_LEN)]
     KeyLength { path: PathBuf, len: usize },
     #[error("the operating system's random number generator failed: {0}")]
-    Random(String),
+    Random(#[source] getrandom::Error),
     #[error("token is invalid or expired")]
     Invalid,
     #[error("token is a {found} token, a {expected} token is required")]
@@ -45,7 +45,7 @@ pub enum TokenError {
         expected: &'static str,
     },
     #[error("cannot sign token: {0}")]
-    Sign(String),
+    Sign(#[source] jsonwebtoken::errors::Error),
     #[error(transparent)]
     Sessions(#[from] SessionError),
     #[error("refresh token was used before; its session is ended")]
@@ -206,7 +206,7 @@ fn now_secs() -> u64 {
 
 fn random_key() -> Result<Vec<u8>, TokenError> {
     let mut key = vec![0u8; KEY_LEN];
-    getrandom::fill(&mut key).map_err(|e| TokenError::Random(e.to_string()))?;
+    getrandom::fill(&mut key).map_err(TokenError::Random)?;
     Ok(key)
 }
 
@@ -385,8 +385,7 @@ impl Tokens {
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(keys.current.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &keys.current.encoding)
-            .map_err(|e| TokenError::Sign(e.to_string()))
+        jsonwebtoken::encode(&header, &claims, &keys.current.encoding).map_err(TokenError::Sign)
     }
 
     fn pair(

@@ -4,6 +4,7 @@
 //! - [`Intake::admit`]: throttle → authenticate (query secret `auth=`, `username=&password=`,
 //!   HTTP `Client`/Basic, an already authenticated session: DTLS principal or serial `AUTH`,
 //!   a serial port bound to a client) → authorize → domain and subtopic checks.
+//! - [`Intake::check_health`]: `hc/<domain>`, throttle → authenticate → domain membership.
 //! - [`Intake::publish`]: builds the [`Message`], hands it to the outbox and returns a
 //!   [`Durable`] future that resolves once the message is durable.
 //! - [`Intake::subscribe`] / [`Intake::take`]: the downlink hub's commands, handed straight
@@ -45,7 +46,7 @@ use bytes::Bytes;
 pub use refusal::{Refusal, RefusalCounts, RefusalKind, SHUTDOWN_RETRY_AFTER, STORAGE_RETRY_AFTER};
 pub use request::Target;
 
-use crate::auth::{AuthError, AuthStore, ChannelRef, ClientRef, Op};
+use crate::auth::{AuthStore, ChannelRef, ClientRef, Denied, Op};
 use crate::downlink::{Command, DownlinkHub, Subscription};
 use crate::outbox::{IngestError, Message, Outbox, Receipt};
 
@@ -224,6 +225,53 @@ impl Intake {
         })
     }
 
+    /// `hc/<domain>`, SuperMQ's health (authentication) check (supermq v0.19.1
+    /// `pkg/messaging/topics.go` `HealthType`; `coap/adapter.go` and `http/handler.go`: the
+    /// client authenticates *in that domain*, no channel authorization, nothing published).
+    /// Throttle → authenticate as [`Intake::authenticate`]; then the client must belong to
+    /// `domain`: the gateway's `gateway.domain_id`, or the upstream domain of a channel it is
+    /// connected to. When neither the gateway nor any of its channels has a domain, any domain
+    /// is accepted (as [`Intake::admit`] accepts any path domain then). Another domain is
+    /// [`Refusal::Unauthenticated`], as in SuperMQ (domain authentication fails: 401 / 4.01);
+    /// the secret itself was right, so it is not charged to the failure throttle.
+    pub fn check_health(
+        &self,
+        peer: Option<IpAddr>,
+        credentials: Credentials<'_>,
+        domain: &str,
+    ) -> Result<ClientRef, Refusal> {
+        let client = self.authenticate(peer, credentials)?;
+        let snapshot = self.auth.snapshot();
+        if let Credentials::Session(_) = credentials
+            && snapshot.psk_for_identity(&client.identity).is_none()
+        {
+            // A session authenticated earlier: the client must still be present and enabled.
+            return Err(Refusal::Unauthenticated);
+        }
+        if !self.gateway_domain.is_empty() && domain == self.gateway_domain {
+            return Ok(client);
+        }
+        let mut known = !self.gateway_domain.is_empty();
+        for channel in snapshot.directory() {
+            let connected = [Op::Publish, Op::Subscribe]
+                .into_iter()
+                .any(|op| snapshot.authorize(&client, &channel.id, op).is_ok());
+            let channel_domain = self.domain_of(&channel);
+            if !connected || channel_domain.is_empty() {
+                continue;
+            }
+            if channel_domain == domain {
+                return Ok(client);
+            }
+            known = true;
+        }
+        if known {
+            Err(Refusal::Unauthenticated)
+        } else {
+            Ok(client)
+        }
+    }
+
     /// Hands an admitted message to the outbox; the returned future resolves once durable.
     pub fn publish(
         &self,
@@ -293,7 +341,7 @@ impl Intake {
 }
 
 /// An auth store decision as a refusal.
-pub fn auth_refusal(e: &AuthError) -> Refusal {
+pub fn auth_refusal(e: &Denied) -> Refusal {
     if e.is_forbidden() {
         Refusal::Forbidden
     } else if e.is_unauthenticated() {

@@ -103,7 +103,7 @@ fn a_full_outbox_is_busy_and_a_closed_one_unavailable() {
 
 #[test]
 fn storage_failure_and_shutdown_are_the_same_refusal() {
-    let storage = ingest_refusal(&IngestError::Storage("disk I/O error".into()));
+    let storage = ingest_refusal(&IngestError::storage_for_tests());
     let closed = ingest_refusal(&IngestError::Closed);
     assert_eq!(storage.kind(), RefusalKind::Unavailable);
     assert_eq!(closed.kind(), RefusalKind::Unavailable);
@@ -221,4 +221,55 @@ fn the_upstream_domain_is_the_channels_effective_domain_never_the_paths() {
         ""
     );
     assert_eq!(admit(&no_domain, &at(None)).unwrap().domain_id, "");
+}
+
+/// `hc/<domain>`: the gateway's domain, or a domain of one of the client's channels; another
+/// domain is unauthenticated without charging the throttle (the secret was right); a session
+/// client that was disabled since is refused.
+#[test]
+fn health_check_is_authentication_in_a_domain() {
+    let f = Fixture::new(OutboxState::Open);
+    let intake = f.intake.clone().with_gateway_domain("gw-dom");
+    assert!(intake.check_health(PEER, secret(SECRET), "gw-dom").is_ok());
+    assert!(intake.check_health(PEER, secret(SECRET), "dom").is_ok());
+    for _ in 0..20 {
+        assert_eq!(
+            intake.check_health(PEER, secret(SECRET), "elsewhere"),
+            Err(Refusal::Unauthenticated)
+        );
+    }
+    // Not throttled by the wrong-domain answers above.
+    assert!(intake.check_health(PEER, secret(SECRET), "dom").is_ok());
+    // Connected to nothing: only the gateway's domain.
+    assert!(
+        intake
+            .check_health(PEER, secret(LONELY_SECRET), "gw-dom")
+            .is_ok()
+    );
+    assert_eq!(
+        intake.check_health(PEER, secret(LONELY_SECRET), "dom"),
+        Err(Refusal::Unauthenticated)
+    );
+    // No domain anywhere (no gateway domain, a client without channels): any domain.
+    assert!(
+        f.intake
+            .check_health(PEER, secret(LONELY_SECRET), "whatever")
+            .is_ok()
+    );
+    assert_eq!(
+        f.intake
+            .check_health(PEER, secret(OFF_SECRET), "dom")
+            .map(|c| c.identity),
+        Err(Refusal::Unauthenticated)
+    );
+    let client = f.intake.authenticate(PEER, secret(SECRET)).expect("client");
+    f.change(|db| {
+        db.set_client_enabled("sensor-1", false).expect("disable");
+    });
+    assert_eq!(
+        f.intake
+            .check_health(PEER, Credentials::Session(&client), "dom")
+            .map(|c| c.identity),
+        Err(Refusal::Unauthenticated)
+    );
 }

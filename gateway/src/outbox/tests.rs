@@ -296,7 +296,7 @@ fn sqlite_error(code: std::os::raw::c_int) -> rusqlite::Error {
 #[test]
 fn a_full_disk_is_refused_as_busy_with_a_retry_time_other_failures_as_storage() {
     assert_eq!(
-        commit_refusal(&sqlite_error(rusqlite::ffi::SQLITE_FULL)),
+        commit_refusal(sqlite_error(rusqlite::ffi::SQLITE_FULL)),
         IngestError::Busy {
             retry_after: DISK_FULL_RETRY_AFTER
         }
@@ -308,12 +308,12 @@ fn a_full_disk_is_refused_as_busy_with_a_retry_time_other_failures_as_storage() 
         rusqlite::ffi::SQLITE_CANTOPEN,
     ] {
         assert!(
-            matches!(commit_refusal(&sqlite_error(code)), IngestError::Storage(_)),
+            matches!(commit_refusal(sqlite_error(code)), IngestError::Storage(_)),
             "code {code}"
         );
     }
     assert!(matches!(
-        commit_refusal(&rusqlite::Error::InvalidQuery),
+        commit_refusal(rusqlite::Error::InvalidQuery),
         IngestError::Storage(_)
     ));
 }
@@ -337,7 +337,7 @@ fn a_real_sqlite_full_from_the_writer_is_classified_as_disk_full() {
     };
     let err = writer.commit(&batch).expect_err("the page cap must refuse");
     assert!(store::is_disk_full(&err), "{err:?}");
-    assert!(matches!(commit_refusal(&err), IngestError::Busy { .. }));
+    assert!(matches!(commit_refusal(err), IngestError::Busy { .. }));
 }
 
 fn accept_all(outbox: &Outbox, channel: &str, n: usize) -> Vec<u64> {

@@ -18,7 +18,9 @@ pub struct Registry {
 
 impl Registry {
     pub fn open(config: &Config) -> Result<Self, RegistryError> {
-        Db::open(&crate::auth::path_in(&config.gateway.state_dir)).map(|db| Self { db })
+        Ok(Self {
+            db: Db::open(&crate::auth::path_in(&config.gateway.state_dir))?,
+        })
     }
 
     /// The client's id and identity (the certificate's CN), looked up by id or identity.

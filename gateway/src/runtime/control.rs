@@ -34,7 +34,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     #[error("the daemon sent an unreadable answer: {0}")]
-    BadAnswer(String),
+    BadAnswer(#[source] serde_json::Error),
 }
 
 /// Binds the control socket in `runtime_dir`, replacing a stale one left by a crash.
@@ -134,5 +134,5 @@ pub fn query(runtime_dir: &Path) -> Result<serde_json::Value, ControlError> {
     BufReader::new(std::io::Read::take(stream, 1 << 20))
         .read_line(&mut line)
         .map_err(io)?;
-    serde_json::from_str(&line).map_err(|e| ControlError::BadAnswer(e.to_string()))
+    serde_json::from_str(&line).map_err(ControlError::BadAnswer)
 }

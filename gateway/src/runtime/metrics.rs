@@ -77,6 +77,7 @@ struct AdapterCounters {
     refused: [AtomicU64; REFUSALS],
     auth_failures: AtomicU64,
     downlink_delivered: AtomicU64,
+    downlink_refused: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +154,12 @@ impl Metrics {
             .fetch_add(1, Relaxed);
     }
 
+    /// A downlink command the adapter refused to hand to a sensor (a serial `CMD` that would
+    /// not be one faithful line).
+    pub fn downlink_refused(&self, adapter: Adapter) {
+        self.adapter(adapter).downlink_refused.fetch_add(1, Relaxed);
+    }
+
     /// The DTLS table's current sizes (gauges).
     pub fn set_dtls_sessions(&self, established: usize, half_open: usize) {
         let d = &self.0.dtls;
@@ -202,6 +209,9 @@ impl Metrics {
                         downlink_delivered: a
                             .has_downlink()
                             .then(|| c.downlink_delivered.load(Relaxed)),
+                        downlink_refused: a
+                            .has_downlink()
+                            .then(|| c.downlink_refused.load(Relaxed)),
                     },
                 )
             })
@@ -231,6 +241,10 @@ pub struct AdapterSnapshot {
     /// Absent for adapters without downlink (http).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub downlink_delivered: Option<u64>,
+    /// Commands refused for delivery (serial: would not be one faithful `CMD` line). Absent
+    /// for adapters without downlink.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downlink_refused: Option<u64>,
 }
 
 /// The DTLS session table of the CoAPS listener.

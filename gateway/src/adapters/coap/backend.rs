@@ -2,6 +2,8 @@
 //! keys, certificate principals, revalidation of live sessions. Sensor requests (publish,
 //! Observe, poll) do not come here: the shell hands them to [`crate::intake`].
 
+use std::net::IpAddr;
+
 use tokio::sync::{broadcast, mpsc};
 
 use super::proto::Refusal;
@@ -28,6 +30,25 @@ impl Backend for StoreBackend {
             identity: client.identity,
             serial: None,
         })
+    }
+
+    fn psk_principal_from(&self, remote: IpAddr, identity: &str) -> Option<Principal> {
+        let client = self.auth.psk_succeeded_from(remote, identity)?;
+        Some(Principal {
+            client_id: client.id,
+            identity: client.identity,
+            serial: None,
+        })
+    }
+
+    fn psk_throttled(&self, remote: IpAddr, identity: &str) -> bool {
+        self.auth
+            .throttle_check(Some(remote), Some(identity))
+            .is_err()
+    }
+
+    fn psk_failed(&self, remote: IpAddr, identity: &str) {
+        self.auth.psk_failed_from(remote, identity);
     }
 
     fn certificate_principal(

@@ -1,9 +1,13 @@
 //! The DTLS 1.2 session table of the CoAPS listener, over dimpl (sans-IO, aws-lc-rs).
 //!
-//! One port serves both modes: the ClientHello's offered cipher suites decide between a PSK
+//! One port serves every mode: the ClientHello's offered cipher suites decide between a PSK
 //! engine (`Dtls::new_12_psk`, which keeps only PSK suites) and a certificate engine
-//! (`Dtls::new_12`, certificate suites only, client certificate required), so a PSK offer can
-//! never skip the certificate checks. dimpl verifies handshake signatures but no PKI: the
+//! (`Dtls::new_12`, certificate suites only, client certificate requested), so a PSK offer can
+//! never skip the certificate checks. With `server_only_auth` the certificate engine also
+//! accepts a client that sends no certificate (SuperMQ's CoAPS: server certificate only, the
+//! secret in each request's `?auth=`; supermq v0.19.1 `coap/api/transport.go` `parseKey`):
+//! such a session has no [`Principal`] and authenticates nothing by itself
+//! ([`Sessions::is_server_only`]); a certificate that is sent is verified as always. dimpl verifies handshake signatures but no PKI: the
 //! leaf certificate is verified here with rustls-webpki against `coap_dtls.client_ca_certs`,
 //! through the intermediates of `coap_dtls.client_intermediate_certs` (dimpl hands over the
 //! peer's leaf only, so a chain the client sends is not seen),
@@ -21,7 +25,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -73,6 +77,22 @@ pub trait DtlsCredentials: Send + Sync + 'static {
     /// Whether a live session's principal is still acceptable (client enabled, certificate
     /// not revoked). Checked about once a second for every session.
     fn still_valid(&self, principal: &Principal) -> bool;
+    /// DTLS-PSK from `remote`: the principal of an identity whose key just proved right.
+    fn psk_principal_from(&self, remote: IpAddr, identity: &str) -> Option<Principal> {
+        let _ = remote;
+        self.psk_principal(identity)
+    }
+    /// DTLS-PSK: whether `remote` or `identity` used up its failed-authentication budget
+    /// (the handshake then fails as with a wrong key). See `psk`.
+    fn psk_throttled(&self, remote: IpAddr, identity: &str) -> bool {
+        let _ = (remote, identity);
+        false
+    }
+    /// DTLS-PSK: a handshake from `remote` naming `identity` failed (wrong key, unknown
+    /// identity, abandoned after the key exchange): audit it and charge the throttle.
+    fn psk_failed(&self, remote: IpAddr, identity: &str) {
+        let _ = (remote, identity);
+    }
 }
 
 /// TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655), the CoAP mandatory PSK suite.
@@ -101,7 +121,7 @@ const ALERT_INTERNAL_ERROR: u8 = 80;
 #[derive(Debug, thiserror::Error)]
 pub enum DtlsSetupError {
     #[error("DTLS configuration refused by dimpl: {0}")]
-    Engine(String),
+    Engine(#[source] dimpl::Error),
     #[error("client CA certificate {index} is not a usable trust anchor: {reason}")]
     TrustAnchor { index: usize, reason: String },
     #[error(transparent)]
@@ -120,8 +140,13 @@ pub struct DtlsSettings {
     pub client_intermediates: Vec<CertificateDer<'static>>,
     pub max_sessions: usize,
     pub max_handshakes: usize,
+    /// Established sessions of one client; a new one beyond it ends the client's least
+    /// recently active session (`drain`).
+    pub max_sessions_per_client: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Accept certificate-mode clients that send no certificate (server-only sessions).
+    pub server_only_auth: bool,
 }
 
 /// What the table reports to the shell.
@@ -146,6 +171,8 @@ struct Conn {
     /// Principal from a verified certificate, confirmed at `Connected`.
     cert_principal: Option<Principal>,
     principal: Option<Principal>,
+    /// Handshake complete and the peer accepted. With no `principal` this is a server-only
+    /// session (`server_only_auth`): every request must carry its own credentials.
     established: bool,
     next_timer: Option<Instant>,
     started: Instant,
@@ -214,15 +241,17 @@ impl Sessions {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let cert_config = if anchors.is_empty() {
-            None
-        } else {
-            Some(Arc::new(
+        // Device CAs: request a certificate (and, server-only on, accept none). No device CA
+        // but server-only on: ask for none (a certificate could not be verified anyway).
+        let cert_config = match (anchors.is_empty(), settings.server_only_auth) {
+            (true, false) => None,
+            (no_anchors, server_only) => Some(Arc::new(
                 base_config(&settings)
-                    .require_client_certificate(true)
+                    .require_client_certificate(!no_anchors)
+                    .accept_no_client_certificate(server_only)
                     .build()
-                    .map_err(|e| DtlsSetupError::Engine(e.to_string()))?,
-            ))
+                    .map_err(DtlsSetupError::Engine)?,
+            )),
         };
         let psk_current = CurrentSlot::default();
         let psk_config = Arc::new(
@@ -274,6 +303,7 @@ impl Sessions {
     /// already looked up failed on its key (or an unknown identity): an authentication failure.
     fn handshake_failed(&mut self, conn: &Conn) {
         self.handshakes.failed += 1;
+        self.psk_failed(conn);
         if conn
             .psk
             .as_ref()
@@ -285,6 +315,15 @@ impl Sessions {
 
     pub fn principal(&self, peer: SocketAddr) -> Option<&Principal> {
         self.live.get(&peer).and_then(|c| c.principal.as_ref())
+    }
+
+    /// Whether `peer` has an established session without a client certificate
+    /// (`server_only_auth`): the handshake authenticated only the server, so each request
+    /// must authenticate itself (its Uri-Query secret).
+    pub fn is_server_only(&self, peer: SocketAddr) -> bool {
+        self.live
+            .get(&peer)
+            .is_some_and(|c| c.established && c.principal.is_none())
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -433,6 +472,30 @@ impl Sessions {
                 }
             }
             self.timers = fresh;
+        }
+    }
+
+    /// Server-only sessions authenticate nobody, so anyone who reaches the port can open one:
+    /// they may hold at most half of `max_sessions` (the rest stays for PSK and certificate
+    /// sessions). Called before a new one goes live: at the cap, the server-only session
+    /// quiet the longest gives way.
+    fn cap_server_only(&mut self, now: Instant) {
+        let cap = (self.settings.max_sessions / 2).max(1);
+        let mut count = 0;
+        let mut quietest: Option<(Instant, SocketAddr)> = None;
+        for (peer, c) in &self.live {
+            if c.established && c.principal.is_none() {
+                count += 1;
+                if quietest.is_none_or(|(t, _)| c.last_activity < t) {
+                    quietest = Some((c.last_activity, *peer));
+                }
+            }
+        }
+        if count >= cap
+            && let Some((_, peer)) = quietest
+        {
+            info!(%peer, "dtls session ended: server-only sessions at their cap (half of coap_dtls.max_sessions)");
+            self.close_live(peer, now);
         }
     }
 

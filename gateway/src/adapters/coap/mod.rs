@@ -78,8 +78,10 @@ pub fn dtls_settings(config: &Config) -> anyhow::Result<Option<dtls::DtlsSetting
         client_intermediates,
         max_sessions: c.max_sessions,
         max_handshakes: c.max_handshakes,
+        max_sessions_per_client: c.max_sessions_per_client,
         handshake_timeout: c.handshake_timeout.get(),
         idle_timeout: c.idle_timeout.get(),
+        server_only_auth: c.server_only_auth,
     }))
 }
 
@@ -155,8 +157,21 @@ pub fn start(
     }
     match dtls_settings(config)? {
         Some(settings) => {
-            if settings.client_cas.is_empty() {
-                warn!("coap_dtls.client_ca_certs is not set: CoAPS accepts DTLS-PSK only");
+            match (settings.client_cas.is_empty(), settings.server_only_auth) {
+                (true, false) => {
+                    warn!("coap_dtls.client_ca_certs is not set: CoAPS accepts DTLS-PSK only");
+                }
+                (true, true) => warn!(
+                    "coap_dtls.client_ca_certs is not set: CoAPS accepts DTLS-PSK and \
+                     server-only sessions (secret in ?auth=), no device certificates"
+                ),
+                _ => {}
+            }
+            if settings.server_only_auth {
+                info!(
+                    "coaps: server-only sessions (no client certificate, secret in each request's \
+                     query) are on; coap_dtls.server_only_auth = false turns them off"
+                );
             }
             let sessions = dtls::Sessions::new(
                 settings,

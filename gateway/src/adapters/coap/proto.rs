@@ -28,7 +28,7 @@ pub use answer::{CoapAnswer, coap_answer};
 use block1::BlockTransfer;
 use dedup::{DedupEntry, DedupState};
 use observe::Observer;
-use uri::{PathError, parse_path, parse_query, unsupported_critical_option};
+use uri::{PathError, Resource, parse_query, parse_resource, unsupported_critical_option};
 
 /// RFC 7252 §4.8.2 EXCHANGE_LIFETIME with the default transmission parameters.
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
@@ -46,8 +46,24 @@ pub struct ServerConfig {
     pub max_pending: usize,
     /// Cap on concurrent Block1 transfers; beyond it: 5.03.
     pub max_block_transfers: usize,
-    /// Cap on Observe registrations; beyond it: 5.03.
+    /// Cap on concurrent Block1 transfers from one IP address; beyond it the address's
+    /// least recently active transfer is dropped (a restarted client starts over).
+    pub max_block_transfers_per_peer: usize,
+    /// A Block1 transfer with no block for this long is dropped (a client retransmits a
+    /// block for at most MAX_TRANSMIT_SPAN, 45 s).
+    pub block_idle_timeout: Duration,
+    /// Cap on Observe registrations; when full, the oldest registration of the peer with
+    /// the most is ended (5.03) to make room.
     pub max_observers: usize,
+    /// Cap on Observe registrations from one peer (address and port); beyond it the peer's
+    /// oldest is ended (5.03).
+    pub max_observers_per_peer: usize,
+    /// Cap on Observe registrations of one client (checked by the shell, which knows the
+    /// client); beyond it the client's oldest is ended (5.03).
+    pub max_observers_per_client: usize,
+    /// A registration whose peer sent nothing (no request, no ACK) for this long is ended
+    /// (RFC 7641 §4.5 asks a server to check a client's interest at least every 24 h).
+    pub observe_idle_timeout: Duration,
     /// Notifications queued per observer while one is unacknowledged.
     pub max_queued_notifications: usize,
     /// RFC 7252 ACK_TIMEOUT for our confirmable notifications.
@@ -66,7 +82,12 @@ impl Default for ServerConfig {
             max_dedup_entries: 16 * 1024,
             max_pending: 1024,
             max_block_transfers: 256,
+            max_block_transfers_per_peer: 8,
+            block_idle_timeout: Duration::from_secs(60),
             max_observers: 1024,
+            max_observers_per_peer: 16,
+            max_observers_per_client: 16,
+            observe_idle_timeout: Duration::from_secs(24 * 3600),
             max_queued_notifications: 16,
             ack_timeout: Duration::from_secs(2),
             max_retransmit: 4,
@@ -118,6 +139,15 @@ pub enum Event {
         content_format: Option<u16>,
         payload: Vec<u8>,
     },
+    /// Block 0 of a Block1 POST with more blocks to come: authenticate and authorize
+    /// publish before any transfer state is kept, then `complete` with
+    /// [`Outcome::Authorized`] (the transfer starts: 2.31) or a refusal.
+    Authorize {
+        exchange: ExchangeId,
+        peer: SocketAddr,
+        target: Target,
+        credentials: Credentials,
+    },
     /// GET with Observe=0: authenticate, authorize subscribe, then `complete` with
     /// [`Outcome::Subscribed`]; the exchange id then names the observer for [`Server::notify`].
     Subscribe {
@@ -133,6 +163,15 @@ pub enum Event {
         target: Target,
         credentials: Credentials,
     },
+    /// POST `hc/<domain>`, SuperMQ's health check: authenticate in that domain, then
+    /// `complete` with [`Outcome::Checked`] (2.01 Created, as supermq v0.19.1
+    /// `coap/api/transport.go` answers a POST). The payload is ignored, nothing is stored.
+    HealthCheck {
+        exchange: ExchangeId,
+        peer: SocketAddr,
+        domain: String,
+        credentials: Credentials,
+    },
     /// An observer is gone (deregistered, reset, re-registered or unreachable).
     ObserveEnded { observer: ExchangeId },
 }
@@ -144,6 +183,10 @@ pub enum Outcome {
     Stored,
     /// Observe registered: 2.05 Content with the Observe option.
     Subscribed,
+    /// Block 0 of a Block1 transfer may go on (see [`Event::Authorize`]).
+    Authorized,
+    /// Health check passed: 2.01 Created.
+    Checked,
     /// Poll answer: 2.05 Content (an empty payload means no command is waiting).
     Content {
         payload: Vec<u8>,
@@ -184,8 +227,11 @@ pub struct Stats {
 #[derive(Debug)]
 enum Kind {
     Publish,
+    Health,
     Subscribe,
     Poll,
+    /// Block 0 of a Block1 transfer waiting for [`Outcome::Authorized`].
+    BlockStart(Box<block1::BlockStart>),
 }
 
 #[derive(Debug)]
@@ -212,6 +258,10 @@ pub struct Server {
     blocks: HashMap<(SocketAddr, String), BlockTransfer>,
     observers: HashMap<ExchangeId, Observer>,
     observer_by_token: HashMap<(SocketAddr, Vec<u8>), ExchangeId>,
+    /// When each peer with a registration last sent anything (idle expiry).
+    observer_peers: HashMap<SocketAddr, Instant>,
+    /// Next sweep for idle registrations.
+    next_observe_sweep: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -226,6 +276,10 @@ struct Request {
 }
 
 impl Server {
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
     pub fn new(config: ServerConfig) -> Self {
         Self {
             next_message_id: config.initial_message_id,
@@ -237,6 +291,8 @@ impl Server {
             blocks: HashMap::new(),
             observers: HashMap::new(),
             observer_by_token: HashMap::new(),
+            observer_peers: HashMap::new(),
+            next_observe_sweep: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -256,6 +312,9 @@ impl Server {
     /// Feeds one received datagram.
     pub fn handle_datagram(&mut self, peer: SocketAddr, datagram: &[u8], now: Instant) {
         self.expire(now);
+        if let Some(seen) = self.observer_peers.get_mut(&peer) {
+            *seen = now;
+        }
         let packet = match Packet::from_bytes(datagram) {
             Ok(p) => p,
             Err(_) => {
@@ -302,11 +361,22 @@ impl Server {
         let Some(p) = self.pending.remove(&exchange) else {
             return;
         };
+        if matches!(p.kind, Kind::BlockStart(_)) {
+            self.complete_block_start(p, outcome, now);
+            return;
+        }
         let (code, observe, payload, content_format) = match (&p.kind, outcome) {
             (Kind::Publish, Outcome::Stored) => {
                 (ResponseType::Changed, None, Vec::new(), None::<u16>)
             }
+            (Kind::Health, Outcome::Checked) => (ResponseType::Created, None, Vec::new(), None),
             (Kind::Subscribe, Outcome::Subscribed) => {
+                let key = (p.peer, p.token.clone());
+                if let Some(old) = self.observer_by_token.remove(&key) {
+                    self.observers.remove(&old);
+                    self.events.push_back(Event::ObserveEnded { observer: old });
+                }
+                self.make_observer_room(p.peer);
                 if self.observers.len() >= self.config.max_observers {
                     self.respond_failure(
                         &p,
@@ -317,11 +387,9 @@ impl Server {
                     );
                     return;
                 }
-                let key = (p.peer, p.token.clone());
-                if let Some(old) = self.observer_by_token.remove(&key) {
-                    self.observers.remove(&old);
-                    self.events.push_back(Event::ObserveEnded { observer: old });
-                }
+                self.observer_peers.insert(p.peer, now);
+                self.next_observe_sweep
+                    .get_or_insert(now + observe::SWEEP_EVERY);
                 self.observer_by_token.insert(key, exchange);
                 self.observers.insert(
                     exchange,
@@ -415,7 +483,10 @@ impl Server {
             .min();
         let dedup = self.dedup_order.front().map(|(_, t)| *t);
         let blocks = self.blocks.values().map(|b| b.expires).min();
-        [retransmit, dedup, blocks].into_iter().flatten().min()
+        [retransmit, dedup, blocks, self.next_observe_sweep]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn expire(&mut self, now: Instant) {
@@ -436,8 +507,8 @@ impl Server {
             self.respond_now(&req, code, RefusalKind::BadRequest, |_| {});
             return;
         }
-        let target = match parse_path(packet) {
-            Ok(t) => t,
+        let resource = match parse_resource(packet) {
+            Ok(r) => r,
             Err(PathError::NotFound) => {
                 self.respond_failure_req(&req, Refusal::NotFound, now);
                 return;
@@ -450,6 +521,29 @@ impl Server {
         let Ok(credentials) = parse_query(packet) else {
             self.respond_failure_req(&req, Refusal::BadRequest, now);
             return;
+        };
+        let target = match (resource, method) {
+            (Resource::Channel(target), _) => target,
+            (Resource::Health { domain }, RequestType::Post) => {
+                self.start_exchange(req, Kind::Health, None, now, |exchange, peer| {
+                    Event::HealthCheck {
+                        exchange,
+                        peer,
+                        domain,
+                        credentials,
+                    }
+                });
+                return;
+            }
+            (Resource::Health { .. }, _) => {
+                self.respond_now(
+                    &req,
+                    ResponseType::MethodNotAllowed,
+                    RefusalKind::BadRequest,
+                    |_| {},
+                );
+                return;
+            }
         };
         match method {
             RequestType::Post => self.handle_post(req, target, credentials, packet, now),

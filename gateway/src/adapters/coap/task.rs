@@ -4,7 +4,7 @@
 //! No lock is held around protocol state; every channel is bounded.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -52,6 +52,20 @@ pub trait Backend: Send + Sync + 'static {
     fn ended_clients(&self) -> Option<mpsc::Receiver<String>> {
         None
     }
+    /// DTLS-PSK from `remote`: the principal of an identity whose key proved right.
+    fn psk_principal_from(&self, remote: IpAddr, identity: &str) -> Option<Principal> {
+        let _ = remote;
+        self.psk_principal(identity)
+    }
+    /// DTLS-PSK: whether `remote` or `identity` used up its failed-authentication budget.
+    fn psk_throttled(&self, remote: IpAddr, identity: &str) -> bool {
+        let _ = (remote, identity);
+        false
+    }
+    /// DTLS-PSK: a failed handshake from `remote` naming `identity` (audit, throttle).
+    fn psk_failed(&self, remote: IpAddr, identity: &str) {
+        let _ = (remote, identity);
+    }
 }
 
 /// The DTLS session table's credentials port, answered by a [`Backend`].
@@ -82,6 +96,15 @@ impl super::dtls::DtlsCredentials for BackendCredentials {
     }
     fn still_valid(&self, principal: &Principal) -> bool {
         self.0.still_valid(principal)
+    }
+    fn psk_principal_from(&self, remote: IpAddr, identity: &str) -> Option<Principal> {
+        self.0.psk_principal_from(remote, identity)
+    }
+    fn psk_throttled(&self, remote: IpAddr, identity: &str) -> bool {
+        self.0.psk_throttled(remote, identity)
+    }
+    fn psk_failed(&self, remote: IpAddr, identity: &str) {
+        self.0.psk_failed(remote, identity);
     }
 }
 
@@ -351,8 +374,9 @@ impl Shell {
     }
 
     /// Who sent a request: on CoAPS the client of the peer's DTLS session (`Ok(Some(c))`), on
-    /// plain CoAP nobody yet (`Ok(None)`: the query carries the credentials). A CoAPS peer
-    /// without an authenticated session is refused.
+    /// plain CoAP and in a server-only CoAPS session nobody yet (`Ok(None)`: the query carries
+    /// the credentials, authenticated and throttled per request). Any other CoAPS peer is
+    /// refused.
     fn caller(&self, peer: SocketAddr) -> Result<Option<ClientRef>, Refusal> {
         let Some(sessions) = &self.sessions else {
             return Ok(None);
@@ -362,6 +386,7 @@ impl Shell {
                 id: p.client_id.clone(),
                 identity: p.identity.clone(),
             })),
+            None if sessions.is_server_only(peer) => Ok(None),
             None => Err(Refusal::Unauthenticated),
         }
     }
@@ -388,6 +413,33 @@ impl Shell {
         }
     }
 
+    /// Ends (5.03) the oldest observations of `client_id` while it holds
+    /// `max_observers_per_client`: one client cannot take the whole Observe table, from
+    /// however many sockets.
+    fn cap_client_observations(&mut self, client_id: &str) {
+        let cap = self.server.config().max_observers_per_client.max(1);
+        let mut mine: Vec<ExchangeId> = self
+            .observations
+            .iter()
+            .filter(|(_, o)| o.admitted.client.id == client_id)
+            .map(|(id, _)| *id)
+            .collect();
+        if mine.len() < cap {
+            return;
+        }
+        mine.sort();
+        let excess = mine.len() + 1 - cap;
+        for id in mine.into_iter().take(excess) {
+            self.observations.remove(&id);
+            self.server.end_observer(
+                id,
+                Refusal::Busy {
+                    retry_after: Duration::from_secs(30),
+                },
+            );
+        }
+    }
+
     /// Throttle → authenticate → authorize → checks, by intake.
     fn admit(
         &self,
@@ -397,18 +449,21 @@ impl Shell {
         op: Op,
     ) -> Result<Admitted, Refusal> {
         let session = self.caller(peer)?;
-        let credentials = match (&session, credentials) {
-            (Some(client), _) => intake::Credentials::Session(client),
-            (None, Credentials::None) => intake::Credentials::None,
-            (None, Credentials::Secret(secret)) => intake::Credentials::Secret(secret),
-            (None, Credentials::UsernamePassword { username, password }) => {
-                intake::Credentials::IdentitySecret {
-                    identity: username,
-                    secret: password,
-                }
-            }
-        };
+        let credentials = intake_credentials(session.as_ref(), credentials);
         self.intake.admit(Some(peer.ip()), credentials, target, op)
+    }
+
+    /// `hc/<domain>`: throttle → authenticate → domain membership, by intake.
+    fn check_health(
+        &self,
+        peer: SocketAddr,
+        domain: &str,
+        credentials: &Credentials,
+    ) -> Result<ClientRef, Refusal> {
+        let session = self.caller(peer)?;
+        let credentials = intake_credentials(session.as_ref(), credentials);
+        self.intake
+            .check_health(Some(peer.ip()), credentials, domain)
     }
 
     fn handle_event(&mut self, ev: Event) {
@@ -448,6 +503,19 @@ impl Shell {
                     Err(r) => self.server.complete(exchange, Outcome::Refused(r), now),
                 }
             }
+            Event::Authorize {
+                exchange,
+                peer,
+                target,
+                credentials,
+            } => {
+                // Block 0 of a Block1 transfer: the same checks as the publish it starts.
+                let outcome = match self.admit(peer, &target, &credentials, Op::Publish) {
+                    Ok(_) => Outcome::Authorized,
+                    Err(r) => Outcome::Refused(r),
+                };
+                self.server.complete(exchange, outcome, now);
+            }
             Event::Subscribe {
                 exchange,
                 peer,
@@ -455,6 +523,9 @@ impl Shell {
                 credentials,
             } => match self.admit(peer, &target, &credentials, Op::Subscribe) {
                 Ok(admitted) => {
+                    if !self.server.reregisters(exchange) {
+                        self.cap_client_observations(&admitted.client.id);
+                    }
                     let commands = self.intake.subscribe(&admitted);
                     self.observations
                         .insert(exchange, Observation { admitted, commands });
@@ -491,10 +562,41 @@ impl Shell {
                 };
                 self.server.complete(exchange, outcome, now);
             }
+            Event::HealthCheck {
+                exchange,
+                peer,
+                domain,
+                credentials,
+            } => {
+                let outcome = match self.check_health(peer, &domain, &credentials) {
+                    Ok(_) => Outcome::Checked,
+                    Err(r) => Outcome::Refused(r),
+                };
+                self.server.complete(exchange, outcome, now);
+            }
             Event::ObserveEnded { observer } => {
                 // Dropping the subscription marks the client offline: later commands are
                 // kept for it.
                 self.observations.remove(&observer);
+            }
+        }
+    }
+}
+
+/// The intake credentials of a request: the DTLS session's client if it has one (its query
+/// is not looked at), else what the Uri-Query carried.
+fn intake_credentials<'a>(
+    session: Option<&'a ClientRef>,
+    query: &'a Credentials,
+) -> intake::Credentials<'a> {
+    match (session, query) {
+        (Some(client), _) => intake::Credentials::Session(client),
+        (None, Credentials::None) => intake::Credentials::None,
+        (None, Credentials::Secret(secret)) => intake::Credentials::Secret(secret),
+        (None, Credentials::UsernamePassword { username, password }) => {
+            intake::Credentials::IdentitySecret {
+                identity: username,
+                secret: password,
             }
         }
     }
@@ -552,105 +654,4 @@ fn is_transient(e: &std::io::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::adapters::coap::backend::StoreBackend;
-    use crate::intake::testkit::{Fixture, LONELY_SECRET, OFF_SECRET, OutboxState, SECRET};
-    use crate::runtime::metrics::Refusal as Kind;
-    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-
-    fn post(secret: &str) -> Vec<u8> {
-        let mut p = Packet::new();
-        p.header.set_type(MessageType::Confirmable);
-        p.header.code = MessageClass::Request(RequestType::Post);
-        p.header.message_id = 7;
-        p.set_token(vec![1]);
-        for seg in ["m", "dom", "c", "temps"] {
-            p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
-        }
-        p.add_option(CoapOption::UriQuery, format!("auth={secret}").into_bytes());
-        p.payload = b"21.5".to_vec();
-        p.to_bytes().unwrap()
-    }
-
-    /// Disabled client, not connected, outbox full, shutdown: each answered as README
-    /// "Refusals" says and counted once in the metrics (adapter `coap`), under its kind.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_refusal_has_its_documented_code_and_is_counted_once() {
-        let cases = [
-            (
-                OutboxState::Open,
-                OFF_SECRET,
-                ResponseType::Unauthorized,
-                Kind::Unauthenticated,
-                false,
-            ),
-            (
-                OutboxState::Open,
-                LONELY_SECRET,
-                ResponseType::Forbidden,
-                Kind::Forbidden,
-                false,
-            ),
-            (
-                OutboxState::Full,
-                SECRET,
-                ResponseType::ServiceUnavailable,
-                Kind::Busy,
-                true,
-            ),
-            (
-                OutboxState::Closed,
-                SECRET,
-                ResponseType::ServiceUnavailable,
-                Kind::Unavailable,
-                true,
-            ),
-        ];
-        for (outbox, secret, code, kind, max_age) in cases {
-            let f = Fixture::new(outbox);
-            let metrics = Metrics::new();
-            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let addr = socket.local_addr().unwrap();
-            let cancel = CancellationToken::new();
-            let task = tokio::spawn(serve(
-                socket,
-                ServerConfig::default(),
-                None,
-                Arc::new(StoreBackend {
-                    auth: f.auth.clone(),
-                }),
-                f.intake.clone(),
-                metrics.clone(),
-                cancel.clone(),
-            ));
-            let sensor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            sensor.send_to(&post(secret), addr).await.unwrap();
-            let mut buf = [0u8; 1500];
-            let n = tokio::time::timeout(Duration::from_secs(10), sensor.recv(&mut buf))
-                .await
-                .expect("an answer")
-                .unwrap();
-            let resp = Packet::from_bytes(&buf[..n]).unwrap();
-            assert_eq!(resp.header.code, MessageClass::Response(code), "{kind:?}");
-            assert_eq!(
-                resp.get_first_option(CoapOption::MaxAge).is_some(),
-                max_age,
-                "{kind:?}"
-            );
-            cancel.cancel();
-            task.await.unwrap().unwrap();
-            let snap = metrics.snapshot();
-            let coap = &snap.adapters["coap"];
-            assert_eq!(coap.refused[kind.label()], 1, "{kind:?}: {coap:?}");
-            assert_eq!(coap.refused_total, 1, "{kind:?}: counted once");
-            assert_eq!(coap.messages_in, 0);
-        }
-        // A storage failure is the shutdown answer: 5.03 with Max-Age.
-        let storage =
-            crate::intake::ingest_refusal(&crate::outbox::IngestError::Storage("eio".into()));
-        let answer = super::super::proto::coap_answer(&storage);
-        assert_eq!(answer.code, ResponseType::ServiceUnavailable);
-        assert_eq!(answer.max_age, Some(Duration::from_secs(30)));
-    }
-}
+mod tests;

@@ -340,7 +340,7 @@ mod tests {
         }
         // A storage failure is the shutdown answer.
         let storage =
-            crate::intake::ingest_refusal(&crate::outbox::IngestError::Storage("eio".into()));
+            crate::intake::ingest_refusal(&crate::outbox::IngestError::storage_for_tests());
         assert_eq!(
             crate::adapters::serial::proto::wire_reason(
                 &storage,

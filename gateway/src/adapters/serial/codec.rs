@@ -278,6 +278,51 @@ fn parse_target(bytes: &[u8]) -> Result<Target, Reason> {
     })
 }
 
+/// Why a downlink command cannot be written as one `CMD` line (issue 20.7: anyone who can
+/// publish on a channel's command topic upstream must not forge `OK`/`CMD` lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnsafeCommand {
+    /// The channel name or a subtopic level is not a [`token`] (a space would shift the
+    /// fields; `/ + # *`, control and non-ASCII bytes are refused like in `PUB`).
+    #[error("the channel or subtopic is not a serial token")]
+    Target,
+    /// The payload holds `\n` or `\r`, which would end the line (and start a forged one).
+    #[error("the payload contains a line break")]
+    LineBreak,
+    /// Without a checksum, a payload ending in `*HH` would be read as the line's checksum.
+    #[error("the payload ends in what reads as a checksum")]
+    ChecksumLike,
+}
+
+/// Checks that `CMD <target> <payload>` is exactly one line that decodes back to the same
+/// target and payload; the gateway refuses (and counts) commands that fail this.
+pub fn check_command(
+    target: &Target,
+    payload: &[u8],
+    with_checksum: bool,
+) -> Result<(), UnsafeCommand> {
+    let levels = std::iter::once(target.channel.as_str()).chain(
+        (!target.subtopic.is_empty())
+            .then(|| target.subtopic.split('/'))
+            .into_iter()
+            .flatten(),
+    );
+    for level in levels {
+        token(level.as_bytes()).map_err(|_| UnsafeCommand::Target)?;
+    }
+    if payload.iter().any(|&b| b == b'\n' || b == b'\r') {
+        return Err(UnsafeCommand::LineBreak);
+    }
+    if !with_checksum
+        && let [.., b'*', hi, lo] = payload
+        && hex_value(*hi).is_some()
+        && hex_value(*lo).is_some()
+    {
+        return Err(UnsafeCommand::ChecksumLike);
+    }
+    Ok(())
+}
+
 /// Encodes `line` with its newline, and a `*HH` checksum when `with_checksum`.
 pub fn encode(line: &Line, with_checksum: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
@@ -367,6 +412,46 @@ mod tests {
         let again = encode(&frame.line, false);
         assert_eq!(again, b"PUB ch2/ab 1*ch\n");
         assert_eq!(one(&again).unwrap().unwrap().0, frame);
+    }
+
+    #[test]
+    fn commands_that_would_forge_lines_or_shift_fields_are_refused() {
+        let t = |channel: &str, subtopic: &str| Target {
+            channel: channel.into(),
+            subtopic: subtopic.into(),
+        };
+        let ok = t("lamps", "room/1");
+        assert_eq!(check_command(&ok, b"on", false), Ok(()));
+        assert_eq!(check_command(&ok, b"", false), Ok(()));
+        // The reproduction of issue 20.7: forged acknowledgements and commands.
+        assert_eq!(
+            check_command(&ok, b"on\nOK 999999\nCMD other/x y", true),
+            Err(UnsafeCommand::LineBreak)
+        );
+        assert_eq!(
+            check_command(&ok, b"on\rOK 1", false),
+            Err(UnsafeCommand::LineBreak)
+        );
+        for bad in [
+            "a b", "a/b c", "a//b", "a/+", "x/#", "x\n", "x\u{7}", "é", "a*1",
+        ] {
+            assert_eq!(
+                check_command(&t("lamps", bad), b"on", false),
+                Err(UnsafeCommand::Target),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            check_command(&t("my lamps", ""), b"on", false),
+            Err(UnsafeCommand::Target)
+        );
+        // "*HH" at the end is only ambiguous without a checksum.
+        assert_eq!(
+            check_command(&ok, b"dim*4F", false),
+            Err(UnsafeCommand::ChecksumLike)
+        );
+        assert_eq!(check_command(&ok, b"dim*4F", true), Ok(()));
+        assert_eq!(check_command(&ok, b"dim*4G", false), Ok(()));
     }
 
     #[test]
@@ -527,6 +612,32 @@ mod tests {
             prop_assume!(!ambiguous && !cr);
             let (frame, _) = decode(&bytes, 4096).unwrap().unwrap();
             prop_assert!(!frame.checksummed);
+            prop_assert_eq!(frame.line, line);
+        }
+
+        #[test]
+        fn a_command_that_passes_the_check_is_exactly_the_one_line_it_says(
+            channel in prop_oneof![word(), "[ -~\t\r\n\x00é]{0,12}"],
+            subtopic in prop_oneof![
+                Just(String::new()),
+                "[a-z0-9]{1,5}(/[a-z0-9]{1,5}){0,2}",
+                "[ -~\t\r\n\x00é]{0,20}",
+            ],
+            payload in prop_oneof![
+                "[ -~]{0,30}".prop_map(String::into_bytes),
+                proptest::collection::vec(any::<u8>(), 0..40),
+            ],
+            with_checksum in any::<bool>(),
+        ) {
+            let target = Target { channel, subtopic };
+            prop_assume!(check_command(&target, &payload, with_checksum).is_ok());
+            let line = Line::Cmd { target, payload };
+            let bytes = encode(&line, with_checksum);
+            prop_assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1);
+            prop_assert!(!bytes.contains(&b'\r'));
+            let (frame, n) = decode(&bytes, 4096).unwrap().unwrap();
+            prop_assert_eq!(n, bytes.len());
+            prop_assert_eq!(frame.checksummed, with_checksum);
             prop_assert_eq!(frame.line, line);
         }
 

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use super::codec::{self, DecodeError, Frame, Line, Reason, Target};
+use super::codec::{self, DecodeError, Frame, Line, Reason, Target, UnsafeCommand};
 pub use crate::intake::refusal::{Refusal, RefusalCounts, RefusalKind};
 
 /// What a session answered, in plain counts (its shell adds the differences to the metrics).
@@ -23,6 +23,9 @@ pub struct SessionStats {
     pub refused: RefusalCounts,
     /// `CMD …` lines written.
     pub commands: u64,
+    /// Commands not written because they would not be one faithful `CMD` line
+    /// ([`codec::check_command`]).
+    pub commands_refused: u64,
 }
 
 /// Which request a refusal answers: `AUTH` refusals of credentials say `auth`, later ones
@@ -357,12 +360,24 @@ impl Session {
         }
     }
 
-    /// A downlink command for this session's client.
-    pub fn handle_command(&mut self, target: Target, payload: Vec<u8>) {
+    /// A downlink command for this session's client. One that cannot be written as exactly
+    /// one `CMD` line (a line break in the payload, a subtopic level that is not a token, a
+    /// trailing `*HH` without checksums) is refused and counted, never written: it would let
+    /// whoever publishes upstream forge `OK <seq>` or `CMD` lines to the sensor.
+    pub fn handle_command(
+        &mut self,
+        target: Target,
+        payload: Vec<u8>,
+    ) -> Result<(), UnsafeCommand> {
+        if let Err(e) = codec::check_command(&target, &payload, self.peer_checksums) {
+            self.stats.commands_refused += 1;
+            return Err(e);
+        }
         let line = Line::Cmd { target, payload };
         self.stats.commands += 1;
         self.transmit
             .push_back(codec::encode(&line, self.peer_checksums));
+        Ok(())
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -538,9 +553,36 @@ mod tests {
                 subtopic: String::new(),
             },
             b"reboot".to_vec(),
-        );
+        )
+        .unwrap();
         let cmd = s.poll_transmit().unwrap();
         assert!(cmd.starts_with(b"CMD ctl reboot*"), "{cmd:?}");
+    }
+
+    #[test]
+    fn a_command_that_would_forge_lines_is_refused_counted_and_never_written() {
+        let mut s = session();
+        let target = |subtopic: &str| Target {
+            channel: "ctl".into(),
+            subtopic: subtopic.into(),
+        };
+        assert_eq!(
+            s.handle_command(target(""), b"x\nOK 999999\nCMD other/y z".to_vec()),
+            Err(UnsafeCommand::LineBreak)
+        );
+        assert_eq!(
+            s.handle_command(target("a b"), b"on".to_vec()),
+            Err(UnsafeCommand::Target)
+        );
+        assert_eq!(
+            s.handle_command(target(""), b"dim*4F".to_vec()),
+            Err(UnsafeCommand::ChecksumLike)
+        );
+        assert_eq!(s.poll_transmit(), None, "nothing written");
+        s.handle_command(target("a"), b"on".to_vec()).unwrap();
+        assert_eq!(sent(&mut s), ["CMD ctl/a on\n"]);
+        let stats = s.stats();
+        assert_eq!((stats.commands, stats.commands_refused), (1, 3));
     }
 
     #[test]

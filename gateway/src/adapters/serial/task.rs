@@ -342,7 +342,9 @@ async fn port_task(
                                 channel: shell.downlink[i].shown.clone(),
                                 subtopic: cmd.subtopic,
                             };
-                            session.handle_command(target, cmd.payload.to_vec());
+                            if let Err(e) = session.handle_command(target, cmd.payload.to_vec()) {
+                                warn!(port = %name, client_id = %shell.downlink[i].admitted.client.id, channel = %shell.downlink[i].shown, "command not delivered over serial: {e}");
+                            }
                         }
                     }
                     // The hub dropped this stream: stop polling it.
@@ -547,6 +549,9 @@ impl Shell {
         let metrics = self.status.metrics();
         let accepted = now.accepted.saturating_sub(self.reported.accepted);
         let commands = now.commands.saturating_sub(self.reported.commands);
+        let commands_refused = now
+            .commands_refused
+            .saturating_sub(self.reported.commands_refused);
         let refused = now
             .refused
             .total()
@@ -556,6 +561,9 @@ impl Shell {
         }
         for _ in 0..commands {
             metrics.downlink_delivered(Adapter::Serial);
+        }
+        for _ in 0..commands_refused {
+            metrics.downlink_refused(Adapter::Serial);
         }
         let mut reported_refused = self.reported.refused;
         metrics.sync_refusals(Adapter::Serial, &now.refused, &mut reported_refused);

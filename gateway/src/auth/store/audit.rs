@@ -27,6 +27,11 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// A management action (API or CLI), kept apart from authentication decisions.
+    pub fn is_management(&self) -> bool {
+        matches!(self.method, "api" | "cli")
+    }
+
     /// A management action by `actor` through `method` (`api` or `cli`).
     pub fn management(
         method: &'static str,
@@ -49,11 +54,26 @@ impl AuditEvent {
 }
 
 impl Db {
-    /// Appends a batch in one transaction, then rotates out all but the newest `keep` events.
-    pub fn append_audit(&mut self, events: &[AuditEvent], keep: u64) -> Result<(), AuthError> {
+    /// Appends a batch in one transaction, then rotates: authentication decisions older than
+    /// the newest `keep` rows go, and management actions (`api`, `cli`) beyond the newest
+    /// `keep` of them: a flood of sensor failures cannot rotate management events out.
+    pub fn append_audit(&mut self, events: &[AuditEvent], keep: u64) -> Result<(), StoreError> {
+        self.append_audit_from(events, keep, &mut 0)
+    }
+
+    /// [`Db::append_audit`] for the one writer that appends repeatedly: `rotated` is the id up
+    /// to which decisions were already rotated out, so each batch only looks at new ids.
+    pub fn append_audit_from(
+        &mut self,
+        events: &[AuditEvent],
+        keep: u64,
+        rotated: &mut i64,
+    ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let e = |e| sqlite_at(&path, e);
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let tx = self.conn.transaction().map_err(e)?;
+        let threshold;
         {
             let mut st = tx
                 .prepare_cached(
@@ -80,17 +100,37 @@ impl Db {
                 ])
                 .map_err(e)?;
             }
-            tx.execute(
-                "DELETE FROM audit_events WHERE id <= (SELECT max(id) FROM audit_events) - ?1",
-                [i64::try_from(keep).unwrap_or(i64::MAX)],
-            )
-            .map_err(e)?;
+            let max: i64 = tx
+                .query_row("SELECT coalesce(max(id), 0) FROM audit_events", [], |r| {
+                    r.get(0)
+                })
+                .map_err(e)?;
+            threshold = max.saturating_sub(keep);
+            if threshold > *rotated {
+                tx.execute(
+                    "DELETE FROM audit_events WHERE id > ?1 AND id <= ?2
+                       AND method NOT IN ('api', 'cli')",
+                    [*rotated, threshold],
+                )
+                .map_err(e)?;
+            }
+            if events.iter().any(AuditEvent::is_management) {
+                tx.execute(
+                    "DELETE FROM audit_events WHERE method IN ('api', 'cli') AND id <=
+                       (SELECT id FROM audit_events WHERE method IN ('api', 'cli')
+                        ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+                    [keep],
+                )
+                .map_err(e)?;
+            }
         }
-        tx.commit().map_err(e)
+        tx.commit().map_err(e)?;
+        *rotated = (*rotated).max(threshold);
+        Ok(())
     }
 
     /// The newest `limit` audit events, newest first.
-    pub fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, AuthError> {
+    pub fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
         let mut st = self
             .conn
             .prepare(
@@ -120,7 +160,7 @@ impl Db {
         .map_err(|e| self.err(e))
     }
 
-    pub fn audit_count(&self) -> Result<i64, AuthError> {
+    pub fn audit_count(&self) -> Result<i64, StoreError> {
         self.conn
             .query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))
             .map_err(|e| self.err(e))
@@ -133,6 +173,7 @@ pub(super) fn intern(s: &str) -> &'static str {
         "secret",
         "identity",
         "certificate",
+        "psk",
         "ok",
         "unknown_identity",
         "bad_secret",

@@ -24,7 +24,7 @@ impl Db {
                 what: "certificate serial",
                 value: serial,
             }),
-            Err(e) => Err(self.err(e)),
+            Err(e) => Err(self.fail(e)),
         }
     }
 
@@ -45,7 +45,7 @@ impl Db {
                     cert_row,
                 )
                 .optional()
-                .map_err(|e| self.err(e))?,
+                .map_err(|e| self.fail(e))?,
             None => None,
         };
         let targets: Vec<CertificateRecord> = match by_serial {
@@ -58,11 +58,11 @@ impl Db {
                 let mut st = self
                     .conn
                     .prepare(&format!("{CERT_SELECT} WHERE client_id = ?1"))
-                    .map_err(|e| self.err(e))?;
+                    .map_err(|e| self.fail(e))?;
                 st.query_map([&client.id], cert_row)
-                    .map_err(|e| self.err(e))?
+                    .map_err(|e| self.fail(e))?
                     .collect::<Result<_, _>>()
-                    .map_err(|e| self.err(e))?
+                    .map_err(|e| self.fail(e))?
             }
         };
         let mut revoked = Vec::new();
@@ -72,7 +72,7 @@ impl Db {
                     "UPDATE certificates SET revoked_at = ?2 WHERE serial_hex = ?1",
                     params![rec.serial_hex, now],
                 )
-                .map_err(|e| self.err(e))?;
+                .map_err(|e| self.fail(e))?;
             rec.revoked_at = Some(now);
             revoked.push(rec);
         }
@@ -83,11 +83,11 @@ impl Db {
         let mut st = self
             .conn
             .prepare(&format!("{CERT_SELECT} ORDER BY not_before, serial_hex"))
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.fail(e))?;
         st.query_map([], cert_row)
-            .map_err(|e| self.err(e))?
+            .map_err(|e| self.fail(e))?
             .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.fail(e))
     }
 }
 

@@ -79,7 +79,7 @@ impl Db {
                 what: "channel",
                 value: id,
             }),
-            Err(e) => Err(self.err(e)),
+            Err(e) => Err(self.fail(e)),
         }
     }
 
@@ -113,7 +113,7 @@ impl Db {
                 what: "channel",
                 value: name.to_owned(),
             }),
-            Err(e) => Err(self.err(e)),
+            Err(e) => Err(self.fail(e)),
         }
     }
 
@@ -121,11 +121,11 @@ impl Db {
         let mut st = self
             .conn
             .prepare(&format!("{CHANNEL_SELECT} ORDER BY name"))
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.fail(e))?;
         st.query_map([], channel_row)
-            .map_err(|e| self.err(e))?
+            .map_err(|e| self.fail(e))?
             .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.fail(e))
     }
 
     /// A channel by id or name (an id wins).
@@ -139,7 +139,7 @@ impl Db {
                 channel_row,
             )
             .optional()
-            .map_err(|e| self.err(e))?
+            .map_err(|e| self.fail(e))?
             .ok_or_else(|| AuthError::NotFound {
                 what: "channel",
                 value: key.to_owned(),
@@ -150,7 +150,7 @@ impl Db {
         let channel = self.channel(key)?;
         self.conn
             .execute("DELETE FROM channels WHERE id = ?1", [&channel.id])
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.fail(e))?;
         Ok(channel)
     }
 }

@@ -69,11 +69,9 @@ impl Db {
                 });
             }
             Err(e) if is_unique(&e, "clients.secret") => {
-                return Err(AuthError::Invalid(
-                    "another client already uses this secret".into(),
-                ));
+                return Err(Invalid::SecretInUse.into());
             }
-            Err(e) => return Err(self.err(e)),
+            Err(e) => return Err(self.fail(e)),
         }
         self.client(identity)
     }
@@ -82,11 +80,11 @@ impl Db {
         let mut st = self
             .conn
             .prepare(&format!("{CLIENT_SELECT} ORDER BY identity"))
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.fail(e))?;
         st.query_map([], client_row)
-            .map_err(|e| self.err(e))?
+            .map_err(|e| self.fail(e))?
             .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.fail(e))
     }
 
     /// A client by id or identity (an id wins).
@@ -100,7 +98,7 @@ impl Db {
                 client_row,
             )
             .optional()
-            .map_err(|e| self.err(e))?
+            .map_err(|e| self.fail(e))?
             .ok_or_else(|| AuthError::NotFound {
                 what: "client",
                 value: key.to_owned(),
@@ -114,7 +112,7 @@ impl Db {
                 "UPDATE clients SET enabled = ?2, updated_at = ?3 WHERE id = ?1",
                 params![client.id, enabled, now_unix()],
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.fail(e))?;
         self.client(&client.id)
     }
 
@@ -122,7 +120,7 @@ impl Db {
         let client = self.client(key)?;
         self.conn
             .execute("DELETE FROM clients WHERE id = ?1", [&client.id])
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.fail(e))?;
         Ok(client)
     }
 
@@ -145,7 +143,7 @@ impl Db {
                 "UPDATE clients SET name = ?2, metadata = ?3, updated_at = ?4 WHERE id = ?1",
                 params![client.id, name, metadata.to_string(), now_unix()],
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.fail(e))?;
         self.client(&client.id)
     }
 
@@ -166,10 +164,8 @@ impl Db {
         );
         match result {
             Ok(_) => self.client(&client.id),
-            Err(e) if is_unique(&e, "clients.secret") => Err(AuthError::Invalid(
-                "another client already uses this secret".into(),
-            )),
-            Err(e) => Err(self.err(e)),
+            Err(e) if is_unique(&e, "clients.secret") => Err(Invalid::SecretInUse.into()),
+            Err(e) => Err(self.fail(e)),
         }
     }
 }

@@ -20,9 +20,7 @@ impl Db {
         subscribe: bool,
     ) -> Result<Grant, AuthError> {
         if !publish && !subscribe {
-            return Err(AuthError::Invalid(
-                "connect needs publish and/or subscribe".into(),
-            ));
+            return Err(Invalid::NoOperation.into());
         }
         let client = self.client(client)?;
         let channel = self.channel(channel)?;
@@ -35,7 +33,7 @@ impl Db {
                    subscribe = max(subscribe, excluded.subscribe)",
                 params![client.id, channel.id, publish, subscribe, now_unix()],
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.fail(e))?;
         self.connection(&client.id, &channel.id)?
             .ok_or_else(|| AuthError::NotFound {
                 what: "connection",
@@ -69,14 +67,14 @@ impl Db {
                      WHERE client_id = ?1 AND channel_id = ?2",
                     params![client.id, channel.id, left_pub, left_sub],
                 )
-                .map_err(|e| self.err(e))?;
+                .map_err(|e| self.fail(e))?;
         } else {
             self.conn
                 .execute(
                     "DELETE FROM connections WHERE client_id = ?1 AND channel_id = ?2",
                     params![client.id, channel.id],
                 )
-                .map_err(|e| self.err(e))?;
+                .map_err(|e| self.fail(e))?;
         }
         self.connection(&client.id, &channel.id)
     }
@@ -90,7 +88,7 @@ impl Db {
                 connection_row,
             )
             .optional()
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.fail(e))
     }
 
     /// The connections of one client (`client show`), with channel names.
@@ -103,7 +101,7 @@ impl Db {
                  FROM connections c JOIN channels ch ON ch.id = c.channel_id
                  WHERE c.client_id = ?1 ORDER BY ch.name",
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.fail(e))?;
         st.query_map([client_id], |r| {
             Ok((
                 channel_row(r)?,
@@ -115,9 +113,9 @@ impl Db {
                 },
             ))
         })
-        .map_err(|e| self.err(e))?
+        .map_err(|e| self.fail(e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| self.err(e))
+        .map_err(|e| self.fail(e))
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _, params};
 use serde::Serialize;
 
-use super::{AuthError, CertificateRecord, secret};
+use super::{AuthError, CertificateRecord, Invalid, StoreError, secret};
 
 mod audit;
 mod certificates;
@@ -79,8 +79,8 @@ impl Db {
     /// Opens `path`, creating it (0600, parent 0700) if missing. An existing file is checked
     /// before anything is written: not SQLite, truncated, failing `quick_check`, foreign, or a
     /// newer schema → refused with an error naming the file, the file untouched.
-    pub fn open(path: &Path) -> Result<Db, AuthError> {
-        let io = |source: std::io::Error| AuthError::Io {
+    pub fn open(path: &Path) -> Result<Db, StoreError> {
+        let io = |source: std::io::Error| StoreError::Io {
             path: path.to_owned(),
             source,
         };
@@ -88,7 +88,7 @@ impl Db {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        certs::files::ensure_private_dir(dir).map_err(|source| AuthError::Io {
+        certs::files::ensure_private_dir(dir).map_err(|source| StoreError::Io {
             path: dir.to_owned(),
             source,
         })?;
@@ -123,13 +123,18 @@ impl Db {
         &self.path
     }
 
-    fn err(&self, e: rusqlite::Error) -> AuthError {
+    fn err(&self, e: rusqlite::Error) -> StoreError {
         sqlite_at(&self.path, e)
+    }
+
+    /// [`Db::err`] for the management operations, which answer [`AuthError`].
+    fn fail(&self, e: rusqlite::Error) -> AuthError {
+        self.err(e).into()
     }
 
     /// Another connection to a store [`Db::open`] already checked and migrated (the daemon's
     /// watcher and audit threads).
-    pub fn attach(path: &Path) -> Result<Db, AuthError> {
+    pub fn attach(path: &Path) -> Result<Db, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -146,7 +151,7 @@ impl Db {
     }
 
     /// Bumped by triggers on every change to clients, channels, connections or certificates.
-    pub fn generation(&self) -> Result<i64, AuthError> {
+    pub fn generation(&self) -> Result<i64, StoreError> {
         self.conn
             .query_row("SELECT value FROM generation WHERE id = 1", [], |r| {
                 r.get(0)
@@ -155,14 +160,14 @@ impl Db {
     }
 
     /// `PRAGMA data_version`: changes when another connection committed.
-    pub fn data_version(&self) -> Result<i64, AuthError> {
+    pub fn data_version(&self) -> Result<i64, StoreError> {
         self.conn
             .query_row("PRAGMA data_version", [], |r| r.get(0))
             .map_err(|e| self.err(e))
     }
 
     /// Every table the cache needs, consistently (one read transaction).
-    pub fn load(&mut self) -> Result<Tables, AuthError> {
+    pub fn load(&mut self) -> Result<Tables, StoreError> {
         let path = self.path.clone();
         let e = |e| sqlite_at(&path, e);
         let tx = self.conn.transaction().map_err(e)?;
@@ -216,10 +221,10 @@ impl Db {
         // One transaction: a failure half-way leaves no demo client without its channel.
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.fail(e))?;
         let result = self.create_demo(identity, channel, domain_id);
         let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        self.conn.execute_batch(end).map_err(|e| self.err(e))?;
+        self.conn.execute_batch(end).map_err(|e| self.fail(e))?;
         result
     }
 
@@ -264,17 +269,17 @@ fn is_unique(e: &rusqlite::Error, column: &str) -> bool {
         if f.code == ErrorCode::ConstraintViolation && msg.contains(column))
 }
 
-/// A SQLite error at `path`: corruption and "not a database" become [`AuthError::Corrupt`].
-pub fn sqlite_at(path: &Path, e: rusqlite::Error) -> AuthError {
+/// A SQLite error at `path`: corruption and "not a database" become [`StoreError::Corrupt`].
+pub fn sqlite_at(path: &Path, e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(f, _) = &e
         && matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
     {
-        return AuthError::Corrupt {
+        return StoreError::Corrupt {
             path: path.to_owned(),
             reason: e.to_string(),
         };
     }
-    AuthError::Sqlite {
+    StoreError::Sqlite {
         path: path.to_owned(),
         source: e,
     }

@@ -109,8 +109,8 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 impl Db {
     /// Read-only checks before the first write.
-    pub(super) fn verify(&self) -> Result<(), AuthError> {
-        let corrupt = |reason: String| AuthError::Corrupt {
+    pub(super) fn verify(&self) -> Result<(), StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
             path: self.path.clone(),
             reason,
         };
@@ -135,7 +135,7 @@ impl Db {
             )));
         }
         if version > SCHEMA_VERSION {
-            return Err(AuthError::SchemaTooNew {
+            return Err(StoreError::SchemaTooNew {
                 path: self.path.clone(),
                 found: version,
                 supported: SCHEMA_VERSION,
@@ -144,7 +144,7 @@ impl Db {
         Ok(())
     }
 
-    pub(super) fn migrate(&mut self) -> Result<(), AuthError> {
+    pub(super) fn migrate(&mut self) -> Result<(), StoreError> {
         let path = self.path.clone();
         // Up to date (the usual case): no write lock, so read-only CLI commands stay readers.
         let current: i64 = self
@@ -162,7 +162,7 @@ impl Db {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| sqlite_at(&path, e))?;
         if version > SCHEMA_VERSION {
-            return Err(AuthError::SchemaTooNew {
+            return Err(StoreError::SchemaTooNew {
                 path,
                 found: version,
                 supported: SCHEMA_VERSION,
@@ -181,12 +181,12 @@ impl Db {
 }
 
 /// Checks an existing file's header and length without opening it with SQLite.
-pub(super) fn check_file(path: &Path) -> Result<(), AuthError> {
-    let corrupt = |reason: String| AuthError::Corrupt {
+pub(super) fn check_file(path: &Path) -> Result<(), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
         path: path.to_owned(),
         reason,
     };
-    let io = |source| AuthError::Io {
+    let io = |source| StoreError::Io {
         path: path.to_owned(),
         source,
     };
@@ -233,8 +233,8 @@ pub(super) fn check_file(path: &Path) -> Result<(), AuthError> {
 
 /// Creates a fresh store atomically: build it under a temporary name, then link it into place
 /// (never replacing a file another process created meanwhile).
-pub(super) fn create(path: &Path, dir: &Path) -> Result<(), AuthError> {
-    let io = |source| AuthError::Io {
+pub(super) fn create(path: &Path, dir: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
         path: path.to_owned(),
         source,
     };

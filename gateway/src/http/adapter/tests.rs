@@ -82,7 +82,7 @@ async fn each_refusal_has_its_documented_status_and_is_counted_once() {
         assert_eq!(snap.adapters["http"].messages_in, 0);
     }
     // The storage-failure refusal is the shutdown one: same status, Retry-After.
-    let storage = crate::intake::ingest_refusal(&crate::outbox::IngestError::Storage("eio".into()));
+    let storage = crate::intake::ingest_refusal(&crate::outbox::IngestError::storage_for_tests());
     let r = http_answer(&storage, "x");
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers()[header::RETRY_AFTER], "30");
@@ -140,6 +140,17 @@ fn authorization_values_parse_to_sensor_credentials() {
             secret: b"pass".to_vec()
         }
     );
+    // `u?>:p` is `dT8+OnA=` in standard base64, `dT8-OnA=` in the URL-safe alphabet.
+    for encoded in ["dT8+OnA=", "dT8-OnA="] {
+        assert_eq!(
+            credentials(&format!("Basic {encoded}")),
+            SensorCredentials::UserSecret {
+                user: "u?>".into(),
+                secret: b"p".to_vec()
+            },
+            "{encoded}"
+        );
+    }
     assert_eq!(credentials("Basic !!!"), SensorCredentials::None);
     assert_eq!(
         credentials("Basic dTo="),
@@ -147,4 +158,52 @@ fn authorization_values_parse_to_sensor_credentials() {
         "empty secret"
     );
     assert_eq!(credentials("Bearer t"), SensorCredentials::None);
+}
+
+/// `POST /hc/{domain}` (supermq v0.19.1 `http/api/transport.go`, `http/api/response.go`: 200,
+/// empty body): every credential form authenticates, a domain the client is not in and bad
+/// credentials are 401 like a publish, refusals are counted, nothing is stored.
+#[tokio::test]
+async fn health_check_authenticates_in_the_domain_and_stores_nothing() {
+    let f = Fixture::new(OutboxState::Open);
+    let state = crate::http::test_state_over(f.dir.path(), f.auth.clone(), f.outbox.clone());
+    let basic_id =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{SECRET}", f.sensor_id));
+    for auth in [
+        format!("Client {SECRET}"),
+        SECRET.to_owned(),
+        format!("Basic {basic_id}"),
+    ] {
+        let r = post(&state, &auth, "/hc/dom").await;
+        assert_eq!(r.status(), StatusCode::OK, "{auth}");
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        assert!(body.is_empty(), "SuperMQ's healthCheckRes is empty");
+    }
+    let cases = [
+        // sensor-1's channels are all in `dom`.
+        (format!("Client {SECRET}"), "/hc/other-domain"),
+        (format!("Client {OFF_SECRET}"), "/hc/dom"),
+        ("Client wrong-secret-0123456789".to_owned(), "/hc/dom"),
+        (String::new(), "/hc/dom"),
+    ];
+    for (auth, path) in &cases {
+        let r = post(&state, auth, path).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{auth:?} {path}");
+    }
+    let snap = state.adapters.snapshot();
+    assert_eq!(snap.adapters["http"].refused["auth"], 4);
+    assert_eq!(snap.adapters["http"].messages_in, 0);
+    assert!(f.outbox.fetch_after(0, 10).unwrap().is_empty());
+    // A GET is not the health check.
+    let req = axum::http::Request::builder()
+        .method("GET")
+        .uri("/hc/dom")
+        .header("authorization", format!("Client {SECRET}"))
+        .body(Body::empty())
+        .unwrap();
+    let r = crate::http::router(Arc::clone(&state))
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
 }

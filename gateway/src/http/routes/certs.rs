@@ -141,10 +141,13 @@ async fn issue(
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "certificate task failed"))?;
     let (record, issued) = result.map_err(|e| {
         let status = if let Some(a) = e.downcast_ref::<AuthError>() {
-            return ApiError::from(AuthError::Invalid(a.to_string())).with_status(match a {
-                AuthError::NotFound { .. } => StatusCode::NOT_FOUND,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            });
+            return ApiError::new(
+                match a {
+                    AuthError::NotFound { .. } => StatusCode::NOT_FOUND,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                },
+                a.to_string(),
+            );
         } else if let Some(p) = e.downcast_ref::<crate::pki::PkiCommandError>() {
             match p {
                 crate::pki::PkiCommandError::BadTtl { .. } => StatusCode::BAD_REQUEST,
@@ -186,7 +189,7 @@ pub(super) async fn audit(
 ) -> Result<Json<Value>, ApiError> {
     authenticate(&state, &headers)?.require("audit", "read", None)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let events = with_db(&state, move |db| db.recent_audit(limit)).await?;
+    let events = with_db(&state, move |db| Ok(db.recent_audit(limit)?)).await?;
     let items: Vec<Value> = events
         .into_iter()
         .map(|e| {

@@ -47,9 +47,29 @@ pub(super) fn metadata_text(m: Option<Value>) -> Option<String> {
     m.map(|v| v.to_string())
 }
 
+/// `?psk_compatible=true` on client creation and secret rotation: a generated secret has 16
+/// characters (a tinydtls DTLS-PSK key) instead of 43. Ignored when a secret is given.
+#[derive(Debug, Deserialize, Default)]
+pub(super) struct SecretQuery {
+    #[serde(default)]
+    psk_compatible: bool,
+}
+
+impl SecretQuery {
+    fn secret_or_generated(&self, given: Option<String>) -> Result<Option<String>, ApiError> {
+        match given {
+            None if self.psk_compatible => Ok(Some(crate::auth::secret::generate_kind(
+                crate::auth::secret::SecretKind::PskCompatible,
+            )?)),
+            given => Ok(given),
+        }
+    }
+}
+
 pub(super) async fn create_client(
     State(state): St,
     headers: HeaderMap,
+    Query(query): Query<SecretQuery>,
     Json(req): Json<CreateClient>,
 ) -> Result<Response, ApiError> {
     authenticate(&state, &headers)?.require("clients", "create", None)?;
@@ -57,6 +77,7 @@ pub(super) async fn create_client(
         Some(c) => (c.identity.or(req.identity), c.secret),
         None => (req.identity, None),
     };
+    let secret = query.secret_or_generated(secret)?;
     // SuperMQ generates what is missing: without an identity the name serves when it is a
     // valid identity, otherwise one is generated (`client-<uuid>`, returned in the answer).
     let identity = match identity.or_else(|| {
@@ -238,6 +259,7 @@ pub(super) async fn rotate_secret(
     State(state): St,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(query): Query<SecretQuery>,
     body: Option<Json<RotateSecret>>,
 ) -> Result<Json<Value>, ApiError> {
     let secret = body.map(|Json(b)| b.secret).unwrap_or_default();
@@ -246,6 +268,7 @@ pub(super) async fn rotate_secret(
     if secret.is_some() && !authenticate(&state, &headers)?.is_admin() {
         return Err(ApiError::forbidden());
     }
+    let secret = query.secret_or_generated(secret)?;
     let id = authorized_client(&state, &headers, id, "update").await?;
     let c = with_db(&state, move |db| db.rotate_secret(&id, secret.as_deref())).await?;
     Ok(Json(client_json(&c, true)))

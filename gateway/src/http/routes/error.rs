@@ -6,7 +6,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Invalid, StoreError};
 use crate::http::pats::PatError;
 
 /// An error answer: status + `{"error": …}`.
@@ -24,10 +24,6 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
         }
-    }
-    pub(super) fn with_status(mut self, status: StatusCode) -> Self {
-        self.status = status;
-        self
     }
     pub(super) fn unauthorized() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "missing or invalid credentials")
@@ -70,10 +66,22 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        AuthError::from(e).into()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        AuthError::from(e).into()
+    }
+}
+
 impl From<PatError> for ApiError {
     fn from(e: PatError) -> Self {
         let status = match &e {
-            PatError::NotFound(_) => StatusCode::NOT_FOUND,
+            PatError::NotFound { .. } => StatusCode::NOT_FOUND,
             PatError::Invalid(_) => StatusCode::BAD_REQUEST,
             PatError::Unauthenticated => StatusCode::UNAUTHORIZED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

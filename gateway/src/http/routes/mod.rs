@@ -110,6 +110,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/pats/{id}/scope/add", patch(add_scope))
         .route("/pats/{id}/scope/remove", patch(remove_scope))
         .route("/m/{domain}/c/{channel}", post(super::adapter::publish))
+        .route("/hc/{domain}", post(super::adapter::health_check))
         .route(
             "/m/{domain}/c/{channel}/{*subtopic}",
             post(super::adapter::publish_subtopic),
@@ -233,6 +234,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("patch", "/pats/{id}/scope/remove"),
     ("post", "/m/{domain}/c/{channel}"),
     ("post", "/m/{domain}/c/{channel}/{subtopic}"),
+    ("post", "/hc/{domain}"),
     // SuperMQ's domain-first forms of the clients, channels and certs routes.
     ("post", "/{domainID}/clients"),
     ("get", "/{domainID}/clients"),

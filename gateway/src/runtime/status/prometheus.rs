@@ -220,6 +220,17 @@ fn adapter_families(snap: &MetricsSnapshot, delivered_out: u64, out: &mut String
     }
     family(
         out,
+        "edgegw_downlink_refused_total",
+        "counter",
+        "Downlink commands refused for delivery (serial: a line break, a subtopic level that is not a token, or a trailing *HH without checksums), per adapter.",
+    );
+    for (a, s) in ordered() {
+        if let Some(n) = s.downlink_refused {
+            let _ = writeln!(out, "edgegw_downlink_refused_total{{adapter=\"{a}\"}} {n}");
+        }
+    }
+    family(
+        out,
         "edgegw_messages_out_total",
         "counter",
         "Messages delivered upstream (acknowledged by the broker), per uplink.",
@@ -298,6 +309,8 @@ mod tests {
         m.refused(Adapter::Coaps, Refusal::TooLarge);
         m.refused(Adapter::Serial, Refusal::Unauthenticated);
         m.downlink_delivered(Adapter::Serial);
+        m.downlink_refused(Adapter::Serial);
+        m.downlink_refused(Adapter::Serial);
         m.set_dtls_sessions(3, 1);
         let mut reported = HandshakeCounts::default();
         m.sync_dtls(
@@ -348,6 +361,12 @@ mod tests {
             "1"
         );
         assert!(!s.contains_key("edgegw_downlink_delivered_total{adapter=\"http\"}"));
+        assert_eq!(
+            get("edgegw_downlink_refused_total{adapter=\"serial\"}"),
+            "2"
+        );
+        assert_eq!(get("edgegw_downlink_refused_total{adapter=\"coap\"}"), "0");
+        assert!(!s.contains_key("edgegw_downlink_refused_total{adapter=\"http\"}"));
         assert_eq!(get("edgegw_messages_out_total{uplink=\"mqtt\"}"), "7");
         assert_eq!(get("edgegw_dtls_sessions"), "3");
         assert_eq!(get("edgegw_dtls_handshakes_in_progress"), "1");
@@ -375,8 +394,8 @@ mod tests {
             }
         }
         assert_eq!(out.matches("# HELP ").count(), seen.len());
-        // 8 families from the adapters' counters, 8 from the HTTP server, outbox and audit.
-        assert_eq!(seen.len(), 16);
+        // 9 families from the adapters' counters, 8 from the HTTP server, outbox and audit.
+        assert_eq!(seen.len(), 17);
     }
 
     #[test]

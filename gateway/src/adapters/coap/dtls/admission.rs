@@ -170,7 +170,9 @@ impl Sessions {
             return false;
         };
         debug!(peer = %victim, "dtls handshake evicted: too many in progress");
-        if let Some(conn) = self.pending.remove(&victim) {
+        if let Some(mut conn) = self.pending.remove(&victim) {
+            // Evicted, not refused: no authentication failure to charge or audit.
+            conn.psk = None;
             self.handshake_failed(&conn);
         }
         true
@@ -198,7 +200,7 @@ impl Sessions {
             Mode::Psk => {
                 let cfg = self.psk_config.clone();
                 catch_unwind(AssertUnwindSafe(|| Dtls::new_12_psk(cfg, now)))
-                    .map(|d| (d, Some(Arc::new(PskSlot::default()))))
+                    .map(|d| (d, Some(Arc::new(PskSlot::new(peer.ip())))))
                     .map_err(|_| "panic".to_owned())
             }
             Mode::Certificate => match &self.cert_config {

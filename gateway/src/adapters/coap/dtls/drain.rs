@@ -105,12 +105,17 @@ impl Sessions {
                         .psk
                         .as_ref()
                         .and_then(|s| s.identity.lock().ok().and_then(|g| g.clone()))
-                        .and_then(|id| backend.psk_principal(&id)),
+                        .and_then(|id| backend.psk_principal_from(peer.ip(), &id)),
                     Mode::Certificate => conn.cert_principal.clone(),
                 };
                 match principal {
                     Some(p) => {
                         conn.principal = Some(p);
+                        conn.established = true;
+                    }
+                    // No certificate was sent (a sent one is verified above or refused) and
+                    // server-only sessions are allowed: established, authenticating nothing.
+                    None if conn.mode == Mode::Certificate && settings.server_only_auth => {
                         conn.established = true;
                     }
                     None => {
@@ -129,6 +134,7 @@ impl Sessions {
                 if pending {
                     self.handshakes.failed += 1;
                     self.handshakes.auth_failed += 1;
+                    self.psk_failed(&conn);
                 }
                 if !pending {
                     self.events.push_back(SessionEvent::Closed { peer });
@@ -149,17 +155,54 @@ impl Sessions {
             && let Some(mut conn) = self.pending.remove(&peer)
         {
             conn.last_activity = now;
+            if conn.principal.is_none() && !self.live.contains_key(&peer) {
+                self.cap_server_only(now);
+            }
             if let Some(t) = conn.next_timer {
                 self.timers.push(Reverse((t, peer, false)));
             }
             if let Some(p) = &conn.principal {
                 info!(%peer, client = %p.identity, mode = ?conn.mode, "dtls session established");
+            } else {
+                info!(%peer, "dtls session established without a client certificate (server-only: each request needs its secret)");
             }
             self.handshakes.completed += 1;
+            if let Some(p) = conn.principal.clone() {
+                self.cap_client_sessions(peer, &p.client_id, now);
+            }
             if self.live.insert(peer, conn).is_some() {
                 // The replaced session's CoAP state belongs to the old session.
                 self.events.push_back(SessionEvent::Closed { peer });
             }
+        }
+    }
+}
+
+impl Sessions {
+    /// Ends the least recently active sessions of `client_id` (other than `peer`'s, which
+    /// the new session replaces) while it holds `max_sessions_per_client`: one credential
+    /// from many ports cannot take every session slot.
+    fn cap_client_sessions(&mut self, peer: SocketAddr, client_id: &str, now: Instant) {
+        let cap = self.settings.max_sessions_per_client.max(1);
+        let mut mine: Vec<(Instant, SocketAddr)> = self
+            .live
+            .iter()
+            .filter(|(p, c)| {
+                **p != peer
+                    && c.principal
+                        .as_ref()
+                        .is_some_and(|pr| pr.client_id == client_id)
+            })
+            .map(|(p, c)| (c.last_activity, *p))
+            .collect();
+        if mine.len() < cap {
+            return;
+        }
+        mine.sort();
+        let excess = mine.len() + 1 - cap;
+        for (_, old) in mine.into_iter().take(excess) {
+            info!(peer = %old, client = client_id, "dtls session ended: the client opened too many");
+            self.close_live(old, now);
         }
     }
 }

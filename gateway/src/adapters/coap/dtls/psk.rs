@@ -1,12 +1,22 @@
 //! DTLS-PSK: the one resolver every PSK handshake shares, and the slot that records which
 //! identity (and which key, as a keyed hash) the handshake being fed used.
+//!
+//! Guessing is throttled like every other failed authentication: the resolver asks the
+//! credentials port whether the peer's address or the identity used up its budget (then it
+//! hands dimpl no key, so the handshake fails at the client's Finished, one round trip, with
+//! a fatal alert), and a handshake that failed after its identity was looked up is reported
+//! to the port ([`Sessions::psk_failed`]), which audits it and charges the throttle. The
+//! peer's address is proven by then (the identity comes after the cookie exchange), so a
+//! spoofer cannot charge another address.
 
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dimpl::{Config as DimplConfig, PskResolver};
 use tracing::warn;
 
-use super::{DtlsCredentials, DtlsSettings, base_config};
+use super::{Conn, DtlsCredentials, DtlsSettings, Sessions, base_config};
 
 /// The identity the PSK resolver saw, recorded inside `handle_packet` (dimpl never reports it).
 #[derive(Debug, Default)]
@@ -15,6 +25,36 @@ pub(super) struct PskSlot {
     /// Keyed hash of the key the handshake used (never the key itself): a rotated secret
     /// ends the session at the next sweep.
     pub(super) key_hash: Mutex<Option<u64>>,
+    /// The peer's address, for the throttle and the audit trail.
+    pub(super) peer: Option<IpAddr>,
+    /// The throttle refused this handshake: its failure is not charged again.
+    pub(super) throttled: AtomicBool,
+}
+
+impl PskSlot {
+    pub(super) fn new(peer: IpAddr) -> Self {
+        Self {
+            peer: Some(peer),
+            ..Self::default()
+        }
+    }
+}
+
+impl Sessions {
+    /// A PSK handshake ended without a session after its identity was looked up: audited and
+    /// charged by the credentials port (unless the throttle itself refused it).
+    pub(super) fn psk_failed(&self, conn: &Conn) {
+        let Some(slot) = conn.psk.as_ref() else {
+            return;
+        };
+        if slot.throttled.load(Ordering::Relaxed) {
+            return;
+        }
+        let identity = slot.identity.lock().ok().and_then(|g| g.clone());
+        if let (Some(ip), Some(identity)) = (slot.peer, identity) {
+            self.backend.psk_failed(ip, &identity);
+        }
+    }
 }
 
 /// A per-process keyed hash (SipHash with random keys) for comparing keys without keeping them.
@@ -48,8 +88,19 @@ impl PskResolver for SlotResolver {
             return Some(self.dummy.clone());
         };
         let text = String::from_utf8_lossy(identity).into_owned();
+        let throttled = slot
+            .peer
+            .is_some_and(|ip| self.backend.psk_throttled(ip, &text));
         if let Ok(mut id) = slot.identity.lock() {
             *id = Some(text);
+        }
+        if throttled {
+            // No key: dimpl fails the handshake at the Finished, as for a wrong key.
+            slot.throttled.store(true, Ordering::Relaxed);
+            if let Ok(mut hash) = slot.key_hash.lock() {
+                *hash = None;
+            }
+            return None;
         }
         let key = self
             .backend
@@ -76,7 +127,7 @@ pub(super) fn psk_config(
     settings: &DtlsSettings,
     current: CurrentSlot,
     backend: Arc<dyn DtlsCredentials>,
-) -> Result<DimplConfig, String> {
+) -> Result<DimplConfig, dimpl::Error> {
     let resolver = SlotResolver {
         current,
         backend,
@@ -85,7 +136,6 @@ pub(super) fn psk_config(
     base_config(settings)
         .with_psk_server(None, Arc::new(resolver))
         .build()
-        .map_err(|e| e.to_string())
 }
 
 /// A per-process random key for unknown identities (never matches a client's secret).

@@ -18,6 +18,10 @@ struct Fake {
     valid: AtomicBool,
     panic_in_psk: bool,
     rotated: AtomicBool,
+    /// The throttle refuses every PSK handshake.
+    throttled: AtomicBool,
+    /// Failed PSK handshakes reported to the port: (address, identity).
+    failed: std::sync::Mutex<Vec<(std::net::IpAddr, String)>>,
 }
 
 impl DtlsCredentials for Fake {
@@ -55,6 +59,15 @@ impl DtlsCredentials for Fake {
     fn still_valid(&self, _: &Principal) -> bool {
         self.valid.load(Ordering::SeqCst)
     }
+    fn psk_throttled(&self, _: std::net::IpAddr, _: &str) -> bool {
+        self.throttled.load(Ordering::SeqCst)
+    }
+    fn psk_failed(&self, remote: std::net::IpAddr, identity: &str) {
+        self.failed
+            .lock()
+            .unwrap()
+            .push((remote, identity.to_owned()));
+    }
 }
 
 fn settings() -> DtlsSettings {
@@ -68,8 +81,10 @@ fn settings() -> DtlsSettings {
         client_intermediates: Vec::new(),
         max_sessions: 8,
         max_handshakes: 4,
+        max_sessions_per_client: 16,
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(600),
+        server_only_auth: false,
     }
 }
 
@@ -190,6 +205,9 @@ fn psk_session_is_established_and_carries_data_both_ways() {
         s.principal(peer(1)).map(|p| p.client_id.as_str()),
         Some("id-a")
     );
+    // A PSK session authenticates its client: it is not a server-only one.
+    assert!(!s.is_server_only(peer(1)));
+    assert!(!s.is_server_only(peer(2)), "no session at all");
     c.send_application_data(b"coap bytes").expect("send");
     pump(&mut s, &mut c, peer(1), now);
     assert_eq!(
@@ -584,4 +602,75 @@ fn many_handshakes_from_one_address_evict_their_oldest() {
         "the newest was refused"
     );
     assert!(!s.pending.contains_key(&peer(3000)), "the oldest was kept");
+}
+
+/// Issue 20.4: a failed PSK handshake is reported to the credentials port (which audits it
+/// and charges the throttle), with the peer's address and the identity it named; once the
+/// throttle refuses, even the right key fails at once (fatal alert) and is not charged again.
+#[test]
+fn psk_failures_are_reported_and_a_throttled_handshake_fails_even_with_the_right_key() {
+    let now = Instant::now();
+    let (mut s, backend) = table(Fake::default());
+    let mut c = client("sensor-a", b"wrong-key-wrong-key", now);
+    let (connected, alerts) = pump(&mut s, &mut c, peer(1), now);
+    assert!(!connected);
+    assert_eq!(alerts, 1);
+    let mut c = client("nobody", KEY, now);
+    pump(&mut s, &mut c, peer(2), now);
+    assert_eq!(
+        *backend.failed.lock().unwrap(),
+        vec![
+            (peer(1).ip(), "sensor-a".to_owned()),
+            (peer(2).ip(), "nobody".to_owned())
+        ]
+    );
+    backend.throttled.store(true, Ordering::SeqCst);
+    let mut c = client("sensor-a", KEY, now);
+    let (connected, alerts) = pump(&mut s, &mut c, peer(3), now);
+    assert!(!connected, "a throttled identity got a session");
+    assert_eq!(alerts, 1, "no fatal alert for the throttled handshake");
+    assert_eq!(backend.failed.lock().unwrap().len(), 2, "charged again");
+    backend.throttled.store(false, Ordering::SeqCst);
+    let mut c = client("sensor-a", KEY, now);
+    assert!(pump(&mut s, &mut c, peer(4), now).0);
+    assert_eq!(backend.failed.lock().unwrap().len(), 2);
+}
+
+/// Issue 20.15: one credential from many ports keeps at most `max_sessions_per_client`
+/// sessions (its least recently active end), so other clients still get theirs.
+#[test]
+fn sessions_are_capped_per_client() {
+    let now = Instant::now();
+    let backend = Arc::new(Fake::default());
+    backend.valid.store(true, Ordering::SeqCst);
+    let mut s = Sessions::new(
+        DtlsSettings {
+            max_sessions: 4,
+            max_sessions_per_client: 2,
+            ..settings()
+        },
+        backend.clone(),
+    )
+    .expect("table");
+    let mut t = now;
+    for port in 1..=10u16 {
+        t += Duration::from_millis(10);
+        let mut c = client("sensor-a", KEY, t);
+        assert!(
+            pump(&mut s, &mut c, peer(port), t).0,
+            "sensor-a from port {port}"
+        );
+    }
+    assert_eq!(s.counts().0, 2);
+    assert!(s.principal(peer(10)).is_some() && s.principal(peer(9)).is_some());
+    assert!(s.principal(peer(1)).is_none());
+    let mut b = client("sensor-b", KEY_B, t);
+    assert!(
+        pump(&mut s, &mut b, peer(100), t).0,
+        "another client was refused"
+    );
+    assert_eq!(
+        s.principal(peer(100)).map(|p| p.client_id.as_str()),
+        Some("id-b")
+    );
 }

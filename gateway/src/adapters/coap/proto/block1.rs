@@ -1,4 +1,10 @@
 //! Block1 (RFC 7959) reassembly of POST payloads.
+//!
+//! No state is kept for an unauthenticated peer: block 0 of a multi-block POST is first
+//! handed to the shell as [`Event::Authorize`] (authenticate, authorize publish), and only
+//! [`Outcome::Authorized`](super::Outcome::Authorized) creates the transfer. Transfers are
+//! capped overall (5.03 beyond) and per IP address (its least recently active one is
+//! dropped), and dropped after `block_idle_timeout` without a block.
 
 use std::time::{Duration, Instant};
 
@@ -6,14 +12,23 @@ use coap_lite::{CoapOption, Packet, ResponseType};
 
 use super::dedup::DedupState;
 use super::{
-    Credentials, Event, Kind, Refusal, RefusalKind, Request, Server, Target, decode_uint,
-    encode_uint,
+    Credentials, Event, Kind, Outcome, Pending, Refusal, RefusalKind, Request, Server, Target,
+    decode_uint, encode_uint,
 };
 
 #[derive(Debug)]
 pub(super) struct BlockTransfer {
     pub(super) expires: Instant,
     pub(super) buffer: Vec<u8>,
+}
+
+/// Block 0 of a transfer while the shell decides whether the peer may publish.
+#[derive(Debug)]
+pub(super) struct BlockStart {
+    key: (std::net::SocketAddr, String),
+    /// The Block1 option value to echo in the 2.31.
+    value: u32,
+    payload: Vec<u8>,
 }
 
 /// Key of a Block1 transfer: the request URI without the Block options (RFC 7959 §2.4).
@@ -92,23 +107,34 @@ impl Server {
             return;
         }
         let key = (req.peer, block_key(packet));
+        if num == 0 && more {
+            // Nothing is kept before the shell authenticated the peer.
+            self.blocks.remove(&key);
+            let start = BlockStart {
+                key,
+                value,
+                payload: packet.payload.clone(),
+            };
+            self.start_exchange(
+                req,
+                Kind::BlockStart(Box::new(start)),
+                None,
+                now,
+                |exchange, peer| Event::Authorize {
+                    exchange,
+                    peer,
+                    target,
+                    credentials,
+                },
+            );
+            return;
+        }
         if num == 0 {
-            if !self.blocks.contains_key(&key)
-                && self.blocks.len() >= self.config.max_block_transfers
-            {
-                self.respond_failure_req(
-                    &req,
-                    Refusal::Busy {
-                        retry_after: Duration::from_secs(5),
-                    },
-                    now,
-                );
-                return;
-            }
+            // A one-block transfer: published (and authenticated) like a plain POST.
             self.blocks.insert(
                 key.clone(),
                 BlockTransfer {
-                    expires: now + self.config.exchange_lifetime,
+                    expires: now + self.config.block_idle_timeout,
                     buffer: Vec::new(),
                 },
             );
@@ -141,7 +167,7 @@ impl Server {
             return;
         }
         transfer.buffer.extend_from_slice(&packet.payload);
-        transfer.expires = now + self.config.exchange_lifetime;
+        transfer.expires = now + self.config.block_idle_timeout;
         if more {
             let mut resp = self.response_to_req(&req, ResponseType::Continue);
             resp.add_option(CoapOption::Block1, encode_uint(value));
@@ -162,5 +188,68 @@ impl Server {
                 payload,
             }
         });
+    }
+}
+
+impl Server {
+    /// The shell's decision about block 0 (see [`Event::Authorize`]).
+    pub(super) fn complete_block_start(&mut self, p: Pending, outcome: Outcome, now: Instant) {
+        let Kind::BlockStart(start) = &p.kind else {
+            return;
+        };
+        match outcome {
+            Outcome::Authorized => {}
+            Outcome::Refused(refusal) => {
+                self.respond_failure(&p, refusal, now);
+                return;
+            }
+            // An outcome that does not fit the request is a shell bug: 5.03, retry later.
+            _ => {
+                self.respond_failure(
+                    &p,
+                    Refusal::Unavailable {
+                        retry_after: crate::intake::refusal::SHUTDOWN_RETRY_AFTER,
+                    },
+                    now,
+                );
+                return;
+            }
+        }
+        let ip = start.key.0.ip();
+        let per_peer = self.config.max_block_transfers_per_peer.max(1);
+        let mut mine: Vec<_> = self
+            .blocks
+            .iter()
+            .filter(|((peer, _), _)| peer.ip() == ip)
+            .map(|(k, b)| (b.expires, k.clone()))
+            .collect();
+        if mine.len() >= per_peer {
+            // The address's least recently active transfers make room for this one.
+            mine.sort();
+            let excess = mine.len() + 1 - per_peer;
+            for (_, k) in mine.into_iter().take(excess) {
+                self.blocks.remove(&k);
+            }
+        }
+        if self.blocks.len() >= self.config.max_block_transfers {
+            self.respond_failure(
+                &p,
+                Refusal::Busy {
+                    retry_after: Duration::from_secs(5),
+                },
+                now,
+            );
+            return;
+        }
+        self.blocks.insert(
+            start.key.clone(),
+            BlockTransfer {
+                expires: now + self.config.block_idle_timeout,
+                buffer: start.payload.clone(),
+            },
+        );
+        let mut resp = self.response_to(&p, ResponseType::Continue);
+        resp.add_option(CoapOption::Block1, encode_uint(start.value));
+        self.send_answer(p.peer, p.message_id, &resp, DedupState::Continue);
     }
 }

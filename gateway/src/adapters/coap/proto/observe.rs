@@ -1,4 +1,10 @@
 //! Observe (RFC 7641) registrations and their confirmable notifications.
+//!
+//! The table is bounded without letting one sensor pin it: registrations are capped per
+//! peer (`max_observers_per_peer`, here) and per client (`max_observers_per_client`, by the
+//! shell, which knows the client); beyond a cap, or when the table is full, the oldest
+//! registration of that peer (or of the peer holding the most) is ended with a 5.03, and a
+//! registration whose peer sent nothing for `observe_idle_timeout` is ended.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -7,7 +13,15 @@ use std::time::{Duration, Instant};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 
 use super::{
-    Event, ExchangeId, NotifyError, Refusal, Server, Transmit, coap_answer, encode, encode_uint,
+    Event, ExchangeId, Kind, NotifyError, Refusal, Server, Transmit, coap_answer, encode,
+    encode_uint,
+};
+
+/// How often idle registrations are looked for.
+pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// What an ended (replaced, idle) registration is told: try again later.
+const REPLACED: Refusal = Refusal::Busy {
+    retry_after: Duration::from_secs(30),
 };
 
 #[derive(Debug)]
@@ -55,7 +69,84 @@ impl Server {
         if let Some(obs) = self.observers.remove(&observer) {
             self.observer_by_token.remove(&(obs.peer, obs.token));
             self.events.push_back(Event::ObserveEnded { observer });
+            if !self.observers.values().any(|o| o.peer == obs.peer) {
+                self.observer_peers.remove(&obs.peer);
+            }
+            if self.observers.is_empty() {
+                self.next_observe_sweep = None;
+            }
         }
+    }
+
+    /// Whether a pending Observe registration replaces one of its peer's (same token): the
+    /// shell's per-client cap does not count it twice.
+    pub fn reregisters(&self, exchange: ExchangeId) -> bool {
+        self.pending.get(&exchange).is_some_and(|p| {
+            matches!(p.kind, Kind::Subscribe)
+                && self
+                    .observer_by_token
+                    .contains_key(&(p.peer, p.token.clone()))
+        })
+    }
+
+    /// Ends (5.03) the oldest registration of `peer` while it holds its cap, then, while the
+    /// table is full, the oldest of the peer holding the most.
+    pub(super) fn make_observer_room(&mut self, peer: SocketAddr) {
+        let per_peer = self.config.max_observers_per_peer.max(1);
+        loop {
+            let mine: Vec<ExchangeId> = self
+                .observers
+                .iter()
+                .filter(|(_, o)| o.peer == peer)
+                .map(|(id, _)| *id)
+                .collect();
+            if mine.len() < per_peer {
+                break;
+            }
+            let Some(oldest) = mine.into_iter().min() else {
+                break;
+            };
+            self.end_observer(oldest, REPLACED);
+        }
+        while !self.observers.is_empty() && self.observers.len() >= self.config.max_observers {
+            let mut per: std::collections::HashMap<SocketAddr, (usize, ExchangeId)> =
+                std::collections::HashMap::new();
+            for (id, o) in &self.observers {
+                let e = per.entry(o.peer).or_insert((0, *id));
+                e.0 += 1;
+                e.1 = e.1.min(*id);
+            }
+            let Some((_, (_, oldest))) = per
+                .into_iter()
+                .max_by(|a, b| a.1.0.cmp(&b.1.0).then(b.1.1.cmp(&a.1.1)))
+            else {
+                break;
+            };
+            self.end_observer(oldest, REPLACED);
+        }
+    }
+
+    /// Ends registrations whose peer was silent for `observe_idle_timeout`.
+    fn sweep_observers(&mut self, now: Instant) {
+        match self.next_observe_sweep {
+            Some(t) if t <= now => {}
+            _ => return,
+        }
+        let idle = self.config.observe_idle_timeout;
+        let quiet: Vec<ExchangeId> = self
+            .observers
+            .iter()
+            .filter(|(_, o)| {
+                self.observer_peers
+                    .get(&o.peer)
+                    .is_none_or(|seen| now.saturating_duration_since(*seen) >= idle)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in quiet {
+            self.end_observer(id, REPLACED);
+        }
+        self.next_observe_sweep = (!self.observers.is_empty()).then_some(now + SWEEP_EVERY);
     }
 
     /// Ends an observation with a final error notification (RFC 7641 §3.2: a response that
@@ -81,6 +172,7 @@ impl Server {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.expire(now);
+        self.sweep_observers(now);
         let due: Vec<ExchangeId> = self
             .observers
             .iter()

@@ -350,6 +350,20 @@ fn block_post(mid: u16, num: u32, more: bool, szx: u32, payload: &[u8]) -> Vec<u
     p.to_bytes_unlimited().unwrap()
 }
 
+/// The shell's side of block 0: authorizes every [`Event::Authorize`] waiting.
+fn authorize_all(s: &mut Server, now: Instant) {
+    let mut waiting = Vec::new();
+    while let Some(ev) = s.poll_event() {
+        match ev {
+            Event::Authorize { exchange, .. } => waiting.push(exchange),
+            other => panic!("expected Authorize, got {other:?}"),
+        }
+    }
+    for ex in waiting {
+        s.complete(ex, Outcome::Authorized, now);
+    }
+}
+
 #[test]
 fn block1_transfer_is_reassembled_and_final_response_echoes_block1() {
     let mut s = Server::new(ServerConfig::default());
@@ -364,6 +378,9 @@ fn block1_transfer_is_reassembled_and_final_response_echoes_block1() {
             &block_post(100 + num as u16, num, more, 1, chunk),
             now,
         );
+        if num == 0 {
+            authorize_all(&mut s, now);
+        }
         if more {
             let resp = only_transmit(&mut s);
             assert_eq!(code(&resp), "2.31");
@@ -392,6 +409,7 @@ fn block1_beyond_max_payload_is_4_13_with_size1() {
     let chunk = [0u8; 32];
     for num in 0..2u32 {
         s.handle_datagram(peer(1), &block_post(num as u16, num, true, 1, &chunk), now);
+        authorize_all(&mut s, now);
         assert_eq!(code(&only_transmit(&mut s)), "2.31");
     }
     s.handle_datagram(peer(1), &block_post(2, 2, true, 1, &chunk), now);
@@ -413,14 +431,79 @@ fn block1_out_of_order_is_4_08_and_transfers_expire() {
     let mut s = Server::new(ServerConfig::default());
     let now = Instant::now();
     s.handle_datagram(peer(1), &block_post(1, 0, true, 0, &[0; 16]), now);
+    authorize_all(&mut s, now);
     only_transmit(&mut s);
     s.handle_datagram(peer(1), &block_post(2, 2, true, 0, &[0; 16]), now);
     assert_eq!(code(&only_transmit(&mut s)), "4.08");
     s.handle_datagram(peer(1), &block_post(3, 0, true, 0, &[0; 16]), now);
+    authorize_all(&mut s, now);
     only_transmit(&mut s);
     assert_eq!(s.stats().block_transfers, 1);
-    s.handle_timeout(now + EXCHANGE_LIFETIME);
+    // Idle transfers go after `block_idle_timeout`, well before EXCHANGE_LIFETIME.
+    let idle = ServerConfig::default().block_idle_timeout;
+    assert!(idle < EXCHANGE_LIFETIME);
+    s.handle_timeout(now + idle - Duration::from_secs(1));
+    assert_eq!(s.stats().block_transfers, 1);
+    s.handle_timeout(now + idle);
     assert_eq!(s.stats().block_transfers, 0);
+}
+
+/// Issue 20.8: block 0 from a peer that the shell does not authenticate gets 4.01 and
+/// leaves no transfer behind.
+#[test]
+fn block1_from_an_unauthenticated_peer_is_4_01_before_any_slot_is_held() {
+    let mut s = Server::new(ServerConfig::default());
+    let now = Instant::now();
+    s.handle_datagram(peer(1), &block_post(1, 0, true, 0, &[0; 16]), now);
+    assert_eq!(s.stats().block_transfers, 0);
+    let ex = match s.poll_event() {
+        Some(Event::Authorize { exchange, .. }) => exchange,
+        other => panic!("expected Authorize, got {other:?}"),
+    };
+    s.complete(ex, Outcome::Refused(Refusal::Unauthenticated), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.01");
+    assert_eq!(s.stats().block_transfers, 0);
+    // Block 1 of it finds nothing.
+    s.handle_datagram(peer(1), &block_post(2, 1, true, 0, &[0; 16]), now);
+    assert_eq!(code(&only_transmit(&mut s)), "4.08");
+}
+
+/// Issue 20.8: one address cannot hold every transfer slot; another peer still transfers.
+#[test]
+fn block1_transfers_are_capped_per_address() {
+    let config = ServerConfig {
+        max_block_transfers: 16,
+        max_block_transfers_per_peer: 4,
+        ..ServerConfig::default()
+    };
+    let mut s = Server::new(config);
+    let now = Instant::now();
+    for i in 0..40u16 {
+        let mut p = Packet::from_bytes(&block_post(i, 0, true, 0, &[0; 16])).unwrap();
+        p.add_option(CoapOption::UriPath, format!("t{i}").into_bytes());
+        // Other ports of the same address too.
+        s.handle_datagram(
+            SocketAddr::from(([192, 0, 2, 1], 4000 + i % 3)),
+            &p.to_bytes().unwrap(),
+            now,
+        );
+        authorize_all(&mut s, now);
+        assert_eq!(code(&only_transmit(&mut s)), "2.31");
+    }
+    assert_eq!(s.stats().block_transfers, 4);
+    for num in 0..2u32 {
+        s.handle_datagram(
+            peer(9),
+            &block_post(200 + num as u16, num, num == 0, 0, &[0; 16]),
+            now,
+        );
+        if num == 0 {
+            authorize_all(&mut s, now);
+            assert_eq!(code(&only_transmit(&mut s)), "2.31");
+        }
+    }
+    let (_, _, _, payload) = publish_event(&mut s);
+    assert_eq!(payload.len(), 32);
 }
 
 fn observe_get(mid: u16, token: u8, observe: u32) -> Vec<u8> {
@@ -526,6 +609,118 @@ fn rst_to_a_notification_or_deregistration_ends_the_observation() {
     assert_eq!(s.poll_event(), Some(Event::ObserveEnded { observer: obs }));
     assert!(matches!(s.poll_event(), Some(Event::Poll { .. })));
     assert_eq!(s.stats().observers, 0);
+}
+
+/// Registers an observation from `from` with token `token` (two bytes); returns its id,
+/// or the error code answered.
+fn subscribe_from(
+    s: &mut Server,
+    from: SocketAddr,
+    mid: u16,
+    token: u16,
+    now: Instant,
+) -> Result<ExchangeId, String> {
+    let mut p = Packet::from_bytes(&observe_get(mid, 0, 0)).unwrap();
+    p.set_token(token.to_be_bytes().to_vec());
+    s.handle_datagram(from, &p.to_bytes().unwrap(), now);
+    let ex = loop {
+        match s.poll_event() {
+            Some(Event::Subscribe { exchange, .. }) => break exchange,
+            Some(Event::ObserveEnded { .. }) => {}
+            other => panic!("expected Subscribe, got {other:?}"),
+        }
+    };
+    s.complete(ex, Outcome::Subscribed, now);
+    let mut answer = None;
+    while let Some(t) = s.poll_transmit() {
+        let resp = decode(&t);
+        if resp.get_token() == token.to_be_bytes() {
+            answer = Some(resp);
+        }
+    }
+    let resp = answer.expect("an answer to the registration");
+    if code(&resp) == "2.05" {
+        Ok(ex)
+    } else {
+        Err(code(&resp))
+    }
+}
+
+/// Issue 20.9: one peer registering many observations keeps at most its cap (its oldest are
+/// ended with 5.03), so another client's Observe is still accepted.
+#[test]
+fn one_peer_cannot_fill_the_observe_table() {
+    let mut s = Server::new(ServerConfig {
+        max_observers: 64,
+        max_observers_per_peer: 8,
+        ..ServerConfig::default()
+    });
+    let now = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..1100u16 {
+        ids.push(subscribe_from(&mut s, peer(1), i, i, now).expect("accepted"));
+    }
+    assert_eq!(s.stats().observers, 8);
+    // The newest are kept; the oldest got a final 5.03 and are gone.
+    assert!(s.notify(ids[1099], b"x".to_vec(), None, now).is_ok());
+    assert_eq!(
+        s.notify(ids[0], b"x".to_vec(), None, now),
+        Err(NotifyError::UnknownObserver)
+    );
+    subscribe_from(&mut s, peer(2), 5000, 1, now).expect("another peer's Observe");
+}
+
+/// Issue 20.9: a full table makes room by ending the oldest registration of the peer that
+/// holds the most, never by refusing a newcomer.
+#[test]
+fn a_full_observe_table_replaces_the_biggest_holders_oldest() {
+    let mut s = Server::new(ServerConfig {
+        max_observers: 16,
+        max_observers_per_peer: 16,
+        ..ServerConfig::default()
+    });
+    let now = Instant::now();
+    let mut first = None;
+    for i in 0..16u16 {
+        let id = subscribe_from(&mut s, peer(1), i, i, now).unwrap();
+        first.get_or_insert(id);
+    }
+    let small = subscribe_from(&mut s, peer(3), 100, 1, now);
+    assert!(small.is_ok(), "a newcomer was refused: {small:?}");
+    assert_eq!(s.stats().observers, 16);
+    assert!(s.notify(first.unwrap(), b"x".to_vec(), None, now).is_err());
+    // peer 3 (one registration) is never the victim while peer 1 holds more.
+    for i in 0..20u16 {
+        subscribe_from(&mut s, peer(4), 200 + i, i, now).unwrap();
+    }
+    assert!(s.notify(small.unwrap(), b"x".to_vec(), None, now).is_ok());
+}
+
+/// Issue 20.9: a registration whose peer sent nothing for `observe_idle_timeout` is ended;
+/// one whose peer keeps talking is kept.
+#[test]
+fn idle_observe_registrations_expire() {
+    let idle = Duration::from_secs(600);
+    let mut s = Server::new(ServerConfig {
+        observe_idle_timeout: idle,
+        ..ServerConfig::default()
+    });
+    let now = Instant::now();
+    let quiet = subscribe_from(&mut s, peer(1), 1, 1, now).unwrap();
+    let chatty = subscribe_from(&mut s, peer(2), 2, 2, now).unwrap();
+    let mut t = now;
+    while t < now + idle + Duration::from_secs(120) {
+        t += Duration::from_secs(30);
+        // peer 2 pings now and then.
+        s.handle_datagram(peer(2), &[0x40, 0, 0, (t - now).as_secs() as u8], t);
+        s.handle_timeout(t);
+        while s.poll_transmit().is_some() {}
+    }
+    assert!(
+        s.notify(quiet, b"x".to_vec(), None, t).is_err(),
+        "idle registration kept"
+    );
+    assert!(s.notify(chatty, b"x".to_vec(), None, t).is_ok());
 }
 
 #[test]

@@ -38,10 +38,37 @@ fn valid_segment(s: &str) -> bool {
         && !s.chars().any(char::is_control)
 }
 
-/// `m/<domain>/c/<channel>[/<subtopic>]` or `channels/<channel>/messages[/<subtopic>]`.
-pub(super) fn parse_path(packet: &Packet) -> Result<Target, PathError> {
+/// What a request's Uri-Path names.
+pub(super) enum Resource {
+    /// A channel: publish, Observe, poll.
+    Channel(Target),
+    /// `hc/<domain>`: SuperMQ's health (authentication) check (supermq v0.19.1
+    /// `pkg/messaging/topics.go` `ParseTopic`: exactly `hc/<domain_id>`, anything else under
+    /// `hc` is a malformed topic, 4.00 in `coap/api/transport.go`).
+    Health { domain: String },
+}
+
+/// A channel path (see [`parse_segments`]) or `hc/<domain>`.
+pub(super) fn parse_resource(packet: &Packet) -> Result<Resource, PathError> {
     let segs = segments(packet)?;
-    let (domain, channel, rest) = match segs.as_slice() {
+    match segs.as_slice() {
+        [hc, domain] if hc == "hc" => {
+            if valid_segment(domain) {
+                Ok(Resource::Health {
+                    domain: domain.clone(),
+                })
+            } else {
+                Err(PathError::Bad)
+            }
+        }
+        [hc, ..] if hc == "hc" => Err(PathError::Bad),
+        _ => parse_segments(&segs).map(Resource::Channel),
+    }
+}
+
+/// `m/<domain>/c/<channel>[/<subtopic>]` or `channels/<channel>/messages[/<subtopic>]`.
+fn parse_segments(segs: &[String]) -> Result<Target, PathError> {
+    let (domain, channel, rest) = match segs {
         [m, domain, c, channel, rest @ ..] if m == "m" && c == "c" => {
             (Some(domain.clone()), channel.clone(), rest)
         }
@@ -100,5 +127,120 @@ pub(super) fn parse_query(packet: &Packet) -> Result<Credentials, ()> {
             Ok(Credentials::UsernamePassword { username, password })
         }
         _ => Err(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+
+    use super::super::{Event, Outcome, Server, ServerConfig};
+    use super::*;
+
+    fn request(method: RequestType, mid: u16, path: &str, query: &str) -> Vec<u8> {
+        let mut p = Packet::new();
+        p.header.set_type(MessageType::Confirmable);
+        p.header.code = MessageClass::Request(method);
+        p.header.message_id = mid;
+        p.set_token(vec![mid as u8]);
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+        }
+        p.add_option(CoapOption::UriQuery, query.as_bytes().to_vec());
+        p.payload = b"ignored".to_vec();
+        p.to_bytes().unwrap()
+    }
+
+    fn answer(s: &mut Server) -> MessageClass {
+        let t = s.poll_transmit().expect("an answer");
+        Packet::from_bytes(&t.payload).unwrap().header.code
+    }
+
+    /// `hc/<domain>` (supermq v0.19.1 `pkg/messaging/topics.go` `ParseTopic`,
+    /// `coap/api/transport.go`): a POST is a health-check event answered 2.01 Created; other
+    /// methods 4.05; `hc` with no domain or more segments is a malformed topic, 4.00.
+    #[test]
+    fn health_check_path_is_its_own_resource() {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let now = Instant::now();
+        let mut s = Server::new(ServerConfig::default());
+        s.handle_datagram(
+            peer,
+            &request(RequestType::Post, 1, "hc/dom", "auth=s3cret"),
+            now,
+        );
+        let Some(Event::HealthCheck {
+            exchange,
+            domain,
+            credentials,
+            ..
+        }) = s.poll_event()
+        else {
+            panic!("no health check event");
+        };
+        assert_eq!(domain, "dom");
+        assert_eq!(credentials, Credentials::Secret(b"s3cret".to_vec()));
+        assert!(s.poll_transmit().is_none(), "answered before the decision");
+        s.complete(exchange, Outcome::Checked, now);
+        assert_eq!(
+            answer(&mut s),
+            MessageClass::Response(ResponseType::Created)
+        );
+
+        s.handle_datagram(
+            peer,
+            &request(RequestType::Post, 2, "hc/dom", "auth=x"),
+            now,
+        );
+        let Some(Event::HealthCheck { exchange, .. }) = s.poll_event() else {
+            panic!("no health check event");
+        };
+        s.complete(
+            exchange,
+            Outcome::Refused(crate::intake::Refusal::Unauthenticated),
+            now,
+        );
+        assert_eq!(
+            answer(&mut s),
+            MessageClass::Response(ResponseType::Unauthorized)
+        );
+
+        for (mid, method, path, code) in [
+            (
+                3,
+                RequestType::Get,
+                "hc/dom",
+                ResponseType::MethodNotAllowed,
+            ),
+            (4, RequestType::Post, "hc", ResponseType::BadRequest),
+            (
+                5,
+                RequestType::Post,
+                "hc/dom/more",
+                ResponseType::BadRequest,
+            ),
+            (6, RequestType::Post, "hc/a+b", ResponseType::BadRequest),
+        ] {
+            s.handle_datagram(peer, &request(method, mid, path, "auth=x"), now);
+            assert!(s.poll_event().is_none(), "{path}");
+            assert_eq!(answer(&mut s), MessageClass::Response(code), "{path}");
+        }
+        // A publish with Outcome::Checked is a shell bug, never 2.01.
+        s.handle_datagram(
+            peer,
+            &request(RequestType::Post, 7, "m/dom/c/ch", "auth=x"),
+            now,
+        );
+        let Some(Event::Publish { exchange, .. }) = s.poll_event() else {
+            panic!("no publish event");
+        };
+        s.complete(exchange, Outcome::Checked, now);
+        assert_eq!(
+            answer(&mut s),
+            MessageClass::Response(ResponseType::ServiceUnavailable)
+        );
     }
 }
