@@ -240,7 +240,7 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
         let mut db = st.db.take()?;
         db.append_audit(&[event], keep)?;
         st.db.put(db);
-        Ok::<(), crate::auth::AuthError>(())
+        Ok::<(), crate::auth::StoreError>(())
     })
     .await;
     match written {

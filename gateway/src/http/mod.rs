@@ -123,7 +123,7 @@ impl DbPool {
     }
 
     /// An idle connection, or a newly opened (and checked) one.
-    pub fn take(&self) -> Result<crate::auth::store::Db, crate::auth::AuthError> {
+    pub fn take(&self) -> Result<crate::auth::store::Db, crate::auth::StoreError> {
         let idle = self
             .idle
             .lock()
