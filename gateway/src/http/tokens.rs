@@ -13,6 +13,9 @@
 //! refresh token, a change of the administrator's credentials) is refused, and a refresh token
 //! (`jti`) is good for one refresh. Never logs a token or a key.
 
+// size: over half of this file is the unit tests of signing, rotation, reload and sessions,
+// kept beside the rules they check.
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -363,7 +366,6 @@ impl Tokens {
         Ok(self.install(Self::key_set(&file)))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn sign(
         keys: &KeySet,
         subject: &str,
