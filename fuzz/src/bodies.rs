@@ -94,3 +94,34 @@ pub fn topic(data: &[u8]) {
         let _ = matches_filter(second, &topic);
     }
 }
+
+/// The bootstrap answer (`gateway::bootstrap::decode`): a body as the service sends it, also
+/// as the secure route's `IV ‖ AES-CFB` ciphertext. Never panics; what parses keeps its bounds
+/// and plans into a config layer.
+pub fn bootstrap_answer(data: &[u8]) {
+    use gateway::bootstrap::apply::{PlanContext, plan};
+    use gateway::bootstrap::decode::{MAX_CHANNELS, decrypt, parse_answer};
+    const KEY: &[u8] = b"1234567891011121";
+    let decrypted = decrypt(KEY, data).ok();
+    for body in [Some(data), decrypted.as_deref()].into_iter().flatten() {
+        let Ok(answer) = parse_answer(body) else {
+            continue;
+        };
+        assert!(!answer.client_id.is_empty() && answer.client_id.len() <= 128);
+        assert!(answer.channels.len() <= MAX_CHANNELS);
+        assert_eq!(answer.client_cert.is_some(), answer.client_key.is_some());
+        let ctx = PlanContext {
+            state_dir: std::path::Path::new("/state"),
+            origin: "https://bs",
+            external_id: "id",
+            secure: false,
+            local_domain: "dom",
+            now_unix: 0,
+        };
+        if let Ok(p) = plan(&answer, &ctx) {
+            assert_eq!(p.applied.channels.len(), answer.channels.len());
+            assert!(p.applied.channels.iter().all(|c| !c.domain_id.is_empty()));
+            let _ = p.applied.layer();
+        }
+    }
+}

@@ -46,6 +46,12 @@ pub enum Command {
     Certs(CertsCommand),
     /// Ask the running daemon for its state (uplink, queue depth, certificate expiry).
     Status,
+    /// Messages the upstream refused (uplink.quarantine_after times): list, re-queue, drop.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+    /// Fetch this gateway's config from the bootstrap service ([bootstrap]) and apply it now;
+    /// a running daemon picks it up on SIGHUP.
+    Bootstrap,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +129,21 @@ pub struct ConnectArgs {
     pub publish: bool,
     #[arg(long)]
     pub subscribe: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined messages (oldest first): id, channel, reason, attempts, payload.
+    List {
+        /// Only ids above this one (paging: at most 1000 per answer).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Queue a quarantined message again (at the end of the queue); do this once the upstream
+    /// allows it (e.g. the gateway's client was connected to the channel).
+    Requeue { id: u64 },
+    /// Drop a quarantined message for good (counted in edgegw_outbox_quarantine_dropped_total).
+    Drop { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@ use std::error::Error as StdError;
 use std::process::ExitCode;
 
 use gateway::auth::{AuthError, Invalid, StoreError};
+use gateway::bootstrap::BootstrapError;
 use gateway::config::{ConfigError, ConfigFileError};
 use gateway::http::HttpError;
 use gateway::outbox::OutboxError;
@@ -80,6 +81,20 @@ fn status_of(cause: &(dyn StdError + 'static)) -> Option<u8> {
     {
         return Some(CONFIG);
     }
+    // Bootstrap: a record or settings that restarting cannot fix; a service that is not there.
+    if let Some(e) = cause.downcast_ref::<BootstrapError>() {
+        return match e {
+            BootstrapError::Record { .. }
+            | BootstrapError::Url(_)
+            | BootstrapError::Tls(_)
+            | BootstrapError::KeyRefused { .. }
+            | BootstrapError::KeyMissing { .. }
+            | BootstrapError::UnknownId { .. }
+            | BootstrapError::ChannelClash { .. } => Some(CONFIG),
+            BootstrapError::Fetch { .. } | BootstrapError::Status { .. } => Some(UNAVAILABLE),
+            _ => None,
+        };
+    }
     // `edgegw status` without a running daemon.
     if matches!(
         cause.downcast_ref::<ControlError>(),
@@ -144,6 +159,16 @@ mod tests {
         assert_eq!(code(AuthError::from(sqlite)), FAILURE);
         assert_eq!(code(PkiCommandError::NoDeviceCa), CONFIG);
         assert_eq!(code(UplinkError::BadUrl("x".into())), CONFIG);
+        let record = BootstrapError::Record {
+            path: PathBuf::from("/x/bootstrap.json"),
+            reason: "not JSON".into(),
+        };
+        assert_eq!(code(record), CONFIG);
+        let down = BootstrapError::Status {
+            origin: "https://bs".into(),
+            status: 503,
+        };
+        assert_eq!(code(down), UNAVAILABLE);
     }
 
     #[test]

@@ -42,7 +42,7 @@ fn limit_malloc_arenas() {
 
 fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Run => run(&load_config(&cli)?),
+        Command::Run => run(&load_config(&cli)?, source(&cli)),
         Command::CheckConfig => check_config(&cli),
         Command::Client(ref cmd) => provision(&cli, |c| auth::cli::client(c, cli.json, cmd)),
         Command::Channel(ref cmd) => provision(&cli, |c| auth::cli::channel(c, cli.json, cmd)),
@@ -54,6 +54,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Certs(ref cmd) => provision(&cli, |c| gateway::pki::command(c, cmd, cli.json)),
         Command::Status => status(&cli),
+        Command::Quarantine(ref cmd) => load_config(&cli).and_then(|c| {
+            gateway::runtime::quarantine::command(&c.gateway.runtime_dir, cmd, cli.json)
+                .map(|()| exit::OK)
+        }),
+        Command::Bootstrap => provision(&cli, |c| {
+            gateway::bootstrap::command::run(c, source(&cli), cli.json)
+        }),
     }
 }
 
@@ -84,13 +91,19 @@ fn profile(cli: &Cli) -> Profile {
     }
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let source = match (&cli.config, cli.dev) {
+fn source(cli: &Cli) -> Source {
+    match (&cli.config, cli.dev) {
         (Some(path), _) => Source::Explicit(path.clone()),
         (None, true) => Source::None,
         (None, false) => Source::Default(PathBuf::from(config::DEFAULT_PATH)),
-    };
-    Ok(config::load(&source, profile(cli))?)
+    }
+}
+
+/// The configuration, with the applied bootstrap config (if any) layered under the file.
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let source = source(cli);
+    let config = config::load(&source, profile(cli))?;
+    Ok(gateway::bootstrap::layered(config, &source)?)
 }
 
 fn check_config(cli: &Cli) -> anyhow::Result<u8> {
@@ -103,6 +116,16 @@ fn check_config(cli: &Cli) -> anyhow::Result<u8> {
         None => println!(
             "# effective configuration: defaults + EDGEGW_* environment (secrets redacted)"
         ),
+    }
+    if config.bootstrap.enabled()
+        && let Some(applied) = gateway::bootstrap::read_applied(&config.gateway.state_dir)?
+    {
+        println!(
+            "# with the bootstrap config applied {} from {} for {} (under the file)",
+            gateway::pki::rfc3339(applied.applied_at),
+            applied.origin,
+            applied.external_id
+        );
     }
     for warning in &config.warnings {
         println!("# warning: {warning}");
@@ -144,7 +167,7 @@ fn prepare_dirs(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(config: &Config) -> anyhow::Result<u8> {
+fn run(config: &Config, source: Source) -> anyhow::Result<u8> {
     gateway::runtime::logging::init(&config.gateway.log_level);
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -172,10 +195,13 @@ fn run(config: &Config) -> anyhow::Result<u8> {
         .thread_name("edgegw")
         .build()
         .context("cannot start the async runtime")?;
+    // A bootstrap that applied a changed config asks for an orderly stop and a start in place.
+    let (signal_tx, signals) = mpsc::channel(8);
+    let restart = gateway::bootstrap::task::Restart::new(signal_tx.clone());
     let outcome = runtime.block_on(async {
         // First, so a SIGTERM that arrives while listeners start is an orderly stop, not the
         // default action (killed by the signal).
-        let signals = forward_signals().context("cannot install signal handlers")?;
+        forward_signals(signal_tx).context("cannot install signal handlers")?;
         let notifier = Notifier::from_env();
         let supervisor = Supervisor::with_notifier(notifier.clone());
         // Bound before anything starts: a second daemon on the same runtime directory stops here.
@@ -227,6 +253,12 @@ fn run(config: &Config) -> anyhow::Result<u8> {
             Some(pipeline.status.clone()),
         )
         .await?;
+        // Bootstrap provisioning (issue 15): first start, SIGHUP, periodic re-check.
+        if let Some(b) = gateway::bootstrap::Bootstrapper::new(config, source)? {
+            let current = gateway::bootstrap::read_applied(&config.gateway.state_dir)?;
+            let status = pipeline.status.bootstrap().clone();
+            gateway::bootstrap::task::start(b, current, status, &supervisor, restart.clone());
+        }
         supervisor.spawn(
             Stage::Intake,
             gateway::pki::expiry_task(
@@ -262,6 +294,10 @@ fn run(config: &Config) -> anyhow::Result<u8> {
     match outcome {
         Shutdown::Clean | Shutdown::DrainTimeout => {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            if restart.requested() {
+                info!("restarting in place with the bootstrap config");
+                return Err(restart_in_place());
+            }
             Ok(exit::OK)
         }
         // Exit now, without waiting for blocking threads: everything acknowledged is durable.
@@ -306,12 +342,11 @@ fn open_auth_store(config: &Config) -> anyhow::Result<AuthStore> {
 }
 
 /// SIGTERM/SIGINT → Terminate, SIGHUP → Reload.
-fn forward_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
+fn forward_signals(tx: mpsc::Sender<Signal>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
         loop {
             let sig = tokio::select! {
@@ -324,5 +359,19 @@ fn forward_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
             }
         }
     });
-    Ok(rx)
+    Ok(())
+}
+
+/// Starts this binary again in place (same PID, so the service manager keeps tracking it),
+/// with the same arguments and environment: after bootstrap applied a changed config, every
+/// part is rebuilt from the one validated configuration. Returns only on failure.
+fn restart_in_place() -> anyhow::Error {
+    use std::os::unix::process::CommandExt as _;
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .exec();
+    anyhow::Error::new(err).context("cannot restart in place after bootstrap")
 }

@@ -127,6 +127,27 @@ pub fn uplink_client(files: &UplinkTlsFiles) -> Result<UplinkTls, TlsError> {
     })
 }
 
+/// The HTTPS client config of the bootstrap fetch: TLS 1.2/1.3 on aws-lc-rs, server verified
+/// against `ca_certs` (default: the system bundle), no client certificate, ALPN `http/1.1`.
+pub fn https_client(ca_certs: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let ca_path = ca_certs.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(certs::load_certificates(ca_path)?);
+    if added == 0 {
+        return Err(TlsError::BadCa {
+            path: ca_path.display().to_string(),
+            reason: "none of its certificates could be parsed".into(),
+        });
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Builds the HTTPS server config of the management API (`http.server_cert`/`server_key`):
 /// TLS 1.2/1.3 on aws-lc-rs, no client authentication, ALPN `http/1.1`.
 pub fn http_server(

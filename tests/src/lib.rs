@@ -2,6 +2,7 @@
 //! directory with a clean environment, watch its log, signal it, and never leave it running.
 
 pub mod api;
+pub mod bootstrap_server;
 pub mod devpki;
 pub mod downlink;
 pub mod hotpath;
@@ -9,6 +10,7 @@ pub mod mosquitto;
 pub mod pki;
 pub mod pty;
 pub mod sensor;
+pub mod supermq_upstream;
 pub mod uplink;
 
 use std::io::{BufRead, BufReader};

@@ -44,3 +44,11 @@ fn config_toml_regressions() {
 fn topic_regressions() {
     assert!(replay("topic", bodies::topic) > 0, "no seeds found");
 }
+
+#[test]
+fn bootstrap_answer_regressions() {
+    assert!(
+        replay("bootstrap_answer", bodies::bootstrap_answer) > 0,
+        "no seeds found"
+    );
+}

@@ -8,6 +8,7 @@
 
 mod auth;
 mod board;
+mod bootstrap;
 mod certs;
 mod coap;
 mod coap_dtls;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::AuthConfig;
 pub use board::BoardConfig;
+pub use bootstrap::{BootstrapConfig, BootstrapEndpoint, UrlError};
 pub use certs::CertsConfig;
 pub use coap::CoapConfig;
 pub use coap_dtls::CoapDtlsConfig;
@@ -53,6 +55,7 @@ const SECTIONS: &[&str] = &[
     "coap",
     "coap_dtls",
     "http",
+    "bootstrap",
 ];
 
 /// Why a configuration cannot be used. Every variant names the file, key or variable at fault.
@@ -148,6 +151,7 @@ pub struct Config {
     pub coap: CoapConfig,
     pub coap_dtls: CoapDtlsConfig,
     pub http: HttpConfig,
+    pub bootstrap: BootstrapConfig,
     /// Things that are allowed but deserve a warning at start (plain MQTT, disabled listeners).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -172,6 +176,7 @@ struct RawConfig {
     coap: coap::RawCoap,
     coap_dtls: coap_dtls::RawCoapDtls,
     http: http::RawHttp,
+    bootstrap: bootstrap::RawBootstrap,
 }
 
 /// Where to read the configuration from.
@@ -195,6 +200,25 @@ pub fn load_from(
     source: &Source,
     profile: Profile,
     vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<Config, ConfigError> {
+    load_layered(source, profile, vars, None)
+}
+
+/// Settings that sit below the config file: defaults < `layer` < file < environment. The
+/// applied bootstrap answer is such a layer (`crate::bootstrap`); errors in its keys name
+/// `label` as their origin.
+#[derive(Debug, Clone, Default)]
+pub struct Layer {
+    pub table: toml::Table,
+    pub label: String,
+}
+
+/// [`load_from`] with a [`Layer`] under the file, validated exactly like the file itself.
+pub fn load_layered(
+    source: &Source,
+    profile: Profile,
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    layer: Option<&Layer>,
 ) -> Result<Config, ConfigError> {
     let (text, path) = match source {
         Source::Explicit(path) => (read(path)?, Some(path.clone())),
@@ -220,12 +244,17 @@ pub fn load_from(
                 path: path.clone().unwrap_or_default(),
                 message: syntax_message(&text, &e),
             })?;
+    let layered = match layer {
+        Some(layer) => merge_under(&mut table, &layer.table),
+        None => Vec::new(),
+    };
     let origins = env::overlay(&mut table, vars, SECTIONS)?;
-    let origin_of = |key: &str| {
-        origins.get(key).map_or_else(
-            || file_label.clone(),
-            |var| format!("environment variable {var}"),
-        )
+    let origin_of = |key: &str| match origins.get(key) {
+        Some(var) => format!("environment variable {var}"),
+        None => match layer {
+            Some(layer) if layered.iter().any(|k| k == key) => layer.label.clone(),
+            _ => file_label.clone(),
+        },
     };
 
     let raw: RawConfig =
@@ -272,6 +301,7 @@ pub fn load_from(
         coap: raw.coap.validate(&profile, &mut check),
         coap_dtls: raw.coap_dtls.validate(&profile, &mut check),
         http: raw.http.validate(&mut check),
+        bootstrap: raw.bootstrap.validate(&mut check),
         warnings: Vec::new(),
         source: path,
         profile,
@@ -307,7 +337,7 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
 /// Keys whose values are secrets: never echoed in an error.
 fn is_secret_key(key: &str) -> bool {
     let name = key.rsplit('.').next().unwrap_or(key);
-    ["token", "password", "secret", "external_key"]
+    ["token", "password", "secret", "external_key", "encryption_key"]
         .iter()
         .any(|s| name == *s || name.ends_with(&format!("_{s}")))
 }
@@ -335,6 +365,30 @@ fn without_quoted_values(message: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Puts the keys of `layer` into `table` where the file did not set them (per key inside a
+/// section); returns the `section.key` names taken from the layer.
+fn merge_under(table: &mut toml::Table, layer: &toml::Table) -> Vec<String> {
+    let mut taken = Vec::new();
+    for (section, value) in layer {
+        let toml::Value::Table(keys) = value else {
+            continue;
+        };
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(target) = entry else {
+            continue;
+        };
+        for (key, v) in keys {
+            if !target.contains_key(key) {
+                target.insert(key.clone(), v.clone());
+                taken.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    taken
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

@@ -400,6 +400,7 @@ fn uplink_session_retry_and_downlink_bounds_are_configurable_and_checked() {
         env(&[
             ("EDGEGW_UPLINK_SESSION_EXPIRY", "0s"),
             ("EDGEGW_UPLINK_REFUSED_RETRY", "5s"),
+            ("EDGEGW_UPLINK_QUARANTINE_AFTER", "2"),
             ("EDGEGW_UPLINK_DOWNLINK_QUEUE", "4"),
             ("EDGEGW_UPLINK_DOWNLINK_BACKLOG", "0"),
             ("EDGEGW_UPLINK_DOWNLINK_MAX_AGE", "10m"),
@@ -408,17 +409,20 @@ fn uplink_session_retry_and_downlink_bounds_are_configurable_and_checked() {
     .unwrap();
     assert!(config.uplink.session_expiry.get().is_zero());
     assert_eq!(config.uplink.refused_retry.get().as_secs(), 5);
+    assert_eq!(config.uplink.quarantine_after, 2);
     let limits = config.uplink.downlink_limits();
     assert_eq!((limits.queue, limits.backlog), (4, 0));
     assert_eq!(limits.max_age.as_secs(), 600);
     let defaults = load_from(&Source::None, Profile::Production, env(&[])).unwrap();
     assert_eq!(defaults.uplink.session_expiry.get().as_secs(), 86_400);
     assert_eq!(defaults.uplink.downlink_limits().backlog, 32);
+    assert_eq!(defaults.uplink.quarantine_after, 5);
     let err = load_from(
         &Source::None,
         Profile::Production,
         env(&[
             ("EDGEGW_UPLINK_REFUSED_RETRY", "0s"),
+            ("EDGEGW_UPLINK_QUARANTINE_AFTER", "0"),
             ("EDGEGW_UPLINK_DOWNLINK_QUEUE", "0"),
             ("EDGEGW_UPLINK_DOWNLINK_BACKLOG", "5000"),
             ("EDGEGW_UPLINK_DOWNLINK_MAX_AGE", "0s"),
@@ -429,6 +433,7 @@ fn uplink_session_retry_and_downlink_bounds_are_configurable_and_checked() {
     .to_string();
     for needle in [
         "uplink.refused_retry",
+        "uplink.quarantine_after",
         "uplink.downlink_queue",
         "uplink.downlink_backlog",
         "uplink.downlink_max_age",

@@ -36,6 +36,8 @@ pub struct RawUplink {
     status_interval: Option<Duration>,
     connect_timeout: Option<Duration>,
     refused_retry: Option<Duration>,
+    #[serde(deserialize_with = "number_opt")]
+    quarantine_after: Option<u16>,
     session_expiry: Option<Duration>,
     #[serde(deserialize_with = "number_opt")]
     downlink_queue: Option<u16>,
@@ -125,6 +127,9 @@ pub struct UplinkConfig {
     /// How long messages the broker refused (MQTT 5 PUBACK with an error reason) wait before
     /// they are sent again.
     pub refused_retry: Duration,
+    /// Refusals of one message (MQTT 5 PUBACK errors, or MQTT 3.1.1 connections closed right
+    /// after publishing it, in a row) before it is moved to the quarantine.
+    pub quarantine_after: u32,
     /// How long the broker keeps the gateway's MQTT session (its command subscriptions and
     /// the commands queued for them) while the gateway is away; zero: a clean session.
     pub session_expiry: Duration,
@@ -319,6 +324,10 @@ impl RawUplink {
         if refused_retry.get() < std::time::Duration::from_secs(1) {
             check.invalid("uplink.refused_retry", "must be at least 1s");
         }
+        let quarantine_after = self.quarantine_after.unwrap_or(5);
+        if quarantine_after == 0 || quarantine_after > 1000 {
+            check.invalid("uplink.quarantine_after", "must be between 1 and 1000");
+        }
         let session_expiry = self.session_expiry.unwrap_or(Duration::from_secs(86_400));
         if session_expiry.get() > std::time::Duration::from_secs(u64::from(u32::MAX)) {
             check.invalid(
@@ -359,6 +368,7 @@ impl RawUplink {
             status_interval,
             connect_timeout,
             refused_retry,
+            quarantine_after: u32::from(quarantine_after),
             session_expiry,
             downlink_queue: queue,
             downlink_backlog: backlog,

@@ -36,6 +36,18 @@ pub const ACTIONS: &[(&str, &str, &str, &str)] = &[
         "key.rotate",
         "signing_key",
     ),
+    (
+        "post",
+        "/quarantine/{id}/requeue",
+        "quarantine.requeue",
+        "quarantine",
+    ),
+    (
+        "delete",
+        "/quarantine/{id}",
+        "quarantine.drop",
+        "quarantine",
+    ),
     ("post", "/clients", "client.create", "clients"),
     ("patch", "/clients/{id}", "client.update", "clients"),
     ("delete", "/clients/{id}", "client.delete", "clients"),

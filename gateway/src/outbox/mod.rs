@@ -9,12 +9,20 @@
 //! uplink reads the database with its own connection only for a backlog (after a restart, an
 //! outage, a feed that overflowed: [`Outbox::fetch_backlog`]). It reports acknowledgements with
 //! [`Outbox::ack`]; they are deleted in the next group commit. This module never talks MQTT.
+//!
+//! A message the upstream keeps refusing is moved by the uplink into the **quarantine**
+//! ([`Outbox::quarantine`]): a table of the same database, kept durable under the entry's
+//! sequence number with the reason and the number of attempts, never expired and never
+//! dropped to make room. An operator lists it ([`Outbox::quarantined`]), queues an entry again
+//! (at the end of the queue, under a new sequence number: [`Outbox::requeue`]) or drops it
+//! ([`Outbox::discard`], counted).
 
+mod feed;
 pub mod policy;
+pub mod quarantine;
 mod store;
 
 use crate::runtime::watchdog::Heartbeat;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -28,7 +36,12 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::OutboxConfig;
+#[cfg(test)]
+use feed::FEED_MAX_ENTRIES;
+use feed::Feed;
 use policy::{Admission, Limits, Load};
+use quarantine::QuarantineReply;
+pub use quarantine::{QuarantineError, QuarantineReceipt, Quarantined};
 
 /// One message from a sensor, as the adapters hand it over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,13 +123,13 @@ pub const DISK_FULL_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// The refusal for the appends of a failed commit. A full state disk is back-pressure like a
 /// full outbox (`Busy`: CoAP 5.03 + Max-Age, serial `ERR busy`, HTTP 503 + Retry-After): the
 /// sensor keeps the message and retries once space is freed. Anything else is a storage failure.
-fn commit_refusal(e: rusqlite::Error) -> IngestError {
-    if store::is_disk_full(&e) {
+fn commit_refusal(e: &Arc<rusqlite::Error>) -> IngestError {
+    if store::is_disk_full(e) {
         IngestError::Busy {
             retry_after: DISK_FULL_RETRY_AFTER,
         }
     } else {
-        IngestError::Storage(Arc::new(e))
+        IngestError::Storage(Arc::clone(e))
     }
 }
 
@@ -154,6 +167,14 @@ pub struct OutboxStats {
     pub commits_total: u64,
     /// Highest committed sequence number.
     pub last_seq: u64,
+    /// Messages in the quarantine now, and their bytes.
+    pub quarantined: u64,
+    pub quarantined_bytes: u64,
+    /// Messages moved into the quarantine, queued again from it, and dropped from it by an
+    /// operator, since start.
+    pub quarantined_total: u64,
+    pub requeued_total: u64,
+    pub discarded_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +188,11 @@ struct Counters {
     expired_total: AtomicU64,
     commits_total: AtomicU64,
     last_seq: AtomicU64,
+    quarantined: AtomicU64,
+    quarantined_bytes: AtomicU64,
+    quarantined_total: AtomicU64,
+    requeued_total: AtomicU64,
+    discarded_total: AtomicU64,
 }
 
 type Reply = oneshot::Sender<Result<u64, IngestError>>;
@@ -175,88 +201,13 @@ type Reply = oneshot::Sender<Result<u64, IngestError>>;
 struct Pending {
     appends: Vec<(Message, u64, Reply)>,
     acks: Vec<u64>,
+    quarantine: Vec<store::ToQuarantine>,
+    requeue: Vec<(u64, QuarantineReply)>,
+    discard: Vec<(u64, QuarantineReply)>,
     bytes: u64,
     /// Bytes of the batch being committed right now (not yet in the stored counter).
     committing_bytes: u64,
     closing: bool,
-}
-
-/// Most entries, and most bytes ([`Message::weight`]), the feed holds for the uplink. Past
-/// either, the feed is emptied and the uplink reads the database until it caught up: memory
-/// stays bounded whatever the upstream does.
-const FEED_MAX_ENTRIES: usize = 8192;
-const FEED_MAX_BYTES: u64 = 2 << 20;
-
-/// Entries just made durable, in sequence order, for the uplink. Every committed entry with a
-/// sequence number from `from` to `last` is either here or was taken by the uplink already
-/// (in order); `from == u64::MAX` when nothing is (after an overflow, until the next commit).
-#[derive(Debug)]
-struct Feed {
-    entries: VecDeque<Entry>,
-    bytes: u64,
-    from: u64,
-    last: u64,
-}
-
-impl Feed {
-    fn new(last_seq: u64) -> Self {
-        Self {
-            entries: VecDeque::new(),
-            bytes: 0,
-            from: last_seq.saturating_add(1),
-            last: last_seq,
-        }
-    }
-
-    /// Appends one commit's entries (consecutive sequence numbers, after `last`).
-    fn push(&mut self, entries: Vec<Entry>) {
-        let (Some(first), Some(end)) = (entries.first(), entries.last()) else {
-            return;
-        };
-        let (first, end) = (first.seq, end.seq);
-        let bytes: u64 = entries.iter().map(|e| e.message.weight()).sum();
-        let contiguous = self.from != u64::MAX && first == self.last.saturating_add(1);
-        if !contiguous
-            || self.entries.len() + entries.len() > FEED_MAX_ENTRIES
-            || self.bytes + bytes > FEED_MAX_BYTES
-        {
-            // Start a new run; what was here is in the database (the uplink reads it there).
-            self.entries.clear();
-            self.bytes = 0;
-            self.from = first;
-            if entries.len() > FEED_MAX_ENTRIES || bytes > FEED_MAX_BYTES {
-                self.from = u64::MAX;
-                self.last = end;
-                return;
-            }
-        }
-        self.entries.extend(entries);
-        self.bytes += bytes;
-        self.last = end;
-    }
-
-    /// Up to `limit` entries after `after`, if the feed holds everything committed after it.
-    fn take(&mut self, after: u64, limit: usize) -> Option<Fetched> {
-        while let Some(front) = self.entries.front() {
-            if front.seq > after {
-                break;
-            }
-            self.bytes = self.bytes.saturating_sub(front.message.weight());
-            self.entries.pop_front();
-        }
-        if self.from == u64::MAX || self.from > after.saturating_add(1) {
-            return None;
-        }
-        let n = limit.min(self.entries.len());
-        let entries: Vec<Entry> = self.entries.drain(..n).collect();
-        let taken: u64 = entries.iter().map(|e| e.message.weight()).sum();
-        self.bytes = self.bytes.saturating_sub(taken);
-        let through = match entries.last() {
-            Some(e) if entries.len() == limit => e.seq,
-            _ => self.last.max(after),
-        };
-        Some(Fetched { entries, through })
-    }
 }
 
 /// What the uplink gets from [`Outbox::take_fed`] or [`Outbox::fetch_backlog`]: entries in
@@ -364,6 +315,12 @@ impl Outbox {
             .oldest_received_ms
             .store(initial.oldest_received_ms, Ordering::Relaxed);
         counters.last_seq.store(initial.last_seq, Ordering::Relaxed);
+        counters
+            .quarantined
+            .store(initial.quarantined, Ordering::Relaxed);
+        counters
+            .quarantined_bytes
+            .store(initial.quarantined_bytes, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             feed: Mutex::new(Feed::new(initial.last_seq)),
@@ -401,8 +358,11 @@ impl Outbox {
         if pending.closing {
             return Err(IngestError::Closed);
         }
+        // The quarantine is in the same file and counts against outbox.max_bytes.
+        let c = &self.shared.counters;
         let load = Load {
-            stored_bytes: self.shared.counters.queued_bytes.load(Ordering::Relaxed),
+            stored_bytes: c.queued_bytes.load(Ordering::Relaxed)
+                + c.quarantined_bytes.load(Ordering::Relaxed),
             pending_bytes: pending.bytes + pending.committing_bytes,
             pending_count: pending.appends.len(),
         };
@@ -489,6 +449,11 @@ impl Outbox {
             expired_total: c.expired_total.load(Ordering::Relaxed),
             commits_total: c.commits_total.load(Ordering::Relaxed),
             last_seq: c.last_seq.load(Ordering::Relaxed),
+            quarantined: c.quarantined.load(Ordering::Relaxed),
+            quarantined_bytes: c.quarantined_bytes.load(Ordering::Relaxed),
+            quarantined_total: c.quarantined_total.load(Ordering::Relaxed),
+            requeued_total: c.requeued_total.load(Ordering::Relaxed),
+            discarded_total: c.discarded_total.load(Ordering::Relaxed),
         }
     }
 
@@ -519,13 +484,16 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
     // A full disk is logged once per episode (at its start and end), not per refused batch.
     let mut disk_full = false;
     loop {
-        let (appends, acks, closing) = {
+        let (appends, acks, quarantine, requeue, discard, closing) = {
             let mut pending = shared
                 .pending
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             while pending.appends.is_empty()
                 && pending.acks.is_empty()
+                && pending.quarantine.is_empty()
+                && pending.requeue.is_empty()
+                && pending.discard.is_empty()
                 && !pending.closing
                 && last_expiry.elapsed() < EXPIRY_EVERY
             {
@@ -543,6 +511,9 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
             (
                 std::mem::take(&mut pending.appends),
                 std::mem::take(&mut pending.acks),
+                std::mem::take(&mut pending.quarantine),
+                std::mem::take(&mut pending.requeue),
+                std::mem::take(&mut pending.discard),
                 pending.closing,
             )
         };
@@ -562,9 +533,18 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 crate::config::FullPolicy::DropOldest => Some(shared.limits.max_bytes),
                 crate::config::FullPolicy::Reject => None,
             },
+            quarantine: &quarantine,
+            requeue: &requeue.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            discard: &discard.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         };
         let c = &shared.counters;
-        if batch.appends.is_empty() && acks.is_empty() && expire_before.is_none() {
+        if batch.appends.is_empty()
+            && acks.is_empty()
+            && expire_before.is_none()
+            && quarantine.is_empty()
+            && requeue.is_empty()
+            && discard.is_empty()
+        {
             if closing {
                 break;
             }
@@ -582,6 +562,12 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 c.queued.store(done.stats.queued, Ordering::Relaxed);
                 c.queued_bytes
                     .store(done.stats.queued_bytes, Ordering::Relaxed);
+                c.quarantined
+                    .store(done.stats.quarantined, Ordering::Relaxed);
+                c.quarantined_bytes
+                    .store(done.stats.quarantined_bytes, Ordering::Relaxed);
+                c.quarantined_total
+                    .fetch_add(done.quarantined, Ordering::Relaxed);
                 // The batch is now in the stored counter: stop counting it as in progress
                 // before anyone learns it is durable.
                 shared
@@ -608,13 +594,45 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                         "outbox full: dropped the oldest queued messages (outbox.full_policy = drop_oldest)"
                     );
                 }
-                let last = done.seqs.last().copied();
-                let mut fed = Vec::with_capacity(appends.len());
+                if done.quarantined > 0 {
+                    tracing::warn!(
+                        count = done.quarantined,
+                        "outbox: messages the upstream refused moved to the quarantine (edgegw quarantine list)"
+                    );
+                }
+                let mut fed = Vec::with_capacity(appends.len() + requeue.len());
                 let mut replies = Vec::with_capacity(appends.len());
                 for ((message, _, reply), seq) in appends.into_iter().zip(done.seqs) {
                     replies.push((reply, seq));
                     fed.push(Entry { seq, message });
                 }
+                // Re-queued entries were inserted after the appends: the feed stays in order.
+                let mut q_replies = Vec::with_capacity(requeue.len() + discard.len());
+                for ((old, reply), entry) in requeue.into_iter().zip(done.requeued) {
+                    match entry {
+                        Some(entry) => {
+                            c.requeued_total.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(
+                                id = old,
+                                seq = entry.seq,
+                                "quarantine: message queued again"
+                            );
+                            q_replies.push((reply, Ok(entry.seq)));
+                            fed.push(entry);
+                        }
+                        None => q_replies.push((reply, Err(QuarantineError::NotFound(old)))),
+                    }
+                }
+                for ((seq, reply), existed) in discard.into_iter().zip(done.discarded) {
+                    if existed {
+                        c.discarded_total.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(id = seq, "quarantine: message dropped by the operator");
+                        q_replies.push((reply, Ok(seq)));
+                    } else {
+                        q_replies.push((reply, Err(QuarantineError::NotFound(seq))));
+                    }
+                }
+                let last = fed.last().map(|e| e.seq);
                 // Fed and published before any receipt resolves: whoever learns that a
                 // message is durable finds it in the feed and in `last_seq`.
                 if let Some(last) = last {
@@ -628,6 +646,9 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 }
                 for (reply, seq) in replies {
                     let _ = reply.send(Ok(seq));
+                }
+                for (reply, result) in q_replies {
+                    let _ = reply.send(result);
                 }
             }
             Err(e) => {
@@ -643,9 +664,13 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                         DISK_FULL_RETRY_AFTER.as_secs()
                     );
                 }
-                let refusal = commit_refusal(e);
+                let e = Arc::new(e);
+                let refusal = commit_refusal(&e);
                 for (_, _, reply) in appends {
                     let _ = reply.send(Err(refusal.clone()));
+                }
+                for (_, reply) in requeue.into_iter().chain(discard) {
+                    let _ = reply.send(Err(QuarantineError::Storage(e.to_string())));
                 }
                 // Acknowledgements are retried with the next commit.
                 let mut pending = shared
@@ -653,6 +678,7 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 pending.acks.extend(acks);
+                pending.quarantine.extend(quarantine);
                 pending.committing_bytes = 0;
                 drop(pending);
                 if closing {
@@ -667,7 +693,12 @@ fn writer_loop(mut writer: store::Writer, shared: &Shared) {
                 .pending
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if pending.appends.is_empty() && pending.acks.is_empty() {
+            if pending.appends.is_empty()
+                && pending.acks.is_empty()
+                && pending.quarantine.is_empty()
+                && pending.requeue.is_empty()
+                && pending.discard.is_empty()
+            {
                 break;
             }
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
-use super::{Entry, Message, OutboxError};
+use super::{Entry, Message, OutboxError, Quarantined};
 use crate::config::Durability;
 
 const SCHEMA: &str = "
@@ -21,15 +21,33 @@ CREATE TABLE IF NOT EXISTS outbox (
     received_at_ms INTEGER NOT NULL,
     size INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    domain_id TEXT NOT NULL,
+    subtopic TEXT NOT NULL,
+    content_format TEXT,
+    payload BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    quarantined_at_ms INTEGER NOT NULL
+);
 ";
 
 /// The layout version this binary writes (`PRAGMA user_version`). 0: the first layout, with an
 /// index on `received_at_ms` (one more B-tree written per insert and per delete, only for
-/// expiry). 1: no secondary index; expiry walks the oldest entries in sequence order.
-const LAYOUT_VERSION: i64 = 1;
+/// expiry). 1: no secondary index; expiry walks the oldest entries in sequence order. 2: the
+/// `quarantine` table (messages the upstream refused, kept under their outbox sequence number
+/// until an operator re-queues or drops them).
+const LAYOUT_VERSION: i64 = 2;
 
-/// From an older layout to [`LAYOUT_VERSION`], in the writer's first transaction. Rows are
-/// untouched: an older binary opening the file again just recreates its index.
+/// From an older layout to [`LAYOUT_VERSION`], in the writer's first transaction (the
+/// `quarantine` table itself comes from [`SCHEMA`]'s `CREATE TABLE IF NOT EXISTS`). Rows are
+/// untouched: an older binary opening the file again just recreates its index and leaves the
+/// quarantine alone (its messages stay there, invisible to it, until a newer binary runs).
 const MIGRATE: &str = "DROP INDEX IF EXISTS outbox_received_at;";
 
 pub fn millis(t: SystemTime) -> i64 {
@@ -75,6 +93,16 @@ pub struct StoreStats {
     pub queued_bytes: u64,
     pub oldest_received_ms: u64,
     pub last_seq: u64,
+    pub quarantined: u64,
+    pub quarantined_bytes: u64,
+}
+
+/// A message the upstream refused, moved out of the queue (see [`Writer::commit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToQuarantine {
+    pub seq: u64,
+    pub reason: String,
+    pub attempts: u32,
 }
 
 /// One group commit's work.
@@ -85,6 +113,12 @@ pub struct Batch<'a> {
     pub expire_before: Option<i64>,
     /// `Some` under drop_oldest: delete the oldest entries until the appends fit.
     pub max_bytes: Option<u64>,
+    /// Queued entries to move into the quarantine.
+    pub quarantine: &'a [ToQuarantine],
+    /// Quarantined entries to queue again (under a new sequence number, after the appends).
+    pub requeue: &'a [u64],
+    /// Quarantined entries an operator drops.
+    pub discard: &'a [u64],
 }
 
 #[derive(Debug)]
@@ -93,6 +127,13 @@ pub struct Committed {
     pub acked: u64,
     pub expired: u64,
     pub dropped: u64,
+    /// Entries moved into the quarantine (already acknowledged or expired ones are skipped).
+    pub quarantined: u64,
+    /// Per [`Batch::requeue`] item: the entry under its new sequence number, `None` when no
+    /// such quarantined entry exists.
+    pub requeued: Vec<Option<Entry>>,
+    /// Per [`Batch::discard`] item: whether it existed (and is now deleted).
+    pub discarded: Vec<bool>,
     pub stats: StoreStats,
 }
 
@@ -197,11 +238,18 @@ impl Writer {
                 |r| r.get(0),
             )
             .optional()?;
+        let (quarantined, quarantined_bytes): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM quarantine",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         Ok(StoreStats {
             queued: u64::try_from(queued).unwrap_or(0),
             queued_bytes: u64::try_from(bytes).unwrap_or(0),
             oldest_received_ms: self.oldest()?,
             last_seq: last.and_then(|l| u64::try_from(l).ok()).unwrap_or(0),
+            quarantined: u64::try_from(quarantined).unwrap_or(0),
+            quarantined_bytes: u64::try_from(quarantined_bytes).unwrap_or(0),
         })
     }
 
@@ -271,8 +319,52 @@ impl Writer {
                     .saturating_sub(u64::try_from(size?).unwrap_or(0));
             }
         }
+        let mut quarantined = 0;
+        if !batch.quarantine.is_empty() {
+            let now = millis(SystemTime::now());
+            let mut copy = tx.prepare_cached(
+                "INSERT OR IGNORE INTO quarantine (seq, client_id, channel_id, domain_id, subtopic, \
+                 content_format, payload, received_at_ms, size, reason, attempts, quarantined_at_ms) \
+                 SELECT seq, client_id, channel_id, domain_id, subtopic, content_format, payload, \
+                 received_at_ms, size, ?2, ?3, ?4 FROM outbox WHERE seq = ?1",
+            )?;
+            let mut remove =
+                tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING size")?;
+            for q in batch.quarantine {
+                let seq = i64::try_from(q.seq).unwrap_or(i64::MAX);
+                if copy.execute(params![seq, q.reason, q.attempts, now])? == 0 {
+                    continue;
+                }
+                if let Some(size) = remove.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {
+                    let size = u64::try_from(size).unwrap_or(0);
+                    quarantined += 1;
+                    stats.queued = stats.queued.saturating_sub(1);
+                    stats.queued_bytes = stats.queued_bytes.saturating_sub(size);
+                    stats.quarantined += 1;
+                    stats.quarantined_bytes += size;
+                }
+            }
+        }
+        let mut discarded = Vec::with_capacity(batch.discard.len());
+        if !batch.discard.is_empty() {
+            let mut delete =
+                tx.prepare_cached("DELETE FROM quarantine WHERE seq = ?1 RETURNING size")?;
+            for seq in batch.discard {
+                let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                let size = delete.query_row([seq], |r| r.get::<_, i64>(0)).optional()?;
+                if let Some(size) = size {
+                    stats.quarantined = stats.quarantined.saturating_sub(1);
+                    stats.quarantined_bytes = stats
+                        .quarantined_bytes
+                        .saturating_sub(u64::try_from(size).unwrap_or(0));
+                }
+                discarded.push(size.is_some());
+            }
+        }
         let incoming: u64 = batch.appends.iter().map(|(_, w)| w).sum();
         if let Some(max) = batch.max_bytes {
+            // Only queued entries are dropped to make room; the quarantine is never touched
+            // (it is bounded by admission under `reject`, see `Outbox::accept`).
             let mut need = super::policy::bytes_to_drop(max, stats.queued_bytes, incoming);
             if need > 0 {
                 let mut oldest = tx.prepare_cached(
@@ -315,6 +407,58 @@ impl Writer {
                 stats.last_seq = seq;
             }
         }
+        let mut requeued = Vec::with_capacity(batch.requeue.len());
+        if !batch.requeue.is_empty() {
+            let mut take = tx.prepare_cached(
+                "DELETE FROM quarantine WHERE seq = ?1 RETURNING client_id, channel_id, domain_id, \
+                 subtopic, content_format, payload, received_at_ms, size",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO outbox (client_id, channel_id, domain_id, subtopic, content_format, \
+                 payload, received_at_ms, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for seq in batch.requeue {
+                let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                let row = take
+                    .query_row([seq], |r| {
+                        Ok((
+                            Message {
+                                client_id: r.get(0)?,
+                                channel_id: r.get(1)?,
+                                domain_id: r.get(2)?,
+                                subtopic: r.get(3)?,
+                                content_format: r.get(4)?,
+                                payload: bytes::Bytes::from(r.get::<_, Vec<u8>>(5)?),
+                                received_at: from_millis(r.get(6)?),
+                            },
+                            r.get::<_, i64>(7)?,
+                        ))
+                    })
+                    .optional()?;
+                let Some((message, size)) = row else {
+                    requeued.push(None);
+                    continue;
+                };
+                insert.execute(params![
+                    message.client_id,
+                    message.channel_id,
+                    message.domain_id,
+                    message.subtopic,
+                    message.content_format,
+                    &message.payload[..],
+                    millis(message.received_at),
+                    size,
+                ])?;
+                let new = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
+                let size = u64::try_from(size).unwrap_or(0);
+                stats.quarantined = stats.quarantined.saturating_sub(1);
+                stats.quarantined_bytes = stats.quarantined_bytes.saturating_sub(size);
+                stats.queued += 1;
+                stats.queued_bytes += size;
+                stats.last_seq = new;
+                requeued.push(Some(Entry { seq: new, message }));
+            }
+        }
         tx.commit()?;
         stats.oldest_received_ms = self.oldest()?;
         self.stats = stats;
@@ -323,6 +467,9 @@ impl Writer {
             acked,
             expired,
             dropped,
+            quarantined,
+            requeued,
+            discarded,
             stats,
         })
     }
@@ -382,6 +529,39 @@ impl Reader {
                         payload: bytes::Bytes::from(r.get::<_, Vec<u8>>(6)?),
                         received_at: from_millis(r.get(7)?),
                     },
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Up to `limit` quarantined entries with a sequence number above `after`, oldest first.
+    pub fn quarantined(&self, after: u64, limit: usize) -> Result<Vec<Quarantined>, OutboxError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, client_id, channel_id, domain_id, subtopic, content_format, payload, \
+             received_at_ms, reason, attempts, quarantined_at_ms FROM quarantine WHERE seq > ?1 \
+             ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                i64::try_from(after).unwrap_or(i64::MAX),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |r| {
+                Ok(Quarantined {
+                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    message: Message {
+                        client_id: r.get(1)?,
+                        channel_id: r.get(2)?,
+                        domain_id: r.get(3)?,
+                        subtopic: r.get(4)?,
+                        content_format: r.get(5)?,
+                        payload: bytes::Bytes::from(r.get::<_, Vec<u8>>(6)?),
+                        received_at: from_millis(r.get(7)?),
+                    },
+                    reason: r.get(8)?,
+                    attempts: r.get(9)?,
+                    quarantined_at_ms: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
                 })
             },
         )?;

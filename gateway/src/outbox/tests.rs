@@ -296,7 +296,7 @@ fn sqlite_error(code: std::os::raw::c_int) -> rusqlite::Error {
 #[test]
 fn a_full_disk_is_refused_as_busy_with_a_retry_time_other_failures_as_storage() {
     assert_eq!(
-        commit_refusal(sqlite_error(rusqlite::ffi::SQLITE_FULL)),
+        commit_refusal(&Arc::new(sqlite_error(rusqlite::ffi::SQLITE_FULL))),
         IngestError::Busy {
             retry_after: DISK_FULL_RETRY_AFTER
         }
@@ -308,12 +308,12 @@ fn a_full_disk_is_refused_as_busy_with_a_retry_time_other_failures_as_storage() 
         rusqlite::ffi::SQLITE_CANTOPEN,
     ] {
         assert!(
-            matches!(commit_refusal(sqlite_error(code)), IngestError::Storage(_)),
+            matches!(commit_refusal(&Arc::new(sqlite_error(code))), IngestError::Storage(_)),
             "code {code}"
         );
     }
     assert!(matches!(
-        commit_refusal(rusqlite::Error::InvalidQuery),
+        commit_refusal(&Arc::new(rusqlite::Error::InvalidQuery)),
         IngestError::Storage(_)
     ));
 }
@@ -334,10 +334,13 @@ fn a_real_sqlite_full_from_the_writer_is_classified_as_disk_full() {
         acks: &[],
         expire_before: None,
         max_bytes: None,
+        quarantine: &[],
+        requeue: &[],
+        discard: &[],
     };
     let err = writer.commit(&batch).expect_err("the page cap must refuse");
     assert!(store::is_disk_full(&err), "{err:?}");
-    assert!(matches!(commit_refusal(err), IngestError::Busy { .. }));
+    assert!(matches!(commit_refusal(&Arc::new(err)), IngestError::Busy { .. }));
 }
 
 fn accept_all(outbox: &Outbox, channel: &str, n: usize) -> Vec<u64> {
@@ -529,5 +532,171 @@ fn an_outbox_of_the_first_layout_is_migrated_and_keeps_its_queue() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    // Straight to the current layout (2: with the quarantine table).
+    assert_eq!(version, 2);
+}
+
+/// Waits until every quarantine move queued before it is committed: a drop of an id that
+/// does not exist rides in the same or a later commit.
+fn barrier(outbox: &Outbox, rt: &tokio::runtime::Runtime) {
+    assert_eq!(
+        rt.block_on(outbox.discard(u64::MAX)),
+        Err(QuarantineError::NotFound(u64::MAX))
+    );
+}
+
+#[test]
+fn a_quarantined_entry_leaves_the_queue_is_kept_across_a_restart_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let cfg = config(1 << 20, FullPolicy::Reject);
+    let rt = rt();
+    let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
+    let seqs = accept_all(&outbox, "c", 3);
+    outbox.quarantine(seqs[1], "NotAuthorized".into(), 3);
+    // Already delivered: nothing to move, nothing counted.
+    outbox.ack(&[seqs[2]]);
+    barrier(&outbox, &rt);
+    outbox.quarantine(seqs[2], "late".into(), 1);
+    barrier(&outbox, &rt);
+    let stats = outbox.stats();
+    assert_eq!(
+        (stats.queued, stats.quarantined, stats.quarantined_total),
+        (1, 1, 1)
+    );
+    assert!(stats.quarantined_bytes > 0);
+    assert_eq!(
+        super::tests::seqs(&outbox.fetch_after(0, 10).unwrap()),
+        vec![seqs[0]]
+    );
+    outbox.close();
+    worker.join();
+
+    let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
+    let listed = outbox.quarantined(0, 10).unwrap();
+    assert_eq!(listed.len(), 1);
+    let q = &listed[0];
+    assert_eq!(
+        (q.seq, q.reason.as_str(), q.attempts),
+        (seqs[1], "NotAuthorized", 3)
+    );
+    assert_eq!(
+        q.message,
+        msg("c", "m1").with_received_at(q.message.received_at)
+    );
+    assert_eq!(outbox.stats().quarantined, 1, "loaded from the database");
+    assert_eq!(outbox.stats().queued, 1);
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn a_requeued_entry_goes_to_the_end_of_the_queue_and_is_fed_a_dropped_one_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(1 << 20, FullPolicy::Reject);
+    let rt = rt();
+    let (outbox, worker) = Outbox::open(&dir.path().join("o.db"), &cfg).unwrap();
+    let seqs = accept_all(&outbox, "c", 3);
+    let fed = outbox.take_fed(0, 100).expect("fed");
+    assert_eq!(super::tests::seqs(&fed.entries), seqs);
+    outbox.quarantine(seqs[0], "r".into(), 2);
+    outbox.quarantine(seqs[1], "r".into(), 2);
+    barrier(&outbox, &rt);
+    let new = rt.block_on(outbox.requeue(seqs[0])).unwrap();
+    assert!(new > seqs[2], "{new} after {seqs:?}");
+    // Handed to the uplink from memory like a new message.
+    let fed = outbox.take_fed(fed.through, 100).expect("fed");
+    assert_eq!(super::tests::seqs(&fed.entries), vec![new]);
+    assert_eq!(fed.entries[0].message.payload, Bytes::from("m0"));
+    assert_eq!(
+        rt.block_on(outbox.requeue(seqs[0])),
+        Err(QuarantineError::NotFound(seqs[0])),
+        "no longer quarantined"
+    );
+    assert_eq!(rt.block_on(outbox.discard(seqs[1])), Ok(seqs[1]));
+    let stats = outbox.stats();
+    assert_eq!(
+        (
+            stats.queued,
+            stats.quarantined,
+            stats.requeued_total,
+            stats.discarded_total
+        ),
+        (2, 0, 1, 1)
+    );
+    assert_eq!(stats.quarantined_bytes, 0);
+    assert_eq!(stats.last_seq, new);
+    assert!(outbox.quarantined(0, 10).unwrap().is_empty());
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn the_quarantine_counts_against_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(1000, FullPolicy::Reject);
+    let rt = rt();
+    let (outbox, worker) = Outbox::open(&dir.path().join("o.db"), &cfg).unwrap();
+    let big = "x".repeat(300);
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        seqs.push(
+            rt.block_on(outbox.accept(msg("c", &format!("{i}{big}"))).unwrap())
+                .unwrap(),
+        );
+    }
+    for s in &seqs {
+        outbox.quarantine(*s, "r".into(), 1);
+    }
+    barrier(&outbox, &rt);
+    assert_eq!(outbox.stats().queued, 0);
+    assert!(matches!(
+        outbox.accept(msg("c", &big)),
+        Err(IngestError::Busy { .. })
+    ));
+    rt.block_on(outbox.discard(seqs[0])).unwrap();
+    rt.block_on(outbox.accept(msg("c", &big)).unwrap()).unwrap();
+    outbox.close();
+    worker.join();
+}
+
+#[test]
+fn an_outbox_of_the_previous_layout_gains_the_quarantine_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL,
+               channel_id TEXT NOT NULL, domain_id TEXT NOT NULL, subtopic TEXT NOT NULL,
+               content_format TEXT, payload BLOB NOT NULL, received_at_ms INTEGER NOT NULL,
+               size INTEGER NOT NULL);
+             INSERT INTO outbox (client_id, channel_id, domain_id, subtopic, payload,
+               received_at_ms, size) VALUES ('k', 'c', 'd', 't', X'6F6C64', 1, 3);
+             PRAGMA user_version=1;",
+        )
+        .unwrap();
+    }
+    let cfg = config(1 << 20, FullPolicy::Reject);
+    let rt = rt();
+    let (outbox, worker) = Outbox::open(&path, &cfg).unwrap();
+    assert_eq!(payloads(&outbox), vec!["old".to_owned()]);
+    outbox.quarantine(1, "r".into(), 1);
+    barrier(&outbox, &rt);
+    assert_eq!(outbox.quarantined(0, 10).unwrap().len(), 1);
+    outbox.close();
+    worker.join();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}
+
+impl Message {
+    fn with_received_at(mut self, t: SystemTime) -> Self {
+        self.received_at = t;
+        self
+    }
 }

@@ -3,6 +3,8 @@
 //! uplink state, queue depth, oldest queued age, rates, uplink certificate expiry. It only
 //! presents: the report is built by [`crate::runtime::status`] (also what the uplink publishes,
 //! retained, on `<status_topic>/stats`) and rendered for people by [`crate::runtime::status::render`].
+//! It also serves `edgegw quarantine`: `quarantine list [after]`, `quarantine requeue <id>`,
+//! `quarantine drop <id>` (one JSON line each; the outbox does the work).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -104,6 +106,9 @@ async fn answer(stream: UnixStream, status: &StatusHandle) -> std::io::Result<()
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let reply = match line.trim() {
         "status" => serde_json::to_string(&status.report()).map_err(std::io::Error::other)?,
+        q if q.starts_with("quarantine ") => {
+            quarantine(status.outbox(), q.trim_start_matches("quarantine ")).await
+        }
         other => format!(
             "{{\"error\":\"unknown request {:?}\"}}",
             other.chars().take(32).collect::<String>()
@@ -114,8 +119,58 @@ async fn answer(stream: UnixStream, status: &StatusHandle) -> std::io::Result<()
     write.shutdown().await
 }
 
+/// One quarantine request, answered as one JSON object (`error` set when it did nothing).
+async fn quarantine(outbox: &crate::outbox::Outbox, request: &str) -> String {
+    use crate::outbox::QuarantineError;
+    let mut words = request.split_whitespace();
+    let (verb, id) = (words.next(), words.next().map(str::parse::<u64>));
+    let answer = match (verb, id) {
+        (Some("list"), after @ (None | Some(Ok(_)))) => {
+            let after = after.and_then(Result::ok).unwrap_or(0);
+            let outbox2 = outbox.clone();
+            match tokio::task::spawn_blocking(move || {
+                outbox2.quarantined(after, crate::outbox::quarantine::LIST_MAX)
+            })
+            .await
+            {
+                Ok(Ok(list)) => serde_json::json!({
+                    "total": outbox.stats().quarantined,
+                    "quarantine": list,
+                }),
+                Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            }
+        }
+        (Some(verb @ ("requeue" | "drop")), Some(Ok(id))) => {
+            let done = if verb == "requeue" {
+                outbox.requeue(id).await
+            } else {
+                outbox.discard(id).await
+            };
+            match done {
+                Ok(seq) if verb == "requeue" => serde_json::json!({ "id": id, "requeued_as": seq }),
+                Ok(_) => serde_json::json!({ "id": id, "dropped": true }),
+                Err(e @ QuarantineError::NotFound(_)) => {
+                    serde_json::json!({ "error": e.to_string(), "not_found": true })
+                }
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            }
+        }
+        _ => serde_json::json!({
+            "error": "quarantine requests: list [after] | requeue <id> | drop <id>"
+        }),
+    };
+    answer.to_string()
+}
+
 /// Asks the daemon whose runtime directory is `runtime_dir` for its status (blocking).
 pub fn query(runtime_dir: &Path) -> Result<serde_json::Value, ControlError> {
+    request(runtime_dir, "status")
+}
+
+/// Sends one request line to the daemon whose runtime directory is `runtime_dir` and reads
+/// its one JSON line (blocking).
+pub fn request(runtime_dir: &Path, line: &str) -> Result<serde_json::Value, ControlError> {
     let path = runtime_dir.join(SOCKET_NAME);
     let mut stream =
         std::os::unix::net::UnixStream::connect(&path).map_err(|e| ControlError::NotRunning {
@@ -129,7 +184,9 @@ pub fn query(runtime_dir: &Path) -> Result<serde_json::Value, ControlError> {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(io)?;
-    stream.write_all(b"status\n").map_err(io)?;
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(io)?;
     let mut line = String::new();
     BufReader::new(std::io::Read::take(stream, 1 << 20))
         .read_line(&mut line)

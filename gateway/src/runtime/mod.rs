@@ -9,6 +9,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod ownership;
+pub mod quarantine;
 pub mod status;
 pub mod supervisor;
 pub mod watchdog;

@@ -34,6 +34,10 @@ pub enum Stage {
 pub enum Signal {
     Terminate,
     Reload,
+    /// Stop in order to start again in place (bootstrap applied a changed config): told to the
+    /// service manager as a reload (`RELOADING=1`), not a stop, so it waits for the new
+    /// `READY=1` instead of ending the service.
+    Restart,
 }
 
 /// How shutdown ended.
@@ -151,6 +155,7 @@ impl Supervisor {
         );
         // The supervisor's own loop counts as progress only while it keeps answering.
         let heartbeat = self.heartbeat("supervisor");
+        let mut restart = false;
         let mut beat = tokio::time::interval(self.beat_interval());
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -170,12 +175,20 @@ impl Supervisor {
                     // Consumers pick the new generation up on their own; the mode stays.
                     self.notifier.reloaded();
                 }
+                Some(Signal::Restart) => {
+                    restart = true;
+                    break;
+                }
                 Some(Signal::Terminate) | None => break,
             }
         }
         // systemd stops watching during the stop job; the drain has its own deadline.
         drop(heartbeat);
-        self.notifier.stopping("stopping: draining the pipeline");
+        if restart {
+            self.notifier.reloading();
+        } else {
+            self.notifier.stopping("stopping: draining the pipeline");
+        }
         // Allow the whole drain plus a margin, whatever TimeoutStopSec says.
         self.notifier
             .extend_timeout(drain.saturating_add(Duration::from_secs(5)));
@@ -197,7 +210,7 @@ impl Supervisor {
             loop {
                 match signals.recv().await {
                     Some(Signal::Terminate) => break,
-                    Some(Signal::Reload) => {}
+                    Some(Signal::Reload | Signal::Restart) => {}
                     // The source is gone: only the deadline can end the drain now.
                     None => std::future::pending::<()>().await,
                 }
@@ -312,6 +325,18 @@ mod tests {
                 && stopping < extend,
             "{got:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_drains_as_a_reload_not_a_stop() {
+        let notifier = Notifier::recording(None);
+        let sup = Supervisor::with_notifier(notifier.clone());
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Signal::Restart).await.unwrap();
+        assert_eq!(sup.run(rx, Duration::from_secs(3)).await, Shutdown::Clean);
+        let got = notifier.recorded();
+        assert!(got.iter().any(|d| d.starts_with("RELOADING=1")), "{got:?}");
+        assert!(!got.iter().any(|d| d.starts_with("STOPPING=1")), "{got:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,10 +10,12 @@
 //! This module owns no SQLite handle of its own and never decides what is durable.
 
 mod mqtt;
+pub mod subscriptions;
 pub mod topics;
+mod url;
 pub mod window;
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -29,7 +31,9 @@ pub use crate::runtime::status::uplink::{UplinkState, UplinkStatus, status_chann
 use crate::tls::{self, UplinkTls, UplinkTlsFiles};
 use crate::topic::matches_filter;
 pub use mqtt::ConnectionFailed;
+use subscriptions::Subscriptions;
 use topics::Topics;
+pub use url::parse_url;
 use window::{Backoff, Window};
 
 /// Why the uplink cannot start.
@@ -45,37 +49,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Splits `mqtts://host:port` into (tls, host, port).
-pub fn parse_url(url: &str) -> Result<(bool, String, u16), UplinkError> {
-    let bad = || UplinkError::BadUrl(url.to_owned());
-    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
-    let tls = match scheme {
-        "mqtts" => true,
-        "mqtt" => false,
-        _ => return Err(bad()),
-    };
-    let rest = rest.trim_end_matches('/');
-    let default_port = if tls { 8883 } else { 1883 };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or_else(bad)?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None if after.is_empty() => default_port,
-            None => return Err(bad()),
-        };
-        (host.to_owned(), port)
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
-            None => (rest.to_owned(), default_port),
-        }
-    };
-    if host.is_empty() || host.contains(['/', '@']) {
-        return Err(bad());
-    }
-    Ok((tls, host, port))
 }
 
 /// Everything the uplink task needs; built by [`crate::pipeline`].
@@ -94,6 +67,7 @@ pub struct Uplink {
     /// harnesses), local ids are the upstream ids.
     directory: Option<watch::Receiver<ChannelSet>>,
     topics: Topics,
+    subs: Subscriptions,
     reloads: watch::Receiver<u64>,
     status: watch::Sender<UplinkStatus>,
     report: StatusHandle,
@@ -105,7 +79,10 @@ const ROTATION_DRAIN: Duration = Duration::from_secs(5);
 enum SessionEnd {
     Stopped,
     Reconnect,
+    /// Could not connect.
     Failed(ConnectionFailed),
+    /// Connected, then lost (closed by the broker or the network).
+    Lost(ConnectionFailed),
 }
 
 impl Uplink {
@@ -144,6 +121,7 @@ impl Uplink {
         }
         let uplink = Self {
             topics,
+            subs: Subscriptions::new(config.quarantine_after),
             directory,
             config,
             host,
@@ -251,7 +229,10 @@ impl Uplink {
             self.config.reconnect_min.get(),
             self.config.reconnect_max.get(),
         );
-        let mut window = Window::new(usize::from(self.config.inflight));
+        let mut window = Window::new(
+            usize::from(self.config.inflight),
+            self.config.quarantine_after,
+        );
         let mut committed = self.outbox.committed();
         let mut reloads_open = true;
         loop {
@@ -264,11 +245,41 @@ impl Uplink {
                 .session(&mut window, &mut committed, &token, &mut backoff)
                 .await;
             self.outbox.ack(&window.poll_acks());
-            window.handle_disconnect();
+            let end = match end {
+                SessionEnd::Lost(e) => {
+                    let (blamed, refused) = self.subs.handle_connection_lost();
+                    if let Some(r) = refused {
+                        error!(
+                            filter = %r.filter,
+                            "uplink: no more command subscription on this filter: {}; is the gateway's client connected to that channel upstream? (SIGHUP asks again)",
+                            r.reason
+                        );
+                    }
+                    if blamed {
+                        // A SUBSCRIBE was in flight, and nothing was published since it went out.
+                        window.handle_disconnect();
+                    } else {
+                        window.handle_connection_lost(std::time::Instant::now());
+                    }
+                    self.quarantine(&mut window);
+                    if window.suspects() > 0 {
+                        info!(
+                            suspects = window.suspects(),
+                            "uplink: the connection was lost with messages in flight; they are sent one at a time until each is acknowledged (a message the upstream closes the connection on is quarantined after uplink.quarantine_after tries)"
+                        );
+                    }
+                    SessionEnd::Failed(e)
+                }
+                other => {
+                    window.handle_disconnect();
+                    self.subs.handle_disconnect();
+                    other
+                }
+            };
             self.status.send_modify(|s| s.connected_since_ms = None);
             match end {
                 SessionEnd::Stopped => break,
-                SessionEnd::Reconnect => {}
+                SessionEnd::Reconnect | SessionEnd::Lost(_) => {}
                 SessionEnd::Failed(e) => {
                     let delay = backoff.poll_delay(fastrand::f64());
                     warn!(
@@ -346,8 +357,8 @@ impl Uplink {
         {
             window.handle_own_publish();
         }
-        let mut subscribed = HashSet::new();
-        self.sync_subscriptions(&client, &mut subscribed);
+        self.subs.handle_disconnect();
+        self.sync_subscriptions(&client);
         let mut stats_tick = tokio::time::interval(self.config.status_interval.get());
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Leaving this connection: (because of shutdown, deadline). Shutdown waits for the
@@ -364,7 +375,10 @@ impl Uplink {
                 error!("uplink: cannot read the outbox: {e}");
             }
             let mut published = 0;
-            while let Some(entry) = window.poll_publish() {
+            // Nothing is published while a SUBSCRIBE waits for its SUBACK (see subscriptions.rs).
+            while !self.subs.busy()
+                && let Some(entry) = window.poll_publish()
+            {
                 let (seq, m) = (entry.seq, &entry.message);
                 let topic = match self.topics.message(m) {
                     Ok(t) => t,
@@ -412,24 +426,35 @@ impl Uplink {
             let deadline = leaving.map(|(_, d)| d);
             tokio::select! {
                 r = events.poll() => match r {
-                    Ok(mqtt::Event::Sent(pkid)) => window.handle_sent(pkid),
+                    Ok(mqtt::Event::Sent(pkid)) => window.handle_sent(pkid, std::time::Instant::now()),
                     Ok(mqtt::Event::PubAck { pkid, ok: true, .. }) => {
                         window.handle_puback(pkid);
                     }
                     Ok(mqtt::Event::PubAck { pkid, reason, .. }) => {
-                        if window.handle_puback_refused(pkid).is_some() {
+                        let refused = window.handle_puback_refused(pkid, &reason);
+                        if refused.is_some() {
                             self.status.send_modify(|s| s.refused_total += 1);
-                            if retry_at.is_none() {
-                                // Once per retry round, not once per message.
+                        }
+                        match refused {
+                            Some((_, window::Refused::GivenUp)) => self.quarantine(window),
+                            // Once per retry round, not once per message.
+                            Some((_, window::Refused::Held)) if retry_at.is_none() => {
                                 let delay = self.config.refused_retry.get();
-                                error!(reason, retry_in = ?delay, "broker refused a message (MQTT 5 PUBACK); it stays in the outbox and is sent again");
+                                error!(reason, retry_in = ?delay, "broker refused a message (MQTT 5 PUBACK); it stays in the outbox and is sent again (quarantined after uplink.quarantine_after refusals)");
                                 retry_at = Some(tokio::time::Instant::now() + delay);
                             }
+                            _ => {}
                         }
                     }
                     Ok(mqtt::Event::Publish { topic, payload }) => self.handle_command(&topic, payload),
+                    Ok(mqtt::Event::SubAck { ok, reason }) => {
+                        if let Some(r) = self.subs.handle_suback(ok, &reason) {
+                            error!(filter = %r.filter, "uplink: the broker refused the command subscription ({}); not asked again until SIGHUP", r.reason);
+                        }
+                        self.send_subscription(&client);
+                    }
                     Ok(_) => {}
-                    Err(e) => return SessionEnd::Failed(e),
+                    Err(e) => return SessionEnd::Lost(e),
                 },
                 () = token.cancelled(), if !stopping => {
                     info!(in_flight = window.inflight(), "uplink: delivering what is in flight, then disconnecting");
@@ -445,8 +470,13 @@ impl Uplink {
                 r = self.reloads.changed(), if reloads_open => {
                     if r.is_err() {
                         reloads_open = false;
-                    } else if self.reload_tls() && leaving.is_none() {
-                        leaving = Some((false, tokio::time::Instant::now() + ROTATION_DRAIN));
+                    } else {
+                        // Refused command subscriptions are asked for again.
+                        self.subs.handle_reload();
+                        self.sync_subscriptions(&client);
+                        if self.reload_tls() && leaving.is_none() {
+                            leaving = Some((false, tokio::time::Instant::now() + ROTATION_DRAIN));
+                        }
                     }
                 }
                 r = async {
@@ -461,7 +491,7 @@ impl Uplink {
                             if let Some(d) = &mut self.directory {
                                 self.topics.handle_directory(&d.borrow_and_update());
                             }
-                            self.sync_subscriptions(&client, &mut subscribed);
+                            self.sync_subscriptions(&client);
                         }
                     }
                 }
@@ -469,7 +499,7 @@ impl Uplink {
                     if r.is_err() {
                         channels_open = false;
                     } else {
-                        self.sync_subscriptions(&client, &mut subscribed);
+                        self.sync_subscriptions(&client);
                     }
                 }
                 _ = stats_tick.tick() => {
@@ -540,6 +570,20 @@ impl Uplink {
         info!("uplink disconnected");
     }
 
+    /// Moves the entries the window gave up on into the outbox's quarantine (durable in its
+    /// next group commit; the window never sends them again).
+    fn quarantine(&self, window: &mut Window) {
+        for g in window.poll_quarantine() {
+            error!(
+                seq = g.seq,
+                attempts = g.attempts,
+                "uplink: message quarantined: {}; other messages keep flowing (edgegw quarantine list / requeue / drop)",
+                g.reason
+            );
+            self.outbox.quarantine(g.seq, g.reason, g.attempts);
+        }
+    }
+
     /// Sets `gateway.domain_id`, the upstream domain of channels without one.
     #[must_use]
     pub fn with_gateway_domain(mut self, domain: &str) -> Self {
@@ -559,9 +603,9 @@ impl Uplink {
         }
     }
 
-    fn sync_subscriptions(&mut self, client: &mqtt::Client, subscribed: &mut HashSet<String>) {
+    fn sync_subscriptions(&mut self, client: &mqtt::Client) {
         let channels = self.channels.borrow_and_update().clone();
-        let mut wanted = HashSet::new();
+        let mut wanted = BTreeSet::new();
         for c in channels.iter() {
             match self.topics.command_prefix(c) {
                 Ok(prefix) => {
@@ -570,17 +614,22 @@ impl Uplink {
                 Err(e) => warn!(channel = %c.id, "uplink: no command subscription: {e}"),
             }
         }
-        for filter in wanted.difference(subscribed) {
-            if client.subscribe(filter).is_err() {
+        for filter in self.subs.handle_wanted(wanted) {
+            let _ = client.unsubscribe(&filter);
+        }
+        self.send_subscription(client);
+    }
+
+    /// Sends the next wanted SUBSCRIBE if none is waiting for its SUBACK.
+    fn send_subscription(&mut self, client: &mqtt::Client) {
+        if let Some(filter) = self.subs.poll_subscribe() {
+            if client.subscribe(&filter).is_err() {
+                self.subs.handle_not_sent();
                 warn!(filter, "uplink: cannot subscribe now; retried on reconnect");
             } else {
-                debug!(filter, "uplink: subscribed for commands");
+                debug!(filter, "uplink: subscribing for commands");
             }
         }
-        for filter in subscribed.difference(&wanted) {
-            let _ = client.unsubscribe(filter);
-        }
-        *subscribed = wanted;
     }
 
     fn handle_command(&self, topic: &str, payload: Bytes) {
@@ -606,29 +655,5 @@ impl Uplink {
             return;
         }
         debug!(topic, "uplink: message on an unknown topic ignored");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_split_into_host_and_port() {
-        assert_eq!(
-            parse_url("mqtts://broker.example:8884").unwrap(),
-            (true, "broker.example".into(), 8884)
-        );
-        assert_eq!(
-            parse_url("mqtts://broker").unwrap(),
-            (true, "broker".into(), 8883)
-        );
-        assert_eq!(
-            parse_url("mqtt://[::1]:1884").unwrap(),
-            (false, "::1".into(), 1884)
-        );
-        for bad in ["http://x", "mqtts://", "mqtts://h:port", "mqtts://u@h:1"] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
     }
 }

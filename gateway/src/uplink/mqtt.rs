@@ -46,6 +46,11 @@ pub enum Event {
         topic: String,
         payload: Bytes,
     },
+    /// SUBACK of one filter (the uplink subscribes one at a time).
+    SubAck {
+        ok: bool,
+        reason: String,
+    },
     /// Our DISCONNECT was written.
     Disconnected,
     Other,
@@ -253,6 +258,13 @@ impl EventLoop {
                         topic: p.topic,
                         payload: p.payload,
                     }),
+                    Ok(E::Incoming(Packet::SubAck(a))) => Ok(Event::SubAck {
+                        ok: !a
+                            .return_codes
+                            .iter()
+                            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)),
+                        reason: format!("{:?}", a.return_codes),
+                    }),
                     Ok(E::Outgoing(Outgoing::Publish(pkid))) => Ok(Event::Sent(pkid)),
                     Ok(E::Outgoing(Outgoing::Disconnect)) => Ok(Event::Disconnected),
                     Ok(_) => Ok(Event::Other),
@@ -275,6 +287,15 @@ impl EventLoop {
                     Ok(E::Incoming(Packet::Publish(p))) => Ok(Event::Publish {
                         topic: String::from_utf8_lossy(&p.topic).into_owned(),
                         payload: p.payload,
+                    }),
+                    Ok(E::Incoming(Packet::SubAck(a))) => Ok(Event::SubAck {
+                        ok: a.return_codes.iter().all(|c| {
+                            matches!(
+                                c,
+                                rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                            )
+                        }),
+                        reason: format!("{:?}", a.return_codes),
                     }),
                     Ok(E::Outgoing(Outgoing::Publish(pkid))) => Ok(Event::Sent(pkid)),
                     Ok(E::Outgoing(Outgoing::Disconnect)) => Ok(Event::Disconnected),

@@ -12,6 +12,7 @@ mod clients;
 mod error;
 mod health;
 mod pats;
+mod quarantine;
 mod users;
 
 use std::net::SocketAddr;
@@ -115,6 +116,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/m/{domain}/c/{channel}/{*subtopic}",
             post(super::adapter::publish_subtopic),
         )
+        .merge(quarantine::routes())
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             super::audit::layer,
@@ -235,6 +237,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/m/{domain}/c/{channel}"),
     ("post", "/m/{domain}/c/{channel}/{subtopic}"),
     ("post", "/hc/{domain}"),
+    ("get", "/quarantine"),
+    ("delete", "/quarantine/{id}"),
+    ("post", "/quarantine/{id}/requeue"),
     // SuperMQ's domain-first forms of the clients, channels and certs routes.
     ("post", "/{domainID}/clients"),
     ("get", "/{domainID}/clients"),

@@ -5,6 +5,7 @@
 //! status topic only present what is built here; nothing here imports them.
 
 pub mod board;
+pub mod bootstrap;
 pub mod prometheus;
 pub mod render;
 pub mod serial;
@@ -46,6 +47,9 @@ pub struct StatusReport {
     /// Serial ports (issue 7).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub serial: Vec<serial::PortStatus>,
+    /// Bootstrap provisioning (issue 15): absent when `[bootstrap]` is not configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<bootstrap::BootstrapStatus>,
     /// Per-adapter counts (`adapters`) and the DTLS session table (`dtls`).
     #[serde(flatten)]
     pub metrics: crate::runtime::metrics::MetricsSnapshot,
@@ -68,6 +72,7 @@ pub struct StatusHandle {
     board: Arc<BoardStatus>,
     serial: serial::SerialStatus,
     metrics: crate::runtime::metrics::Metrics,
+    bootstrap: bootstrap::BootstrapStatusCell,
 }
 
 impl StatusHandle {
@@ -88,6 +93,7 @@ impl StatusHandle {
             // The serial ports count into the shared metrics through their status handles.
             serial: serial::SerialStatus::with_metrics(metrics.clone()),
             metrics,
+            bootstrap: bootstrap::BootstrapStatusCell::default(),
         };
         handle.sample();
         handle
@@ -128,6 +134,11 @@ impl StatusHandle {
         }
     }
 
+    /// The outbox the report counts (the control socket's quarantine requests act on it).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     pub fn report(&self) -> StatusReport {
         let (accepted_per_s, delivered_per_s) = self.sample();
         let outbox = self.outbox.stats();
@@ -158,6 +169,7 @@ impl StatusHandle {
             warnings,
             board: (*self.board).clone(),
             serial: self.serial.snapshot(),
+            bootstrap: self.bootstrap.get(),
             metrics: self.metrics.snapshot(),
         }
     }
@@ -165,6 +177,11 @@ impl StatusHandle {
     /// Where the serial adapter reports its ports.
     pub fn serial(&self) -> &serial::SerialStatus {
         &self.serial
+    }
+
+    /// Where the bootstrap task reports.
+    pub fn bootstrap(&self) -> &bootstrap::BootstrapStatusCell {
+        &self.bootstrap
     }
 
     /// The counters every adapter shares (one instance per daemon).

@@ -90,6 +90,41 @@ pub fn render(i: &Inputs<'_>) -> String {
     );
     single(
         &mut out,
+        "edgegw_outbox_quarantined",
+        "gauge",
+        "Messages in the quarantine (refused by the upstream uplink.quarantine_after times).",
+        s.quarantined,
+    );
+    single(
+        &mut out,
+        "edgegw_outbox_quarantined_bytes",
+        "gauge",
+        "Bytes in the quarantine.",
+        s.quarantined_bytes,
+    );
+    single(
+        &mut out,
+        "edgegw_outbox_quarantined_total",
+        "counter",
+        "Messages moved into the quarantine.",
+        s.quarantined_total,
+    );
+    single(
+        &mut out,
+        "edgegw_outbox_requeued_total",
+        "counter",
+        "Quarantined messages queued again by an operator.",
+        s.requeued_total,
+    );
+    single(
+        &mut out,
+        "edgegw_outbox_quarantine_dropped_total",
+        "counter",
+        "Quarantined messages dropped by an operator.",
+        s.discarded_total,
+    );
+    single(
+        &mut out,
         "edgegw_outbox_oldest_age_seconds",
         "gauge",
         "Age of the oldest queued message.",
@@ -394,8 +429,9 @@ mod tests {
             }
         }
         assert_eq!(out.matches("# HELP ").count(), seen.len());
-        // 9 families from the adapters' counters, 8 from the HTTP server, outbox and audit.
-        assert_eq!(seen.len(), 17);
+        // 9 families from the adapters' counters, 8 from the HTTP server, outbox and audit,
+        // 5 of the quarantine.
+        assert_eq!(seen.len(), 22);
     }
 
     #[test]
@@ -422,5 +458,44 @@ mod tests {
         );
         assert_eq!(s["edgegw_uplink_connects_total"], "3");
         assert_eq!(s["edgegw_http_auth_failures_total"], "2");
+    }
+}
+
+#[cfg(test)]
+mod quarantine_tests {
+    use super::*;
+    use crate::runtime::metrics::MetricsSnapshot;
+
+    #[test]
+    fn the_quarantine_is_counted_in_its_own_families() {
+        let outbox = OutboxStats {
+            quarantined: 2,
+            quarantined_bytes: 40,
+            quarantined_total: 5,
+            requeued_total: 2,
+            discarded_total: 1,
+            ..OutboxStats::default()
+        };
+        let out = render(&Inputs {
+            adapters: &MetricsSnapshot::default(),
+            outbox: &outbox,
+            now_ms: 0,
+            http_auth_failures: 0,
+            audit_dropped: 0,
+            uplink: None,
+        });
+        for (name, value) in [
+            ("edgegw_outbox_quarantined", "2"),
+            ("edgegw_outbox_quarantined_bytes", "40"),
+            ("edgegw_outbox_quarantined_total", "5"),
+            ("edgegw_outbox_requeued_total", "2"),
+            ("edgegw_outbox_quarantine_dropped_total", "1"),
+        ] {
+            assert!(
+                out.contains(&format!("\n{name} {value}\n")),
+                "{name} in:\n{out}"
+            );
+            assert!(out.contains(&format!("# TYPE {name} ")), "{name} type");
+        }
     }
 }

@@ -64,6 +64,17 @@ pub fn render(v: &serde_json::Value) -> String {
             get(&["outbox", "expired_total"])
         ),
     );
+    line(
+        "quarantined",
+        format!(
+            "{} messages, {} bytes (total {}, re-queued {}, dropped {}; edgegw quarantine list)",
+            get(&["outbox", "quarantined"]),
+            get(&["outbox", "quarantined_bytes"]),
+            get(&["outbox", "quarantined_total"]),
+            get(&["outbox", "requeued_total"]),
+            get(&["outbox", "discarded_total"])
+        ),
+    );
     line("uplink cert", get(&["uplink", "cert", "subject"]));
     line(
         "cert expires in",
@@ -97,6 +108,36 @@ pub fn render(v: &serde_json::Value) -> String {
                     f("published"),
                     f("errors"),
                     f("opens")
+                ),
+            );
+        }
+    }
+    if let Some(b) = v.get("bootstrap").filter(|b| b.is_object()) {
+        let f = |k: &str| match b.get(k) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Null) | None => "-".to_owned(),
+            Some(other) => other.to_string(),
+        };
+        line(
+            "bootstrap",
+            format!("{} from {} as {}", f("state"), f("url"), f("external_id")),
+        );
+        line("bootstrap applied", f("applied_at"));
+        line("bootstrap client", f("client_id"));
+        let channels: Vec<&str> = b
+            .get("channels")
+            .and_then(|c| c.as_array())
+            .map(|c| c.iter().filter_map(|s| s.as_str()).collect())
+            .unwrap_or_default();
+        line("bootstrap channels", channels.join(", "));
+        if f("last_error") != "-" {
+            line(
+                "bootstrap error",
+                format!(
+                    "{} ({} failures, last {})",
+                    f("last_error"),
+                    f("failures"),
+                    f("last_attempt_at")
                 ),
             );
         }
