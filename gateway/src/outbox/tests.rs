@@ -308,7 +308,10 @@ fn a_full_disk_is_refused_as_busy_with_a_retry_time_other_failures_as_storage() 
         rusqlite::ffi::SQLITE_CANTOPEN,
     ] {
         assert!(
-            matches!(commit_refusal(&Arc::new(sqlite_error(code))), IngestError::Storage(_)),
+            matches!(
+                commit_refusal(&Arc::new(sqlite_error(code))),
+                IngestError::Storage(_)
+            ),
             "code {code}"
         );
     }
@@ -340,7 +343,10 @@ fn a_real_sqlite_full_from_the_writer_is_classified_as_disk_full() {
     };
     let err = writer.commit(&batch).expect_err("the page cap must refuse");
     assert!(store::is_disk_full(&err), "{err:?}");
-    assert!(matches!(commit_refusal(&Arc::new(err)), IngestError::Busy { .. }));
+    assert!(matches!(
+        commit_refusal(&Arc::new(err)),
+        IngestError::Busy { .. }
+    ));
 }
 
 fn accept_all(outbox: &Outbox, channel: &str, n: usize) -> Vec<u64> {

@@ -23,12 +23,14 @@ mod block1;
 mod dedup;
 mod observe;
 mod uri;
+mod wire;
 
 pub use answer::{CoapAnswer, coap_answer};
 use block1::BlockTransfer;
 use dedup::{DedupEntry, DedupState};
 use observe::Observer;
 use uri::{PathError, Resource, parse_query, parse_resource, unsupported_critical_option};
+use wire::{decode_uint, encode, encode_uint};
 
 /// RFC 7252 §4.8.2 EXCHANGE_LIFETIME with the default transmission parameters.
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
@@ -676,26 +678,6 @@ impl Server {
             payload: encode(&rst),
         });
     }
-}
-
-fn encode(p: &Packet) -> Vec<u8> {
-    // Our own responses are small and well-formed; the codec's size limit does not apply to
-    // them, but a failure must not panic the adapter.
-    p.to_bytes_unlimited().unwrap_or_default()
-}
-
-/// CoAP uint option encoding: big-endian, no leading zero bytes.
-fn encode_uint(v: u32) -> Vec<u8> {
-    let bytes = v.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count();
-    bytes[skip..].to_vec()
-}
-
-fn decode_uint(v: &[u8]) -> Option<u32> {
-    if v.len() > 4 {
-        return None;
-    }
-    Some(v.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
 }
 
 #[cfg(test)]
