@@ -337,9 +337,15 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
 /// Keys whose values are secrets: never echoed in an error.
 fn is_secret_key(key: &str) -> bool {
     let name = key.rsplit('.').next().unwrap_or(key);
-    ["token", "password", "secret", "external_key"]
-        .iter()
-        .any(|s| name == *s || name.ends_with(&format!("_{s}")))
+    [
+        "token",
+        "password",
+        "secret",
+        "external_key",
+        "encryption_key",
+    ]
+    .iter()
+    .any(|s| name == *s || name.ends_with(&format!("_{s}")))
 }
 
 /// `message` with every `` `…` `` and `"…"` quoted part replaced by `<redacted>` (serde

@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::AppState;
-use crate::auth::store::{AuditEvent, Db};
+use crate::auth::store::AuditEvent;
 
 /// The id of the entity a successful request created or changed, when the path does not
 /// name it (a response extension set by the handler).
@@ -260,9 +260,12 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
         state.auth.record_audit(event);
         return response;
     }
-    let path = state.auth_db.clone();
+    let st = Arc::clone(&state);
     let written = tokio::task::spawn_blocking(move || {
-        Db::attach(&path).and_then(|mut db| db.append_audit(&[event], keep))
+        let mut db = st.db.take()?;
+        db.append_audit(&[event], keep)?;
+        st.db.put(db);
+        Ok::<(), crate::auth::StoreError>(())
     })
     .await;
     match written {
@@ -381,7 +384,7 @@ mod tests {
             tokio::time::timeout(std::time::Duration::from_millis(50), app.oneshot(req)).await;
         assert!(timed_out.is_err());
         drop(state); // the last AuthStore clone: flushes the audit queue
-        let db = Db::open(&auth_db).unwrap();
+        let db = crate::auth::store::Db::open(&auth_db).unwrap();
         let events = db.recent_audit(10).unwrap();
         assert_eq!(events.len(), 2, "{events:?}");
         // Newest first: the timed-out request, then the 404.

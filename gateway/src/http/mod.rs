@@ -63,7 +63,7 @@ impl HttpMetrics {
 /// caller's address; while the address has no failure left, each request of it that presents
 /// credentials (an `Authorization` header, or the body of `/users/tokens/issue`) is answered
 /// 429 with `Retry-After`, the right credentials included, so a guess cannot be confirmed. The
-/// HTTP adapter's publishes (`/m/…`) are throttled by the intake instead.
+/// HTTP adapter's paths (`/m/…`, `/hc/…`) are throttled by the intake instead.
 #[derive(Debug)]
 pub struct ApiThrottle {
     buckets: std::sync::Mutex<crate::auth::throttle::Buckets<IpAddr>>,
@@ -95,12 +95,69 @@ impl ApiThrottle {
     }
 }
 
+/// `auth.db` connections of the API handlers, kept for reuse (issue 20.15): opening one runs
+/// the store's checks (file, schema, integrity) and migrations, which is worth doing once, not
+/// on every request. At most [`DbPool::IDLE`] idle connections are kept; one whose work failed
+/// is dropped rather than reused. Used on blocking threads only.
+#[derive(Debug)]
+pub struct DbPool {
+    path: PathBuf,
+    idle: std::sync::Mutex<Vec<crate::auth::store::Db>>,
+    opens: AtomicU64,
+}
+
+impl DbPool {
+    const IDLE: usize = 4;
+
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: std::sync::Mutex::new(Vec::new()),
+            opens: AtomicU64::new(0),
+        }
+    }
+
+    /// An idle connection, or a newly opened (and checked) one.
+    pub fn take(&self) -> Result<crate::auth::store::Db, crate::auth::StoreError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(db) => Ok(db),
+            None => {
+                self.opens.fetch_add(1, Ordering::Relaxed);
+                crate::auth::store::Db::open(&self.path)
+            }
+        }
+    }
+
+    /// Gives a connection back after work that succeeded.
+    pub fn put(&self, db: crate::auth::store::Db) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < Self::IDLE {
+            idle.push(db);
+        }
+    }
+
+    /// Connections opened so far.
+    pub fn opens(&self) -> u64 {
+        self.opens.load(Ordering::Relaxed)
+    }
+}
+
 /// Everything the handlers share.
 #[derive(Debug)]
 pub struct AppState {
     pub auth: AuthStore,
     pub outbox: Outbox,
     pub auth_db: PathBuf,
+    /// Connections to `auth_db` for the handlers.
+    pub db: DbPool,
     pub tokens: tokens::Tokens,
     pub pats: pats::PatStore,
     pub config: Config,
@@ -167,6 +224,7 @@ pub fn prepare(
         auth,
         outbox,
         auth_db: crate::auth::path_in(&config.gateway.state_dir),
+        db: DbPool::new(crate::auth::path_in(&config.gateway.state_dir)),
         tokens: tokens::Tokens::open(
             &config.gateway.state_dir,
             http.access_token_ttl.get(),
@@ -425,7 +483,8 @@ async fn answer(
     req.extensions_mut()
         .insert(axum::extract::ConnectInfo(peer));
     let path = req.uri().path();
-    let management = !path.starts_with("/m/");
+    // The HTTP adapter's paths (publish, SuperMQ's health check) are throttled by the intake.
+    let management = !path.starts_with("/m/") && !path.starts_with("/hc/");
     let presents_credentials = req.headers().contains_key(hyper::header::AUTHORIZATION)
         || path.trim_end_matches('/') == "/users/tokens/issue";
     if management
@@ -505,6 +564,7 @@ fn test_state_from(
         auth,
         outbox,
         auth_db: dir.join("auth.db"),
+        db: DbPool::new(dir.join("auth.db")),
         tokens: tokens::Tokens::new(
             &[1; 32],
             std::time::Duration::from_secs(60),

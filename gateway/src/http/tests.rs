@@ -1,3 +1,6 @@
+//! Tests of the server loop: shutdown with a request in flight, the failed-authentication
+//! throttle, the per-address connection cap and the store connection pool.
+
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -25,6 +28,85 @@ fn one_address_holds_at_most_its_share_of_the_connections() {
         PerPeer::take(&table, a).is_some(),
         "a closed connection frees its slot"
     );
+}
+
+/// Issue 20.15: the handlers reuse one checked `auth.db` connection instead of opening
+/// (and checking) the store on every request, and a PAT refused by its scopes costs no
+/// store work at all.
+#[tokio::test]
+async fn requests_reuse_one_store_connection_and_refused_pats_open_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _worker) = test_state_with(
+        dir.path(),
+        &[
+            ("EDGEGW_STANDALONE_EMAIL", "admin@example.com"),
+            ("EDGEGW_STANDALONE_TOKEN", "the-admin-token-0123"),
+        ],
+    );
+    let app = router(Arc::clone(&state));
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let t = Duration::from_secs(10);
+    let (pat, secret) = state
+        .pats
+        .create(
+            "ch",
+            "",
+            Duration::from_secs(3600),
+            crate::auth::store::now_unix(),
+        )
+        .unwrap();
+    state
+        .pats
+        .add_scopes(
+            &pat.id,
+            &[pats::Scope {
+                entity_type: "channels".into(),
+                operation: "read".into(),
+                entity_id: "*".into(),
+            }],
+        )
+        .unwrap();
+    let get = |path: &str, auth: &str| {
+        hyper::Request::get(path)
+            .header("authorization", auth)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let r = answer(
+        app.clone(),
+        &state,
+        peer,
+        get("/clients", &format!("Bearer {secret}")),
+        t,
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(state.db.opens(), 0, "a refused PAT opened the store");
+    for i in 0..5 {
+        let r = answer(
+            app.clone(),
+            &state,
+            peer,
+            request(
+                "/channels",
+                Some("Bearer the-admin-token-0123"),
+                &format!(r#"{{"name":"ch-{i}"}}"#),
+            ),
+            t,
+        )
+        .await;
+        assert_eq!(r.status(), 201);
+        let r = answer(
+            app.clone(),
+            &state,
+            peer,
+            get("/clients", "Bearer the-admin-token-0123"),
+            t,
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(state.db.opens(), 1, "one connection, reused");
 }
 
 fn request(path: &str, auth: Option<&str>, body: &str) -> axum::extract::Request {

@@ -363,7 +363,6 @@ impl Tokens {
         Ok(self.install(Self::key_set(&file)))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn sign(
         keys: &KeySet,
         subject: &str,

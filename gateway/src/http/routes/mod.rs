@@ -43,16 +43,18 @@ use users::*;
 
 type St = State<Arc<AppState>>;
 
-/// Runs `f` on an `auth.db` connection on a blocking thread.
+/// Runs `f` on an `auth.db` connection (from the state's pool) on a blocking thread. Callers
+/// check what they can of the caller's rights before, so a refused request costs no store work.
 pub(super) async fn with_db<T: Send + 'static>(
-    state: &AppState,
+    state: &Arc<AppState>,
     f: impl FnOnce(&mut Db) -> Result<T, AuthError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let path = state.auth_db.clone();
+    let st = Arc::clone(state);
     let auth = state.auth.clone();
     tokio::task::spawn_blocking(move || {
-        let mut db = Db::open(&path)?;
+        let mut db = st.db.take()?;
         let out = f(&mut db)?;
+        st.db.put(db);
         // Changes take effect for the adapters before the API answers.
         auth.reload_now()?;
         Ok::<T, AuthError>(out)
