@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::Check;
-use super::value::{Duration, Secret, boolean};
+use super::value::{Duration, Secret, boolean, redact_userinfo, redact_userinfo_in};
 
 /// The bootstrap service's base URL, split.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,11 +177,12 @@ impl RawBootstrap {
         if let Some(url) = &url {
             match BootstrapEndpoint::parse(url) {
                 Ok(endpoint) if !endpoint.tls && !endpoint.is_loopback() => check.warn(format!(
-                    "bootstrap.url `{url}` is plain HTTP: the external key and the answer \
-                     (client secret, private key) cross the network unencrypted; use https://"
+                    "bootstrap.url `{}` is plain HTTP: the external key and the answer \
+                     (client secret, private key) cross the network unencrypted; use https://",
+                    redact_userinfo(url)
                 )),
                 Ok(_) => {}
-                Err(e) => check.invalid("bootstrap.url", e.to_string()),
+                Err(e) => check.invalid("bootstrap.url", redact_userinfo_in(&e.to_string())),
             }
         }
         let external_id = self

@@ -530,3 +530,29 @@ fn uplink_url_userinfo_is_redacted() {
         "mqtts://host:8883/a@b"
     );
 }
+
+/// A `bootstrap.url` with userinfo is refused (the key goes in `external_key`), and neither
+/// the refusal nor the plain-HTTP warning shows the password.
+#[test]
+fn bootstrap_url_userinfo_is_refused_and_redacted() {
+    let ids = [
+        ("EDGEGW_BOOTSTRAP_EXTERNAL_ID", "gw-1"),
+        ("EDGEGW_BOOTSTRAP_EXTERNAL_KEY", "external-key-000000"),
+    ];
+    for url in [
+        "http://op:bs-pass-42@bs.example:9013",
+        "ftp://op:bs-pass-42@bs.example",
+    ] {
+        let mut vars = vec![("EDGEGW_BOOTSTRAP_URL", url)];
+        vars.extend(ids);
+        let err = load_from(&Source::None, Profile::Production, env(&vars))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bootstrap.url"), "{err}");
+        assert!(!err.contains("bs-pass-42"), "{err}");
+    }
+    let mut vars = vec![("EDGEGW_BOOTSTRAP_URL", "http://bs.example:9013")];
+    vars.extend(ids);
+    let config = load_from(&Source::None, Profile::Production, env(&vars)).unwrap();
+    assert!(config.warnings.join("\n").contains("plain HTTP"));
+}
