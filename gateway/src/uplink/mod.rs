@@ -449,8 +449,12 @@ impl Uplink {
                     }
                     Ok(mqtt::Event::Publish { topic, payload }) => self.handle_command(&topic, payload),
                     Ok(mqtt::Event::SubAck { ok, reason }) => {
-                        if let Some(r) = self.subs.handle_suback(ok, &reason) {
-                            error!(filter = %r.filter, "uplink: the broker refused the command subscription ({}); not asked again until SIGHUP", r.reason);
+                        let filter = self.subs.in_flight().map(str::to_owned);
+                        match self.subs.handle_suback(ok, &reason) {
+                            Some(r) => error!(filter = %r.filter, "uplink: the broker refused the command subscription ({}); not asked again until SIGHUP", r.reason),
+                            None => if let Some(filter) = filter {
+                                debug!(filter, "uplink: subscribed for commands");
+                            },
                         }
                         self.send_subscription(&client);
                     }

@@ -82,6 +82,11 @@ impl Subscriptions {
     }
 
     /// SUBACK for the filter in flight; `Some` when it was refused.
+    /// The filter whose SUBACK is awaited, if any.
+    pub fn in_flight(&self) -> Option<&str> {
+        self.in_flight.as_deref()
+    }
+
     pub fn handle_suback(&mut self, ok: bool, reason: &str) -> Option<RefusedFilter> {
         let f = self.in_flight.take()?;
         self.strikes.remove(&f);
