@@ -520,15 +520,7 @@ impl Reader {
             |r| {
                 Ok(Entry {
                     seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                    message: Message {
-                        client_id: r.get(1)?,
-                        channel_id: r.get(2)?,
-                        domain_id: r.get(3)?,
-                        subtopic: r.get(4)?,
-                        content_format: r.get(5)?,
-                        payload: bytes::Bytes::from(r.get::<_, Vec<u8>>(6)?),
-                        received_at: from_millis(r.get(7)?),
-                    },
+                    message: message_at(r)?,
                 })
             },
         )?;
@@ -550,15 +542,7 @@ impl Reader {
             |r| {
                 Ok(Quarantined {
                     seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                    message: Message {
-                        client_id: r.get(1)?,
-                        channel_id: r.get(2)?,
-                        domain_id: r.get(3)?,
-                        subtopic: r.get(4)?,
-                        content_format: r.get(5)?,
-                        payload: bytes::Bytes::from(r.get::<_, Vec<u8>>(6)?),
-                        received_at: from_millis(r.get(7)?),
-                    },
+                    message: message_at(r)?,
                     reason: r.get(8)?,
                     attempts: r.get(9)?,
                     quarantined_at_ms: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
@@ -569,6 +553,19 @@ impl Reader {
     }
 }
 
+/// The message in columns 1..=7 of a row (client_id, channel_id, domain_id, subtopic,
+/// content_format, payload, received_at_ms), as `outbox` and `quarantine` both store it.
+fn message_at(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        client_id: r.get(1)?,
+        channel_id: r.get(2)?,
+        domain_id: r.get(3)?,
+        subtopic: r.get(4)?,
+        content_format: r.get(5)?,
+        payload: bytes::Bytes::from(r.get::<_, Vec<u8>>(6)?),
+        received_at: from_millis(r.get(7)?),
+    })
+}
 #[cfg(test)]
 mod tests {
     use super::*;
