@@ -260,6 +260,39 @@ fn wrong_passwords_from_other_addresses_do_not_lock_out_the_sensor() {
     assert!(!gw.is_stored("from-a-new-address"));
 }
 
+/// Issue 20.5: junk sent from a sensor's own address (plain CoAP proves no source, so anyone
+/// can spoof it) uses up that address's budget, but not the sensor's: its right credentials
+/// still go through there, while a client that never authenticated from that address stays
+/// throttled there. Fails on a gateway that checks the address bucket before the credentials.
+#[test]
+fn junk_from_a_sensors_own_address_does_not_lock_it_out() {
+    let gw = Gateway::start(&[
+        ("EDGEGW_AUTH_FAILURE_BURST", "3"),
+        ("EDGEGW_AUTH_FAILURE_REFILL", "10m"),
+    ]);
+    let ip = "127.0.0.40";
+    let secret = gw.secret("sensor-a").to_owned();
+    let out = gw.plain_post(ip, "sensor-a", &secret, "before-junk");
+    assert!(gw.is_stored("before-junk"), "{out}");
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(gw.plain_post(ip, "nobody", "wrong-password-00000", "x"));
+    }
+    assert!(
+        answers.iter().any(|a| a.contains("4.29")),
+        "the address was never throttled: {answers:?}"
+    );
+    let out = gw.plain_post(ip, "sensor-a", &secret, "after-junk");
+    assert!(
+        gw.is_stored("after-junk"),
+        "the sensor was locked out by junk from its address: {out}"
+    );
+    let b_secret = gw.secret("sensor-b").to_owned();
+    let out = gw.plain_post(ip, "sensor-b", &b_secret, "b-from-there");
+    assert!(out.contains("4.29"), "{out}");
+    assert!(!gw.is_stored("b-from-there"));
+}
+
 /// What a request carries beside path and query.
 #[derive(Clone, Copy)]
 enum Extra {

@@ -288,6 +288,12 @@ impl AuthStore {
         self.throttle_check_at(remote, identity, Instant::now())
     }
 
+    /// Whether `identity` authenticated from `remote` recently (see `throttle`): such a pair
+    /// is let through a throttled address when its credentials prove right.
+    pub fn is_trusted_pair(&self, remote: IpAddr, identity: &str) -> bool {
+        lock(&self.inner.throttle).is_trusted_pair(remote, identity, Instant::now())
+    }
+
     fn throttle_check_at(
         &self,
         remote: Option<IpAddr>,

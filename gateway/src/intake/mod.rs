@@ -165,7 +165,10 @@ impl Intake {
                     .map_err(|_| Refusal::Unauthenticated)
             }
             Credentials::Secret(secret) => {
-                self.throttle(peer, None)?;
+                if let Err(throttled) = self.throttle(peer, None) {
+                    let proven = self.auth.snapshot().authenticate_secret(secret);
+                    self.past_throttle(peer, proven, throttled)?;
+                }
                 self.auth
                     .authenticate_secret_from(peer, secret)
                     .map_err(|e| auth_refusal(&e))
@@ -175,11 +178,30 @@ impl Intake {
                 // both reach the same throttle bucket and audit identity.
                 let snapshot = self.auth.snapshot();
                 let identity = snapshot.resolve_identity(identity).unwrap_or(identity);
-                self.throttle(peer, Some(identity))?;
+                if let Err(throttled) = self.throttle(peer, Some(identity)) {
+                    let proven = snapshot.authenticate(identity, secret);
+                    self.past_throttle(peer, proven, throttled)?;
+                }
                 self.auth
                     .authenticate_from(peer, identity, secret)
                     .map_err(|e| auth_refusal(&e))
             }
+        }
+    }
+
+    /// A throttled request goes on only when its credentials prove right (checked without
+    /// audit or charge) for a client that authenticated from this very address recently: so
+    /// failures spoofed from a sensor's address (plain CoAP has no proof of source) cannot lock
+    /// that sensor out. Anything else stays throttled, right or wrong, uncharged (issue 20.5).
+    fn past_throttle(
+        &self,
+        peer: Option<IpAddr>,
+        proven: Result<ClientRef, crate::auth::Denied>,
+        throttled: Refusal,
+    ) -> Result<(), Refusal> {
+        match (peer, proven) {
+            (Some(ip), Ok(client)) if self.auth.is_trusted_pair(ip, &client.identity) => Ok(()),
+            _ => Err(throttled),
         }
     }
 

@@ -273,3 +273,39 @@ fn health_check_is_authentication_in_a_domain() {
         Err(Refusal::Unauthenticated)
     );
 }
+
+/// Issue 20.5: failures spoofed from a sensor's own address (plain CoAP proves no source) use
+/// up that address's budget, but the sensor's right credentials still go through there; a
+/// client that never authenticated from that address stays throttled, right secret or not.
+#[test]
+fn failures_spoofed_from_a_sensors_address_do_not_lock_it_out() {
+    let config = crate::config::AuthConfig {
+        failure_burst: 2,
+        ..crate::config::AuthConfig::default()
+    };
+    let f = Fixture::with_auth(OutboxState::Open, &config);
+    assert!(f.intake.authenticate(PEER, secret(SECRET)).is_ok());
+    for _ in 0..5 {
+        let _ = f.intake.authenticate(PEER, secret("spoofed-junk-00000000"));
+    }
+    assert!(matches!(
+        f.intake.authenticate(PEER, secret("spoofed-junk-00000000")),
+        Err(Refusal::Throttled { .. })
+    ));
+    assert!(f.intake.authenticate(PEER, secret(SECRET)).is_ok());
+    let by_identity = Credentials::IdentitySecret {
+        identity: "sensor-1",
+        secret: SECRET.as_bytes(),
+    };
+    assert!(f.intake.authenticate(PEER, by_identity).is_ok());
+    assert!(matches!(
+        f.intake.authenticate(PEER, secret(LONELY_SECRET)),
+        Err(Refusal::Throttled { .. })
+    ));
+    let elsewhere = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 8)));
+    assert!(
+        f.intake
+            .authenticate(elsewhere, secret(LONELY_SECRET))
+            .is_ok()
+    );
+}
