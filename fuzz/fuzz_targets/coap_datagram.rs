@@ -24,6 +24,9 @@ fuzz_target!(|data: &[u8]| {
         while let Some(ev) = server.poll_event() {
             match ev {
                 Event::Publish { exchange, .. } => server.complete(exchange, Outcome::Stored, now),
+                Event::HealthCheck { exchange, .. } => {
+                    server.complete(exchange, Outcome::Checked, now);
+                }
                 Event::Authorize { exchange, .. } => {
                     server.complete(exchange, Outcome::Authorized, now);
                 }
