@@ -512,18 +512,12 @@ impl Reader {
             "SELECT seq, client_id, channel_id, domain_id, subtopic, content_format, payload, \
              received_at_ms FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(
-            params![
-                i64::try_from(after).unwrap_or(i64::MAX),
-                i64::try_from(limit).unwrap_or(i64::MAX)
-            ],
-            |r| {
-                Ok(Entry {
-                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                    message: message_at(r)?,
-                })
-            },
-        )?;
+        let rows = stmt.query_map(page(after, limit), |r| {
+            Ok(Entry {
+                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                message: message_at(r)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -534,23 +528,25 @@ impl Reader {
              received_at_ms, reason, attempts, quarantined_at_ms FROM quarantine WHERE seq > ?1 \
              ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(
-            params![
-                i64::try_from(after).unwrap_or(i64::MAX),
-                i64::try_from(limit).unwrap_or(i64::MAX)
-            ],
-            |r| {
-                Ok(Quarantined {
-                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                    message: message_at(r)?,
-                    reason: r.get(8)?,
-                    attempts: r.get(9)?,
-                    quarantined_at_ms: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
-                })
-            },
-        )?;
+        let rows = stmt.query_map(page(after, limit), |r| {
+            Ok(Quarantined {
+                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                message: message_at(r)?,
+                reason: r.get(8)?,
+                attempts: r.get(9)?,
+                quarantined_at_ms: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// `?1` (sequence numbers above this) and `?2` (at most this many) of a page query.
+fn page(after: u64, limit: usize) -> [i64; 2] {
+    [
+        i64::try_from(after).unwrap_or(i64::MAX),
+        i64::try_from(limit).unwrap_or(i64::MAX),
+    ]
 }
 
 /// The message in columns 1..=7 of a row (client_id, channel_id, domain_id, subtopic,
