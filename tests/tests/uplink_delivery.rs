@@ -278,7 +278,14 @@ fn mqtt_5_messages_the_broker_refuses_stay_queued_do_not_stall_the_rest_and_are_
     );
     let d = check_delivery(&sub.lines, refused.clone());
     assert_eq!(d.missing.len(), refused.len(), "the ACL let ch1 through");
-    let report = gw.pipeline.status.report();
+    // The refusals' PUBACKs may still be in flight when the others have arrived: wait for them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut report = gw.pipeline.status.report();
+    while report.uplink.refused_total < refused.len() as u64 && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        report = gw.pipeline.status.report();
+    }
     assert!(
         report.uplink.refused_total >= refused.len() as u64,
         "{report:?}"
