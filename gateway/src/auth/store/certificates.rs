@@ -80,14 +80,7 @@ impl Db {
     }
 
     pub fn list_certificates(&self) -> Result<Vec<CertificateRecord>, AuthError> {
-        let mut st = self
-            .conn
-            .prepare(&format!("{CERT_SELECT} ORDER BY not_before, serial_hex"))
-            .map_err(|e| self.fail(e))?;
-        st.query_map([], cert_row)
-            .map_err(|e| self.fail(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.fail(e))
+        self.rows(&format!("{CERT_SELECT} ORDER BY not_before, serial_hex"), cert_row)
     }
 }
 

@@ -169,32 +169,12 @@ impl Db {
     }
 
     pub fn list_channels(&self) -> Result<Vec<Channel>, AuthError> {
-        let mut st = self
-            .conn
-            .prepare(&format!("{CHANNEL_SELECT} ORDER BY name"))
-            .map_err(|e| self.fail(e))?;
-        st.query_map([], channel_row)
-            .map_err(|e| self.fail(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.fail(e))
+        self.rows(&format!("{CHANNEL_SELECT} ORDER BY name"), channel_row)
     }
 
     /// A channel by id or name (an id wins).
     pub fn channel(&self, key: &str) -> Result<Channel, AuthError> {
-        self.conn
-            .query_row(
-                &format!(
-                    "{CHANNEL_SELECT} WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
-                ),
-                [key],
-                channel_row,
-            )
-            .optional()
-            .map_err(|e| self.fail(e))?
-            .ok_or_else(|| AuthError::NotFound {
-                what: "channel",
-                value: key.to_owned(),
-            })
+        self.by_id_or_name(CHANNEL_SELECT, "name", key, "channel", channel_row)
     }
 
     pub fn remove_channel(&mut self, key: &str) -> Result<Channel, AuthError> {

@@ -131,32 +131,12 @@ impl Db {
     }
 
     pub fn list_clients(&self) -> Result<Vec<Client>, AuthError> {
-        let mut st = self
-            .conn
-            .prepare(&format!("{CLIENT_SELECT} ORDER BY identity"))
-            .map_err(|e| self.fail(e))?;
-        st.query_map([], client_row)
-            .map_err(|e| self.fail(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.fail(e))
+        self.rows(&format!("{CLIENT_SELECT} ORDER BY identity"), client_row)
     }
 
     /// A client by id or identity (an id wins).
     pub fn client(&self, key: &str) -> Result<Client, AuthError> {
-        self.conn
-            .query_row(
-                &format!(
-                    "{CLIENT_SELECT} WHERE id = ?1 OR identity = ?1 ORDER BY id = ?1 DESC LIMIT 1"
-                ),
-                [key],
-                client_row,
-            )
-            .optional()
-            .map_err(|e| self.fail(e))?
-            .ok_or_else(|| AuthError::NotFound {
-                what: "client",
-                value: key.to_owned(),
-            })
+        self.by_id_or_name(CLIENT_SELECT, "identity", key, "client", client_row)
     }
 
     pub fn set_client_enabled(&mut self, key: &str, enabled: bool) -> Result<Client, AuthError> {

@@ -162,6 +162,41 @@ impl Db {
         self.err(e).into()
     }
 
+    /// Every row `sql` selects, mapped by `row` (the management listings).
+    fn rows<T>(
+        &self,
+        sql: &str,
+        row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, AuthError> {
+        let mut st = self.conn.prepare(sql).map_err(|e| self.fail(e))?;
+        st.query_map([], row)
+            .map_err(|e| self.fail(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.fail(e))
+    }
+
+    /// The one row of `select` (a `SELECT … FROM table`) whose `id` or `name_column` is `key`,
+    /// an id winning over a name; [`AuthError::NotFound`] naming `what` otherwise.
+    fn by_id_or_name<T>(
+        &self,
+        select: &str,
+        name_column: &str,
+        key: &str,
+        what: &'static str,
+        row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, AuthError> {
+        let sql =
+            format!("{select} WHERE id = ?1 OR {name_column} = ?1 ORDER BY id = ?1 DESC LIMIT 1");
+        self.conn
+            .query_row(&sql, [key], row)
+            .optional()
+            .map_err(|e| self.fail(e))?
+            .ok_or_else(|| AuthError::NotFound {
+                what,
+                value: key.to_owned(),
+            })
+    }
+
     /// Another connection to a store [`Db::open`] already checked and migrated (the daemon's
     /// watcher and audit threads).
     pub fn attach(path: &Path) -> Result<Db, StoreError> {
