@@ -5,7 +5,8 @@
 //! ([`crate::runtime::listeners`]), [`prepare`] builds the server state around it and [`serve`]
 //! runs it on the intake stage. HTTPS when `http.server_cert`/`server_key` are set (config
 //! built by [`crate::tls::http_server`]); plain HTTP only on loopback (refused by the config
-//! check, exit 78). Bounded: connections (`max_connections`), bodies (`max_body` → 413),
+//! check, exit 78). Bounded: connections (`max_connections`; when all are taken the most idle
+//! one is closed to admit a new one, never one in a request: `conns`), bodies (`max_body` → 413),
 //! header read and request time (`request_timeout`). Handlers never log secrets or tokens.
 
 pub mod adapter;
