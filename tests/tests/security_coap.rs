@@ -5,7 +5,8 @@
 //! - 20.4: wrong-key DTLS-PSK handshakes are audited and throttled; the right key is then
 //!   refused until the throttle's window passes.
 //! - 20.5: wrong passwords for a sensor's identity from other addresses do not lock the
-//!   sensor out.
+//!   sensor out; junk from a sensor's own address does not either (plain CoAP and DTLS-PSK,
+//!   where a guesser at the same address gets no more than the burst).
 //! - 20.8: Block1 block 0 without credentials is 4.01 and holds nothing; one peer cannot hold
 //!   every transfer slot.
 //! - 20.9: one client registering many observations does not block another client's Observe.
@@ -128,6 +129,26 @@ impl Gateway {
         coap_client(
             CLIENT,
             &[
+                "-m",
+                "post",
+                "-e",
+                payload,
+                "-u",
+                identity,
+                "-k",
+                key,
+                &self.coaps_url(),
+            ],
+        )
+    }
+
+    /// A CoAPS-PSK POST of `payload` sent from `source` (a loopback address).
+    fn psk_post_from(&self, source: &str, identity: &str, key: &str, payload: &str) -> String {
+        coap_client(
+            CLIENT,
+            &[
+                "-a",
+                source,
                 "-m",
                 "post",
                 "-e",
@@ -291,6 +312,71 @@ fn junk_from_a_sensors_own_address_does_not_lock_it_out() {
     let out = gw.plain_post(ip, "sensor-b", &b_secret, "b-from-there");
     assert!(out.contains("4.29"), "{out}");
     assert!(!gw.is_stored("b-from-there"));
+}
+
+/// Issue 20.5 for DTLS-PSK: junk sent over plain CoAP from a PSK sensor's address (anyone can
+/// spoof it) uses up that address's budget, but the sensor's next handshake still succeeds
+/// (the handshake is past its cookie exchange, so its source is proven, and the pair
+/// authenticated from there before). The pass is bounded: a guesser at the same address (same
+/// NAT) naming the sensor's identity gets `auth.failure_burst` failed handshakes, then the
+/// pair is refused like anyone else, the right key included, and another client that never
+/// authenticated from there stays throttled. Fails on a gateway whose PSK throttle has no
+/// trusted-pair pass (the handshake after the junk is refused).
+#[test]
+fn junk_from_a_psk_sensors_address_does_not_delay_its_next_handshake() {
+    let gw = Gateway::start(&[
+        ("EDGEGW_AUTH_FAILURE_BURST", "3"),
+        ("EDGEGW_AUTH_FAILURE_REFILL", "10m"),
+    ]);
+    let ip = "127.0.0.60";
+    let secret = gw.secret("sensor-a").to_owned();
+    let out = gw.psk_post_from(ip, "sensor-a", &secret, "psk-before-junk");
+    assert!(gw.is_stored("psk-before-junk"), "PSK publish failed: {out}");
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(gw.plain_post(ip, "nobody", "wrong-password-00000", "x"));
+    }
+    assert!(
+        answers.iter().any(|a| a.contains("4.29")),
+        "the address was never throttled: {answers:?}"
+    );
+    let out = gw.psk_post_from(ip, "sensor-a", &secret, "psk-after-junk");
+    assert!(
+        gw.is_stored("psk-after-junk"),
+        "the PSK sensor's handshake was refused after junk from its address: {out}"
+    );
+    // sensor-b never authenticated from there: the address's budget holds for it.
+    let b_secret = gw.secret("sensor-b").to_owned();
+    let out = gw.psk_post_from(ip, "sensor-b", &b_secret, "psk-b-from-there");
+    assert!(
+        !gw.is_stored("psk-b-from-there"),
+        "another client passed the throttled address: {out}"
+    );
+
+    // A guesser sharing the sensor's address: its wrong keys are charged and audited.
+    for n in 0..6 {
+        let payload = format!("nat-guess-{n}");
+        let out = gw.psk_post_from(ip, "sensor-a", "definitely-the-wrong-key", &payload);
+        assert!(!gw.is_stored(&payload), "wrong key stored: {out}");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || gw
+            .audited("psk", "bad_secret", ip)
+            .1
+            >= 3),
+        "the guesses were not audited: {:?}",
+        gw.audited("psk", "bad_secret", ip)
+    );
+    // Only the burst's worth got as far as the key: the rest were refused by the throttle,
+    // which charges (and audits) nothing more.
+    let (_, charged) = gw.audited("psk", "bad_secret", ip);
+    assert_eq!(charged, 3, "failed handshakes audited for 6 guesses");
+    // The pass ended with the pair's own failures: the right key waits for a token too.
+    let out = gw.psk_post_from(ip, "sensor-a", &secret, "psk-after-guessing");
+    assert!(
+        !gw.is_stored("psk-after-guessing"),
+        "the pair kept its pass after using up its burst: {out}"
+    );
 }
 
 /// What a request carries beside path and query.

@@ -196,7 +196,23 @@ impl AuthStore {
         identity: &str,
         secret: &[u8],
     ) -> Result<ClientRef, Denied> {
-        let result = self.snapshot().authenticate(identity, secret);
+        self.concluded_identity(
+            remote,
+            identity,
+            self.snapshot().authenticate(identity, secret),
+        )
+    }
+
+    /// What [`Self::authenticate_from`] does once it has decided: audit, log, charge the
+    /// throttle (a failure) or trust the pair (a success). For a caller that decided against
+    /// [`Self::snapshot`] itself (the intake, which looks at the result before the throttle
+    /// lets it count), so the secret is compared once.
+    pub fn concluded_identity(
+        &self,
+        remote: Option<IpAddr>,
+        identity: &str,
+        result: Result<ClientRef, Denied>,
+    ) -> Result<ClientRef, Denied> {
         self.conclude("identity", remote, Some(identity), &result);
         result
     }
@@ -211,7 +227,15 @@ impl AuthStore {
         remote: Option<IpAddr>,
         secret: &[u8],
     ) -> Result<ClientRef, Denied> {
-        let result = self.snapshot().authenticate_secret(secret);
+        self.concluded_secret(remote, self.snapshot().authenticate_secret(secret))
+    }
+
+    /// As [`Self::concluded_identity`], for an authentication by secret alone.
+    pub fn concluded_secret(
+        &self,
+        remote: Option<IpAddr>,
+        result: Result<ClientRef, Denied>,
+    ) -> Result<ClientRef, Denied> {
         self.conclude("secret", remote, None, &result);
         result
     }
@@ -294,6 +318,15 @@ impl AuthStore {
         lock(&self.inner.throttle).is_trusted_pair(remote, identity, Instant::now())
     }
 
+    /// The throttle decision for a DTLS-PSK handshake from `remote` naming `identity`, taken
+    /// at its key exchange (the cookie exchange proved the address): a pair that authenticated
+    /// from there recently passes while its own failed handshakes stay within the burst, so
+    /// junk spoofed over plain CoAP from the sensor's address does not delay its handshake;
+    /// anything else as [`Self::throttle_check`].
+    pub fn psk_throttle_check(&self, remote: IpAddr, identity: &str) -> Result<(), Throttled> {
+        lock(&self.inner.throttle).check_proven(remote, identity, Instant::now())
+    }
+
     fn throttle_check_at(
         &self,
         remote: Option<IpAddr>,
@@ -313,6 +346,10 @@ impl AuthStore {
             Err(e) => Err(e),
         };
         self.conclude("psk", Some(remote), Some(identity), &result);
+        if matches!(result, Err(Denied::BadSecret)) {
+            // Past the cookie exchange: this failure is the pair's own (see `throttle`).
+            lock(&self.inner.throttle).proven_pair_failure(remote, identity, Instant::now());
+        }
     }
 
     /// A DTLS-PSK handshake whose key proved right, from `remote`: the client if it is

@@ -443,6 +443,45 @@ fn failed_psk_handshakes_are_audited_and_throttled() {
     assert_eq!(sum("ok"), 1, "{psk:?}");
 }
 
+/// Issue 20.5 for DTLS-PSK: junk charged to a sensor's address (plain CoAP, spoofable) does
+/// not stop the sensor's next handshake from there, once it authenticated from there; its own
+/// failed handshakes from there (a guesser behind the same NAT) end the pass after the burst.
+#[test]
+fn a_trusted_psk_pair_passes_a_throttled_address_until_its_own_failures_use_up_the_burst() {
+    let (_dir, path) = tmp();
+    let mut db = provisioned(&path);
+    db.add_client("s2", None, Some("another-secret-of-16+"), None)
+        .unwrap();
+    drop(db);
+    let cfg = AuthConfig {
+        failure_burst: 3,
+        failure_refill: crate::config::value::Duration::from_secs(600),
+        ..config()
+    };
+    let store = AuthStore::open(&path, &cfg).unwrap();
+    let ip: IpAddr = "192.0.2.40".parse().unwrap();
+    assert!(store.psk_succeeded_from(ip, "s1").is_some());
+    for _ in 0..5 {
+        let _ = store.authenticate_from(Some(ip), "nobody", b"spoofed-junk-0000");
+    }
+    assert!(store.throttle_check(Some(ip), Some("s1")).is_err());
+    store.psk_throttle_check(ip, "s1").unwrap();
+    assert!(
+        store.psk_throttle_check(ip, "s2").is_err(),
+        "an untrusted pair passed the throttled address"
+    );
+    for n in 0..3 {
+        store
+            .psk_throttle_check(ip, "s1")
+            .unwrap_or_else(|e| panic!("refused after {n} own failures: {e}"));
+        store.psk_failed_from(ip, "s1");
+    }
+    assert!(
+        store.psk_throttle_check(ip, "s1").is_err(),
+        "the pass outlived the pair's own burst"
+    );
+}
+
 #[test]
 fn audit_records_successes_and_failures_without_secrets_and_rotates() {
     let (_dir, path) = tmp();

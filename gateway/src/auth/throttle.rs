@@ -7,7 +7,12 @@
 //! [`AuthThrottle`] is the sensor adapters' throttle over two [`Buckets`] (per remote address,
 //! per known identity) and the (address, identity) pairs that authenticated recently: the
 //! identity bucket does not stop such a pair, so wrong secrets for a sensor's identity sent
-//! from other addresses do not lock out the sensor itself.
+//! from other addresses do not lock out the sensor itself. For a source whose address is
+//! proven (a DTLS handshake past its cookie exchange), [`AuthThrottle::check_proven`] lets a
+//! trusted pair through a throttled address or identity as long as that pair's own failed
+//! handshakes stay within the burst (their own bucket), so junk spoofed from a sensor's address
+//! cannot delay its handshake, and a guesser sharing the sensor's address (same NAT) is slowed
+//! like any other once it failed `burst` times.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -131,6 +136,8 @@ pub struct AuthThrottle {
     by_identity: Buckets<String>,
     /// address → identities that authenticated from it, with when they last did.
     trusted: HashMap<IpAddr, Vec<(String, Instant)>>,
+    /// Failures of (address, identity) pairs whose address was proven (DTLS-PSK handshakes).
+    by_proven_pair: Buckets<(IpAddr, String)>,
     max_tracked: usize,
 }
 
@@ -140,6 +147,7 @@ impl AuthThrottle {
             by_remote: Buckets::new(burst, refill, max_tracked),
             by_identity: Buckets::new(burst, refill, max_tracked),
             trusted: HashMap::new(),
+            by_proven_pair: Buckets::new(burst, refill, max_tracked),
             max_tracked: max_tracked.max(1),
         }
     }
@@ -179,6 +187,34 @@ impl AuthThrottle {
             (Ok(()), Ok(())) => Ok(()),
             (Err(x), Ok(())) | (Ok(()), Err(x)) => Err(x),
             (Err(x), Err(y)) => Err(if y.retry_after > x.retry_after { y } else { x }),
+        }
+    }
+
+    /// As [`Self::check`], for a source whose address is proven (a DTLS handshake past its
+    /// cookie exchange; plain CoAP proves nothing). A trusted pair is decided by its own
+    /// proven failures alone ([`Self::proven_pair_failure`]): it passes while they stay within
+    /// the burst, whatever others charged to the address or the identity; once the pair used
+    /// up its own budget it is refused like anyone else until a token comes back.
+    pub fn check_proven(
+        &self,
+        remote: IpAddr,
+        identity: &str,
+        now: Instant,
+    ) -> Result<(), Throttled> {
+        if self.is_trusted_pair(remote, identity, now) {
+            return self
+                .by_proven_pair
+                .check(&(remote, identity.to_owned()), now);
+        }
+        self.check(Some(remote), Some(identity), now)
+    }
+
+    /// A failure of `identity` (an existing client) from the proven address `remote`: charged
+    /// to the pair's own bucket (beside [`Self::failure`] for the address and identity).
+    pub fn proven_pair_failure(&mut self, remote: IpAddr, identity: &str, now: Instant) {
+        if identity.len() <= 128 {
+            self.by_proven_pair
+                .charge((remote, identity.to_owned()), now);
         }
     }
 
@@ -233,7 +269,8 @@ impl AuthThrottle {
         self.trusted.insert(ip, vec![(identity.to_owned(), now)]);
     }
 
-    /// Keys tracked: (addresses, identities, trusted addresses).
+    /// Keys tracked: (addresses, identities, trusted addresses); proven pairs are bounded
+    /// like the others (`max_tracked`).
     pub fn tracked(&self) -> (usize, usize, usize) {
         (
             self.by_remote.tracked(),
@@ -327,6 +364,44 @@ mod tests {
         // Trust expires.
         let later = t0 + TRUSTED_FOR;
         assert!(!t.is_trusted_pair(sensor, "s1", later));
+    }
+
+    /// Issue 20.5 for DTLS-PSK: junk from a sensor's address (and guesses for its identity
+    /// from elsewhere) do not stop the sensor's proven handshakes; a guesser sharing its
+    /// address (same NAT) gets `burst` failed handshakes, then is refused like anyone else.
+    #[test]
+    fn a_trusted_proven_pair_passes_until_its_own_failures_use_up_the_burst() {
+        let t0 = Instant::now();
+        let nat: IpAddr = "192.0.2.10".parse().unwrap();
+        let mut t = AuthThrottle::new(3, Duration::from_secs(60), 100);
+        t.success(Some(nat), "s1", t0);
+        // Spoofed junk from the sensor's address and guesses for its identity from elsewhere.
+        for _ in 0..10 {
+            t.failure(Some(nat), None, t0);
+            t.failure(Some(IpAddr::from([198, 51, 100, 1])), Some("s1"), t0);
+        }
+        assert!(t.check(Some(nat), Some("s1"), t0).is_err(), "plain check");
+        t.check_proven(nat, "s1", t0).unwrap();
+        // Another client never authenticated from there: throttled by the address.
+        assert!(t.check_proven(nat, "s2", t0).is_err());
+        // A guesser at the sensor's address: its failed handshakes are the pair's own.
+        for n in 0..3 {
+            t.check_proven(nat, "s1", t0)
+                .unwrap_or_else(|e| panic!("refused after {n} failures: {e:?}"));
+            t.failure(Some(nat), Some("s1"), t0);
+            t.proven_pair_failure(nat, "s1", t0);
+        }
+        let refused = t.check_proven(nat, "s1", t0).unwrap_err();
+        assert_eq!(refused.retry_after, Duration::from_secs(60));
+        // A token comes back per refill.
+        t.check_proven(nat, "s1", t0 + Duration::from_secs(60))
+            .unwrap();
+        // Without trust, the pair bucket gives no pass.
+        let other: IpAddr = "192.0.2.11".parse().unwrap();
+        for _ in 0..3 {
+            t.failure(Some(other), Some("s1"), t0);
+        }
+        assert!(t.check_proven(other, "s1", t0).is_err());
     }
 
     #[test]

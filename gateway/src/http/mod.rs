@@ -5,11 +5,13 @@
 //! ([`crate::runtime::listeners`]), [`prepare`] builds the server state around it and [`serve`]
 //! runs it on the intake stage. HTTPS when `http.server_cert`/`server_key` are set (config
 //! built by [`crate::tls::http_server`]); plain HTTP only on loopback (refused by the config
-//! check, exit 78). Bounded: connections (`max_connections`), bodies (`max_body` → 413),
+//! check, exit 78). Bounded: connections (`max_connections`; when all are taken the most idle
+//! one is closed to admit a new one, never one in a request: `conns`), bodies (`max_body` → 413),
 //! header read and request time (`request_timeout`). Handlers never log secrets or tokens.
 
 pub mod adapter;
 pub mod audit;
+mod conns;
 pub mod pats;
 mod routes;
 pub mod sessions;
@@ -23,7 +25,6 @@ use std::time::Instant;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -320,7 +321,8 @@ async fn reload_keys_on_sighup(
     }
 }
 
-/// Accepts connections until `token` is cancelled; at most `max_connections` at once. Each
+/// Accepts connections until `token` is cancelled; at most `max_connections` at once (when
+/// all are taken, the most idle one is closed to admit the new one, see `conns`). Each
 /// connection runs on `tracker` (the supervisor's intake stage), so shutdown waits for the
 /// requests in flight (an HTTP publish waits for its message to be durable) before the
 /// pipeline stops; a cancelled connection finishes its current request and closes.
@@ -331,16 +333,12 @@ pub async fn serve(listener: Listener, tracker: TaskTracker, token: Cancellation
         state,
     } = listener;
     let http = state.config.http.clone();
-    let permits = Arc::new(Semaphore::new(http.max_connections));
+    let slots = Arc::new(conns::Conns::new(http.max_connections));
     let per_peer = Arc::new(PerPeer::new(per_peer_limit(http.max_connections)));
     let app = router(Arc::clone(&state));
     let timeout = http.request_timeout.get();
     let header_timeout = timeout.min(HEADER_TIMEOUT);
     loop {
-        let permit = tokio::select! {
-            () = token.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let (stream, peer) = tokio::select! {
             () = token.cancelled() => break,
             r = listener.accept() => match r {
@@ -360,24 +358,38 @@ pub async fn serve(listener: Listener, tracker: TaskTracker, token: Cancellation
             drop(stream);
             continue;
         };
+        // All slots taken: the most idle connection is closed to make room (never one in
+        // the middle of a request; see `conns`), so idle connections from many addresses
+        // cannot keep a client out until their header timeout either.
+        let slot = tokio::select! {
+            () = token.cancelled() => break,
+            slot = slots.admit() => Arc::new(slot),
+        };
         let app = app.clone();
         let tls = tls.clone();
         let token = token.clone();
         let state = Arc::clone(&state);
         tracker.spawn(async move {
-            let _permit = permit;
             let _peer_slot = peer_slot;
-            let service =
+            let service = {
+                let slot = Arc::clone(&slot);
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let app = app.clone();
                     let state = Arc::clone(&state);
+                    let slot = Arc::clone(&slot);
                     async move {
-                        Ok::<_, std::convert::Infallible>(
+                        if !slot.begin_request() {
+                            // Chosen to make room just before its header completed: ending.
+                            return Ok(closing_response());
+                        }
+                        let response =
                             answer(app, &state, peer, req.map(axum::body::Body::new), timeout)
-                                .await,
-                        )
+                                .await;
+                        slot.end_request();
+                        Ok::<_, std::convert::Infallible>(response)
                     }
-                });
+                })
+            };
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -385,8 +397,15 @@ pub async fn serve(listener: Listener, tracker: TaskTracker, token: Cancellation
                 .max_buf_size(64 * 1024);
             let result = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_conn(&builder, TokioIo::new(s), service, &token).await,
+                    let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                    let accepted = tokio::select! {
+                        () = slot.cut.cancelled() => return,
+                        r = handshake => r,
+                    };
+                    match accepted {
+                        Ok(Ok(s)) => {
+                            serve_conn(&builder, TokioIo::new(s), service, &token, &slot).await
+                        }
                         Ok(Err(e)) => {
                             debug!(%peer, "TLS handshake failed: {e}");
                             return;
@@ -394,13 +413,27 @@ pub async fn serve(listener: Listener, tracker: TaskTracker, token: Cancellation
                         Err(_) => return,
                     }
                 }
-                None => serve_conn(&builder, TokioIo::new(stream), service, &token).await,
+                None => serve_conn(&builder, TokioIo::new(stream), service, &token, &slot).await,
             };
-            if let Err(e) = result {
-                debug!(%peer, "HTTP connection ended: {e}");
+            match result {
+                Err(e) => debug!(%peer, "HTTP connection ended: {e}"),
+                Ok(true) => debug!(%peer, "idle HTTP connection closed to make room for another"),
+                Ok(false) => {}
             }
         });
     }
+}
+
+/// The answer of a connection chosen to make room just as its request header completed (its
+/// task is cutting it; normally never seen): 503, `Connection: close`.
+fn closing_response() -> axum::response::Response {
+    let mut r = axum::response::Response::new(axum::body::Body::empty());
+    *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+    r.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    r
 }
 
 /// Longest wait for a request's header (from the connection's start or the previous answer),
@@ -504,12 +537,17 @@ async fn answer(
     response
 }
 
+/// Serves one connection until it ends, `token` is cancelled (graceful: the request in
+/// progress is finished) or its slot is wanted for another connection: cut at once when it
+/// never sent a complete header (`slot.cut`), closed gracefully when idle between requests
+/// (`slot.close`). `Ok(true)`: it was closed to make room.
 async fn serve_conn<I, S>(
     builder: &hyper::server::conn::http1::Builder,
     io: I,
     service: S,
     token: &CancellationToken,
-) -> Result<(), hyper::Error>
+    slot: &conns::Slot,
+) -> Result<bool, hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -523,10 +561,15 @@ where
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => r,
+        r = conn.as_mut() => r.map(|()| false),
+        () = slot.cut.cancelled() => Ok(true),
+        () = slot.close.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await.map(|()| true)
+        }
         () = token.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            conn.await.map(|()| false)
         }
     }
 }

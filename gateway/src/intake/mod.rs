@@ -165,12 +165,10 @@ impl Intake {
                     .map_err(|_| Refusal::Unauthenticated)
             }
             Credentials::Secret(secret) => {
-                if let Err(throttled) = self.throttle(peer, None) {
-                    let proven = self.auth.snapshot().authenticate_secret(secret);
-                    self.past_throttle(peer, proven, throttled)?;
-                }
+                let result = self.auth.snapshot().authenticate_secret(secret);
+                self.past_throttle(peer, None, &result)?;
                 self.auth
-                    .authenticate_secret_from(peer, secret)
+                    .concluded_secret(peer, result)
                     .map_err(|e| auth_refusal(&e))
             }
             Credentials::IdentitySecret { identity, secret } => {
@@ -178,28 +176,32 @@ impl Intake {
                 // both reach the same throttle bucket and audit identity.
                 let snapshot = self.auth.snapshot();
                 let identity = snapshot.resolve_identity(identity).unwrap_or(identity);
-                if let Err(throttled) = self.throttle(peer, Some(identity)) {
-                    let proven = snapshot.authenticate(identity, secret);
-                    self.past_throttle(peer, proven, throttled)?;
-                }
+                let result = snapshot.authenticate(identity, secret);
+                self.past_throttle(peer, Some(identity), &result)?;
                 self.auth
-                    .authenticate_from(peer, identity, secret)
+                    .concluded_identity(peer, identity, result)
                     .map_err(|e| auth_refusal(&e))
             }
         }
     }
 
-    /// A throttled request goes on only when its credentials prove right (checked without
-    /// audit or charge) for a client that authenticated from this very address recently: so
-    /// failures spoofed from a sensor's address (plain CoAP has no proof of source) cannot lock
-    /// that sensor out. Anything else stays throttled, right or wrong, uncharged (issue 20.5).
+    /// The throttle, given the authentication's `result` (decided against the snapshot, not
+    /// yet audited or charged: the caller hands it on to the store's `concluded_*` when this
+    /// lets it through). Not throttled: through. Throttled: through only when the credentials
+    /// proved right for a client that authenticated from this very address recently, so
+    /// failures spoofed from a sensor's address (plain CoAP has no proof of source) cannot
+    /// lock that sensor out; anything else stays throttled, right or wrong, neither audited
+    /// nor charged (issue 20.5).
     fn past_throttle(
         &self,
         peer: Option<IpAddr>,
-        proven: Result<ClientRef, crate::auth::Denied>,
-        throttled: Refusal,
+        identity: Option<&str>,
+        result: &Result<ClientRef, Denied>,
     ) -> Result<(), Refusal> {
-        match (peer, proven) {
+        let Err(throttled) = self.throttle(peer, identity) else {
+            return Ok(());
+        };
+        match (peer, result) {
             (Some(ip), Ok(client)) if self.auth.is_trusted_pair(ip, &client.identity) => Ok(()),
             _ => Err(throttled),
         }

@@ -48,9 +48,9 @@ impl Backend for StoreBackend {
     }
 
     fn psk_throttled(&self, remote: IpAddr, identity: &str) -> bool {
-        self.auth
-            .throttle_check(Some(remote), Some(identity))
-            .is_err()
+        // The handshake is past its cookie exchange: the address is proven, so a trusted
+        // (address, identity) pair gets its pass (issue 20.5).
+        self.auth.psk_throttle_check(remote, identity).is_err()
     }
 
     fn psk_failed(&self, remote: IpAddr, identity: &str) {

@@ -82,8 +82,9 @@ pub trait DtlsCredentials: Send + Sync + 'static {
         let _ = remote;
         self.psk_principal(identity)
     }
-    /// DTLS-PSK: whether `remote` or `identity` used up its failed-authentication budget
-    /// (the handshake then fails as with a wrong key). See `psk`.
+    /// DTLS-PSK: whether the handshake from `remote` naming `identity` is throttled (the
+    /// handshake then fails as with a wrong key). Asked at the key exchange, so `remote` is
+    /// proven (past the cookie exchange). See `psk`.
     fn psk_throttled(&self, remote: IpAddr, identity: &str) -> bool {
         let _ = (remote, identity);
         false

@@ -57,7 +57,8 @@ pub trait Backend: Send + Sync + 'static {
         let _ = remote;
         self.psk_principal(identity)
     }
-    /// DTLS-PSK: whether `remote` or `identity` used up its failed-authentication budget.
+    /// DTLS-PSK: whether the handshake from the proven address `remote` naming `identity`
+    /// is throttled (the store gives a trusted pair its pass, see `auth::throttle`).
     fn psk_throttled(&self, remote: IpAddr, identity: &str) -> bool {
         let _ = (remote, identity);
         false

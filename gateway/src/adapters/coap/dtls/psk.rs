@@ -7,7 +7,9 @@
 //! a fatal alert), and a handshake that failed after its identity was looked up is reported
 //! to the port ([`Sessions::psk_failed`]), which audits it and charges the throttle. The
 //! peer's address is proven by then (the identity comes after the cookie exchange), so a
-//! spoofer cannot charge another address.
+//! spoofer cannot charge another address, and the port may give a pair that authenticated
+//! from that address recently its pass through a throttled address (issue 20.5: junk spoofed
+//! over plain CoAP from a sensor's address must not delay its next handshake).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
