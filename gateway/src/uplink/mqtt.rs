@@ -426,6 +426,7 @@ mod close_notify {
     use std::time::Duration;
 
     use rustls_pki_types::ServerName;
+    use tokio::io::AsyncWriteExt as _;
     use tokio::net::{TcpStream, UnixListener, UnixStream};
     use tokio::task::JoinHandle;
 
@@ -576,14 +577,28 @@ mod close_notify {
                 return;
             }
         };
-        // One future copies both ways (no split halves and their locks). When rumqttc's
-        // side ends, it shuts the TLS side down (close_notify, then the TCP write side) and
-        // goes on reading until the broker closes; [`Bridge::finish`] bounds that wait. A
-        // refusal after the handshake (TLS 1.3 reports a rejected client certificate on the
-        // first read) is kept before rumqttc sees its side close.
-        let (mut mqtt, mut stream) = (mqtt, stream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut mqtt, &mut stream).await {
-            lock(&shared).error = Some(super::error_chain(&e));
+        let (mut mqtt_rx, mut mqtt_tx) = tokio::io::split(mqtt);
+        let (mut tls_rx, mut tls_tx) = tokio::io::split(stream);
+        let up = async {
+            let _ = tokio::io::copy(&mut mqtt_rx, &mut tls_tx).await;
+            // close_notify, then the TCP write side.
+            let _ = tls_tx.shutdown().await;
+        };
+        let down = async {
+            // A refusal after the handshake (TLS 1.3 reports a rejected client certificate on
+            // the first read) is kept before rumqttc sees its side close.
+            if let Err(e) = tokio::io::copy(&mut tls_rx, &mut mqtt_tx).await {
+                lock(&shared).error = Some(super::error_chain(&e));
+            }
+            let _ = mqtt_tx.shutdown().await;
+        };
+        tokio::pin!(up, down);
+        tokio::select! {
+            () = &mut up => {
+                // The broker closes after DISCONNECT; do not wait for it long.
+                let _ = tokio::time::timeout(Duration::from_secs(2), down).await;
+            }
+            () = &mut down => up.await,
         }
     }
 }
