@@ -114,7 +114,8 @@ pub fn start(
                 status.clone(),
                 max_packet,
             )?
-            .with_gateway_domain(&config.gateway.domain_id),
+            .with_gateway_domain(&config.gateway.domain_id)
+            .with_runtime_dir(&config.gateway.runtime_dir),
         ),
         None => None,
     };

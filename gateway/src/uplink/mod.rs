@@ -71,6 +71,8 @@ pub struct Uplink {
     reloads: watch::Receiver<u64>,
     status: watch::Sender<UplinkStatus>,
     report: StatusHandle,
+    /// `gateway.runtime_dir`: where the TLS bridge's socket goes (see [`mqtt`]).
+    runtime_dir: Option<std::path::PathBuf>,
 }
 
 /// How long a certificate rotation waits for in-flight PUBACKs before reconnecting.
@@ -135,6 +137,7 @@ impl Uplink {
             reloads,
             status,
             report,
+            runtime_dir: None,
         };
         uplink.status.send_modify(|s| {
             s.state = UplinkState::Connecting;
@@ -184,6 +187,7 @@ impl Uplink {
             connect_timeout: self.config.connect_timeout.get(),
             max_packet: self.max_packet,
             session_expiry: self.config.session_expiry.get(),
+            socket_dir: self.runtime_dir.clone(),
         }
     }
 
@@ -594,6 +598,14 @@ impl Uplink {
     #[must_use]
     pub fn with_gateway_domain(mut self, domain: &str) -> Self {
         self.topics.set_gateway_domain(domain);
+        self
+    }
+
+    /// Sets `gateway.runtime_dir`, where the TLS bridge's private socket directory goes
+    /// (instead of the temporary directory).
+    #[must_use]
+    pub fn with_runtime_dir(mut self, dir: &std::path::Path) -> Self {
+        self.runtime_dir = Some(dir.to_owned());
         self
     }
 
