@@ -285,6 +285,12 @@ fn run(config: &Config, source: Source) -> anyhow::Result<u8> {
         if config.uplink.url.is_none() {
             info!("no uplink configured: accepted messages will wait in the outbox");
         }
+        // Free heap pages from the start-up (auth snapshot rows, configs) go back to the
+        // kernel now and after a load peak (runtime::memory).
+        supervisor.spawn(
+            Stage::Pipeline,
+            gateway::runtime::memory::trim_task(supervisor.token(Stage::Pipeline)),
+        );
         // READY=1 only now: stores open, serial ports started, control socket bound.
         notifier.ready(if config.uplink.url.is_none() {
             "running: no uplink, messages wait in the outbox"

@@ -8,6 +8,7 @@ pub mod board;
 pub mod control;
 pub mod listeners;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod ownership;

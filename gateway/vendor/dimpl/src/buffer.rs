@@ -90,6 +90,12 @@ impl Buf {
         self.data.resize(len, value);
     }
 
+    /// Give back capacity beyond the length (edgegw patch: an established session keeps
+    /// small records, not the capacity a handshake message once needed).
+    pub fn shrink_to_fit(&mut self) {
+        self.data.shrink_to_fit();
+    }
+
     /// Convert the buffer into the underlying `Vec<u8>`.
     pub fn into_vec(self) -> Vec<u8> {
         self.data

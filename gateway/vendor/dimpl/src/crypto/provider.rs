@@ -568,6 +568,42 @@ pub struct CryptoProvider {
     pub dtls13_cipher_suites: &'static [&'static dyn SupportedDtls13CipherSuite],
 }
 
+/// edgegw patch: providers already validated in this process (see [`CryptoProvider::
+/// validate_once`]). A daemon builds one `Config` per credential kind, and validation runs
+/// key exchanges on every group and signature checks (tens of ms on a small board).
+static VALIDATED: std::sync::Mutex<Vec<CryptoProvider>> = std::sync::Mutex::new(Vec::new());
+
+impl CryptoProvider {
+    /// Same components: every field the same object (address and vtable). Distinct providers
+    /// never compare equal; an equal one may be a copy of one already validated.
+    fn same_components(&self, other: &Self) -> bool {
+        std::ptr::eq(self.kx_groups, other.kx_groups)
+            && std::ptr::eq(self.signature_verification, other.signature_verification)
+            && std::ptr::eq(self.key_provider, other.key_provider)
+            && std::ptr::eq(self.secure_random, other.secure_random)
+            && std::ptr::eq(self.hash_provider, other.hash_provider)
+            && std::ptr::eq(self.hmac_provider, other.hmac_provider)
+            && std::ptr::eq(self.cipher_suites, other.cipher_suites)
+            && std::ptr::eq(self.dtls13_cipher_suites, other.dtls13_cipher_suites)
+    }
+
+    /// edgegw patch: [`validate`](Self::validate), once per process and provider: a provider
+    /// whose components passed before is not tested again.
+    pub(crate) fn validate_once(&self) -> Result<(), crate::Error> {
+        let seen = |list: &Vec<CryptoProvider>| list.iter().any(|p| p.same_components(self));
+        if VALIDATED.lock().map(|l| seen(&l)).unwrap_or(false) {
+            return Ok(());
+        }
+        self.validate()?;
+        if let Ok(mut list) = VALIDATED.lock()
+            && !seen(&list)
+        {
+            list.push(self.clone());
+        }
+        Ok(())
+    }
+}
+
 /// Static storage for the default crypto provider.
 ///
 /// This is set by `install_default()` and retrieved by `get_default()`.

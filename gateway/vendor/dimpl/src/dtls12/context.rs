@@ -150,6 +150,26 @@ impl CryptoContext {
         Ok(())
     }
 
+    /// edgegw patch: the handshake is over, keep only what the record layer (the two ciphers,
+    /// IVs) and the key exporter (master secret, randoms) need. The ephemeral key exchange,
+    /// pre-master secret, PSK, raw write keys (the ciphers hold their own key schedules) and
+    /// this side's certificate and signing key are dropped: no renegotiation, and a new
+    /// handshake from the peer is a new session.
+    pub fn release_handshake_state(&mut self) {
+        self.key_exchange = None;
+        self.key_exchange_public_key = None;
+        self.pre_master_secret = None;
+        self.psk = None;
+        if self.client_cipher.is_some() && self.server_cipher.is_some() {
+            self.client_write_key = None;
+            self.server_write_key = None;
+        }
+        if matches!(self.auth, AuthMode::Certificate { .. }) {
+            // Nothing reads this side's certificate or key after the handshake.
+            self.auth = AuthMode::Psk;
+        }
+    }
+
     /// Set the resolved PSK value for this session.
     pub fn set_psk(&mut self, psk: Vec<u8>) {
         self.psk = Some(psk);

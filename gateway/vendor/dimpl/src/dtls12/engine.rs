@@ -1080,6 +1080,35 @@ impl Engine {
         self.timers.stop();
     }
 
+    /// edgegw patch: once the handshake is complete and its last flight has been polled,
+    /// free what only the handshake needed (transcript, pooled buffers sized for handshake
+    /// messages, key exchange state) and shrink what an established session keeps. The saved
+    /// final flight stays (shrunk) until the peer is confirmed: a peer that lost it resends
+    /// its own flight and gets ours again.
+    pub(crate) fn release_handshake_memory(&mut self) {
+        self.buffers_free = BufferPool::default();
+        self.transcript = self.buffers_free.pop();
+        for entry in &mut self.flight_saved_records {
+            entry.fragment.shrink_to_fit();
+        }
+        self.flight_saved_records.shrink_to_fit();
+        self.queue_rx.shrink_to_fit();
+        self.queue_tx.shrink_to_fit();
+        self.crypto_context.release_handshake_state();
+    }
+
+    /// edgegw patch: the peer is confirmed (authenticated application data arrived), so the
+    /// final flight will not be resent: free it and the buffers it returns to the pool.
+    /// Returns whether that happened.
+    pub(crate) fn release_final_flight(&mut self) -> bool {
+        if !self.peer_handshake_confirmed {
+            return false;
+        }
+        self.flight_saved_records = Vec::new();
+        self.buffers_free = BufferPool::default();
+        true
+    }
+
     /// Pop a buffer from the buffer pool for temporary use
     pub(crate) fn pop_buffer(&mut self) -> Buf {
         self.buffers_free.pop()

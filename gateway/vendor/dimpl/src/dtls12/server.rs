@@ -101,6 +101,17 @@ pub struct Server {
 
     /// Data that is sent before we are connected.
     queued_data: Vec<Buf>,
+
+    /// edgegw patch: what of the handshake's memory was given back.
+    released: Released,
+}
+
+/// edgegw patch: steps of giving back handshake memory (`Server::release_handshake_memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Released {
+    None,
+    Handshake,
+    Both,
 }
 
 /// Current state of the server.
@@ -178,6 +189,7 @@ impl Server {
             last_now: now,
             local_events: VecDeque::new(),
             queued_data: Vec::new(),
+            released: Released::None,
         }
     }
 
@@ -224,7 +236,38 @@ impl Server {
         if let Some(event) = self.local_events.pop_front() {
             return event.into_output(buf, &self.client_certificates);
         }
-        self.engine.poll_output(buf, self.last_now)
+        let output = self.engine.poll_output(buf, self.last_now);
+        // edgegw patch: an established session keeps only what it needs (see
+        // `release_handshake_memory`), once everything the handshake produced was polled.
+        if self.released != Released::Both
+            && self.state == State::AwaitApplicationData
+            && matches!(output, Output::Timeout(_))
+        {
+            self.release_handshake_memory();
+        }
+        output
+    }
+
+    /// edgegw patch: after the handshake (events and final flight polled) drop the handshake
+    /// buffers and state, both here and in the engine; after the peer's first authenticated
+    /// record also the saved final flight.
+    fn release_handshake_memory(&mut self) {
+        if self.released == Released::None {
+            self.released = Released::Handshake;
+            // First: the engine empties its buffer pool, so the two below start empty.
+            self.engine.release_handshake_memory();
+            self.extension_data = self.engine.pop_buffer();
+            self.defragment_buffer = self.engine.pop_buffer();
+            self.client_certificates = Vec::new();
+            self.captured_session_hash = None;
+            self.client_supported_groups = None;
+            self.client_signature_algorithms = None;
+            self.queued_data = Vec::new();
+            self.local_events.shrink_to_fit();
+        }
+        if self.engine.release_final_flight() {
+            self.released = Released::Both;
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
