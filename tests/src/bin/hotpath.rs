@@ -96,6 +96,12 @@ impl Gateway {
             ("EDGEGW_COAP_DTLS_BIND".into(), format!("127.0.0.1:{coaps}")),
             ("EDGEGW_COAP_DTLS_CERT".into(), s(&cert)),
             ("EDGEGW_COAP_DTLS_KEY".into(), s(&key)),
+            // The 32 CoAPS-PSK sensors are one client ("sensor"): above the default per-client
+            // cap of 16 sessions the newest evicts the oldest, and the row measured evictions.
+            (
+                "EDGEGW_COAP_DTLS_MAX_SESSIONS_PER_CLIENT".into(),
+                "64".into(),
+            ),
         ];
         let mut gw = Self {
             label: label.to_owned(),

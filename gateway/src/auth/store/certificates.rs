@@ -80,7 +80,10 @@ impl Db {
     }
 
     pub fn list_certificates(&self) -> Result<Vec<CertificateRecord>, AuthError> {
-        self.rows(&format!("{CERT_SELECT} ORDER BY not_before, serial_hex"), cert_row)
+        self.rows(
+            &format!("{CERT_SELECT} ORDER BY not_before, serial_hex"),
+            cert_row,
+        )
     }
 }
 
