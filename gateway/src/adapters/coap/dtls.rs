@@ -197,9 +197,9 @@ pub struct Sessions {
     psk_config: Arc<DimplConfig>,
     psk_current: CurrentSlot,
     anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
-    live: HashMap<SocketAddr, Conn>,
+    live: HashMap<SocketAddr, Box<Conn>>,
     /// Handshakes in progress, including a re-handshake from an address with a live session.
-    pending: HashMap<SocketAddr, Conn>,
+    pending: HashMap<SocketAddr, Box<Conn>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SessionEvent>,
     /// dimpl timers (deadline, peer, in `pending`?), min-first; entries may be stale.
@@ -547,7 +547,7 @@ impl Sessions {
         }
     }
 
-    fn table_mut(&mut self, pending: bool) -> &mut HashMap<SocketAddr, Conn> {
+    fn table_mut(&mut self, pending: bool) -> &mut HashMap<SocketAddr, Box<Conn>> {
         if pending {
             &mut self.pending
         } else {

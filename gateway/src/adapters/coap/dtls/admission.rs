@@ -222,9 +222,10 @@ impl Sessions {
                 return false;
             }
         };
+        // Boxed: the tables keep one pointer per slot, free slots included (issue 18).
         self.pending.insert(
             peer,
-            Conn {
+            Box::new(Conn {
                 dtls,
                 mode,
                 psk,
@@ -237,7 +238,7 @@ impl Sessions {
                 epoch0_seq: 0,
                 saw_ccs: false,
                 proven,
-            },
+            }),
         );
         true
     }
