@@ -268,7 +268,18 @@ impl std::fmt::Debug for DtlsClient {
 impl DtlsClient {
     /// A full handshake from a new source port; `None` on failure or after `timeout`.
     pub fn connect(gw: SocketAddr, cred: &Credential, timeout: Duration) -> Option<Self> {
-        let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+        Self::connect_from([127, 0, 0, 1].into(), gw, cred, timeout)
+    }
+
+    /// [`DtlsClient::connect`] from a port of `local` (another loopback address: a sensor on
+    /// a host of its own, as far as the gateway's per-address limits go).
+    pub fn connect_from(
+        local: std::net::IpAddr,
+        gw: SocketAddr,
+        cred: &Credential,
+        timeout: Duration,
+    ) -> Option<Self> {
+        let sock = UdpSocket::bind((local, 0)).ok()?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .ok()?;
         let mut c = Self {
@@ -433,8 +444,11 @@ pub fn handshake_loop(gw: SocketAddr, cred: &Credential, until: Instant) -> Hand
 
 /// A CoAPS sensor with up to `window` CON POSTs in flight (closed loop): one handshake, then
 /// requests to the pre-encoded `options` ([`crate::hotpath::coap_options`]) carrying
-/// [`crate::hotpath::senml`] payloads numbered from `base + 1`, until `until`.
+/// [`crate::hotpath::senml`] payloads numbered from `base + 1`, until `until`. The sensor sends
+/// from `local` (a loopback address of its own: the gateway allows a few handshakes in
+/// progress per address, as from hosts behind one NAT).
 pub fn dtls_pipelined(
+    local: std::net::IpAddr,
     gw: SocketAddr,
     cred: &Credential,
     options: &[u8],
@@ -444,7 +458,8 @@ pub fn dtls_pipelined(
 ) -> Seen {
     use crate::hotpath::{CHANGED, coap_answer, coap_request, senml};
     let mut seen = Seen::default();
-    let Some(mut client) = DtlsClient::connect(gw, cred, Duration::from_secs(10)) else {
+    let Some(mut client) = DtlsClient::connect_from(local, gw, cred, Duration::from_secs(10))
+    else {
         seen.errors += 1;
         return seen;
     };

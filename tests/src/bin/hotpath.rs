@@ -409,7 +409,13 @@ fn main() {
                         psk_load.sensors,
                         seconds.ceil() as u64,
                         b,
-                        move |_, base, until| dtls_pipelined(at, &cred, &options, 8, base, until),
+                        // Each sensor from a loopback address of its own (127.0.0.2…):
+                        // 32 hosts, not 32 handshakes from one address (the gateway keeps at
+                        // most 8 of those in progress, evicting the oldest).
+                        move |k, base, until| {
+                            let local = std::net::Ipv4Addr::new(127, 0, 0, 2 + (k % 250) as u8);
+                            dtls_pipelined(local.into(), at, &cred, &options, 8, base, until)
+                        },
                     );
                     (seen, secs)
                 },
