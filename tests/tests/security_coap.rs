@@ -281,6 +281,18 @@ fn wrong_passwords_from_other_addresses_do_not_lock_out_the_sensor() {
     assert!(!gw.is_stored("from-a-new-address"));
 }
 
+/// Six wrong-password posts over plain CoAP from `ip` (junk anyone could spoof from there):
+/// the address must end up throttled.
+fn junk_until_throttled(gw: &Gateway, ip: &str) {
+    let answers: Vec<String> = (0..6)
+        .map(|_| gw.plain_post(ip, "nobody", "wrong-password-00000", "x"))
+        .collect();
+    assert!(
+        answers.iter().any(|a| a.contains("4.29")),
+        "the address was never throttled: {answers:?}"
+    );
+}
+
 /// Issue 20.5: junk sent from a sensor's own address (plain CoAP proves no source, so anyone
 /// can spoof it) uses up that address's budget, but not the sensor's: its right credentials
 /// still go through there, while a client that never authenticated from that address stays
@@ -295,14 +307,7 @@ fn junk_from_a_sensors_own_address_does_not_lock_it_out() {
     let secret = gw.secret("sensor-a").to_owned();
     let out = gw.plain_post(ip, "sensor-a", &secret, "before-junk");
     assert!(gw.is_stored("before-junk"), "{out}");
-    let mut answers = Vec::new();
-    for _ in 0..6 {
-        answers.push(gw.plain_post(ip, "nobody", "wrong-password-00000", "x"));
-    }
-    assert!(
-        answers.iter().any(|a| a.contains("4.29")),
-        "the address was never throttled: {answers:?}"
-    );
+    junk_until_throttled(&gw, ip);
     let out = gw.plain_post(ip, "sensor-a", &secret, "after-junk");
     assert!(
         gw.is_stored("after-junk"),
@@ -332,14 +337,7 @@ fn junk_from_a_psk_sensors_address_does_not_delay_its_next_handshake() {
     let secret = gw.secret("sensor-a").to_owned();
     let out = gw.psk_post_from(ip, "sensor-a", &secret, "psk-before-junk");
     assert!(gw.is_stored("psk-before-junk"), "PSK publish failed: {out}");
-    let mut answers = Vec::new();
-    for _ in 0..6 {
-        answers.push(gw.plain_post(ip, "nobody", "wrong-password-00000", "x"));
-    }
-    assert!(
-        answers.iter().any(|a| a.contains("4.29")),
-        "the address was never throttled: {answers:?}"
-    );
+    junk_until_throttled(&gw, ip);
     let out = gw.psk_post_from(ip, "sensor-a", &secret, "psk-after-junk");
     assert!(
         gw.is_stored("psk-after-junk"),

@@ -47,30 +47,26 @@ fn proc_usage(pid: u32) -> (f64, u64) {
     let ticks: f64 = f.get(11..13).map_or(0.0, |v| {
         v.iter().filter_map(|x| x.parse::<f64>().ok()).sum()
     });
+    (ticks / 100.0, status_kib(pid, &["VmHWM:"])[0])
+}
+
+/// The `/proc/<pid>/status` fields `keys` (e.g. `VmHWM:`) in KiB, 0 where absent.
+fn status_kib<const N: usize>(pid: u32, keys: &[&str; N]) -> [u64; N] {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
+    keys.map(|key| {
         status
             .lines()
             .find(|l| l.starts_with(key))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
-    };
-    (ticks / 100.0, kib("VmHWM:"))
+    })
 }
 
 /// (RssAnon, RssFile) KiB: heap and stacks vs. mapped pages of the binary and libraries.
 fn rss_split(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (kib("RssAnon:"), kib("RssFile:"))
+    let [anon, file] = status_kib(pid, &["RssAnon:", "RssFile:"]);
+    (anon, file)
 }
 
 fn current_rss(pid: u32) -> u64 {
