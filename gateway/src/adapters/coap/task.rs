@@ -523,7 +523,7 @@ impl Shell {
                     .admit(peer, &target, &credentials, Op::Publish)
                     .and_then(|admitted| {
                         self.intake.publish(
-                            &admitted,
+                            admitted,
                             bytes::Bytes::from(payload),
                             content_format.map(content_format_name),
                         )
