@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::dtls::{SessionEvent, Sessions};
 use super::proto::{
-    Credentials, Event, ExchangeId, Outcome, Refusal, Server, ServerConfig, Target, Transmit,
+    Credentials, Event, ExchangeId, Outcome, Refusal, Server, ServerConfig, Target,
 };
 use crate::auth::{ClientRef, Op};
 use crate::downlink::{Command, Subscription};
@@ -359,23 +359,22 @@ impl Shell {
                 progressed = true;
                 self.handle_event(ev);
             }
+            let mut out = Vec::new();
             while let Some(t) = self.server.poll_transmit() {
                 progressed = true;
                 match self.sessions.as_mut() {
                     Some(s) => s.send(t.peer, &t.payload, Instant::now()),
-                    None => self.send(t).await,
+                    None => out.push(t),
                 }
             }
             if let Some(sessions) = self.sessions.as_mut() {
-                let mut out = Vec::new();
                 while let Some(t) = sessions.poll_transmit() {
+                    progressed = true;
                     out.push(t);
                 }
-                for t in out {
-                    progressed = true;
-                    self.send(t).await;
-                }
             }
+            // Everything this round produced, in as few system calls as the kernel takes.
+            super::batch::send_all(&self.socket, &out).await;
             if !progressed {
                 if self.to_end.is_empty() {
                     break;
@@ -406,12 +405,6 @@ impl Shell {
                     counts.0, counts.1
                 );
             }
-        }
-    }
-
-    async fn send(&self, t: Transmit) {
-        if let Err(e) = self.socket.send_to(&t.payload, t.peer).await {
-            debug!(peer = %t.peer, "send failed: {e}");
         }
     }
 
