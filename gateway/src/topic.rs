@@ -101,21 +101,32 @@ impl TopicTemplate {
         &self.0
     }
 
-    /// The topic for a message. An empty subtopic leaves no trailing `/`.
+    /// The topic for a message. An empty subtopic leaves no trailing `/`. One pass over the
+    /// template, one allocation (this runs for every message the uplink sends); a value is
+    /// copied as it is, never searched for placeholders itself.
     pub fn render(&self, parts: TopicParts<'_>) -> String {
-        let topic = self
-            .0
-            .replace("{domain}", parts.domain)
-            .replace("{channel}", parts.channel)
-            .replace("{client}", parts.client)
-            .replace("{subtopic}", parts.subtopic);
-        // Collapse the empty levels an empty subtopic (or domain) leaves behind.
-        let mut out = String::with_capacity(topic.len());
-        for level in topic.split('/').filter(|l| !l.is_empty()) {
-            if !out.is_empty() {
-                out.push('/');
-            }
-            out.push_str(level);
+        let mut out = String::with_capacity(
+            self.0.len()
+                + parts.domain.len()
+                + parts.channel.len()
+                + parts.client.len()
+                + parts.subtopic.len(),
+        );
+        let mut rest = self.0.as_str();
+        while !rest.is_empty() {
+            let (value, taken) = match rest.find('{') {
+                Some(0) => match Placeholder::at(rest) {
+                    Some((p, len)) => (p.value(&parts), len),
+                    None => (&rest[..1], 1),
+                },
+                Some(start) => (&rest[..start], start),
+                None => (rest, rest.len()),
+            };
+            push_levels(&mut out, value);
+            rest = &rest[taken..];
+        }
+        if out.ends_with('/') {
+            out.pop();
         }
         out
     }
@@ -128,6 +139,49 @@ impl TopicTemplate {
             subtopic: "",
             client: "+",
         })
+    }
+}
+
+/// A placeholder of a topic template.
+#[derive(Debug, Clone, Copy)]
+enum Placeholder {
+    Domain,
+    Channel,
+    Client,
+    Subtopic,
+}
+
+impl Placeholder {
+    /// The placeholder `s` starts with, and its length.
+    fn at(s: &str) -> Option<(Self, usize)> {
+        [
+            ("{domain}", Self::Domain),
+            ("{channel}", Self::Channel),
+            ("{client}", Self::Client),
+            ("{subtopic}", Self::Subtopic),
+        ]
+        .into_iter()
+        .find(|(name, _)| s.starts_with(name))
+        .map(|(name, p)| (p, name.len()))
+    }
+
+    fn value<'a>(self, parts: &TopicParts<'a>) -> &'a str {
+        match self {
+            Self::Domain => parts.domain,
+            Self::Channel => parts.channel,
+            Self::Client => parts.client,
+            Self::Subtopic => parts.subtopic,
+        }
+    }
+}
+
+/// Appends `s` to a topic, leaving out empty levels (no leading `/`, no `//`).
+fn push_levels(out: &mut String, s: &str) {
+    for c in s.chars() {
+        if c == '/' && (out.is_empty() || out.ends_with('/')) {
+            continue;
+        }
+        out.push(c);
     }
 }
 
@@ -192,6 +246,24 @@ mod tests {
         let t = TopicTemplate::parse("gw/{client}/{channel}/{subtopic}").unwrap();
         assert_eq!(t.render(parts("a")), "gw/k1/c1/a");
         assert_eq!(t.channel_filter("d", "c"), "gw/+/c");
+    }
+
+    #[test]
+    fn empty_levels_collapse_and_values_are_not_expanded_again() {
+        let t = TopicTemplate::parse("/m/{domain}/c/{channel}/{subtopic}/").unwrap();
+        let empty_domain = TopicParts {
+            domain: "",
+            ..parts("a//b/")
+        };
+        assert_eq!(t.render(empty_domain), "m/c/c1/a/b");
+        // A value that looks like a placeholder is copied as it is.
+        let tricky = TopicParts {
+            domain: "{client}",
+            ..parts("{channel}")
+        };
+        assert_eq!(t.render(tricky), "m/{client}/c/c1/{channel}");
+        let t = TopicTemplate::parse("{channel}{subtopic}x").unwrap();
+        assert_eq!(t.render(parts("")), "c1x");
     }
 
     #[test]

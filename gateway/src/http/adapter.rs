@@ -207,7 +207,7 @@ async fn accept(
     else {
         return Decision::NoContentType;
     };
-    let durable = match state.intake.publish(&admitted, body, Some(content_type)) {
+    let durable = match state.intake.publish(admitted, body, Some(content_type)) {
         Ok(d) => d,
         Err(r) => return Decision::Refused(r, detail(&r)),
     };

@@ -299,15 +299,17 @@ impl Intake {
     /// Hands an admitted message to the outbox; the returned future resolves once durable.
     pub fn publish(
         &self,
-        admitted: &Admitted,
+        admitted: Admitted,
         payload: Bytes,
         content_format: Option<String>,
     ) -> Result<Durable, Refusal> {
+        // Taken by value: the admission's strings move into the message (no copies per
+        // message on the hot path).
         let msg = Message {
-            client_id: admitted.client.id.clone(),
-            channel_id: admitted.channel.id.clone(),
-            domain_id: admitted.domain_id.clone(),
-            subtopic: admitted.subtopic.clone(),
+            client_id: admitted.client.id,
+            channel_id: admitted.channel.id,
+            domain_id: admitted.domain_id,
+            subtopic: admitted.subtopic,
             content_format,
             payload,
             received_at: SystemTime::now(),

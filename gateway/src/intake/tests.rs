@@ -35,7 +35,7 @@ async fn an_admitted_message_is_durable_with_the_channel_domain_and_normalised_s
     let seq = f
         .intake
         .publish(
-            &admitted,
+            admitted,
             Bytes::from_static(b"21.5"),
             Some("text/plain".into()),
         )
@@ -94,7 +94,7 @@ fn a_full_outbox_is_busy_and_a_closed_one_unavailable() {
             .expect("admitted");
         let refusal = f
             .intake
-            .publish(&admitted, Bytes::from_static(b"x"), None)
+            .publish(admitted, Bytes::from_static(b"x"), None)
             .expect_err("refused");
         assert_eq!(refusal.kind(), expected, "{state:?}");
         assert!(refusal.retry_after().is_some(), "{state:?}: {refusal:?}");

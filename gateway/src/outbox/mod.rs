@@ -298,10 +298,16 @@ impl Outbox {
             Admission::TooLarge { max } => return Err(IngestError::TooLarge { max }),
         }
         let (tx, rx) = oneshot::channel();
+        // The writer waits only while nothing is pending (checked under this lock), so only
+        // the append that makes the queue non-empty has to wake it. A condvar notify is a
+        // futex system call even with nobody waiting: not one per message.
+        let wake = pending.appends.is_empty();
         pending.appends.push((msg, weight, tx));
         pending.bytes += weight;
         drop(pending);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
         Ok(Receipt { rx })
     }
 

@@ -6,6 +6,7 @@
 //! [`task::Backend`], so this module never touches SQLite itself.
 
 pub mod backend;
+mod batch;
 pub mod dtls;
 pub mod proto;
 pub mod task;

@@ -3,7 +3,7 @@
 //! downlink notifications, the next timer and cancellation, then drains every `poll_*`.
 //! No lock is held around protocol state; every channel is bounded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::Poll;
@@ -11,17 +11,16 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::dtls::{SessionEvent, Sessions};
 use super::proto::{
-    Credentials, Event, ExchangeId, Outcome, Refusal, Server, ServerConfig, Target, Transmit,
+    Credentials, Event, ExchangeId, Outcome, Refusal, Server, ServerConfig, Target,
 };
 use crate::auth::{ClientRef, Op};
 use crate::downlink::{Command, Subscription};
-use crate::intake::{self, Admitted, Intake};
+use crate::intake::{self, Admitted, Durable, Intake};
 use crate::runtime::metrics::{Adapter, Metrics};
 
 pub use super::dtls::Principal;
@@ -111,6 +110,10 @@ impl super::dtls::DtlsCredentials for BackendCredentials {
 
 /// Largest datagram read (UDP payload maximum).
 const RECV_BUFFER: usize = 65_535;
+/// Datagrams read from the socket per wake-up before the answers are sent.
+const RECV_BATCH: usize = 32;
+/// How long the shell sleeps when no core has a deadline.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// How often the DTLS table is swept: handshake deadlines, idle sessions, and principals
 /// checked against the auth store (disabled clients).
 const REVALIDATE_EVERY: Duration = Duration::from_secs(1);
@@ -144,7 +147,12 @@ struct Shell {
     server: Server,
     sessions: Option<Sessions>,
     intake: Intake,
-    decisions: JoinSet<(ExchangeId, Outcome)>,
+    /// Publishes handed to the outbox and not yet durable, in the order they were handed
+    /// over. The one writer commits them in that order, so the front one resolves first:
+    /// only it is polled (no task per message).
+    decisions: VecDeque<(ExchangeId, Durable)>,
+    /// Decisions that resolved, waiting to be completed in the core.
+    decided: Vec<(ExchangeId, Result<u64, Refusal>)>,
     observations: HashMap<ExchangeId, Observation>,
     /// Auth store changes: every observation is re-checked.
     changes: tokio::sync::watch::Receiver<i64>,
@@ -184,7 +192,8 @@ impl Shell {
             changes: intake.changes(),
             to_end: Vec::new(),
             intake,
-            decisions: JoinSet::new(),
+            decisions: VecDeque::new(),
+            decided: Vec::new(),
             observations: HashMap::new(),
             adapter,
             ended,
@@ -205,27 +214,45 @@ impl Shell {
             "coap"
         };
         info!(addr = %self.socket.local_addr()?, "{scheme} listening");
+        // One timer, moved only when the cores' next deadline changes (not a new timer
+        // registration per datagram).
+        let timer = tokio::time::sleep(IDLE_WAKE);
+        tokio::pin!(timer);
+        let mut armed: Option<Option<Instant>> = None;
         loop {
             let deadline = self.poll_timeout();
-            let sleep_until = deadline.map_or_else(
-                || tokio::time::Instant::now() + Duration::from_secs(3600),
-                tokio::time::Instant::from_std,
-            );
+            if armed != Some(deadline) {
+                let at = deadline.map_or_else(
+                    || tokio::time::Instant::now() + IDLE_WAKE,
+                    tokio::time::Instant::from_std,
+                );
+                timer.as_mut().reset(at);
+                armed = Some(deadline);
+            }
             tokio::select! {
                 () = cancel.cancelled() => break,
                 received = self.socket.recv_from(&mut buf) => {
                     match received {
-                        Ok((len, peer)) => self.handle_datagram(peer, &buf[..len]),
+                        Ok((len, peer)) => {
+                            self.handle_datagram(peer, &buf[..len]);
+                            // Whatever else is already queued on the socket, up to a bound,
+                            // before the answers go out: one drain for many datagrams.
+                            for _ in 1..RECV_BATCH {
+                                match self.socket.try_recv_from(&mut buf) {
+                                    Ok((len, peer)) => self.handle_datagram(peer, &buf[..len]),
+                                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                                    Err(e) if is_transient(&e) => debug!("{scheme} recv: {e}"),
+                                    Err(e) => return Err(e),
+                                }
+                            }
+                        }
                         // ICMP port unreachable from an earlier send surfaces here on Linux.
                         Err(e) if is_transient(&e) => debug!("{scheme} recv: {e}"),
                         Err(e) => return Err(e),
                     }
                 }
-                Some(done) = self.decisions.join_next(), if !self.decisions.is_empty() => {
-                    match done {
-                        Ok((exchange, outcome)) => self.server.complete(exchange, outcome, Instant::now()),
-                        Err(e) => warn!("{scheme}: a publish decision task failed: {e}"),
-                    }
+                () = next_decisions(&mut self.decisions, &mut self.decided), if !self.decisions.is_empty() => {
+                    self.complete_decided();
                 }
                 (observer, cmd) = next_command(&mut self.observations), if !self.observations.is_empty() => {
                     match cmd {
@@ -252,7 +279,9 @@ impl Shell {
                         s.sweep(Instant::now());
                     }
                 }
-                () = tokio::time::sleep_until(sleep_until) => {
+                () = &mut timer => {
+                    // Fired: re-armed at the top of the loop whatever the next deadline is.
+                    armed = None;
                     let now = Instant::now();
                     if let Some(s) = self.sessions.as_mut() {
                         s.handle_timeout(now);
@@ -270,16 +299,28 @@ impl Shell {
         while !self.decisions.is_empty() {
             tokio::select! {
                 () = &mut grace => break,
-                Some(done) = self.decisions.join_next() => {
-                    if let Ok((exchange, outcome)) = done {
-                        self.server.complete(exchange, outcome, Instant::now());
-                    }
+                () = next_decisions(&mut self.decisions, &mut self.decided) => {
+                    self.complete_decided();
                     self.drain().await;
                 }
             }
         }
-        self.decisions.detach_all();
         Ok(())
+    }
+
+    /// Hands the resolved publish decisions to the core (2.04, or the refusal).
+    fn complete_decided(&mut self) {
+        let now = Instant::now();
+        for (exchange, result) in self.decided.drain(..) {
+            let outcome = match result {
+                Ok(_) => {
+                    self.metrics.message_in(self.adapter);
+                    Outcome::Stored
+                }
+                Err(r) => Outcome::Refused(r),
+            };
+            self.server.complete(exchange, outcome, now);
+        }
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -318,23 +359,22 @@ impl Shell {
                 progressed = true;
                 self.handle_event(ev);
             }
+            let mut out = Vec::new();
             while let Some(t) = self.server.poll_transmit() {
                 progressed = true;
                 match self.sessions.as_mut() {
                     Some(s) => s.send(t.peer, &t.payload, Instant::now()),
-                    None => self.send(t).await,
+                    None => out.push(t),
                 }
             }
             if let Some(sessions) = self.sessions.as_mut() {
-                let mut out = Vec::new();
                 while let Some(t) = sessions.poll_transmit() {
+                    progressed = true;
                     out.push(t);
                 }
-                for t in out {
-                    progressed = true;
-                    self.send(t).await;
-                }
             }
+            // Everything this round produced, in as few system calls as the kernel takes.
+            super::batch::send_all(&self.socket, &out).await;
             if !progressed {
                 if self.to_end.is_empty() {
                     break;
@@ -365,12 +405,6 @@ impl Shell {
                     counts.0, counts.1
                 );
             }
-        }
-    }
-
-    async fn send(&self, t: Transmit) {
-        if let Err(e) = self.socket.send_to(&t.payload, t.peer).await {
-            debug!(peer = %t.peer, "send failed: {e}");
         }
     }
 
@@ -482,25 +516,13 @@ impl Shell {
                     .admit(peer, &target, &credentials, Op::Publish)
                     .and_then(|admitted| {
                         self.intake.publish(
-                            &admitted,
+                            admitted,
                             bytes::Bytes::from(payload),
                             content_format.map(content_format_name),
                         )
                     });
                 match durable {
-                    Ok(durable) => {
-                        let (metrics, adapter) = (self.metrics.clone(), self.adapter);
-                        self.decisions.spawn(async move {
-                            let outcome = match durable.await {
-                                Ok(_) => {
-                                    metrics.message_in(adapter);
-                                    Outcome::Stored
-                                }
-                                Err(r) => Outcome::Refused(r),
-                            };
-                            (exchange, outcome)
-                        });
-                    }
+                    Ok(durable) => self.decisions.push_back((exchange, durable)),
                     Err(r) => self.server.complete(exchange, Outcome::Refused(r), now),
                 }
             }
@@ -632,6 +654,30 @@ fn content_format_name(cf: u16) -> String {
         112 => "application/senml+cbor".into(),
         other => other.to_string(),
     }
+}
+
+/// Waits until the oldest pending publish decision resolves, then moves it and every
+/// following one that has resolved too into `decided`.
+async fn next_decisions(
+    pending: &mut VecDeque<(ExchangeId, Durable)>,
+    decided: &mut Vec<(ExchangeId, Result<u64, Refusal>)>,
+) {
+    std::future::poll_fn(|cx| {
+        while let Some((_, durable)) = pending.front_mut() {
+            let Poll::Ready(result) = std::pin::Pin::new(durable).poll(cx) else {
+                break;
+            };
+            if let Some((exchange, _)) = pending.pop_front() {
+                decided.push((exchange, result));
+            }
+        }
+        if decided.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await
 }
 
 async fn recv_opt(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {

@@ -63,7 +63,7 @@ impl Backend for GatewayBackend {
         let admitted = self
             .intake
             .admit(None, Credentials::Session(&who), &target, Op::Publish)?;
-        let durable = self.intake.publish(&admitted, payload.into(), None)?;
+        let durable = self.intake.publish(admitted, payload.into(), None)?;
         Ok(Box::pin(durable))
     }
 
