@@ -7,6 +7,7 @@
 
 pub mod backend;
 mod batch;
+mod decisions;
 pub mod dtls;
 pub mod proto;
 pub mod task;

@@ -251,7 +251,7 @@ impl Shell {
                         Err(e) => return Err(e),
                     }
                 }
-                () = next_decisions(&mut self.decisions, &mut self.decided), if !self.decisions.is_empty() => {
+                () = super::decisions::next(&mut self.decisions, &mut self.decided), if !self.decisions.is_empty() => {
                     self.complete_decided();
                 }
                 (observer, cmd) = next_command(&mut self.observations), if !self.observations.is_empty() => {
@@ -299,7 +299,7 @@ impl Shell {
         while !self.decisions.is_empty() {
             tokio::select! {
                 () = &mut grace => break,
-                () = next_decisions(&mut self.decisions, &mut self.decided) => {
+                () = super::decisions::next(&mut self.decisions, &mut self.decided) => {
                     self.complete_decided();
                     self.drain().await;
                 }
@@ -654,30 +654,6 @@ fn content_format_name(cf: u16) -> String {
         112 => "application/senml+cbor".into(),
         other => other.to_string(),
     }
-}
-
-/// Waits until the oldest pending publish decision resolves, then moves it and every
-/// following one that has resolved too into `decided`.
-async fn next_decisions(
-    pending: &mut VecDeque<(ExchangeId, Durable)>,
-    decided: &mut Vec<(ExchangeId, Result<u64, Refusal>)>,
-) {
-    std::future::poll_fn(|cx| {
-        while let Some((_, durable)) = pending.front_mut() {
-            let Poll::Ready(result) = std::pin::Pin::new(durable).poll(cx) else {
-                break;
-            };
-            if let Some((exchange, _)) = pending.pop_front() {
-                decided.push((exchange, result));
-            }
-        }
-        if decided.is_empty() {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await
 }
 
 async fn recv_opt(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
