@@ -9,8 +9,6 @@ pub const DEFAULT_TEMPLATE: &str = "m/{domain}/c/{channel}/{subtopic}";
 /// The SuperMQ ≤ 0.16 / Mainflux layout, selected with `topic_template = "legacy"`.
 pub const LEGACY_TEMPLATE: &str = "channels/{channel}/messages/{subtopic}";
 
-const PLACEHOLDERS: [&str; 4] = ["{domain}", "{channel}", "{subtopic}", "{client}"];
-
 /// Why a subtopic or template is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
@@ -89,7 +87,7 @@ impl TopicTemplate {
                 .find('}')
                 .map_or(rest.len(), |e| start + e + 1);
             let name = &rest[start..end];
-            if !PLACEHOLDERS.contains(&name) {
+            if !Placeholder::is(name) {
                 return Err(TopicError::UnknownPlaceholder(name.to_owned()));
             }
             rest = &rest[end..];
@@ -152,17 +150,24 @@ enum Placeholder {
 }
 
 impl Placeholder {
+    const ALL: [(&'static str, Self); 4] = [
+        ("{domain}", Self::Domain),
+        ("{channel}", Self::Channel),
+        ("{client}", Self::Client),
+        ("{subtopic}", Self::Subtopic),
+    ];
+
     /// The placeholder `s` starts with, and its length.
     fn at(s: &str) -> Option<(Self, usize)> {
-        [
-            ("{domain}", Self::Domain),
-            ("{channel}", Self::Channel),
-            ("{client}", Self::Client),
-            ("{subtopic}", Self::Subtopic),
-        ]
-        .into_iter()
-        .find(|(name, _)| s.starts_with(name))
-        .map(|(name, p)| (p, name.len()))
+        Self::ALL
+            .into_iter()
+            .find(|(name, _)| s.starts_with(name))
+            .map(|(name, p)| (p, name.len()))
+    }
+
+    /// Whether `name` (braces included) is a placeholder.
+    fn is(name: &str) -> bool {
+        Self::ALL.iter().any(|(n, _)| *n == name)
     }
 
     fn value<'a>(self, parts: &TopicParts<'a>) -> &'a str {

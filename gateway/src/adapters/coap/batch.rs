@@ -46,8 +46,8 @@ pub async fn send_all(socket: &UdpSocket, out: &[Transmit]) {
     }
 }
 
-/// One `sendmmsg` over `chunk`: how many datagrams the kernel took (at least one), or the
-/// error of the first.
+/// One `sendmmsg` over `chunk`: how many datagrams the kernel took, or the error of the
+/// first.
 fn sendmmsg(socket: &UdpSocket, chunk: &[Transmit]) -> io::Result<usize> {
     let addrs: Vec<SockAddr> = chunk.iter().map(|t| SockAddr::from(t.peer)).collect();
     let mut iovs: Vec<libc::iovec> = chunk
