@@ -302,6 +302,14 @@ fn main() {
     let threads = env_num("BENCH_LOAD_THREADS", 1);
     let after = system_tests::edgegw_bin();
     let before = std::env::var_os("BENCH_BEFORE").map(PathBuf::from);
+    // BENCH_ROWS=256x1,32x8,bridge,psk,open: only those rows (all when unset), e.g. to
+    // profile one of them alone.
+    let rows_wanted = std::env::var("BENCH_ROWS").ok();
+    let want = |tag: &str| {
+        rows_wanted
+            .as_deref()
+            .is_none_or(|w| w.split(',').any(|t| t.trim() == tag))
+    };
 
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&dir.path().join("pki"));
@@ -367,7 +375,8 @@ fn main() {
         let mut this = Vec::new();
         let mut max_rate = std::collections::HashMap::new();
         for load in shapes {
-            for gw in &gws {
+            let shape = format!("{}x{}", load.sensors, load.window);
+            for gw in gws.iter().filter(|_| want(&shape)) {
                 let options = coap_options(PATH, Some(&gw.secret));
                 let b = next_base();
                 let (at, name) = (gw.coap, format!("{} CoAP CON", gw.label));
@@ -378,6 +387,9 @@ fn main() {
                     max_rate.insert(gw.label.clone(), r.e2e);
                 }
                 this.push(r);
+            }
+            if !want("bridge") {
+                continue;
             }
             let b = next_base();
             this.push(measure(
@@ -394,7 +406,7 @@ fn main() {
             seconds,
             rate: None,
         };
-        for gw in &gws {
+        for gw in gws.iter().filter(|_| want("psk")) {
             let cred = Credential::psk("sensor", &gw.secret);
             let options = coap_options(PATH, None);
             let b = next_base();
@@ -421,7 +433,7 @@ fn main() {
                 },
             ));
         }
-        for gw in &gws {
+        for gw in gws.iter().filter(|_| want("open")) {
             let half = max_rate.get(&gw.label).copied().unwrap_or(10_000.0) / 2.0;
             let load = Load {
                 sensors: 32,
