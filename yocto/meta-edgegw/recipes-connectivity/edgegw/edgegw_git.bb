@@ -42,6 +42,9 @@ CARGO_SRC_DIR = "gateway"
 CARGO_LOCK_PATH = "${S}/Cargo.lock"
 # aws-lc-sys (the one crypto provider) builds with the cc crate, no cmake.
 export AWS_LC_SYS_CMAKE_BUILDER = "0"
+# Seeded from the kernel's getrandom, not aws-lc's CPU-jitter collector (README, "Crypto
+# provider"; the same as .cargo/config.toml for cargo, the .deb and the musl builds).
+export AWS_LC_SYS_NO_JITTER_ENTROPY = "1"
 # The release profile strips for cargo users (.deb, static musl); here OE strips and splits
 # the debug symbols into ${PN}-dbg itself (a pre-stripped binary fails the already-stripped QA).
 export CARGO_PROFILE_RELEASE_STRIP = "none"
