@@ -212,6 +212,37 @@ impl Db {
     }
 }
 
+/// What the in-memory snapshot keeps of a client: no name, metadata, tags or times, so a
+/// (re)load with many clients does not parse two JSON columns per row only to drop them.
+pub struct AuthClient {
+    pub id: String,
+    pub identity: String,
+    pub secret: String,
+    pub enabled: bool,
+}
+
+/// Never shows the secret.
+impl std::fmt::Debug for AuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthClient")
+            .field("id", &self.id)
+            .field("identity", &self.identity)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) const AUTH_CLIENT_SELECT: &str = "SELECT id, identity, secret, enabled FROM clients";
+
+pub(super) fn auth_client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuthClient> {
+    Ok(AuthClient {
+        id: r.get(0)?,
+        identity: r.get(1)?,
+        secret: r.get(2)?,
+        enabled: r.get(3)?,
+    })
+}
+
 pub(super) const CLIENT_SELECT: &str = "SELECT id, identity, name, secret, enabled, metadata, created_at, updated_at, tags FROM clients";
 
 pub(super) fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {

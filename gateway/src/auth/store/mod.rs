@@ -24,7 +24,7 @@ mod validate;
 
 pub use audit::AuditEvent;
 pub use channels::{Channel, NewChannel};
-pub use clients::{Client, NewClient};
+pub use clients::{AuthClient, Client, NewClient};
 pub use connections::Grant;
 pub use schema::SCHEMA_VERSION;
 #[cfg(test)]
@@ -36,7 +36,7 @@ pub use validate::{
 
 use certificates::{CERT_SELECT, cert_row};
 use channels::{CHANNEL_SELECT, channel_row};
-use clients::{CLIENT_SELECT, client_row};
+use clients::{AUTH_CLIENT_SELECT, auth_client_row};
 use connections::connection_row;
 use schema::{check_file, create};
 use validate::{validate_domain, validate_text};
@@ -47,7 +47,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Everything the cache is built from, read in one transaction.
 #[derive(Debug, Default)]
 pub struct Tables {
-    pub clients: Vec<Client>,
+    pub clients: Vec<AuthClient>,
     pub channels: Vec<Channel>,
     pub connections: Vec<Grant>,
     pub certificates: Vec<CertificateRecord>,
@@ -243,9 +243,9 @@ impl Db {
                     r.get(0)
                 })
                 .map_err(e)?;
-            let mut st = tx.prepare(CLIENT_SELECT).map_err(e)?;
+            let mut st = tx.prepare(AUTH_CLIENT_SELECT).map_err(e)?;
             t.clients = st
-                .query_map([], client_row)
+                .query_map([], auth_client_row)
                 .map_err(e)?
                 .collect::<Result<_, _>>()
                 .map_err(e)?;
