@@ -546,17 +546,31 @@ fn main() {
             db.add_client(&format!("dev-{i:05}"), None, None, None)
                 .expect("add client");
         }
-        let (d, ready_10k) = gw.start();
-        // Let the first status/cache load settle: the idle figure, not the start-up peak.
-        std::thread::sleep(Duration::from_secs(2));
-        let r = (
-            current_rss(d.pid()),
-            proc_usage(d.pid()).1,
-            ready_10k,
-            rss_split(d.pid()),
-        );
-        d.signal("TERM");
-        r
+        // READY moves by tens of ms from start to start on a shared VM: the median of
+        // READY_STARTS starts, each after the previous daemon has exited; RSS of the last.
+        const READY_STARTS: usize = 5;
+        let mut times = Vec::with_capacity(READY_STARTS);
+        loop {
+            let (mut d, t) = gw.start();
+            times.push(t);
+            if times.len() < READY_STARTS {
+                d.signal("TERM");
+                d.wait_exit(Duration::from_secs(10))
+                    .expect("edgegw exits on SIGTERM");
+                continue;
+            }
+            times.sort();
+            // Let the first status/cache load settle: the idle figure, not the start-up peak.
+            std::thread::sleep(Duration::from_secs(2));
+            let r = (
+                current_rss(d.pid()),
+                proc_usage(d.pid()).1,
+                times[READY_STARTS / 2],
+                rss_split(d.pid()),
+            );
+            d.signal("TERM");
+            break r;
+        }
     };
 
     if footprint {
@@ -715,7 +729,7 @@ fn main() {
     println!();
     println!("edgegw time to READY=1 (sd_notify, 1 client): {ready:.2?}");
     println!(
-        "edgegw with 10,000 provisioned clients: idle RSS {} KiB (peak {} KiB), READY in {:.2?}",
+        "edgegw with 10,000 provisioned clients: idle RSS {} KiB (peak {} KiB), READY in {:.2?} (median of 5 starts)",
         many.0, many.1, many.2
     );
     println!(
@@ -782,7 +796,7 @@ fn print_footprint(
     }
     println!(
         "{:<52} {:>9.1} ms {:>7} ms {:>5}",
-        "READY=1, 10,000 clients (sd_notify)",
+        "READY=1, 10,000 clients (sd_notify, median of 5)",
         many.2.as_secs_f64() * 1000.0,
         50,
         verdict(many.2 <= Duration::from_millis(50))
