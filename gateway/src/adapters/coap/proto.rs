@@ -27,7 +27,7 @@ mod wire;
 
 pub use answer::{CoapAnswer, coap_answer};
 use block1::BlockTransfer;
-use dedup::{DedupEntry, DedupState};
+use dedup::{DedupState, DedupTable};
 use observe::Observer;
 use uri::{PathError, Resource, parse_query, parse_resource, unsupported_critical_option};
 use wire::{decode_uint, encode, encode_uint};
@@ -253,9 +253,7 @@ pub struct Server {
     config: ServerConfig,
     next_exchange: u64,
     next_message_id: u16,
-    dedup: HashMap<(SocketAddr, u16), DedupEntry>,
-    /// Insertion order of `dedup` keys with their expiry, for eviction.
-    dedup_order: VecDeque<((SocketAddr, u16), Instant)>,
+    dedup: DedupTable,
     pending: HashMap<ExchangeId, Pending>,
     blocks: HashMap<(SocketAddr, String), BlockTransfer>,
     observers: HashMap<ExchangeId, Observer>,
@@ -285,10 +283,9 @@ impl Server {
     pub fn new(config: ServerConfig) -> Self {
         Self {
             next_message_id: config.initial_message_id,
+            dedup: DedupTable::new(config.max_dedup_entries),
             config,
             next_exchange: 1,
-            dedup: HashMap::new(),
-            dedup_order: VecDeque::new(),
             pending: HashMap::new(),
             blocks: HashMap::new(),
             observers: HashMap::new(),
@@ -465,7 +462,7 @@ impl Server {
         }
         self.pending.retain(|_, p| p.peer != peer);
         self.blocks.retain(|(p, _), _| *p != peer);
-        self.dedup.retain(|(p, _), _| *p != peer);
+        self.dedup.forget_peer(peer);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -483,7 +480,7 @@ impl Server {
             .values()
             .filter_map(|o| o.in_flight.as_ref().map(|f| f.next))
             .min();
-        let dedup = self.dedup_order.front().map(|(_, t)| *t);
+        let dedup = self.dedup.next_expiry();
         let blocks = self.blocks.values().map(|b| b.expires).min();
         [retransmit, dedup, blocks, self.next_observe_sweep]
             .into_iter()
@@ -492,15 +489,7 @@ impl Server {
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some((key, expires)) = self.dedup_order.front() {
-            if *expires > now {
-                break;
-            }
-            if self.dedup.get(key).is_some_and(|e| e.expires <= now) {
-                self.dedup.remove(key);
-            }
-            self.dedup_order.pop_front();
-        }
+        self.dedup.expire(now);
         self.blocks.retain(|_, b| b.expires > now);
     }
 
