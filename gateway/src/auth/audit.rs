@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,6 +30,9 @@ use super::StoreError;
 use super::store::{AuditEvent, Db, now_ms};
 
 /// Events waiting to be written; beyond this they are dropped (and counted), never queued.
+/// Counted by hand on an unbounded channel: std's bounded channel allocates and touches
+/// every slot up front (4 096 × ~250 B, 1 MiB resident from the start), the unbounded one
+/// takes memory in blocks of 31 events as they queue and gives it back as they are written.
 const QUEUE: usize = 4096;
 /// Most events written in one transaction.
 const BATCH: usize = 512;
@@ -71,7 +74,9 @@ struct Aggregate {
 
 #[derive(Debug)]
 pub struct Audit {
-    tx: Option<SyncSender<AuditEvent>>,
+    tx: Option<Sender<AuditEvent>>,
+    /// Events sent and not yet received by the writer (at most [`QUEUE`]).
+    queued: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
     dropped: Arc<AtomicU64>,
     aggregate: Arc<Mutex<Aggregate>>,
@@ -86,9 +91,14 @@ impl Audit {
     /// [`Audit::start`] with another aggregation interval.
     pub fn start_every(path: &Path, keep: u64, every: Duration) -> Result<Audit, StoreError> {
         let db = Db::attach(path)?;
-        let (tx, rx) = sync_channel(QUEUE);
+        let (tx, rx) = channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&dropped);
+        let rx = Queue {
+            rx,
+            queued: Arc::clone(&queued),
+        };
         let aggregate = Arc::new(Mutex::new(Aggregate::default()));
         let tallies = Arc::clone(&aggregate);
         let thread = std::thread::Builder::new()
@@ -100,6 +110,7 @@ impl Audit {
             })?;
         Ok(Audit {
             tx: Some(tx),
+            queued,
             thread: Some(thread),
             dropped,
             aggregate,
@@ -195,13 +206,17 @@ impl Audit {
 
     /// Queues an event without waiting.
     pub fn record(&self, event: AuditEvent) {
-        if let Some(tx) = &self.tx {
-            match tx.try_send(event) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if tx.send(event).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -269,9 +284,29 @@ fn take_tallies(aggregate: &Mutex<Aggregate>) -> Vec<AuditEvent> {
     rows
 }
 
+/// The writer's end of the queue: every event taken out of it is uncounted.
+struct Queue {
+    rx: Receiver<AuditEvent>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    fn recv_timeout(&self, wait: Duration) -> Result<AuditEvent, RecvTimeoutError> {
+        let ev = self.rx.recv_timeout(wait)?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Ok(ev)
+    }
+
+    fn try_recv(&self) -> Option<AuditEvent> {
+        let ev = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(ev)
+    }
+}
+
 fn write_loop(
     mut db: Db,
-    rx: &Receiver<AuditEvent>,
+    rx: &Queue,
     keep: u64,
     dropped: &AtomicU64,
     aggregate: &Mutex<Aggregate>,
@@ -294,8 +329,8 @@ fn write_loop(
         };
         while open && batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(ev) => batch.push(ev),
-                Err(_) => break,
+                Some(ev) => batch.push(ev),
+                None => break,
             }
         }
         if !open || Instant::now() >= interval_end {
@@ -325,5 +360,44 @@ fn write_loop(
         if !open {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queue holds at most QUEUE events however fast they come and however slow the
+    /// writer is; each one beyond is counted as dropped, and room taken out by the writer is
+    /// room again.
+    #[test]
+    fn the_queue_is_bounded_and_counts_what_it_drops() {
+        let (tx, rx) = channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let audit = Audit {
+            tx: Some(tx),
+            queued: Arc::clone(&queued),
+            thread: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+            aggregate: Arc::default(),
+        };
+        let writer = Queue { rx, queued };
+        for _ in 0..QUEUE + 10 {
+            audit.record(AuditEvent::default());
+        }
+        assert_eq!(audit.dropped(), 10);
+        for _ in 0..5 {
+            assert!(writer.try_recv().is_some());
+        }
+        for _ in 0..7 {
+            audit.record(AuditEvent::default());
+        }
+        assert_eq!(audit.dropped(), 12);
+        let mut left = 0;
+        while writer.try_recv().is_some() {
+            left += 1;
+        }
+        assert_eq!(left, QUEUE);
+        assert!(writer.recv_timeout(Duration::from_millis(1)).is_err());
     }
 }
