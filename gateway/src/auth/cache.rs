@@ -3,6 +3,7 @@
 //! `now`), so decisions cost a few hash lookups.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
 
 use super::store::Tables;
@@ -18,9 +19,8 @@ pub struct Grant {
     pub subscribe: bool,
 }
 
-/// A client secret held in the cache; its bytes are overwritten when the last copy goes (a
-/// snapshot is replaced, a client removed or its secret rotated).
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// A client secret held in the cache (one copy per snapshot); its bytes are overwritten when
+/// it goes (a snapshot is replaced, a client removed or its secret rotated).
 struct SecretBytes(Box<[u8]>);
 
 impl Drop for SecretBytes {
@@ -36,19 +36,15 @@ impl std::fmt::Debug for SecretBytes {
     }
 }
 
-impl std::borrow::Borrow<[u8]> for SecretBytes {
-    fn borrow(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-pub struct CachedClient {
-    pub id: String,
-    pub identity: String,
+/// One client as the snapshot holds it: a few hundred bytes each with 10,000 provisioned
+/// (strings boxed to their length, no `Arc` or map of its own; docs/benchmarks.md).
+struct CachedClient {
+    id: Box<str>,
+    identity: Box<str>,
     secret: SecretBytes,
-    pub enabled: bool,
-    /// channel id → rights.
-    pub grants: HashMap<String, Grant>,
+    enabled: bool,
+    /// (channel id, rights), sorted by channel id.
+    grants: Box<[(Box<str>, Grant)]>,
 }
 
 impl std::fmt::Debug for CachedClient {
@@ -64,18 +60,116 @@ impl std::fmt::Debug for CachedClient {
 impl CachedClient {
     fn to_ref(&self) -> ClientRef {
         ClientRef {
-            id: self.id.clone(),
-            identity: self.identity.clone(),
+            id: self.id.to_string(),
+            identity: self.identity.to_string(),
         }
     }
+
+    fn grant(&self, channel_id: &str) -> Option<Grant> {
+        self.grants
+            .binary_search_by(|(ch, _)| (**ch).cmp(channel_id))
+            .ok()
+            .map(|i| self.grants[i].1)
+    }
+}
+
+/// The map of a key already hashed with the index's own random keys: no second hash.
+#[derive(Debug, Default, Clone, Copy)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct BuildPrehashed;
+
+impl BuildHasher for BuildPrehashed {
+    type Hasher = Prehashed;
+    fn build_hasher(&self) -> Prehashed {
+        Prehashed(0)
+    }
+}
+
+/// Which client a key (identity, id or secret) belongs to: the key's 64-bit keyed hash
+/// (SipHash, random keys per snapshot) → the client's position, the key itself compared in
+/// the client, so no key is stored twice. Two keys with the same hash (about one chance in
+/// 10^12 with 10,000 clients) go to `collided`, searched when the first does not match.
+#[derive(Debug, Default)]
+struct Index {
+    keys: RandomState,
+    first: HashMap<u64, u32, BuildPrehashed>,
+    collided: Vec<u32>,
+}
+
+impl Index {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            keys: RandomState::new(),
+            first: HashMap::with_capacity_and_hasher(n, BuildPrehashed),
+            collided: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, key: &[u8], at: u32) {
+        let h = self.keys.hash_one(key);
+        if let Some(prev) = self.first.insert(h, at) {
+            // Keep the first, the later one searched on a miss.
+            self.first.insert(h, prev);
+            self.collided.push(at);
+        }
+    }
+
+    /// The position of the client whose `key_of` is `key`.
+    fn get(
+        &self,
+        clients: &[CachedClient],
+        key: &[u8],
+        key_of: fn(&CachedClient) -> &[u8],
+    ) -> Option<usize> {
+        let at = |i: u32| {
+            usize::try_from(i)
+                .ok()
+                .filter(|&i| key_of(&clients[i]) == key)
+        };
+        let first = self
+            .first
+            .get(&self.keys.hash_one(key))
+            .copied()
+            .and_then(at);
+        first.or_else(|| self.collided.iter().copied().find_map(at))
+    }
+}
+
+fn identity_of(c: &CachedClient) -> &[u8] {
+    c.identity.as_bytes()
+}
+
+fn id_of(c: &CachedClient) -> &[u8] {
+    c.id.as_bytes()
+}
+
+fn secret_of(c: &CachedClient) -> &[u8] {
+    &c.secret.0
 }
 
 /// One consistent view of the store.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    by_identity: HashMap<String, Arc<CachedClient>>,
-    by_id: HashMap<String, Arc<CachedClient>>,
-    by_secret: HashMap<SecretBytes, Arc<CachedClient>>,
+    clients: Vec<CachedClient>,
+    by_identity: Index,
+    by_id: Index,
+    by_secret: Index,
     channels_by_id: HashMap<String, Arc<ChannelRef>>,
     channels_by_name: HashMap<String, Arc<ChannelRef>>,
     pub certificates: HashMap<String, CertificateRecord>,
@@ -88,27 +182,28 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn build(t: Tables) -> Self {
-        let mut grants: HashMap<String, HashMap<String, Grant>> = HashMap::new();
+        let mut grants: HashMap<String, Vec<(Box<str>, Grant)>> = HashMap::new();
         let mut subscribed_ids = std::collections::HashSet::new();
         let connections = t.connections.len();
         for c in t.connections {
             if c.subscribe {
                 subscribed_ids.insert(c.channel_id.clone());
             }
-            grants.entry(c.client_id).or_default().insert(
-                c.channel_id,
+            grants.entry(c.client_id).or_default().push((
+                c.channel_id.into_boxed_str(),
                 Grant {
                     publish: c.publish,
                     subscribe: c.subscribe,
                 },
-            );
+            ));
         }
         // Sized once: 10,000 clients would otherwise rehash each map a dozen times (READY).
         let n = t.clients.len();
         let mut s = Snapshot {
-            by_identity: HashMap::with_capacity(n),
-            by_id: HashMap::with_capacity(n),
-            by_secret: HashMap::with_capacity(n),
+            clients: Vec::with_capacity(n),
+            by_identity: Index::with_capacity(n),
+            by_id: Index::with_capacity(n),
+            by_secret: Index::with_capacity(n),
             channels_by_id: HashMap::with_capacity(t.channels.len()),
             channels_by_name: HashMap::with_capacity(t.channels.len()),
             connections,
@@ -116,18 +211,22 @@ impl Snapshot {
             ..Snapshot::default()
         };
         for c in t.clients {
-            let client = Arc::new(CachedClient {
-                grants: grants.remove(&c.id).unwrap_or_default(),
-                id: c.id,
-                identity: c.identity,
+            let Ok(at) = u32::try_from(s.clients.len()) else {
+                break; // 4 billion clients: SQLite would not have loaded them either.
+            };
+            let mut client_grants = grants.remove(&c.id).unwrap_or_default();
+            client_grants.sort_by(|a, b| a.0.cmp(&b.0));
+            let client = CachedClient {
+                grants: client_grants.into_boxed_slice(),
+                id: c.id.into_boxed_str(),
+                identity: c.identity.into_boxed_str(),
                 secret: SecretBytes(c.secret.into_bytes().into_boxed_slice()),
                 enabled: c.enabled,
-            });
-            s.by_identity
-                .insert(client.identity.clone(), Arc::clone(&client));
-            s.by_secret
-                .insert(client.secret.clone(), Arc::clone(&client));
-            s.by_id.insert(client.id.clone(), client);
+            };
+            s.by_identity.insert(identity_of(&client), at);
+            s.by_secret.insert(secret_of(&client), at);
+            s.by_id.insert(id_of(&client), at);
+            s.clients.push(client);
         }
         for ch in t.channels {
             let ch = Arc::new(ChannelRef {
@@ -152,11 +251,28 @@ impl Snapshot {
     }
 
     pub fn clients(&self) -> usize {
-        self.by_id.len()
+        self.clients.len()
     }
 
     pub fn disabled_clients(&self) -> usize {
-        self.by_id.values().filter(|c| !c.enabled).count()
+        self.clients.iter().filter(|c| !c.enabled).count()
+    }
+
+    fn by_identity(&self, identity: &str) -> Option<&CachedClient> {
+        let i = self
+            .by_identity
+            .get(&self.clients, identity.as_bytes(), identity_of)?;
+        Some(&self.clients[i])
+    }
+
+    fn by_id(&self, id: &str) -> Option<&CachedClient> {
+        let i = self.by_id.get(&self.clients, id.as_bytes(), id_of)?;
+        Some(&self.clients[i])
+    }
+
+    fn by_secret(&self, secret: &[u8]) -> Option<&CachedClient> {
+        let i = self.by_secret.get(&self.clients, secret, secret_of)?;
+        Some(&self.clients[i])
     }
 
     pub fn channels(&self) -> usize {
@@ -177,7 +293,7 @@ impl Snapshot {
     /// By identity and secret. Wrong secret and unknown identity take the same path: one
     /// constant-time comparison.
     pub fn authenticate(&self, identity: &str, secret: &[u8]) -> Result<ClientRef, Denied> {
-        match self.by_identity.get(identity) {
+        match self.by_identity(identity) {
             Some(c) => {
                 if !secret::ct_eq(&c.secret.0, secret) {
                     Err(Denied::BadSecret)
@@ -198,15 +314,15 @@ impl Snapshot {
     /// Basic name the client by id; edgegw's own forms by identity). An identity wins over an
     /// id that happens to spell it.
     pub fn resolve_identity<'a>(&'a self, user: &'a str) -> Option<&'a str> {
-        if self.by_identity.contains_key(user) {
+        if self.by_identity(user).is_some() {
             return Some(user);
         }
-        self.by_id.get(user).map(|c| c.identity.as_str())
+        self.by_id(user).map(|c| &*c.identity)
     }
 
     /// By secret alone (SuperMQ `auth=<secret>`): secrets are unique in the store.
     pub fn authenticate_secret(&self, secret: &[u8]) -> Result<ClientRef, Denied> {
-        match self.by_secret.get(secret) {
+        match self.by_secret(secret) {
             Some(c) if secret::ct_eq(&c.secret.0, secret) => {
                 if c.enabled {
                     Ok(c.to_ref())
@@ -233,7 +349,7 @@ impl Snapshot {
         fingerprint_sha256_hex: Option<&str>,
         now: i64,
     ) -> Result<ClientRef, Denied> {
-        let client = self.by_identity.get(cn).ok_or(Denied::CertUnknown)?;
+        let client = self.by_identity(cn).ok_or(Denied::CertUnknown)?;
         let cert = match self.certificates.get(serial_hex) {
             Some(c) => c,
             None => super::store::normalize_serial(serial_hex)
@@ -241,7 +357,7 @@ impl Snapshot {
                 .and_then(|s| self.certificates.get(&s))
                 .ok_or(Denied::CertUnknown)?,
         };
-        if cert.client_id != client.id {
+        if cert.client_id != *client.id {
             return Err(Denied::CertUnknown);
         }
         if let Some(fingerprint) = fingerprint_sha256_hex
@@ -265,18 +381,17 @@ impl Snapshot {
 
     /// An enabled client's secret, the DTLS-PSK key for its identity.
     pub fn psk_for_identity(&self, identity: &str) -> Option<Vec<u8>> {
-        self.by_identity
-            .get(identity)
+        self.by_identity(identity)
             .filter(|c| c.enabled)
             .map(|c| c.secret.0.to_vec())
     }
 
     /// Ids of the enabled clients allowed to subscribe to `channel_id` (downlink recipients).
     pub fn subscribers(&self, channel_id: &str) -> Vec<String> {
-        self.by_id
-            .values()
-            .filter(|c| c.enabled && c.grants.get(channel_id).is_some_and(|g| g.subscribe))
-            .map(|c| c.id.clone())
+        self.clients
+            .iter()
+            .filter(|c| c.enabled && c.grant(channel_id).is_some_and(|g| g.subscribe))
+            .map(|c| c.id.to_string())
             .collect()
     }
 
@@ -287,7 +402,7 @@ impl Snapshot {
         channel: &str,
         op: Op,
     ) -> Result<ChannelRef, Denied> {
-        let c = self.by_id.get(&client.id).ok_or(Denied::UnknownIdentity)?;
+        let c = self.by_id(&client.id).ok_or(Denied::UnknownIdentity)?;
         if !c.enabled {
             return Err(Denied::ClientDisabled);
         }
@@ -296,7 +411,7 @@ impl Snapshot {
             .get(channel)
             .or_else(|| self.channels_by_name.get(channel))
             .ok_or(Denied::UnknownChannel)?;
-        let grant = c.grants.get(&ch.id).copied().unwrap_or_default();
+        let grant = c.grant(&ch.id).unwrap_or_default();
         let allowed = match op {
             Op::Publish => grant.publish,
             Op::Subscribe => grant.subscribe,
@@ -324,5 +439,44 @@ impl Snapshot {
             .collect();
         out.sort_by(|a, b| a.serial_hex.cmp(&b.serial_hex));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(identity: &str) -> CachedClient {
+        CachedClient {
+            id: format!("id-{identity}").into(),
+            identity: identity.into(),
+            secret: SecretBytes(format!("secret-{identity}").into_bytes().into()),
+            enabled: true,
+            grants: Box::default(),
+        }
+    }
+
+    /// A key whose hash is taken by another client's key is found among the collided ones;
+    /// a key that is nobody's is not found, though its hash slot is occupied.
+    #[test]
+    fn the_index_compares_keys_and_searches_collisions() {
+        let clients = vec![client("a"), client("b"), client("c")];
+        let mut index = Index::with_capacity(3);
+        index.insert(identity_of(&clients[0]), 0);
+        index.insert(identity_of(&clients[2]), 2);
+        // As if "b" hashed like "a": its slot already holds "a".
+        let h = index.keys.hash_one(b"b");
+        index.first.insert(h, 0);
+        index.collided.push(1);
+        assert_eq!(index.get(&clients, b"a", identity_of), Some(0));
+        assert_eq!(index.get(&clients, b"b", identity_of), Some(1));
+        assert_eq!(index.get(&clients, b"c", identity_of), Some(2));
+        assert_eq!(index.get(&clients, b"d", identity_of), None);
+        // Same bytes, other field: not a match.
+        assert_eq!(index.get(&clients, b"id-a", identity_of), None);
+        // A second client with the same key goes to `collided`; the first keeps the slot.
+        index.insert(identity_of(&clients[0]), 1);
+        assert_eq!(index.collided, vec![1, 1]);
+        assert_eq!(index.get(&clients, b"a", identity_of), Some(0));
     }
 }
