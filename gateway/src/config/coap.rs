@@ -75,6 +75,10 @@ pub(super) fn bind_addr(
     }
 }
 
+/// Upper bound of `coap.max_dedup_entries`: ~80 MiB of table when full (the table's index is
+/// sized for the cap when the first message comes).
+pub const MAX_DEDUP_ENTRIES: usize = 1 << 20;
+
 pub(super) fn positive(
     check: &mut Check<'_>,
     key: &str,
@@ -109,12 +113,18 @@ impl RawCoap {
             max_payload,
             max_pending: positive(check, "coap.max_pending", self.max_pending, 1024),
             max_observers: positive(check, "coap.max_observers", self.max_observers, 1024),
-            max_dedup_entries: positive(
+            max_dedup_entries: match positive(
                 check,
                 "coap.max_dedup_entries",
                 self.max_dedup_entries,
                 16 * 1024,
-            ),
+            ) {
+                n if n > MAX_DEDUP_ENTRIES => {
+                    check.invalid("coap.max_dedup_entries", "must be at most 1048576");
+                    n
+                }
+                n => n,
+            },
         }
     }
 }

@@ -309,6 +309,7 @@ fn coap_bad_values_and_unreadable_dtls_files_are_refused_by_key() {
         env(&[
             ("EDGEGW_COAP_BIND", "nowhere"),
             ("EDGEGW_COAP_MAX_PAYLOAD", "2MiB"),
+            ("EDGEGW_COAP_MAX_DEDUP_ENTRIES", "1048577"),
             ("EDGEGW_COAP_DTLS_MAX_SESSIONS", "0"),
             ("EDGEGW_COAP_DTLS_CERT", "/nonexistent/dtls.crt"),
             ("EDGEGW_COAP_DTLS_KEY", "/nonexistent/dtls.key"),
@@ -320,6 +321,7 @@ fn coap_bad_values_and_unreadable_dtls_files_are_refused_by_key() {
     for needle in [
         "coap.bind",
         "coap.max_payload",
+        "coap.max_dedup_entries",
         "coap_dtls.max_sessions",
         "/nonexistent/dtls.crt",
         "/nonexistent/dtls.key",
