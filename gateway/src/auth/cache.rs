@@ -130,7 +130,8 @@ impl Index {
         }
     }
 
-    /// The position of the client whose `key_of` is `key`.
+    /// The position of the client whose `key_of` is `key` (compared in constant time: one
+    /// of the keys is the secret).
     fn get(
         &self,
         clients: &[CachedClient],
@@ -140,7 +141,7 @@ impl Index {
         let at = |i: u32| {
             usize::try_from(i)
                 .ok()
-                .filter(|&i| key_of(&clients[i]) == key)
+                .filter(|&i| secret::ct_eq(key_of(&clients[i]), key))
         };
         let first = self
             .first
