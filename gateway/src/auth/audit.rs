@@ -209,12 +209,8 @@ impl Audit {
         let Some(tx) = &self.tx else {
             return;
         };
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if tx.send(event).is_err() {
+        // Full: not sent. Sent to a writer that is gone: not queued either.
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE || tx.send(event).is_err() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -107,24 +107,22 @@ impl RawCoap {
         if max_payload.0 < 16 || max_payload.0 > MAX_PAYLOAD_LIMIT {
             check.invalid("coap.max_payload", "must be between 16B and 1MiB");
         }
+        let max_dedup_entries = positive(
+            check,
+            "coap.max_dedup_entries",
+            self.max_dedup_entries,
+            16 * 1024,
+        );
+        if max_dedup_entries > MAX_DEDUP_ENTRIES {
+            check.invalid("coap.max_dedup_entries", "must be at most 1048576");
+        }
         CoapConfig {
             enabled: self.enabled.unwrap_or(true),
             bind,
             max_payload,
             max_pending: positive(check, "coap.max_pending", self.max_pending, 1024),
             max_observers: positive(check, "coap.max_observers", self.max_observers, 1024),
-            max_dedup_entries: match positive(
-                check,
-                "coap.max_dedup_entries",
-                self.max_dedup_entries,
-                16 * 1024,
-            ) {
-                n if n > MAX_DEDUP_ENTRIES => {
-                    check.invalid("coap.max_dedup_entries", "must be at most 1048576");
-                    n
-                }
-                n => n,
-            },
+            max_dedup_entries,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! is small (a 2.04 ACK is 4 bytes plus the token), and an open-addressing index of 8-byte
 //! slots at most half full points into the ring. A `HashMap` keyed by (peer, id) with a
 //! separate order queue cost ~89 bytes per bucket at ≤ 7/8 load, doubled to 64 Ki buckets
-//! (5.6 MiB, 8.4 MiB while it rehashed) once evictions had left it full of tombstones, plus
+//! (5.6 MiB, 8.5 MiB while it rehashed) once evictions had left it full of tombstones, plus
 //! 56 bytes per entry of order queue and an allocation per stored answer.
 //!
 //! The entries of a peer whose DTLS session ended are taken out of the index at once (a new
@@ -171,8 +171,7 @@ impl DedupTable {
             .front()
             .is_some_and(|e| e.state == DedupState::Gone)
         {
-            self.ring.pop_front();
-            self.head = self.head.wrapping_add(1);
+            self.pop_front();
         }
     }
 
