@@ -30,7 +30,7 @@ use block1::BlockTransfer;
 use dedup::{DedupState, DedupTable};
 use observe::Observer;
 use uri::{PathError, Resource, parse_query, parse_resource, unsupported_critical_option};
-use wire::{decode_uint, encode, encode_uint};
+use wire::{Message, decode_uint, encode, encode_uint};
 
 /// RFC 7252 §4.8.2 EXCHANGE_LIFETIME with the default transmission parameters.
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
@@ -314,7 +314,7 @@ impl Server {
         if let Some(seen) = self.observer_peers.get_mut(&peer) {
             *seen = now;
         }
-        let packet = match Packet::from_bytes(datagram) {
+        let packet = match Message::parse(datagram) {
             Ok(p) => p,
             Err(_) => {
                 self.stats.malformed += 1;
@@ -326,12 +326,12 @@ impl Server {
                 return;
             }
         };
-        if packet.header.get_version() != 1 {
+        if packet.version() != 1 {
             self.stats.malformed += 1;
             return;
         }
-        let mid = packet.header.message_id;
-        match (packet.header.get_type(), packet.header.code) {
+        let mid = packet.message_id;
+        match (packet.message_type(), packet.code()) {
             // Ping: an empty CON is answered with RST.
             (MessageType::Confirmable, MessageClass::Empty) => self.send_reset(peer, mid),
             (MessageType::Acknowledgement, _) => self.handle_ack(peer, mid, now),
@@ -345,7 +345,7 @@ impl Server {
                     peer,
                     message_id: mid,
                     confirmable,
-                    token: packet.get_token().to_vec(),
+                    token: packet.token().to_vec(),
                 };
                 self.handle_request(request, method, &packet, now);
             }
@@ -493,7 +493,13 @@ impl Server {
         self.blocks.retain(|_, b| b.expires > now);
     }
 
-    fn handle_request(&mut self, req: Request, method: RequestType, packet: &Packet, now: Instant) {
+    fn handle_request(
+        &mut self,
+        req: Request,
+        method: RequestType,
+        packet: &Message<'_>,
+        now: Instant,
+    ) {
         if let Some(code) = unsupported_critical_option(packet) {
             self.respond_now(&req, code, RefusalKind::BadRequest, |_| {});
             return;
@@ -540,8 +546,8 @@ impl Server {
             RequestType::Post => self.handle_post(req, target, credentials, packet, now),
             RequestType::Get => {
                 let observe = packet
-                    .get_first_option(CoapOption::Observe)
-                    .map(|v| decode_uint(v));
+                    .first_option(CoapOption::Observe)
+                    .map(decode_uint);
                 match observe {
                     Some(Some(0)) => {
                         self.start_exchange(req, Kind::Subscribe, None, now, |exchange, peer| {
@@ -627,27 +633,31 @@ impl Server {
     }
 
     fn response_to(&mut self, p: &Pending, code: ResponseType) -> Packet {
-        let req = Request {
-            peer: p.peer,
-            message_id: p.message_id,
-            confirmable: p.confirmable,
-            token: p.token.clone(),
-        };
-        self.response_to_req(&req, code)
+        self.response(p.confirmable, p.message_id, &p.token, code)
+    }
+
+    fn response_to_req(&mut self, req: &Request, code: ResponseType) -> Packet {
+        self.response(req.confirmable, req.message_id, &req.token, code)
     }
 
     /// A piggy-backed ACK for a CON, a NON with a fresh message id for a NON.
-    fn response_to_req(&mut self, req: &Request, code: ResponseType) -> Packet {
+    fn response(
+        &mut self,
+        confirmable: bool,
+        message_id: u16,
+        token: &[u8],
+        code: ResponseType,
+    ) -> Packet {
         let mut resp = Packet::new();
-        if req.confirmable {
+        if confirmable {
             resp.header.set_type(MessageType::Acknowledgement);
-            resp.header.message_id = req.message_id;
+            resp.header.message_id = message_id;
         } else {
             resp.header.set_type(MessageType::NonConfirmable);
             resp.header.message_id = self.fresh_message_id();
         }
         resp.header.code = MessageClass::Response(code);
-        resp.set_token(req.token.clone());
+        resp.set_token(token.to_vec());
         resp
     }
 

@@ -8,9 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use coap_lite::{CoapOption, Packet, ResponseType};
+use coap_lite::{CoapOption, ResponseType};
 
 use super::dedup::DedupState;
+use super::wire::Message;
 use super::{
     Credentials, Event, Kind, Outcome, Pending, Refusal, RefusalKind, Request, Server, Target,
     decode_uint, encode_uint,
@@ -32,16 +33,14 @@ pub(super) struct BlockStart {
 }
 
 /// Key of a Block1 transfer: the request URI without the Block options (RFC 7959 §2.4).
-fn block_key(packet: &Packet) -> String {
+fn block_key(packet: &Message<'_>) -> String {
     let mut key = String::new();
-    for (n, list) in packet.options() {
-        if matches!(*n, 11 | 15) {
-            for v in list {
-                key.push_str(&n.to_string());
-                key.push(':');
-                key.push_str(&String::from_utf8_lossy(v));
-                key.push('\u{0}');
-            }
+    for (n, v) in packet.options() {
+        if matches!(n, 11 | 15) {
+            key.push_str(&n.to_string());
+            key.push(':');
+            key.push_str(&String::from_utf8_lossy(v));
+            key.push('\u{0}');
         }
     }
     key
@@ -53,31 +52,31 @@ impl Server {
         req: Request,
         target: Target,
         credentials: Credentials,
-        packet: &Packet,
+        packet: &Message<'_>,
         now: Instant,
     ) {
         let max = self.config.max_payload;
         let content_format = packet
-            .get_first_option(CoapOption::ContentFormat)
-            .and_then(|v| decode_uint(v))
+            .first_option(CoapOption::ContentFormat)
+            .and_then(decode_uint)
             .and_then(|v| u16::try_from(v).ok());
         let too_large = |s: &mut Self, req: &Request| {
             s.respond_failure_req(req, Refusal::TooLarge { max }, now);
         };
         if let Some(size1) = packet
-            .get_first_option(CoapOption::Size1)
-            .and_then(|v| decode_uint(v))
+            .first_option(CoapOption::Size1)
+            .and_then(decode_uint)
             && size1 as usize > max
         {
             too_large(self, &req);
             return;
         }
-        let Some(block1) = packet.get_first_option(CoapOption::Block1) else {
-            if packet.payload.len() > max {
+        let Some(block1) = packet.first_option(CoapOption::Block1) else {
+            if packet.payload().len() > max {
                 too_large(self, &req);
                 return;
             }
-            let payload = packet.payload.clone();
+            let payload = packet.payload().to_vec();
             self.start_exchange(req, Kind::Publish, None, now, |exchange, peer| {
                 Event::Publish {
                     exchange,
@@ -102,7 +101,7 @@ impl Server {
             return;
         }
         let size = 16usize << szx;
-        if more && packet.payload.len() != size {
+        if more && packet.payload().len() != size {
             self.respond_failure_req(&req, Refusal::BadRequest, now);
             return;
         }
@@ -113,7 +112,7 @@ impl Server {
             let start = BlockStart {
                 key,
                 value,
-                payload: packet.payload.clone(),
+                payload: packet.payload().to_vec(),
             };
             self.start_exchange(
                 req,
@@ -151,7 +150,7 @@ impl Server {
         // A client may lower the block size mid-transfer (RFC 7959 §2.5): what must line up is
         // the byte offset, not the block number.
         let offset = (num as usize).saturating_mul(size);
-        if offset != transfer.buffer.len() || (!more && packet.payload.len() > size) {
+        if offset != transfer.buffer.len() || (!more && packet.payload().len() > size) {
             self.blocks.remove(&key);
             self.respond_now(
                 &req,
@@ -161,12 +160,12 @@ impl Server {
             );
             return;
         }
-        if transfer.buffer.len() + packet.payload.len() > max {
+        if transfer.buffer.len() + packet.payload().len() > max {
             self.blocks.remove(&key);
             too_large(self, &req);
             return;
         }
-        transfer.buffer.extend_from_slice(&packet.payload);
+        transfer.buffer.extend_from_slice(packet.payload());
         transfer.expires = now + self.config.block_idle_timeout;
         if more {
             let mut resp = self.response_to_req(&req, ResponseType::Continue);

@@ -1,16 +1,17 @@
 //! Request target (Uri-Path) and credential (Uri-Query) parsing, critical-option checks.
 
-use coap_lite::{CoapOption, Packet, ResponseType};
+use coap_lite::{CoapOption, ResponseType};
 
+use super::wire::Message;
 use super::{Credentials, Target};
 
 /// 4.02 for a critical option we do not implement (RFC 7252 §5.4.1).
-pub(super) fn unsupported_critical_option(packet: &Packet) -> Option<ResponseType> {
+pub(super) fn unsupported_critical_option(packet: &Message<'_>) -> Option<ResponseType> {
     // Uri-Host 3, Observe 6 (elective), Uri-Port 7, Uri-Path 11, Uri-Query 15, Accept 17,
     // Block2 23, Block1 27.
     const UNDERSTOOD_CRITICAL: [u16; 6] = [3, 7, 11, 15, 17, 27];
     for (number, _) in packet.options() {
-        if number % 2 == 1 && !UNDERSTOOD_CRITICAL.contains(number) && *number != 23 {
+        if number % 2 == 1 && !UNDERSTOOD_CRITICAL.contains(&number) && number != 23 {
             return Some(ResponseType::BadOption);
         }
     }
@@ -22,12 +23,11 @@ pub(super) enum PathError {
     Bad,
 }
 
-fn segments(packet: &Packet) -> Result<Vec<String>, PathError> {
-    let Some(list) = packet.get_option(CoapOption::UriPath) else {
-        return Ok(Vec::new());
-    };
-    list.iter()
-        .map(|s| String::from_utf8(s.clone()).map_err(|_| PathError::Bad))
+/// The Uri-Path segments, borrowed from the datagram (one allocation: the list).
+fn segments<'a>(packet: &Message<'a>) -> Result<Vec<&'a str>, PathError> {
+    packet
+        .option(CoapOption::UriPath)
+        .map(|s| std::str::from_utf8(s).map_err(|_| PathError::Bad))
         .collect()
 }
 
@@ -49,83 +49,78 @@ pub(super) enum Resource {
 }
 
 /// A channel path (see [`parse_segments`]) or `hc/<domain>`.
-pub(super) fn parse_resource(packet: &Packet) -> Result<Resource, PathError> {
+pub(super) fn parse_resource(packet: &Message<'_>) -> Result<Resource, PathError> {
     let segs = segments(packet)?;
     match segs.as_slice() {
-        [hc, domain] if hc == "hc" => {
+        ["hc", domain] => {
             if valid_segment(domain) {
                 Ok(Resource::Health {
-                    domain: domain.clone(),
+                    domain: (*domain).to_owned(),
                 })
             } else {
                 Err(PathError::Bad)
             }
         }
-        [hc, ..] if hc == "hc" => Err(PathError::Bad),
+        ["hc", ..] => Err(PathError::Bad),
         _ => parse_segments(&segs).map(Resource::Channel),
     }
 }
 
 /// `m/<domain>/c/<channel>[/<subtopic>]` or `channels/<channel>/messages[/<subtopic>]`.
-fn parse_segments(segs: &[String]) -> Result<Target, PathError> {
+fn parse_segments(segs: &[&str]) -> Result<Target, PathError> {
     let (domain, channel, rest) = match segs {
-        [m, domain, c, channel, rest @ ..] if m == "m" && c == "c" => {
-            (Some(domain.clone()), channel.clone(), rest)
-        }
-        [ch, channel, msgs, rest @ ..] if ch == "channels" && msgs == "messages" => {
-            (None, channel.clone(), rest)
-        }
+        ["m", domain, "c", channel, rest @ ..] => (Some(*domain), *channel, rest),
+        ["channels", channel, "messages", rest @ ..] => (None, *channel, rest),
         _ => return Err(PathError::NotFound),
     };
-    if domain.as_deref().is_some_and(|d| !valid_segment(d)) || !valid_segment(&channel) {
+    if domain.is_some_and(|d| !valid_segment(d)) || !valid_segment(channel) {
         return Err(PathError::Bad);
     }
     if !rest.iter().all(|s| valid_segment(s)) {
         return Err(PathError::Bad);
     }
     Ok(Target {
-        domain,
-        channel,
+        domain: domain.map(str::to_owned),
+        channel: channel.to_owned(),
         subtopic: rest.join("/"),
     })
 }
 
 /// Uri-Query: `auth=<secret>` or `username=<client>&password=<secret>`. Each key at most once;
 /// both forms at once, or unknown credential keys alongside, are a bad request.
-pub(super) fn parse_query(packet: &Packet) -> Result<Credentials, ()> {
-    let mut auth = None;
-    let mut username = None;
-    let mut password = None;
-    if let Some(list) = packet.get_option(CoapOption::UriQuery) {
-        for q in list {
-            let Some(eq) = q.iter().position(|b| *b == b'=') else {
-                continue;
-            };
-            let (k, v) = (&q[..eq], q[eq + 1..].to_vec());
-            let slot = match k {
-                b"auth" => &mut auth,
-                b"password" => &mut password,
-                b"username" => {
-                    if username.is_some() {
-                        return Err(());
-                    }
-                    username = Some(String::from_utf8(v).map_err(|_| ())?);
-                    continue;
+pub(super) fn parse_query(packet: &Message<'_>) -> Result<Credentials, ()> {
+    let mut auth: Option<&[u8]> = None;
+    let mut username: Option<&str> = None;
+    let mut password: Option<&[u8]> = None;
+    for q in packet.option(CoapOption::UriQuery) {
+        let Some(eq) = q.iter().position(|b| *b == b'=') else {
+            continue;
+        };
+        let (k, v) = (&q[..eq], &q[eq + 1..]);
+        let slot = match k {
+            b"auth" => &mut auth,
+            b"password" => &mut password,
+            b"username" => {
+                if username.is_some() {
+                    return Err(());
                 }
-                _ => continue,
-            };
-            if slot.is_some() {
-                return Err(());
+                username = Some(std::str::from_utf8(v).map_err(|_| ())?);
+                continue;
             }
-            *slot = Some(v);
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(());
         }
+        *slot = Some(v);
     }
     match (auth, username, password) {
         (None, None, None) => Ok(Credentials::None),
-        (Some(secret), None, None) => Ok(Credentials::Secret(secret)),
-        (None, Some(username), Some(password)) => {
-            Ok(Credentials::UsernamePassword { username, password })
-        }
+        (Some(secret), None, None) => Ok(Credentials::Secret(secret.to_vec())),
+        (None, Some(username), Some(password)) => Ok(Credentials::UsernamePassword {
+            username: username.to_owned(),
+            password: password.to_vec(),
+        }),
         _ => Err(()),
     }
 }
