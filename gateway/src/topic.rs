@@ -46,8 +46,14 @@ pub fn validate_subtopic(raw: &str) -> Result<String, TopicError> {
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(TopicError::Whitespace);
     }
-    let normalised = raw.replace('.', "/");
-    let trimmed = normalised.trim_matches('/');
+    // `.` → `/` only when there is one to replace (one allocation per message, not two).
+    let normalised;
+    let trimmed = if raw.contains('.') {
+        normalised = raw.replace('.', "/");
+        normalised.trim_matches('/')
+    } else {
+        raw.trim_matches('/')
+    };
     if trimmed.split('/').any(str::is_empty) && !trimmed.is_empty() {
         return Err(TopicError::EmptyLevel);
     }

@@ -281,7 +281,7 @@ impl AuthStore {
         client: &ClientRef,
         channel: &str,
         op: Op,
-    ) -> Result<ChannelRef, Denied> {
+    ) -> Result<Arc<ChannelRef>, Denied> {
         self.snapshot().authorize(client, channel, op)
     }
 

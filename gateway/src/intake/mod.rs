@@ -86,7 +86,7 @@ impl std::fmt::Debug for Credentials<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
     pub client: ClientRef,
-    pub channel: ChannelRef,
+    pub channel: std::sync::Arc<ChannelRef>,
     /// The upstream domain: `topic::effective_domain` of the channel (never the request's path).
     pub domain_id: String,
     /// Validated and normalised (`room.1` → `room/1`).
@@ -303,11 +303,11 @@ impl Intake {
         payload: Bytes,
         content_format: Option<String>,
     ) -> Result<Durable, Refusal> {
-        // Taken by value: the admission's strings move into the message (no copies per
-        // message on the hot path).
+        // Taken by value: the admission's strings move into the message; of the channel,
+        // shared with the auth snapshot, only the id is copied.
         let msg = Message {
             client_id: admitted.client.id,
-            channel_id: admitted.channel.id,
+            channel_id: admitted.channel.id.clone(),
             domain_id: admitted.domain_id,
             subtopic: admitted.subtopic,
             content_format,

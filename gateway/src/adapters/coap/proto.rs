@@ -545,9 +545,7 @@ impl Server {
         match method {
             RequestType::Post => self.handle_post(req, target, credentials, packet, now),
             RequestType::Get => {
-                let observe = packet
-                    .first_option(CoapOption::Observe)
-                    .map(decode_uint);
+                let observe = packet.first_option(CoapOption::Observe).map(decode_uint);
                 match observe {
                     Some(Some(0)) => {
                         self.start_exchange(req, Kind::Subscribe, None, now, |exchange, peer| {

@@ -63,9 +63,7 @@ impl Server {
         let too_large = |s: &mut Self, req: &Request| {
             s.respond_failure_req(req, Refusal::TooLarge { max }, now);
         };
-        if let Some(size1) = packet
-            .first_option(CoapOption::Size1)
-            .and_then(decode_uint)
+        if let Some(size1) = packet.first_option(CoapOption::Size1).and_then(decode_uint)
             && size1 as usize > max
         {
             too_large(self, &req);
