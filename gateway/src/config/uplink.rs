@@ -8,10 +8,12 @@ use super::value::{Duration, Secret, boolean, number};
 use super::{Check, Profile};
 use crate::topic::{TopicTemplate, validate_subtopic};
 
-/// `uplink.inflight` by default: QoS 1 messages sent and not yet PUBACKed. At the earlier
-/// default of 64 the window, not the CPU, held the uplink near 20,000 msgs/s on loopback (one
-/// round trip through the TLS bridge and the broker took ~3 ms: docs/benchmarks.md, issue 17).
-pub const DEFAULT_INFLIGHT: u16 = 256;
+/// `uplink.inflight` by default: QoS 1 messages sent and not yet PUBACKed. The window caps
+/// the uplink at `inflight` ÷ round trip. At 64 it held the uplink near 20,000 msgs/s on
+/// loopback (one round trip through the TLS bridge and the broker took ~3 ms); at 256 the
+/// uplink still fell behind intake under the 2-core bench (drain 1–3.5 s after a 10 s row),
+/// at 512 and 1000 it kept up (docs/benchmarks.md, issue 17, session 12).
+pub const DEFAULT_INFLIGHT: u16 = 512;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
