@@ -395,7 +395,7 @@ impl Uplink {
                 };
                 if client
                     .publish_for(
-                        &topic,
+                        topic,
                         m.payload.clone(),
                         false,
                         m.content_format.as_deref(),
@@ -430,41 +430,18 @@ impl Uplink {
             let stopping = leaving.is_some_and(|(stop, _)| stop);
             let deadline = leaving.map(|(_, d)| d);
             tokio::select! {
-                r = events.poll() => match r {
-                    Ok(mqtt::Event::Sent(pkid)) => window.handle_sent(pkid, std::time::Instant::now()),
-                    Ok(mqtt::Event::PubAck { pkid, ok: true, .. }) => {
-                        window.handle_puback(pkid);
+                r = events.poll() => {
+                    if let Err(e) = self.handle_event(r, &client, window, &mut retry_at) {
+                        return SessionEnd::Lost(e);
                     }
-                    Ok(mqtt::Event::PubAck { pkid, reason, .. }) => {
-                        let refused = window.handle_puback_refused(pkid, &reason);
-                        if refused.is_some() {
-                            self.status.send_modify(|s| s.refused_total += 1);
-                        }
-                        match refused {
-                            Some((_, window::Refused::GivenUp)) => self.quarantine(window),
-                            // Once per retry round, not once per message.
-                            Some((_, window::Refused::Held)) if retry_at.is_none() => {
-                                let delay = self.config.refused_retry.get();
-                                error!(reason, retry_in = ?delay, "broker refused a message (MQTT 5 PUBACK); it stays in the outbox and is sent again (quarantined after uplink.quarantine_after refusals)");
-                                retry_at = Some(tokio::time::Instant::now() + delay);
-                            }
-                            _ => {}
+                    // The rest of a run rumqttc decoded from one read (PUBACKs come in runs),
+                    // in this wake-up rather than one loop round each.
+                    while let Some(ev) = events.next_buffered() {
+                        if let Err(e) = self.handle_event(Ok(ev), &client, window, &mut retry_at) {
+                            return SessionEnd::Lost(e);
                         }
                     }
-                    Ok(mqtt::Event::Publish { topic, payload }) => self.handle_command(&topic, payload),
-                    Ok(mqtt::Event::SubAck { ok, reason }) => {
-                        let filter = self.subs.in_flight().map(str::to_owned);
-                        match self.subs.handle_suback(ok, &reason) {
-                            Some(r) => error!(filter = %r.filter, "uplink: the broker refused the command subscription ({}); not asked again until SIGHUP", r.reason),
-                            None => if let Some(filter) = filter {
-                                debug!(filter, "uplink: subscribed for commands");
-                            },
-                        }
-                        self.send_subscription(&client);
-                    }
-                    Ok(_) => {}
-                    Err(e) => return SessionEnd::Lost(e),
-                },
+                }
                 () = token.cancelled(), if !stopping => {
                     info!(in_flight = window.inflight(), "uplink: delivering what is in flight, then disconnecting");
                     leaving = Some((true, tokio::time::Instant::now() + Duration::from_secs(86_400)));
@@ -531,6 +508,57 @@ impl Uplink {
                 }
             }
         }
+    }
+
+    /// One event of the connection: the window's bookkeeping, a command, a SUBACK. `Err`: the
+    /// connection is lost.
+    fn handle_event(
+        &mut self,
+        r: Result<mqtt::Event, ConnectionFailed>,
+        client: &mqtt::Client,
+        window: &mut Window,
+        retry_at: &mut Option<tokio::time::Instant>,
+    ) -> Result<(), ConnectionFailed> {
+        match r {
+            Ok(mqtt::Event::Sent(pkid)) => window.handle_sent(pkid, std::time::Instant::now()),
+            Ok(mqtt::Event::PubAck { pkid, ok: true, .. }) => {
+                window.handle_puback(pkid);
+            }
+            Ok(mqtt::Event::PubAck { pkid, reason, .. }) => {
+                let refused = window.handle_puback_refused(pkid, &reason);
+                if refused.is_some() {
+                    self.status.send_modify(|s| s.refused_total += 1);
+                }
+                match refused {
+                    Some((_, window::Refused::GivenUp)) => self.quarantine(window),
+                    // Once per retry round, not once per message.
+                    Some((_, window::Refused::Held)) if retry_at.is_none() => {
+                        let delay = self.config.refused_retry.get();
+                        error!(reason, retry_in = ?delay, "broker refused a message (MQTT 5 PUBACK); it stays in the outbox and is sent again (quarantined after uplink.quarantine_after refusals)");
+                        *retry_at = Some(tokio::time::Instant::now() + delay);
+                    }
+                    _ => {}
+                }
+            }
+            Ok(mqtt::Event::Publish { topic, payload }) => self.handle_command(&topic, payload),
+            Ok(mqtt::Event::SubAck { ok, reason }) => {
+                let filter = self.subs.in_flight().map(str::to_owned);
+                match self.subs.handle_suback(ok, &reason) {
+                    Some(r) => {
+                        error!(filter = %r.filter, "uplink: the broker refused the command subscription ({}); not asked again until SIGHUP", r.reason)
+                    }
+                    None => {
+                        if let Some(filter) = filter {
+                            debug!(filter, "uplink: subscribed for commands");
+                        }
+                    }
+                }
+                self.send_subscription(client);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     /// Buffers more outbox entries when there is room and something new was committed: from

@@ -193,15 +193,16 @@ impl Client {
         retain: bool,
         content_type: Option<&str>,
     ) -> Result<(), QueueFull> {
-        self.publish_for(topic, payload, retain, content_type, None)
+        self.publish_for(topic.to_owned(), payload, retain, content_type, None)
     }
 
     /// QoS 1 publish. `content_type` goes into the MQTT 5 property of that name, `sensor`
     /// (the local client id of the sensor that sent it) into the MQTT 5 user property
-    /// [`SENSOR_PROPERTY`]; MQTT 3.1.1 has nowhere to put either.
+    /// [`SENSOR_PROPERTY`]; MQTT 3.1.1 has nowhere to put either. The topic is taken by
+    /// value: rumqttc wants an owned `String` and would copy a borrowed one.
     pub fn publish_for(
         &self,
-        topic: &str,
+        topic: String,
         payload: Bytes,
         retain: bool,
         content_type: Option<&str>,
@@ -336,66 +337,77 @@ impl EventLoop {
     }
 
     async fn poll_inner(&mut self) -> Result<Event, ConnectionFailed> {
+        let failed = |e: &dyn std::error::Error| ConnectionFailed::new(error_chain(e));
         match &mut self.inner {
-            Inner::V4(l) => {
-                use rumqttc::{Event as E, Packet};
-                match l.poll().await {
-                    Ok(E::Incoming(Packet::ConnAck(_))) => Ok(Event::ConnAck),
-                    Ok(E::Incoming(Packet::PubAck(a))) => Ok(Event::PubAck {
-                        pkid: a.pkid,
-                        ok: true,
-                        reason: String::new(),
-                    }),
-                    Ok(E::Incoming(Packet::Publish(p))) => Ok(Event::Publish {
-                        topic: p.topic,
-                        payload: p.payload,
-                    }),
-                    Ok(E::Incoming(Packet::SubAck(a))) => Ok(Event::SubAck {
-                        ok: !a
-                            .return_codes
-                            .iter()
-                            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)),
-                        reason: format!("{:?}", a.return_codes),
-                    }),
-                    Ok(E::Outgoing(Outgoing::Publish(pkid))) => Ok(Event::Sent(pkid)),
-                    Ok(E::Outgoing(Outgoing::Disconnect)) => Ok(Event::Disconnected),
-                    Ok(_) => Ok(Event::Other),
-                    Err(e) => Err(ConnectionFailed::new(error_chain(&e))),
-                }
-            }
-            Inner::V5(l) => {
-                use rumqttc::v5::Event as E;
-                use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
-                match l.poll().await {
-                    Ok(E::Incoming(Packet::ConnAck(_))) => Ok(Event::ConnAck),
-                    Ok(E::Incoming(Packet::PubAck(a))) => Ok(Event::PubAck {
-                        pkid: a.pkid,
-                        ok: matches!(
-                            a.reason,
-                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                        ),
-                        reason: format!("{:?}", a.reason),
-                    }),
-                    Ok(E::Incoming(Packet::Publish(p))) => Ok(Event::Publish {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload,
-                    }),
-                    Ok(E::Incoming(Packet::SubAck(a))) => Ok(Event::SubAck {
-                        ok: a.return_codes.iter().all(|c| {
-                            matches!(
-                                c,
-                                rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
-                            )
-                        }),
-                        reason: format!("{:?}", a.return_codes),
-                    }),
-                    Ok(E::Outgoing(Outgoing::Publish(pkid))) => Ok(Event::Sent(pkid)),
-                    Ok(E::Outgoing(Outgoing::Disconnect)) => Ok(Event::Disconnected),
-                    Ok(_) => Ok(Event::Other),
-                    Err(e) => Err(ConnectionFailed::new(error_chain(&e))),
-                }
-            }
+            Inner::V4(l) => l.poll().await.map(event_v4).map_err(|e| failed(&e)),
+            Inner::V5(l) => l.poll().await.map(event_v5).map_err(|e| failed(&e)),
         }
+    }
+
+    /// The next event rumqttc has already decoded (it reads up to ten packets per network
+    /// read, e.g. a run of PUBACKs, and hands them out one per `poll`), without I/O: what the
+    /// next [`Self::poll`] would return at once, so the uplink handles a run in one wake-up.
+    pub fn next_buffered(&mut self) -> Option<Event> {
+        match &mut self.inner {
+            Inner::V4(l) => l.state.events.pop_front().map(event_v4),
+            Inner::V5(l) => l.state.events.pop_front().map(event_v5),
+        }
+    }
+}
+
+fn event_v4(e: rumqttc::Event) -> Event {
+    use rumqttc::{Event as E, Packet};
+    match e {
+        E::Incoming(Packet::ConnAck(_)) => Event::ConnAck,
+        E::Incoming(Packet::PubAck(a)) => Event::PubAck {
+            pkid: a.pkid,
+            ok: true,
+            reason: String::new(),
+        },
+        E::Incoming(Packet::Publish(p)) => Event::Publish {
+            topic: p.topic,
+            payload: p.payload,
+        },
+        E::Incoming(Packet::SubAck(a)) => Event::SubAck {
+            ok: !a
+                .return_codes
+                .iter()
+                .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)),
+            reason: format!("{:?}", a.return_codes),
+        },
+        E::Outgoing(Outgoing::Publish(pkid)) => Event::Sent(pkid),
+        E::Outgoing(Outgoing::Disconnect) => Event::Disconnected,
+        _ => Event::Other,
+    }
+}
+
+fn event_v5(e: rumqttc::v5::Event) -> Event {
+    use rumqttc::v5::Event as E;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
+    match e {
+        E::Incoming(Packet::ConnAck(_)) => Event::ConnAck,
+        E::Incoming(Packet::PubAck(a)) => Event::PubAck {
+            pkid: a.pkid,
+            ok: matches!(
+                a.reason,
+                PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+            ),
+            reason: format!("{:?}", a.reason),
+        },
+        E::Incoming(Packet::Publish(p)) => Event::Publish {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload,
+        },
+        E::Incoming(Packet::SubAck(a)) => Event::SubAck {
+            ok: a
+                .return_codes
+                .iter()
+                .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+            reason: format!("{:?}", a.return_codes),
+        },
+        E::Outgoing(Outgoing::Publish(pkid)) => Event::Sent(pkid),
+        E::Outgoing(Outgoing::Disconnect) => Event::Disconnected,
+        _ => Event::Other,
     }
 }
 
