@@ -431,15 +431,14 @@ impl Uplink {
             let deadline = leaving.map(|(_, d)| d);
             tokio::select! {
                 r = events.poll() => {
-                    if let Err(e) = self.handle_event(r, &client, window, &mut retry_at) {
-                        return SessionEnd::Lost(e);
+                    match r {
+                        Ok(ev) => self.handle_event(ev, &client, window, &mut retry_at),
+                        Err(e) => return SessionEnd::Lost(e),
                     }
                     // The rest of a run rumqttc decoded from one read (PUBACKs come in runs),
                     // in this wake-up rather than one loop round each.
                     while let Some(ev) = events.next_buffered() {
-                        if let Err(e) = self.handle_event(Ok(ev), &client, window, &mut retry_at) {
-                            return SessionEnd::Lost(e);
-                        }
+                        self.handle_event(ev, &client, window, &mut retry_at);
                     }
                 }
                 () = token.cancelled(), if !stopping => {
@@ -510,21 +509,20 @@ impl Uplink {
         }
     }
 
-    /// One event of the connection: the window's bookkeeping, a command, a SUBACK. `Err`: the
-    /// connection is lost.
+    /// One event of the connection: the window's bookkeeping, a command, a SUBACK.
     fn handle_event(
         &mut self,
-        r: Result<mqtt::Event, ConnectionFailed>,
+        ev: mqtt::Event,
         client: &mqtt::Client,
         window: &mut Window,
         retry_at: &mut Option<tokio::time::Instant>,
-    ) -> Result<(), ConnectionFailed> {
-        match r {
-            Ok(mqtt::Event::Sent(pkid)) => window.handle_sent(pkid, std::time::Instant::now()),
-            Ok(mqtt::Event::PubAck { pkid, ok: true, .. }) => {
+    ) {
+        match ev {
+            mqtt::Event::Sent(pkid) => window.handle_sent(pkid, std::time::Instant::now()),
+            mqtt::Event::PubAck { pkid, ok: true, .. } => {
                 window.handle_puback(pkid);
             }
-            Ok(mqtt::Event::PubAck { pkid, reason, .. }) => {
+            mqtt::Event::PubAck { pkid, reason, .. } => {
                 let refused = window.handle_puback_refused(pkid, &reason);
                 if refused.is_some() {
                     self.status.send_modify(|s| s.refused_total += 1);
@@ -540,8 +538,8 @@ impl Uplink {
                     _ => {}
                 }
             }
-            Ok(mqtt::Event::Publish { topic, payload }) => self.handle_command(&topic, payload),
-            Ok(mqtt::Event::SubAck { ok, reason }) => {
+            mqtt::Event::Publish { topic, payload } => self.handle_command(&topic, payload),
+            mqtt::Event::SubAck { ok, reason } => {
                 let filter = self.subs.in_flight().map(str::to_owned);
                 match self.subs.handle_suback(ok, &reason) {
                     Some(r) => {
@@ -555,10 +553,8 @@ impl Uplink {
                 }
                 self.send_subscription(client);
             }
-            Ok(_) => {}
-            Err(e) => return Err(e),
+            _ => {}
         }
-        Ok(())
     }
 
     /// Buffers more outbox entries when there is room and something new was committed: from

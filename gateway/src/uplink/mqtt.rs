@@ -633,6 +633,58 @@ mod tests {
         )
     }
 
+    /// What rumqttc decoded and queued is handed out in order, mapped as `poll` maps it, and
+    /// nothing is made up once the queue is empty.
+    #[test]
+    fn buffered_events_come_out_in_order_and_mapped() {
+        use rumqttc::Event as E;
+        let mut v4 = rumqttc::EventLoop::new(rumqttc::MqttOptions::new("t", "localhost", 1883), 4);
+        v4.state
+            .events
+            .push_back(E::Incoming(rumqttc::Packet::PubAck(rumqttc::PubAck::new(
+                7,
+            ))));
+        v4.state
+            .events
+            .push_back(E::Outgoing(rumqttc::Outgoing::Publish(8)));
+        let mut events = super::EventLoop {
+            inner: super::Inner::V4(Box::new(v4)),
+            bridge: None,
+        };
+        assert_eq!(
+            events.next_buffered(),
+            Some(super::Event::PubAck {
+                pkid: 7,
+                ok: true,
+                reason: String::new()
+            })
+        );
+        assert_eq!(events.next_buffered(), Some(super::Event::Sent(8)));
+        assert_eq!(events.next_buffered(), None);
+
+        use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubAckReason};
+        let mut v5 =
+            rumqttc::v5::EventLoop::new(rumqttc::v5::MqttOptions::new("t", "localhost", 1883), 4);
+        let mut refused = PubAck::new(9, None);
+        refused.reason = PubAckReason::NotAuthorized;
+        v5.state
+            .events
+            .push_back(rumqttc::v5::Event::Incoming(Packet::PubAck(refused)));
+        let mut events = super::EventLoop {
+            inner: super::Inner::V5(Box::new(v5)),
+            bridge: None,
+        };
+        assert_eq!(
+            events.next_buffered(),
+            Some(super::Event::PubAck {
+                pkid: 9,
+                ok: false,
+                reason: "NotAuthorized".to_owned()
+            })
+        );
+        assert_eq!(events.next_buffered(), None);
+    }
+
     #[tokio::test]
     async fn bridge_socket_lives_in_the_runtime_dir_and_goes_with_the_bridge() {
         let run = tempfile::tempdir().expect("tempdir");
