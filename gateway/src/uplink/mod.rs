@@ -9,13 +9,13 @@
 //! replace the connection, bad ones are logged and the current connection stays.
 //! This module owns no SQLite handle of its own and never decides what is durable.
 
+mod commands;
 mod mqtt;
 pub mod subscriptions;
 pub mod topics;
 mod url;
 pub mod window;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -24,12 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::UplinkConfig;
-use crate::downlink::{ChannelSet, Command, DownlinkHub};
+use crate::downlink::{ChannelSet, DownlinkHub};
 use crate::outbox::Outbox;
 use crate::runtime::status::StatusHandle;
 pub use crate::runtime::status::uplink::{UplinkState, UplinkStatus, status_channel};
 use crate::tls::{self, UplinkTls, UplinkTlsFiles};
-use crate::topic::matches_filter;
 pub use mqtt::ConnectionFailed;
 use subscriptions::Subscriptions;
 use topics::Topics;
@@ -643,59 +642,5 @@ impl Uplink {
             );
             self.status.send_modify(|s| s.refused_total += 1);
         }
-    }
-
-    fn sync_subscriptions(&mut self, client: &mqtt::Client) {
-        let channels = self.channels.borrow_and_update().clone();
-        let mut wanted = BTreeSet::new();
-        for c in channels.iter() {
-            match self.topics.command_prefix(c) {
-                Ok(prefix) => {
-                    wanted.insert(format!("{prefix}/#"));
-                }
-                Err(e) => warn!(channel = %c.id, "uplink: no command subscription: {e}"),
-            }
-        }
-        for filter in self.subs.handle_wanted(wanted) {
-            let _ = client.unsubscribe(&filter);
-        }
-        self.send_subscription(client);
-    }
-
-    /// Sends the next wanted SUBSCRIBE if none is waiting for its SUBACK.
-    fn send_subscription(&mut self, client: &mqtt::Client) {
-        if let Some(filter) = self.subs.poll_subscribe() {
-            if client.subscribe(&filter).is_err() {
-                self.subs.handle_not_sent();
-                warn!(filter, "uplink: cannot subscribe now; retried on reconnect");
-            } else {
-                debug!(filter, "uplink: subscribing for commands");
-            }
-        }
-    }
-
-    fn handle_command(&self, topic: &str, payload: Bytes) {
-        let channels = self.channels.borrow().clone();
-        for c in channels.iter() {
-            let Ok(prefix) = self.topics.command_prefix(c) else {
-                continue;
-            };
-            if !matches_filter(&format!("{prefix}/#"), topic) {
-                continue;
-            }
-            let levels = prefix.split('/').count();
-            let subtopic = topic.split('/').skip(levels).collect::<Vec<_>>().join("/");
-            let cmd = Command {
-                domain_id: self.topics.domain_of(c).to_owned(),
-                channel_id: c.id.clone(),
-                subtopic,
-                payload,
-                received_at: SystemTime::now(),
-            };
-            let n = self.hub.deliver(&cmd);
-            debug!(channel = %c.id, delivered = n, "downlink command");
-            return;
-        }
-        debug!(topic, "uplink: message on an unknown topic ignored");
     }
 }
